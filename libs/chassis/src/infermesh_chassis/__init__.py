@@ -1,0 +1,10 @@
+"""infermesh's service chassis: what every service stands on.
+
+Modules: :mod:`.settings` (typed settings), :mod:`.logs` (structlog JSON),
+:mod:`.context` (request id and deadline), :mod:`.errors` (one error hierarchy carrying gRPC
+status codes), :mod:`.interceptors` and :mod:`.metrics` (RED metrics, error mapping),
+:mod:`.server` (grpc.aio bootstrap with health, reflection, graceful shutdown),
+:mod:`.client` (channels, deadlines, idempotent retries), :mod:`.discovery` (static and
+Consul), :mod:`.breaker` and :mod:`.ratelimit` (resilience), :mod:`.events` (non-blocking
+event emission).
+"""

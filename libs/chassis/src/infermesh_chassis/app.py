@@ -1,0 +1,106 @@
+"""The one ``main`` every service process runs.
+
+:func:`run_service` parses ``--config``, loads the service's settings (one clear line and
+exit 2 when they are wrong), configures logging, builds the :class:`Runtime` (metrics,
+discovery, a channel pool, the gRPC server), lets the service add its servicers, serves
+until SIGTERM/SIGINT, then shuts down in order: the server drains, then the service's
+own cleanups run (last registered first), then channels and discovery close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+from infermesh_chassis.client import ChannelPool, ServiceClient
+from infermesh_chassis.discovery import Discovery, create_discovery
+from infermesh_chassis.logs import configure_logging, get_logger
+from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.server import GrpcServer, serve
+from infermesh_chassis.settings import ServiceSettings, load_settings_or_exit
+
+__all__ = ["Runtime", "run_service"]
+
+S = TypeVar("S", bound=ServiceSettings)
+Cleanup = Callable[[], Awaitable[None]]
+
+_log = get_logger("infermesh_chassis.app")
+
+
+@dataclass
+class Runtime:
+    """What a service is built from: its settings and the chassis' shared pieces."""
+
+    settings: ServiceSettings
+    metrics: Metrics
+    discovery: Discovery
+    channels: ChannelPool
+    server: GrpcServer
+    _cleanups: list[Cleanup] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: ServiceSettings) -> Runtime:
+        """Build the runtime for ``settings`` (nothing is started yet)."""
+        metrics = Metrics(settings.service_name)
+        discovery = create_discovery(settings.discovery)
+        channels = ChannelPool(metrics, max_message_bytes=settings.grpc.max_send_message_bytes)
+        server = GrpcServer(settings, metrics=metrics, discovery=discovery)
+        return cls(settings, metrics, discovery, channels, server)
+
+    def client(
+        self, service: str, stub_factory: Callable[[grpc.aio.Channel], Any], idempotent: Iterable[str] = ()
+    ) -> ServiceClient:
+        """A client for another service of the mesh, found through discovery."""
+        return ServiceClient(
+            service,
+            stub_factory,
+            discovery=self.discovery,
+            channels=self.channels,
+            settings=self.settings.client,
+            idempotent=idempotent,
+        )
+
+    def on_stop(self, cleanup: Cleanup) -> None:
+        """Run ``cleanup`` at shutdown, after the server has drained (last registered runs first)."""
+        self._cleanups.append(cleanup)
+
+    async def close(self) -> None:
+        """Run the cleanups, then close channels and discovery; a failing cleanup does not stop the rest."""
+        for cleanup in reversed(self._cleanups):
+            try:
+                await cleanup()
+            except Exception:
+                _log.exception("cleanup_failed", cleanup=getattr(cleanup, "__qualname__", repr(cleanup)))
+        self._cleanups.clear()
+        await self.channels.close()
+        await self.discovery.close()
+
+
+def run_service(
+    settings_cls: type[S],
+    build: Callable[[S, Runtime], Awaitable[None]],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Entry point of a service process (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog=settings_cls.model_fields["service_name"].default, description=settings_cls.__doc__
+    )
+    parser.add_argument("--config", help="YAML settings file (environment variables override it)")
+    args = parser.parse_args(argv)
+    settings = load_settings_or_exit(settings_cls, args.config)
+    configure_logging(settings.service_name, settings.logging.level, json=settings.logging.json_format)
+
+    async def main() -> None:
+        runtime = Runtime.create(settings)
+        try:
+            await build(settings, runtime)
+            await serve(runtime.server)
+        finally:
+            await runtime.close()
+
+    asyncio.run(main())

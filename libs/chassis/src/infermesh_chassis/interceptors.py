@@ -1,0 +1,304 @@
+"""grpc.aio interceptors: request id, RED metrics, deadline capture and error mapping.
+
+Server side, :class:`ServerInterceptor` wraps every handler once per method (cached) so
+that each call
+
+- takes the request id from ``x-request-id`` metadata (or creates one), binds it to every
+  log line through ``structlog.contextvars`` and returns it in trailing metadata;
+- records the caller's deadline so downstream calls can be bounded by it;
+- maps :class:`~infermesh_chassis.errors.InfermeshError` to its status and message, and
+  anything unexpected to INTERNAL with a generic message (the traceback goes to the log);
+- counts requests, errors by status code, and latency.
+
+Client side, the interceptors pass the request id on and record the same RED metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from grpc.aio import ClientCallDetails
+
+from infermesh_chassis import context as ctx
+from infermesh_chassis.errors import InfermeshError
+from infermesh_chassis.logs import get_logger
+from infermesh_chassis.metrics import RpcMetrics
+
+__all__ = ["ClientInterceptor", "ServerInterceptor", "client_interceptors", "split_method"]
+
+_log = get_logger("infermesh_chassis.interceptors")
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` → ``("pkg.Service", "Method")``."""
+    _, _, rest = full_method.partition("/")
+    service, _, method = rest.partition("/")
+    return service, method
+
+
+class _CallRecorder:
+    """Counts one call's outcome and latency for one method."""
+
+    __slots__ = ("_errors", "_labels", "_latency", "_requests")
+
+    def __init__(self, metrics: RpcMetrics, full_method: str) -> None:
+        self._labels = split_method(full_method)
+        self._requests = metrics.requests.labels(*self._labels)
+        self._latency = metrics.latency.labels(*self._labels)
+        self._errors = metrics.errors
+
+    def record(self, code: grpc.StatusCode, started: float) -> None:
+        self._requests.inc()
+        self._latency.observe(time.perf_counter() - started)
+        if code is not grpc.StatusCode.OK:
+            self._errors.labels(*self._labels, code.name).inc()
+
+
+class _ServerCall:
+    """Everything the wrapped handler does around the servicer's behavior for one call."""
+
+    __slots__ = ("_ctx_tokens", "code", "context", "request_id", "started")
+
+    def __init__(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        self.context = context
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        rid = None
+        for key, value in context.invocation_metadata() or ():
+            if key == ctx.REQUEST_ID_METADATA_KEY:
+                rid = value if isinstance(value, str) else value.decode()
+                break
+        self.request_id = rid or ctx.new_request_id()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        self._ctx_tokens = (
+            ctx.request_id_var.set(self.request_id),
+            ctx.deadline_var.set(deadline),
+            structlog.contextvars.bind_contextvars(request_id=self.request_id, rpc=method),
+        )
+
+    def finish(self) -> None:
+        rid_token, deadline_token, log_tokens = self._ctx_tokens
+        ctx.request_id_var.reset(rid_token)
+        ctx.deadline_var.reset(deadline_token)
+        structlog.contextvars.reset_contextvars(**log_tokens)
+
+    def trailing(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
+        return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), *extra)
+
+    def succeeded(self) -> None:
+        self.context.set_trailing_metadata(self.trailing(tuple(self.context.trailing_metadata() or ())))
+        explicit = self.context.code()
+        if isinstance(explicit, grpc.StatusCode):
+            self.code = explicit
+
+    async def fail(self, exc: BaseException) -> None:
+        """Turn an exception from the behavior into the call's status (always raises)."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = grpc.StatusCode.CANCELLED
+            raise exc
+        if isinstance(exc, grpc.aio.AbortError):
+            code = self.context.code()
+            self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, InfermeshError):
+            self.code = exc.status_code
+            if exc.status_code is grpc.StatusCode.INTERNAL:
+                _log.error("rpc_internal_error", error=exc.message)
+            await self.context.abort(exc.status_code, exc.message, self.trailing(exc.metadata))
+        if isinstance(exc, NotImplementedError):
+            self.code = grpc.StatusCode.UNIMPLEMENTED
+            await self.context.abort(self.code, "method not implemented by this service", self.trailing())
+        self.code = grpc.StatusCode.INTERNAL
+        _log.error("rpc_unhandled_exception", exc_info=exc)
+        await self.context.abort(self.code, f"internal error (request id {self.request_id})", self.trailing())
+
+
+Behavior = Callable[..., Any]
+
+
+def _wrap_unary_response(behavior: Behavior, method: str, recorder: _CallRecorder) -> Behavior:
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = _ServerCall(context, method)
+        try:
+            result = behavior(request_or_iterator, context)
+            if inspect.isawaitable(result):
+                result = await result
+            call.succeeded()
+            return result
+        except BaseException as exc:  # every outcome must be mapped and counted
+            await call.fail(exc)
+        finally:
+            call.finish()
+            recorder.record(call.code, call.started)
+
+    return handler
+
+
+def _wrap_stream_response(behavior: Behavior, method: str, recorder: _CallRecorder) -> Behavior:
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = _ServerCall(context, method)
+        try:
+            produced = behavior(request_or_iterator, context)
+            if inspect.isawaitable(produced):  # a behavior that writes with context.write()
+                await produced
+            else:
+                async for item in produced:
+                    yield item
+            call.succeeded()
+        except BaseException as exc:  # every outcome must be mapped and counted
+            await call.fail(exc)
+        finally:
+            call.finish()
+            recorder.record(call.code, call.started)
+
+    return handler
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """The one server interceptor of every service (see the module docstring)."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        self._metrics = metrics
+        self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._cache[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        recorder = _CallRecorder(self._metrics, method)
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary_response(handler.unary_unary, method, recorder), **kwargs
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary_response(handler.stream_unary, method, recorder), **kwargs
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_response(handler.unary_stream, method, recorder), **kwargs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream_response(handler.stream_stream, method, recorder), **kwargs
+        )
+
+
+def _with_request_id(details: ClientCallDetails) -> ClientCallDetails:
+    rid = ctx.current_request_id()
+    if rid is None:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    if ctx.REQUEST_ID_METADATA_KEY not in metadata:
+        metadata.add(ctx.REQUEST_ID_METADATA_KEY, rid)
+    return ClientCallDetails(
+        method=details.method,
+        timeout=details.timeout,
+        metadata=metadata,
+        credentials=details.credentials,
+        wait_for_ready=details.wait_for_ready,
+    )
+
+
+class ClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Passes the current request id downstream and records client-side RED metrics."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        self._metrics = metrics
+        self._recorders: dict[str, _CallRecorder] = {}
+
+    def _recorder(self, method: str | bytes) -> _CallRecorder:
+        name = method.decode() if isinstance(method, bytes) else method
+        recorder = self._recorders.get(name)
+        if recorder is None:
+            recorder = self._recorders[name] = _CallRecorder(self._metrics, name)
+        return recorder
+
+    async def _unary_response(
+        self, continuation: Callable[..., Any], details: ClientCallDetails, req: Any
+    ) -> Any:
+        started = time.perf_counter()
+        recorder = self._recorder(details.method)
+        call = await continuation(_with_request_id(details), req)
+        recorder.record(await call.code(), started)
+        return call
+
+    def _stream_response(self, continuation: Callable[..., Any], details: ClientCallDetails, req: Any) -> Any:
+        started = time.perf_counter()
+        recorder = self._recorder(details.method)
+
+        async def invoke() -> Any:
+            call = await continuation(_with_request_id(details), req)
+
+            def done(finished: Any) -> None:
+                code = finished.code()
+                if inspect.isawaitable(code):
+                    task = asyncio.ensure_future(code)
+                    task.add_done_callback(lambda t: recorder.record(_task_code(t), started))
+                else:
+                    recorder.record(code, started)
+
+            call.add_done_callback(done)
+            return call
+
+        return invoke()
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request: Any
+    ) -> Any:
+        return await self._unary_response(continuation, client_call_details, request)
+
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request_iterator: Any
+    ) -> Any:
+        return await self._unary_response(continuation, client_call_details, request_iterator)
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request: Any
+    ) -> Any:
+        return await self._stream_response(continuation, client_call_details, request)
+
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request_iterator: Any
+    ) -> Any:
+        return await self._stream_response(continuation, client_call_details, request_iterator)
+
+
+def _task_code(task: asyncio.Future[Any]) -> grpc.StatusCode:
+    if task.cancelled() or task.exception() is not None:
+        return grpc.StatusCode.UNKNOWN
+    code: grpc.StatusCode = task.result()
+    return code
+
+
+def client_interceptors(metrics: RpcMetrics) -> list[grpc.aio.ClientInterceptor]:
+    """The interceptors every channel of a service is built with."""
+    return [ClientInterceptor(metrics)]

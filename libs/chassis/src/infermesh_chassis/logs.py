@@ -1,0 +1,62 @@
+"""structlog configured for JSON lines on stderr, with contextvars merged into every event.
+
+The server interceptor binds ``request_id`` (and the RPC method) with
+``structlog.contextvars``, so every log line written while handling a request carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+
+def configure_logging(
+    service: str, level: str = "INFO", *, json: bool = True, stream: TextIO | None = None
+) -> None:
+    """Configure structlog (and stdlib logging) for one service process.
+
+    ``json=False`` renders human-readable lines for a terminal. Every event carries the
+    service name, an ISO timestamp, the level, and whatever is bound in contextvars.
+    """
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    out = stream or sys.stderr
+    logging.basicConfig(level=numeric, stream=out, format="%(message)s", force=True)
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+
+    def add_service(
+        _logger: object, _method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        event.setdefault("service", service)
+        return event
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            add_service,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks if json else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
+    """A structlog logger; ``name`` is added as ``logger_name`` to its events."""
+    # Initial values keep the logger lazy, so loggers made at import time follow configure_logging().
+    logger: structlog.typing.FilteringBoundLogger = (
+        structlog.get_logger(logger_name=name) if name else structlog.get_logger()
+    )
+    return logger

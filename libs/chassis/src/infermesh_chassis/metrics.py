@@ -1,0 +1,118 @@
+"""Prometheus metrics: one registry per service, RED metrics for every RPC, a /metrics endpoint.
+
+Metric names follow ``infermesh_<service>_<what>_<unit>``. Each service owns a
+:class:`Metrics` (and its own ``CollectorRegistry``), so several services can live in one
+process (tests, the embedded stack) without colliding.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHttpServer", "RpcMetrics"]
+
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Histogram buckets tuned for sub-millisecond to multi-second RPCs."""
+
+_NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+@dataclass(frozen=True, slots=True)
+class RpcMetrics:
+    """The RED triple for one side (server or client) of every RPC."""
+
+    requests: Counter
+    errors: Counter
+    latency: Histogram
+
+
+@dataclass
+class Metrics:
+    """All metrics of one service; ``service`` becomes part of every metric name."""
+
+    service: str
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        self.prefix = f"infermesh_{_NAME_SAFE.sub('_', self.service)}"
+        self.server = self._rpc_metrics("grpc_server", "handled by this service")
+        self.client = self._rpc_metrics("grpc_client", "made by this service to others")
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+
+    def _rpc_metrics(self, side: str, what: str) -> RpcMetrics:
+        labels = ("grpc_service", "grpc_method")
+        return RpcMetrics(
+            requests=self.counter(f"{side}_requests", f"RPCs {what}.", labels),
+            errors=self.counter(
+                f"{side}_errors", f"RPCs {what} that ended with a non-OK status.", (*labels, "grpc_code")
+            ),
+            latency=self.histogram(f"{side}_latency_seconds", f"Latency of RPCs {what}.", labels),
+        )
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        """A counter named ``infermesh_<service>_<name>_total`` in this service's registry."""
+        return Counter(f"{self.prefix}_{name}", documentation, labels, registry=self.registry)
+
+    def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+        """A gauge named ``infermesh_<service>_<name>`` in this service's registry."""
+        return Gauge(f"{self.prefix}_{name}", documentation, labels, registry=self.registry)
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
+    ) -> Histogram:
+        """A histogram named ``infermesh_<service>_<name>`` in this service's registry."""
+        return Histogram(
+            f"{self.prefix}_{name}", documentation, labels, registry=self.registry, buckets=buckets
+        )
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return prometheus_client.generate_latest(self.registry)
+
+
+class MetricsHttpServer:
+    """The /metrics endpoint of one service, served from a daemon thread."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when 0 was asked for)."""
+        if self._server is None:
+            raise RuntimeError("metrics server not started")
+        return int(self._server.server_port)
+
+    def start(self) -> None:
+        """Bind and serve in the background."""
+        server, thread = prometheus_client.start_http_server(
+            self._port, self._host, registry=self._metrics.registry
+        )
+        self._server, self._thread = server, thread
+
+    def stop(self) -> None:
+        """Stop serving and free the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

@@ -1,0 +1,166 @@
+"""The grpc.aio server bootstrap every service uses, with an explicit lifecycle.
+
+:class:`GrpcServer` builds the server from settings (message size limits, keepalive, a cap
+on concurrent calls), installs the chassis interceptor, the standard health service
+(``grpc.health.v1``, a status per service) and server reflection, and serves /metrics.
+``start()`` binds (a free port when 0 is asked for), serves, marks every service SERVING
+and registers the instance in discovery. ``stop()`` marks everything NOT_SERVING,
+deregisters, stops accepting calls and lets in-flight calls finish within the grace period.
+:func:`serve` runs a server until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from infermesh_chassis.discovery import Discovery, Instance
+from infermesh_chassis.interceptors import ServerInterceptor
+from infermesh_chassis.logs import get_logger
+from infermesh_chassis.metrics import Metrics, MetricsHttpServer
+from infermesh_chassis.settings import ServiceSettings
+
+__all__ = ["GrpcServer", "serve"]
+
+_log = get_logger("infermesh_chassis.server")
+
+AddServicer = Callable[[Any, grpc.aio.Server], None]
+
+
+class GrpcServer:
+    """One service's gRPC server (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        metrics: Metrics | None = None,
+        discovery: Discovery | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics(settings.service_name)
+        self._discovery = discovery
+        cfg = settings.grpc
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_receive_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_send_message_bytes),
+            ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.metrics.server), *interceptors],
+            options=options,
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self._service_names: list[str] = []
+        self._metrics_http: MetricsHttpServer | None = None
+        self._instance: Instance | None = None
+        self.port = 0
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """Full names of the services added (health and reflection excluded)."""
+        return tuple(self._service_names)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` clients dial, once started."""
+        return f"{self.settings.grpc.advertise_host or self.settings.grpc.host}:{self.port}"
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Port of /metrics once started (None when disabled)."""
+        return None if self._metrics_http is None else self._metrics_http.port
+
+    def add_servicer(self, add: AddServicer, servicer: Any, service_name: str) -> None:
+        """Register a servicer with its generated ``add_*Servicer_to_server`` and its full name."""
+        add(servicer, self._server)
+        self._service_names.append(service_name)
+
+    def add_generic_handlers(self, handlers: Sequence[grpc.GenericRpcHandler], service_name: str) -> None:
+        """Register hand-built handlers (e.g. a proxy) under a full service name."""
+        self._server.add_generic_rpc_handlers(tuple(handlers))
+        self._service_names.append(service_name)
+
+    async def start(self) -> None:
+        """Bind, serve, mark SERVING, expose /metrics and register in discovery."""
+        cfg = self.settings.grpc
+        reflection.enable_server_reflection(
+            (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {cfg.host}:{cfg.port}")
+        await self._server.start()
+        if self.settings.metrics.enabled:
+            self._metrics_http = MetricsHttpServer(
+                self.metrics, self.settings.metrics.host, self.settings.metrics.port
+            )
+            self._metrics_http.start()
+        for name in ("", *self._service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self._discovery is not None:
+            host = cfg.advertise_host or cfg.host
+            self._instance = Instance(
+                service=self.settings.service_name,
+                instance_id=self.settings.instance_id or f"{self.settings.service_name}-{host}-{self.port}",
+                host=host,
+                port=self.port,
+                meta={"metrics_port": str(self.metrics_port or "")},
+            )
+            await self._discovery.register(self._instance)
+        _log.info(
+            "server_started",
+            address=self.address,
+            metrics_port=self.metrics_port,
+            services=list(self._service_names),
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, deregister, stop accepting, drain in-flight calls."""
+        grace = self.settings.grpc.grace_period_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        if self._discovery is not None and self._instance is not None:
+            try:
+                await self._discovery.deregister(self._instance)
+            except Exception as exc:  # shutdown goes on; Consul drops a dead instance by itself
+                _log.warning("deregister_failed", error=str(exc))
+            self._instance = None
+        _log.info("server_draining", grace_s=grace)
+        await self._server.stop(grace)
+        if self._metrics_http is not None:
+            self._metrics_http.stop()
+            self._metrics_http = None
+        _log.info("server_stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Return when the server has stopped."""
+        await self._server.wait_for_termination()
+
+
+async def serve(server: GrpcServer, *, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Start ``server``, run until SIGTERM or SIGINT, then stop it gracefully and call ``on_stop``."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    try:
+        await stopping.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop()
+        if on_stop is not None:
+            await on_stop()

@@ -1,0 +1,200 @@
+"""Typed settings for every service: a YAML file, then environment overrides, validated at start.
+
+Each service subclasses :class:`ServiceSettings` with its own env prefix
+(``MODEL_GATEWAY_``...) and its own fields. Nested fields are set from the environment with
+``__``: ``MODEL_GATEWAY_GRPC__PORT=50051``. The file comes from ``--config`` or
+``<PREFIX>CONFIG_FILE``. A missing or malformed setting stops the process at start with one
+line naming the setting and what is wrong (:func:`load_settings_or_exit`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from infermesh_chassis.discovery import DiscoverySettings
+
+__all__ = [
+    "ClientSettings",
+    "EventSettings",
+    "GrpcServerSettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "ServiceSettings",
+    "SettingsError",
+    "load_settings",
+    "load_settings_or_exit",
+]
+
+MiB = 1024 * 1024
+
+
+class GrpcServerSettings(BaseModel):
+    """How the service's gRPC server listens and behaves."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; 127.0.0.1 locally, 0.0.0.0 in a container."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port to bind; 0 picks a free port (read back after start)."""
+    advertise_host: str | None = None
+    """Host registered in discovery when it differs from ``host`` (e.g. a container's name)."""
+    max_receive_message_bytes: int = Field(64 * MiB, gt=0)
+    """Largest request message accepted; larger ones are refused with RESOURCE_EXHAUSTED."""
+    max_send_message_bytes: int = Field(64 * MiB, gt=0)
+    """Largest response message sent."""
+    max_concurrent_rpcs: int | None = Field(None, gt=0)
+    """Calls beyond this many in flight are refused at once with RESOURCE_EXHAUSTED (None: no cap)."""
+    keepalive_time_s: float = Field(30.0, gt=0)
+    """Interval of server keepalive pings on idle connections."""
+    keepalive_timeout_s: float = Field(10.0, gt=0)
+    """How long to wait for a keepalive ack before closing the connection."""
+    grace_period_s: float = Field(10.0, ge=0)
+    """On shutdown, how long in-flight calls get to finish before they are cancelled."""
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus /metrics endpoint."""
+
+    enabled: bool = True
+    """Serve /metrics at all."""
+    host: str = "127.0.0.1"
+    """Address of the /metrics endpoint."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port of the /metrics endpoint; 0 picks a free port."""
+
+
+class LoggingSettings(BaseModel):
+    """Structured logging."""
+
+    level: str = "INFO"
+    """Minimum level: DEBUG, INFO, WARNING, ERROR."""
+    json_format: bool = True
+    """JSON lines (production) or console lines (a terminal)."""
+
+
+class ClientSettings(BaseModel):
+    """Calls this service makes to other services."""
+
+    default_timeout_s: float = Field(5.0, gt=0)
+    """Deadline of a downstream call when neither the caller nor the inbound request sets one."""
+    max_attempts: int = Field(3, ge=1, le=10)
+    """Attempts for idempotent calls that fail with a retryable status (non-idempotent: always 1)."""
+    initial_backoff_s: float = Field(0.02, gt=0)
+    """Backoff before the first retry; doubles each attempt, with jitter."""
+    max_backoff_s: float = Field(1.0, gt=0)
+    """Upper bound of a retry backoff."""
+
+
+class EventSettings(BaseModel):
+    """The non-blocking event emitter that reports to the monitor."""
+
+    enabled: bool = True
+    """Emit events at all."""
+    buffer_size: int = Field(10_000, gt=0)
+    """Events held in memory waiting to be sent; beyond it new events are dropped and counted."""
+    batch_size: int = Field(500, gt=0)
+    """Most events sent in one batch."""
+    flush_interval_s: float = Field(0.2, gt=0)
+    """Longest an event waits in the buffer before its batch is sent."""
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclasses add their own and set ``env_prefix``."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid", validate_default=True)
+
+    service_name: str
+    """Logical name used in discovery, logs and metric names (e.g. ``model-gateway``)."""
+    instance_id: str | None = None
+    """Unique id of this process in discovery; derived from name, host and port when unset."""
+    grpc: GrpcServerSettings = GrpcServerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
+    client: ClientSettings = ClientSettings()
+    events: EventSettings = EventSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file; explicit keyword arguments (tests) beat both.
+        return (env_settings, init_settings)
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; the message is one line naming what is wrong."""
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def _env_prefix(cls: type[ServiceSettings]) -> str:
+    return str(cls.model_config.get("env_prefix", ""))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise SettingsError(f"settings file {path}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(
+            f"settings file {path} must hold a mapping of settings, not {type(data).__name__}"
+        )
+    return data
+
+
+def _describe(cls: type[ServiceSettings], exc: ValidationError, source: str) -> str:
+    prefix = _env_prefix(cls)
+    parts = []
+    for err in exc.errors():
+        dotted = ".".join(str(p) for p in err["loc"])
+        env = prefix + "__".join(str(p) for p in err["loc"]).upper()
+        message = err["msg"]
+        if err["type"] == "missing":
+            message = f"required but not set (set {env} or '{dotted}' in the settings file)"
+        elif err["type"] == "extra_forbidden":
+            message = "unknown setting"
+        parts.append(f"{dotted}: {message}")
+    return f"invalid settings{source}: " + "; ".join(parts)
+
+
+def load_settings(cls: type[S], config_file: str | Path | None = None, **overrides: Any) -> S:
+    """Load ``cls`` from its settings file (if any) with environment overrides; raise SettingsError."""
+    prefix = _env_prefix(cls)
+    path = config_file or os.environ.get(f"{prefix}CONFIG_FILE")
+    data = _read_file(Path(path)) if path else {}
+    data.update(overrides)
+    source = f" (file {path} + {prefix}* environment)" if path else f" ({prefix}* environment)"
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(cls, exc, source)) from None
+
+
+def load_settings_or_exit(cls: type[S], config_file: str | Path | None = None, **overrides: Any) -> S:
+    """:func:`load_settings`, or print one clear line to stderr and exit with status 2."""
+    try:
+        return load_settings(cls, config_file, **overrides)
+    except SettingsError as exc:
+        name = overrides.get("service_name") or cls.model_fields["service_name"].default or cls.__name__
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

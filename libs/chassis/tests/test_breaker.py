@@ -1,0 +1,127 @@
+"""The asyncio circuit breaker really counts async failures and refuses calls while open."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infermesh_chassis import errors
+from infermesh_chassis.breaker import AsyncCircuitBreaker, CircuitOpenError
+
+
+class Downstream:
+    """A coroutine that fails while ``failing`` and counts how often it really ran."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.calls = 0
+
+    async def __call__(self, value: int) -> int:
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.failing:
+            raise errors.Unavailable("down")
+        return value * 2
+
+
+async def test_opens_after_n_async_failures_and_refuses_without_calling():
+    downstream = Downstream()
+    breaker = AsyncCircuitBreaker("dg", fail_max=3, reset_timeout_s=60)
+    for expected_count in (1, 2):
+        with pytest.raises(errors.Unavailable, match="down"):
+            await breaker.call(downstream, 1)
+        assert breaker.fail_counter == expected_count
+        assert breaker.state == "closed"
+    with pytest.raises(errors.Unavailable, match="down"):  # the tripping call raises its own error
+        await breaker.call(downstream, 1)
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpenError, match="circuit breaker 'dg' is open") as refused:
+        await breaker.call(downstream, 1)
+    assert refused.value.status_code.name == "UNAVAILABLE"
+    assert downstream.calls == 3
+
+
+async def test_closes_after_reset_timeout_on_successful_trial():
+    downstream = Downstream()
+    breaker = AsyncCircuitBreaker("mg", fail_max=2, reset_timeout_s=0.2)
+    for _ in range(2):
+        with pytest.raises(errors.Unavailable):
+            await breaker.call(downstream, 1)
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(downstream, 1)
+    await asyncio.sleep(0.25)
+    downstream.failing = False
+    assert await breaker.call(downstream, 21) == 42
+    assert breaker.state == "closed"
+    assert breaker.fail_counter == 0
+
+
+async def test_failed_trial_reopens():
+    downstream = Downstream()
+    breaker = AsyncCircuitBreaker("mg", fail_max=1, reset_timeout_s=0.1)
+    with pytest.raises(errors.Unavailable):
+        await breaker.call(downstream, 1)
+    await asyncio.sleep(0.15)
+    with pytest.raises(errors.Unavailable, match="down"):
+        await breaker.call(downstream, 1)
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(downstream, 1)
+
+
+async def test_half_open_lets_one_trial_through():
+    breaker = AsyncCircuitBreaker("mg", fail_max=1, reset_timeout_s=0.05)
+    gate = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await gate.wait()
+        return "ok"
+
+    with pytest.raises(errors.Unavailable):
+        await breaker.call(Downstream(), 1)
+    await asyncio.sleep(0.1)
+    trial = asyncio.ensure_future(breaker.call(slow_ok))
+    await asyncio.sleep(0.01)
+    assert breaker.state == "half-open"
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(slow_ok)
+    gate.set()
+    assert await trial == "ok"
+    assert breaker.state == "closed"
+
+
+async def test_client_errors_and_cancellation_do_not_count():
+    breaker = AsyncCircuitBreaker("dg", fail_max=2, reset_timeout_s=60)
+
+    async def bad_request() -> None:
+        raise errors.InvalidArgument("caller's fault")
+
+    async def hangs() -> None:
+        await asyncio.sleep(10)
+
+    for _ in range(5):
+        with pytest.raises(errors.InvalidArgument):
+            await breaker.call(bad_request)
+    for _ in range(3):
+        task = asyncio.ensure_future(breaker.call(hangs))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert breaker.state == "closed"
+    assert breaker.fail_counter == 0
+
+
+async def test_success_resets_consecutive_failures():
+    downstream = Downstream()
+    breaker = AsyncCircuitBreaker("dg", fail_max=3, reset_timeout_s=60)
+    for _ in range(5):
+        downstream.failing = True
+        for _ in range(2):
+            with pytest.raises(errors.Unavailable):
+                await breaker.call(downstream, 1)
+        downstream.failing = False
+        assert await breaker.call(downstream, 1) == 2
+    assert breaker.state == "closed"

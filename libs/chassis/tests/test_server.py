@@ -1,0 +1,225 @@
+"""The server bootstrap against real clients: health, reflection, graceful shutdown, errors,
+request ids and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from infermesh_chassis import errors
+
+
+async def test_health_reports_serving_per_service(start_server, echo_stub):
+    server, _ = await start_server()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "test.Echo"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await health.Check(health_pb2.HealthCheckRequest(service="no.Such"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_services(start_server):
+    server, _ = await start_server()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert names == {"test.Echo", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+
+
+async def test_free_port_and_metrics_port_are_read_back(start_server):
+    first, _ = await start_server("one")
+    second, _ = await start_server("two")
+    assert first.port > 0 and second.port > 0 and first.port != second.port
+    assert first.metrics_port and second.metrics_port and first.metrics_port != second.metrics_port
+
+
+async def test_in_flight_call_completes_during_graceful_shutdown(start_server, echo_stub):
+    server, _ = await start_server(grpc={"grace_period_s": 5})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = echo_stub(channel)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="test.Echo"))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        in_flight = asyncio.ensure_future(stub.Slow(b"0.5"))
+        await asyncio.sleep(0.1)
+        stopping = asyncio.ensure_future(server.stop())
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        await asyncio.sleep(0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Echo(b"late", timeout=1)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert await in_flight == b"done"
+        await stopping
+
+
+async def test_grace_period_bounds_shutdown(start_server, echo_stub):
+    server, _ = await start_server()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        in_flight = asyncio.ensure_future(echo_stub(channel).Slow(b"30"))
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await server.stop(0.2)
+        assert loop.time() - began < 2
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await in_flight
+        assert cut.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+ERROR_CASES = [
+    ("InvalidArgument", grpc.StatusCode.INVALID_ARGUMENT),
+    ("NotFound", grpc.StatusCode.NOT_FOUND),
+    ("AlreadyExists", grpc.StatusCode.ALREADY_EXISTS),
+    ("FailedPrecondition", grpc.StatusCode.FAILED_PRECONDITION),
+    ("Aborted", grpc.StatusCode.ABORTED),
+    ("PermissionDenied", grpc.StatusCode.PERMISSION_DENIED),
+    ("Unauthenticated", grpc.StatusCode.UNAUTHENTICATED),
+    ("ResourceExhausted", grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ("Unavailable", grpc.StatusCode.UNAVAILABLE),
+    ("NotReady", grpc.StatusCode.UNAVAILABLE),
+    ("DeadlineExceeded", grpc.StatusCode.DEADLINE_EXCEEDED),
+    ("Cancelled", grpc.StatusCode.CANCELLED),
+    ("Unimplemented", grpc.StatusCode.UNIMPLEMENTED),
+    ("Internal", grpc.StatusCode.INTERNAL),
+]
+
+
+@pytest.mark.parametrize(("error_class", "code"), ERROR_CASES)
+async def test_error_class_maps_to_status(start_server, echo_stub, error_class, code):
+    server, _ = await start_server()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await echo_stub(channel).Fail(error_class.encode())
+    assert raised.value.code() == code
+    if error_class == "ResourceExhausted":
+        assert raised.value.details() == "slow down"
+        assert ("retry-after-ms", "250") in tuple(raised.value.trailing_metadata())
+    else:
+        assert raised.value.details() == f"{error_class} raised on purpose"
+    converted = errors.from_rpc_error(raised.value)
+    assert converted.status_code == code
+
+
+async def test_unknown_exception_is_internal_with_generic_message(start_server, echo_stub, log_events):
+    server, _ = await start_server()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await echo_stub(channel).Crash(b"", metadata=(("x-request-id", "req-crash"),))
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert raised.value.details() == "internal error (request id req-crash)"
+    assert "secret" not in raised.value.details()
+    [logged] = [e for e in log_events() if e["event"] == "rpc_unhandled_exception"]
+    assert logged["request_id"] == "req-crash"
+    assert "secret internal detail" in json.dumps(logged["exception"])
+
+
+async def test_not_implemented_is_unimplemented(start_server, echo_stub):
+    server, _ = await start_server()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await echo_stub(channel).Unimplemented(b"")
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_request_id_reaches_logs_downstream_and_caller(
+    start_server, make_client, echo_stub, log_events
+):
+    downstream, downstream_service = await start_server("downstream")
+    front, front_service = await start_server("front")
+    front_service.downstream = make_client({"downstream": [downstream.address]}, "downstream")
+    async with grpc.aio.insecure_channel(front.address) as channel:
+        call = echo_stub(channel).Forward(b"Echo:hello", metadata=(("x-request-id", "req-42"),))
+        assert await call == b"hello"
+        assert ("x-request-id", "req-42") in tuple(await call.trailing_metadata())
+        generated = echo_stub(channel).Echo(b"no id")
+        await generated
+        rid = dict(await generated.trailing_metadata())["x-request-id"]
+    assert downstream_service.seen_request_ids == ["req-42"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)
+    handled = [e for e in log_events() if e["event"] == "echo_handled"]
+    assert [(e["request_id"], e["rpc"]) for e in handled] == [
+        ("req-42", "/test.Echo/Echo"),
+        (rid, "/test.Echo/Echo"),
+    ]
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return reply.read().decode()
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} {labels} in /metrics")
+
+
+async def test_red_metrics_on_metrics_endpoint(start_server, make_client, echo_stub):
+    downstream, _ = await start_server("down")
+    front, front_service = await start_server("front-svc")
+    front_service.downstream = make_client({"down": [downstream.address]}, "down")
+    async with grpc.aio.insecure_channel(front.address) as channel:
+        stub = echo_stub(channel)
+        for _ in range(3):
+            await stub.Echo(b"x")
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Fail(b"NotFound")
+        await stub.Forward(b"Echo:y")
+        assert [m async for m in stub.Count(b"3")] == [b"0", b"1", b"2"]
+    text = await asyncio.to_thread(_scrape, front.metrics_port)
+    method = {"grpc_service": "test.Echo"}
+    assert _sample(text, "infermesh_front_svc_grpc_server_requests_total", grpc_method="Echo", **method) == 3
+    assert _sample(text, "infermesh_front_svc_grpc_server_requests_total", grpc_method="Fail", **method) == 2
+    assert _sample(text, "infermesh_front_svc_grpc_server_requests_total", grpc_method="Count", **method) == 1
+    errors_fail = _sample(
+        text,
+        "infermesh_front_svc_grpc_server_errors_total",
+        grpc_method="Fail",
+        grpc_code="NOT_FOUND",
+        **method,
+    )
+    assert errors_fail == 2
+    assert (
+        _sample(text, "infermesh_front_svc_grpc_server_latency_seconds_count", grpc_method="Echo", **method)
+        == 3
+    )
+    assert "infermesh_front_svc_grpc_server_errors_total{" + 'grpc_code="OK"' not in text
+    down_text = await asyncio.to_thread(_scrape, downstream.metrics_port)
+    assert _sample(down_text, "infermesh_down_grpc_server_requests_total", grpc_method="Echo", **method) == 1
+    assert "process_resident_memory_bytes" in text
+
+
+async def test_max_concurrent_rpcs_refuses_with_resource_exhausted(start_server, echo_stub):
+    server, _ = await start_server(grpc={"max_concurrent_rpcs": 2})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = echo_stub(channel)
+        slow = [asyncio.ensure_future(stub.Slow(b"0.5")) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Echo(b"one too many")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await asyncio.gather(*slow) == [b"done", b"done"]
+
+
+async def test_oversize_message_is_refused(start_server, echo_stub):
+    server, _ = await start_server(grpc={"max_receive_message_bytes": 1024})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = echo_stub(channel)
+        assert await stub.Echo(b"x" * 512) == b"x" * 512
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Echo(b"x" * 4096)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

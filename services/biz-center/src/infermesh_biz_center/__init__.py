@@ -1,0 +1,1 @@
+"""infermesh business center (see services/biz-center/README.md)."""

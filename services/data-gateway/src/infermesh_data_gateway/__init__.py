@@ -1,0 +1,1 @@
+"""infermesh data gateway (see services/data-gateway/README.md)."""

@@ -1,0 +1,1 @@
+"""infermesh model gateway (see services/model-gateway/README.md)."""

@@ -1,0 +1,1 @@
+"""infermesh monitor (see services/monitor/README.md)."""
