@@ -18,7 +18,7 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml cli/pyproject.toml)
 	$(UV) sync --locked --all-packages
 	touch $@
 
@@ -46,7 +46,11 @@ test: setup
 
 ## demo: set everything up, start the local mesh, run the demo workload, print a summary
 demo: setup
-	$(PY) -m infermesh_demo
+	$(VENV)/bin/infermesh demo
+
+## up: start the local mesh and keep it serving until Ctrl-C
+up: setup
+	$(VENV)/bin/infermesh up
 
 ## bench: run every bench/ script
 bench: setup

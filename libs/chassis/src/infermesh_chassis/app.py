@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.client import ChannelPool, ServiceClient
 from infermesh_chassis.discovery import Discovery, create_discovery
+from infermesh_chassis.events import EventEmitter, MonitorSink
 from infermesh_chassis.logs import configure_logging, get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.server import GrpcServer, serve
@@ -64,6 +66,16 @@ class Runtime:
             settings=self.settings.client,
             idempotent=idempotent,
         )
+
+    def event_emitter(self, monitor_service: str = "monitor") -> EventEmitter[monitor_pb2.Event]:
+        """A started emitter that reports to the monitor, flushed and stopped at shutdown."""
+        client = self.client(monitor_service, MonitorSink.STUB, MonitorSink.IDEMPOTENT)
+        emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(
+            MonitorSink(client), self.settings.events, self.metrics
+        )
+        emitter.start()
+        self.on_stop(emitter.stop)
+        return emitter
 
     def on_stop(self, cleanup: Cleanup) -> None:
         """Run ``cleanup`` at shutdown, after the server has drained (last registered runs first)."""

@@ -8,21 +8,31 @@ full, new events are dropped and counted (``infermesh_<service>_events_dropped_t
 When the sink fails, the batch goes back to the front of the buffer and sending backs off,
 so events keep their order; the monitor issue adds a disk spool and a NATS sink behind
 the same interface.
+
+:func:`new_event` stamps the envelope of the monitor's ``Event`` (id, time, source, request
+id); :class:`MonitorSink` delivers batches with the monitor's ``ReportEvents`` RPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
+from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from infermesh_chassis import context as ctx
+from infermesh_chassis.client import ServiceClient
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
 
-__all__ = ["EventEmitter", "EventSink"]
+__all__ = ["EVENT_SCHEMA_VERSION", "EventEmitter", "EventSink", "MonitorSink", "new_event"]
+
+EVENT_SCHEMA_VERSION = 1
+"""Version of the event schema in protos/infermesh/monitor/v1/monitor.proto."""
 
 E = TypeVar("E")
 E_contra = TypeVar("E_contra", contravariant=True)
@@ -130,3 +140,36 @@ class EventEmitter(Generic[E]):
                 continue
             backoff = 0.0
             self._sent.inc(len(batch))
+
+
+def new_event(service: str, instance: str, **payload: object) -> monitor_pb2.Event:
+    """An ``Event`` with a fresh id, the current time, its source and the current request id.
+
+    ``payload`` is one of the envelope's oneof fields, e.g. ``inference=InferenceEvent(...)``.
+    """
+    event = monitor_pb2.Event(
+        event_id=uuid.uuid4().hex,
+        schema_version=EVENT_SCHEMA_VERSION,
+        source=monitor_pb2.EventSource(service=service, instance=instance),
+        request_id=ctx.current_request_id() or "",
+        **payload,  # type: ignore[arg-type]
+    )
+    event.time.GetCurrentTime()
+    return event
+
+
+class MonitorSink:
+    """Delivers batches to the monitor's ``ReportEvents`` (idempotent: the monitor de-duplicates by id).
+
+    ``client`` is a :class:`ServiceClient` for the monitor built with ``STUB`` and ``IDEMPOTENT``.
+    """
+
+    STUB = monitor_pb2_grpc.MonitorServiceStub
+    IDEMPOTENT = ("ReportEvents",)
+
+    def __init__(self, client: ServiceClient) -> None:
+        self._client = client
+
+    async def send(self, events: Sequence[monitor_pb2.Event]) -> None:
+        """Report ``events``; raises (and the emitter retries) when the monitor cannot take them."""
+        await self._client.call("ReportEvents", monitor_pb2.ReportEventsRequest(events=events))

@@ -1,0 +1,1 @@
+"""The ``infermesh`` command: run and inspect the local mesh."""

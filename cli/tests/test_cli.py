@@ -1,0 +1,108 @@
+"""The `infermesh` command against real service processes: demo, and up/status/down leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "infermesh_cli"]
+
+
+def _run(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--workdir", str(workdir), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_demo_runs_the_workload_and_exits_zero(tmp_path: Path):
+    done = _run(tmp_path, "--json", "demo", "--requests", "50")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert {s["name"] for s in summary["services"]} == {
+        "monitor",
+        "model-gateway",
+        "data-gateway",
+        "biz-center",
+    }
+    for service in summary["services"]:
+        assert service["health"] == "SERVING" and service["errors"] == 0 and service["metrics_ok"]
+        assert "grpc.health.v1.Health" in service["services"]
+    assert set(summary["exit_codes"].values()) == {0}
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_up_status_down_leave_no_process_or_port_behind(tmp_path: Path):
+    up = subprocess.Popen(
+        [*CLI, "--workdir", str(tmp_path), "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "state.json").exists() or _run(tmp_path, "status").returncode != 0:
+            assert up.poll() is None, up.stderr.read() if up.stderr else ""
+            assert time.monotonic() < deadline, "the mesh never became healthy"
+            time.sleep(0.3)
+        processes = json.loads((tmp_path / "state.json").read_text())["processes"]
+        status = json.loads(_run(tmp_path, "--json", "status").stdout)
+        assert {s["health"] for s in status} == {"SERVING"}
+        second = _run(tmp_path, "up", timeout=30)
+        assert second.returncode == 1 and "already running" in second.stderr
+        assert _run(tmp_path, "down").returncode == 0
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(timeout=30)
+    assert all(_gone(p["pid"]) for p in processes)
+    assert all(_port_free(p["port"]) and _port_free(p["metrics_port"]) for p in processes)
+    assert not (tmp_path / "state.json").exists()
+    after = _run(tmp_path, "status")
+    assert after.returncode == 1
+    state = tmp_path / "state.json"
+    assert (
+        after.stderr.strip()
+        == f"infermesh: no local stack is running (no {state}); start one with `infermesh up`"
+    )
+
+
+def test_ctrl_c_stops_the_mesh(tmp_path: Path):
+    up = subprocess.Popen([*CLI, "--workdir", str(tmp_path), "up"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _run(tmp_path, "status").returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    processes = json.loads((tmp_path / "state.json").read_text())["processes"]
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=60) == 0
+    assert all(_gone(p["pid"]) for p in processes)
+
+
+@pytest.mark.parametrize("command", ["status", "down"])
+def test_commands_without_a_mesh_fail_with_one_line(tmp_path: Path, command: str):
+    done = _run(tmp_path, command)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1

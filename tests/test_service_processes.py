@@ -1,0 +1,95 @@
+"""Each service runs as its own process on the chassis: it starts from a settings file, serves
+health, reflection and /metrics, refuses bad settings with one line, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVICES = [
+    ("infermesh_model_gateway", "model-gateway", "MODEL_GATEWAY_"),
+    ("infermesh_data_gateway", "data-gateway", "DATA_GATEWAY_"),
+    ("infermesh_biz_center", "biz-center", "BIZ_CENTER_"),
+    ("infermesh_monitor", "monitor", "MONITOR_"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(prefix: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefix)}
+
+
+def _wait_serving(address: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, f"{address} never became SERVING"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("module", "name", "prefix"), SERVICES)
+def test_service_process_lifecycle(tmp_path: Path, module: str, name: str, prefix: str):
+    port, metrics_port = _free_port(), _free_port()
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        json.dumps({"grpc": {"port": port, "grace_period_s": 2}, "metrics": {"port": metrics_port}})
+    )
+    env = _env(prefix) | {f"{prefix}LOGGING__LEVEL": "INFO"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--config", str(config)],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        _wait_serving(f"127.0.0.1:{port}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+            assert "process_resident_memory_bytes" in reply.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    events = [e["event"] for e in logs]
+    assert events.index("server_started") < events.index("server_draining") < events.index("server_stopped")
+    assert all(e["service"] == name for e in logs)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # the port was freed
+
+
+@pytest.mark.parametrize(("module", "name", "prefix"), SERVICES)
+def test_bad_settings_stop_the_process_with_one_line(module: str, name: str, prefix: str):
+    env = _env(prefix) | {f"{prefix}GRPC__PORT": "not-a-port"}
+    done = subprocess.run(
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"{name}: invalid settings ({prefix}* environment): grpc.port: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )
