@@ -49,13 +49,13 @@ async def test_events_reach_the_monitor_and_survive_an_outage():
     )
     runtime = Runtime.create(settings)
     emitter = runtime.event_emitter()
-    token = ctx.request_id_var.set("req-7")
+    token = ctx.bind(ctx.CallContext("req-7"))
     try:
         emitter.emit(
             new_event("emitting-svc", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id="req-6"))
         )
     finally:
-        ctx.request_id_var.reset(token)
+        ctx.unbind(token)
     await _until(lambda: len(monitor.events) == 1)
     [event] = monitor.events
     assert event.request_id == "req-7"

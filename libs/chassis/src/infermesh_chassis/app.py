@@ -82,7 +82,11 @@ class Runtime:
         self._cleanups.append(cleanup)
 
     async def close(self) -> None:
-        """Run the cleanups, then close channels and discovery; a failing cleanup does not stop the rest."""
+        """Stop the server if it still runs, run the cleanups, then close channels and discovery.
+
+        A failing cleanup does not stop the rest.
+        """
+        await self.server.stop(0)
         for cleanup in reversed(self._cleanups):
             try:
                 await cleanup()

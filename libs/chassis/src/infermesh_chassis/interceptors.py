@@ -3,8 +3,8 @@
 Server side, :class:`ServerInterceptor` wraps every handler once per method (cached) so
 that each call
 
-- takes the request id from ``x-request-id`` metadata (or creates one), binds it to every
-  log line through ``structlog.contextvars`` and returns it in trailing metadata;
+- takes the request id from ``x-request-id`` metadata (or creates one), makes it current for
+  the call (every log line carries it, see :mod:`.logs`) and returns it in trailing metadata;
 - records the caller's deadline so downstream calls can be bounded by it;
 - maps :class:`~infermesh_chassis.errors.InfermeshError` to its status and message, and
   anything unexpected to INTERNAL with a generic message (the traceback goes to the log);
@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-import structlog
 from grpc.aio import ClientCallDetails
 
 from infermesh_chassis import context as ctx
@@ -63,7 +62,7 @@ class _CallRecorder:
 class _ServerCall:
     """Everything the wrapped handler does around the servicer's behavior for one call."""
 
-    __slots__ = ("_ctx_tokens", "code", "context", "request_id", "started")
+    __slots__ = ("_token", "code", "context", "request_id", "started")
 
     def __init__(self, context: grpc.aio.ServicerContext, method: str) -> None:
         self.context = context
@@ -77,17 +76,10 @@ class _ServerCall:
         self.request_id = rid or ctx.new_request_id()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        self._ctx_tokens = (
-            ctx.request_id_var.set(self.request_id),
-            ctx.deadline_var.set(deadline),
-            structlog.contextvars.bind_contextvars(request_id=self.request_id, rpc=method),
-        )
+        self._token = ctx.bind(ctx.CallContext(self.request_id, deadline, method))
 
     def finish(self) -> None:
-        rid_token, deadline_token, log_tokens = self._ctx_tokens
-        ctx.request_id_var.reset(rid_token)
-        ctx.deadline_var.reset(deadline_token)
-        structlog.contextvars.reset_contextvars(**log_tokens)
+        ctx.unbind(self._token)
 
     def trailing(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
         return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), *extra)

@@ -1,7 +1,8 @@
 """structlog configured for JSON lines on stderr, with contextvars merged into every event.
 
-The server interceptor binds ``request_id`` (and the RPC method) with
-``structlog.contextvars``, so every log line written while handling a request carries them.
+Every log line written while the server handles a call carries that call's ``request_id``
+and ``rpc`` (read from :mod:`.context`, which the server interceptor sets per call), and
+anything bound with ``structlog.contextvars``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 from typing import TextIO
 
 import structlog
+
+from infermesh_chassis.context import current
 
 __all__ = ["configure_logging", "get_logger"]
 
@@ -28,6 +31,9 @@ def configure_logging(
         raise ValueError(f"unknown log level {level!r}")
     out = stream or sys.stderr
     logging.basicConfig(level=numeric, stream=out, format="%(message)s", force=True)
+    # grpc's own debug records hold references to its Cython call objects; kept alive past the
+    # event loop (by a log capture, say) they crash the interpreter when finally freed.
+    logging.getLogger("grpc").setLevel(max(numeric, logging.INFO))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -36,6 +42,10 @@ def configure_logging(
         _logger: object, _method: str, event: structlog.typing.EventDict
     ) -> structlog.typing.EventDict:
         event.setdefault("service", service)
+        call = current()
+        if call is not None:
+            event.setdefault("request_id", call.request_id)
+            event.setdefault("rpc", call.rpc)
         return event
 
     structlog.configure(

@@ -66,6 +66,7 @@ class GrpcServer:
         self._service_names: list[str] = []
         self._metrics_http: MetricsHttpServer | None = None
         self._instance: Instance | None = None
+        self._stopped = False
         self.port = 0
 
     @property
@@ -128,7 +129,14 @@ class GrpcServer:
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Graceful shutdown: NOT_SERVING, deregister, stop accepting, drain in-flight calls."""
+        """Graceful shutdown: NOT_SERVING, deregister, stop accepting, drain in-flight calls.
+
+        Safe to call more than once, and on a server that never started (the grpc.aio server
+        must be shut down inside the event loop either way, or its finalizer runs without one).
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.settings.grpc.grace_period_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         if self._discovery is not None and self._instance is not None:
