@@ -69,6 +69,8 @@ def test_service_process_lifecycle(tmp_path: Path, module: str, name: str, prefi
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
             assert "process_resident_memory_bytes" in reply.read().decode()
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # a repeated signal during the drain changes nothing
         assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:

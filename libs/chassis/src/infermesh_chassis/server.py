@@ -158,17 +158,23 @@ class GrpcServer:
 
 
 async def serve(server: GrpcServer, *, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Start ``server``, run until SIGTERM or SIGINT, then stop it gracefully and call ``on_stop``."""
+    """Start ``server``, run until SIGTERM or SIGINT, then stop it gracefully and call ``on_stop``.
+
+    A repeated signal during the shutdown changes nothing (the drain goes on); once this returns,
+    further SIGTERM/SIGINT are ignored so the process can finish closing: SIGKILL is the escalation.
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stopping.set)
-    await server.start()
     try:
+        await server.start()
         await stopping.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         await server.stop()
         if on_stop is not None:
             await on_stop()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
