@@ -10,6 +10,10 @@ import grpc
 import pytest
 
 from infermesh_chassis import errors
+from infermesh_chassis.client import ChannelPool, ServiceClient
+from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
+from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.settings import ClientSettings
 
 
 async def test_idempotent_call_retries_on_another_instance(start_server, make_client):
@@ -86,3 +90,37 @@ async def test_channels_are_reused(start_server, make_client):
     client = make_client({"svc": [server.address]}, "svc")
     await asyncio.gather(*(client.call("Echo", b"x") for _ in range(20)))
     assert len(client._stubs) == 1
+
+
+async def test_client_red_metrics(start_server, echo_stub):
+    server, _ = await start_server()
+    metrics = Metrics("metered-client")
+    pool = ChannelPool(metrics)
+    client = ServiceClient(
+        "svc",
+        echo_stub,
+        discovery=StaticDiscovery(DiscoverySettings(static={"svc": [server.address]})),
+        channels=pool,
+        settings=ClientSettings(),
+    )
+    for _ in range(3):
+        await client.call("Echo", b"x")
+    with pytest.raises(errors.NotFound):
+        await client.call("Fail", b"NotFound")
+    await pool.close()
+    sample = metrics.registry.get_sample_value
+    labels = {"grpc_service": "test.Echo"}
+    assert (
+        sample("infermesh_metered_client_grpc_client_requests_total", {**labels, "grpc_method": "Echo"}) == 3
+    )
+    assert (
+        sample("infermesh_metered_client_grpc_client_requests_total", {**labels, "grpc_method": "Fail"}) == 1
+    )
+    fail_errors = {**labels, "grpc_method": "Fail", "grpc_code": "NOT_FOUND"}
+    assert sample("infermesh_metered_client_grpc_client_errors_total", fail_errors) == 1
+    assert (
+        sample(
+            "infermesh_metered_client_grpc_client_latency_seconds_count", {**labels, "grpc_method": "Echo"}
+        )
+        == 3
+    )

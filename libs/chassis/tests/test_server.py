@@ -14,6 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from infermesh_chassis import errors
+from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
+from infermesh_chassis.server import GrpcServer
+from infermesh_chassis.settings import ServiceSettings
 
 
 async def test_health_reports_serving_per_service(start_server, echo_stub):
@@ -223,3 +226,14 @@ async def test_oversize_message_is_refused(start_server, echo_stub):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Echo(b"x" * 4096)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_registers_on_start_and_deregisters_before_draining(log_stream):
+    discovery = StaticDiscovery(DiscoverySettings())
+    server = GrpcServer(ServiceSettings(service_name="registered-svc"), discovery=discovery)
+    await server.start()
+    [instance] = discovery.registered
+    assert (instance.service, instance.host, instance.port) == ("registered-svc", "127.0.0.1", server.port)
+    assert instance.meta["metrics_port"] == str(server.metrics_port)
+    await server.stop(0)
+    assert discovery.registered == ()
