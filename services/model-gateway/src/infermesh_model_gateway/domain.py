@@ -1,0 +1,223 @@
+"""The model gateway's domain types: transport-neutral (no protobuf), shared by the registry,
+the Triton workers, the traffic router and the servicers.
+
+A registered model version becomes one Triton model named :func:`triton_model_name`
+(``<model>__<version>``), so each version loads, serves and unloads independently of the others.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from infermesh_chassis.errors import InvalidArgument
+
+__all__ = [
+    "DATATYPES",
+    "MODEL_NAME_PATTERN",
+    "AuditRecord",
+    "DeploymentConfig",
+    "Mirror",
+    "ModelFormat",
+    "ModelRecord",
+    "ModelVersionRecord",
+    "TensorSchema",
+    "TrafficPolicy",
+    "VersionState",
+    "parse_triton_model_name",
+    "triton_model_name",
+    "validate_model_name",
+]
+
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+"""Model names: a letter, then letters, digits, ``_`` or ``-`` (at most 63), never ``__``."""
+
+DATATYPES: dict[str, int] = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "UINT16": 2,
+    "UINT32": 4,
+    "UINT64": 8,
+    "INT8": 1,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "FP16": 2,
+    "FP32": 4,
+    "FP64": 8,
+    "BYTES": 0,
+}
+"""KServe v2 / Triton tensor datatypes and their element size in bytes (0: variable, BYTES)."""
+
+
+class ModelFormat(enum.StrEnum):
+    """Serialization format of an artifact."""
+
+    ONNX = "onnx"
+    SKLEARN = "sklearn"
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    PMML = "pmml"
+
+
+class VersionState(enum.StrEnum):
+    """Lifecycle of a model version."""
+
+    REGISTERED = "registered"
+    DEPLOYING = "deploying"
+    SERVING = "serving"
+    DRAINING = "draining"
+    RETIRED = "retired"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSchema:
+    """One input or output tensor. ``shape`` excludes the batch dimension when the version batches
+    (``max_batch_size > 0``), as Triton's config.pbtxt does; -1 is a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.datatype not in DATATYPES:
+            known = ", ".join(DATATYPES)
+            raise InvalidArgument(
+                f"tensor '{self.name}': unknown datatype '{self.datatype}' (expected one of {known})"
+            )
+        if any(d < -1 or d == 0 for d in self.shape):
+            raise InvalidArgument(
+                f"tensor '{self.name}': shape {list(self.shape)} has a dimension that is 0 or below -1"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    """How a version runs on Triton."""
+
+    max_batch_size: int = 64
+    """Largest batch Triton forms (0: the model does not batch; shapes are then full shapes)."""
+    dynamic_batching: bool = True
+    """Let Triton combine concurrent requests into batches."""
+    max_queue_delay_us: int = 500
+    """How long Triton may hold a request to form a batch."""
+    instance_count: int = 1
+    """Model instances per worker."""
+    placement: tuple[str, ...] = ()
+    """Worker ids (or labels) to load on; empty: every worker."""
+    warmup_requests: int = 3
+    """Warm-up requests sent to each worker before the version is marked SERVING."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersionRecord:
+    """One registered version of a model."""
+
+    model: str
+    version: int
+    format: ModelFormat
+    artifact_uri: str
+    artifact_sha256: str
+    inputs: tuple[TensorSchema, ...]
+    outputs: tuple[TensorSchema, ...]
+    trusted: bool = False
+    """Pickled/joblib artifacts are refused unless the registration marks them trusted."""
+    owner: str = ""
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    deployment: DeploymentConfig = DeploymentConfig()
+    state: VersionState = VersionState.REGISTERED
+    state_detail: str = ""
+    """Why the version is in its state (e.g. the error of a failed deployment)."""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    retired_at: datetime | None = None
+    successor: int | None = None
+    """The version that replaces this one once retired."""
+    deprecated_until: datetime | None = None
+    """Pinned callers are warned until then; the version is retired after it."""
+
+    @property
+    def triton_name(self) -> str:
+        """The Triton model this version is served as."""
+        return triton_model_name(self.model, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """A share of a model's traffic copied to a shadow version, off the critical path."""
+
+    version: int
+    fraction: float
+    """0 < fraction <= 1 of the requests the primary serves."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """How requests without a pinned version pick one."""
+
+    weights: dict[int, int] = field(default_factory=dict)
+    """Version -> relative weight; empty: everything goes to the ``production`` alias."""
+    sticky_key: str = ""
+    """Request parameter (or metadata key) whose value keeps a caller on one version; empty: random."""
+    mirror: Mirror | None = None
+    revision: int = 0
+    """Increases with every change (optimistic concurrency)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A model: its versions are stored separately; aliases name versions."""
+
+    name: str
+    owner: str = ""
+    description: str = ""
+    aliases: dict[str, int] = field(default_factory=dict)
+    traffic: TrafficPolicy = TrafficPolicy()
+    production_history: tuple[int, ...] = ()
+    """Versions that held ``production``, oldest first (rollback walks back through it)."""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One change, as the audit log keeps it."""
+
+    id: int
+    time: datetime
+    actor: str
+    action: str
+    """snake_case verb: register_version, deploy_version, set_traffic, promote, rollback..."""
+    target: str
+    """What changed: ``model`` or ``model/version``."""
+    before: str
+    """JSON of the object before the change ("" when it did not exist)."""
+    after: str
+    """JSON of the object after the change ("" when it was removed)."""
+    reason: str = ""
+
+
+def validate_model_name(name: str) -> str:
+    """``name`` if it is a valid model name, else INVALID_ARGUMENT naming the rule."""
+    if not MODEL_NAME_PATTERN.match(name) or "__" in name:
+        raise InvalidArgument(
+            f"model name '{name}' is invalid: use a letter, then letters, digits, '_' or '-' "
+            "(at most 63 characters, no '__')"
+        )
+    return name
+
+
+def triton_model_name(model: str, version: int) -> str:
+    """The Triton model name of ``model`` version ``version``."""
+    return f"{model}__{version}"
+
+
+def parse_triton_model_name(name: str) -> tuple[str, int] | None:
+    """``(model, version)`` from a Triton model name made by :func:`triton_model_name`, else None."""
+    model, sep, version = name.rpartition("__")
+    if not sep or not version.isdigit():
+        return None
+    return model, int(version)
