@@ -85,9 +85,7 @@ class TensorSchema:
     def __post_init__(self) -> None:
         if self.datatype not in DATATYPES:
             known = ", ".join(DATATYPES)
-            raise InvalidArgument(
-                f"tensor '{self.name}': unknown datatype '{self.datatype}' (expected one of {known})"
-            )
+            raise InvalidArgument(f"tensor '{self.name}': unknown datatype '{self.datatype}' (expected one of {known})")
         if any(d < -1 or d == 0 for d in self.shape):
             raise InvalidArgument(
                 f"tensor '{self.name}': shape {list(self.shape)} has a dimension that is 0 or below -1"

@@ -1,10 +1,77 @@
-"""Settings of the model gateway: the chassis' settings under the ``MODEL_GATEWAY_`` prefix."""
+"""Settings of the model gateway: the chassis' settings under the ``MODEL_GATEWAY_`` prefix, plus
+the registry, the Triton workers, the data plane and deployments."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from infermesh_chassis.settings import ServiceSettings
+
+MiB = 1024 * 1024
+
+
+class PoolSettings(BaseModel):
+    """How the pool watches and uses its workers."""
+
+    health_interval_s: float = Field(1.0, gt=0)
+    """How often every worker's readiness and ready models are refreshed."""
+    health_timeout_s: float = Field(1.0, gt=0)
+    """Deadline of one health probe."""
+    eject_after_failures: int = Field(3, ge=1)
+    """Consecutive worker-side failures that eject a worker."""
+    base_ejection_s: float = Field(2.0, gt=0)
+    """First ejection length; doubles on each further ejection of the same worker."""
+    max_ejection_s: float = Field(30.0, gt=0)
+    """Longest ejection."""
+    load_timeout_s: float = Field(120.0, gt=0)
+    """Deadline of loading one model on one worker."""
+    max_message_bytes: int = Field(64 * MiB, gt=0)
+    """Largest message exchanged with a worker."""
+
+
+class WorkerSettings(BaseModel):
+    """Where the Triton workers come from."""
+
+    embedded: int = Field(1, ge=0, le=16)
+    """tritonserver processes the gateway starts itself (the nvidia-pytriton wheel's binary)."""
+    discovery_service: str = ""
+    """Service name of external Triton workers in discovery (e.g. ``triton``); empty: none."""
+    discovery_interval_s: float = Field(5.0, gt=0)
+    """How often external workers are resolved again."""
+    startup_timeout_s: float = Field(60.0, gt=0)
+    """How long an embedded worker may take to become ready."""
+    pool: PoolSettings = PoolSettings()
+
+
+class InferenceSettings(BaseModel):
+    """How the data plane treats requests."""
+
+    default_timeout_s: float = Field(10.0, gt=0)
+    """Deadline of a forwarded inference when the caller sets none."""
+    max_request_bytes: int = Field(32 * MiB, gt=0)
+    """Largest total size of a request's input tensors."""
+    shadow_max_in_flight: int = Field(32, ge=0)
+    """Mirrored requests in flight at most; beyond it mirroring skips (and counts) requests."""
+    shadow_timeout_s: float = Field(5.0, gt=0)
+    """Deadline of a mirrored request."""
+    event_input_sample_rate: float = Field(0.05, ge=0, le=1)
+    """Share of requests whose inputs are attached to their inference event (drift needs them)."""
+    server_name: str = "infermesh-model-gateway"
+    """Name reported by ServerMetadata."""
+    server_version: str = "0.1.0"
+    """Version reported by ServerMetadata."""
+
+
+class DeploySettings(BaseModel):
+    """How deployments run."""
+
+    drain_timeout_s: float = Field(30.0, gt=0)
+    """Longest wait for in-flight requests of a version before it unloads anyway."""
+    warmup_timeout_s: float = Field(30.0, gt=0)
+    """Deadline of one warm-up request."""
 
 
 class Settings(ServiceSettings):
@@ -17,3 +84,14 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MODEL_GATEWAY_")
 
     service_name: str = "model-gateway"
+    data_dir: Path = Path("var/model-gateway")
+    """Artifact cache, Triton model repository and worker logs live under it."""
+    registry_url: str = ""
+    """``sqlite:///path`` or ``postgresql://...``; empty: SQLite in ``data_dir/registry.db``."""
+    registry_poll_s: float = Field(1.0, gt=0)
+    """How often the registry is checked for changes made by other gateway instances."""
+    max_artifact_bytes: int = Field(2048 * MiB, gt=0)
+    """Largest artifact fetched over http(s)."""
+    workers: WorkerSettings = WorkerSettings()
+    inference: InferenceSettings = InferenceSettings()
+    deploy: DeploySettings = DeploySettings()

@@ -1,0 +1,231 @@
+"""Protobuf ↔ domain conversions for the control plane (protobuf stays at the edge).
+
+Incoming messages are validated here as they are converted: a missing or malformed field is
+INVALID_ARGUMENT naming the field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from infermesh.common.v1 import common_pb2
+from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
+from infermesh_chassis.errors import InvalidArgument
+from infermesh_model_gateway.domain import (
+    AuditRecord,
+    DeploymentConfig,
+    Mirror,
+    ModelFormat,
+    ModelRecord,
+    ModelVersionRecord,
+    TensorSchema,
+    TrafficPolicy,
+    VersionState,
+    validate_model_name,
+)
+
+__all__ = [
+    "audit_to_proto",
+    "model_to_proto",
+    "state_from_proto",
+    "traffic_from_proto",
+    "traffic_to_proto",
+    "version_from_register",
+    "version_to_proto",
+]
+
+_FORMATS = {
+    pb.MODEL_FORMAT_ONNX: ModelFormat.ONNX,
+    pb.MODEL_FORMAT_SKLEARN: ModelFormat.SKLEARN,
+    pb.MODEL_FORMAT_XGBOOST: ModelFormat.XGBOOST,
+    pb.MODEL_FORMAT_LIGHTGBM: ModelFormat.LIGHTGBM,
+    pb.MODEL_FORMAT_PMML: ModelFormat.PMML,
+}
+_FORMATS_BACK = {v: k for k, v in _FORMATS.items()}
+_STATES = {
+    pb.MODEL_VERSION_STATE_REGISTERED: VersionState.REGISTERED,
+    pb.MODEL_VERSION_STATE_DEPLOYING: VersionState.DEPLOYING,
+    pb.MODEL_VERSION_STATE_SERVING: VersionState.SERVING,
+    pb.MODEL_VERSION_STATE_DRAINING: VersionState.DRAINING,
+    pb.MODEL_VERSION_STATE_RETIRED: VersionState.RETIRED,
+    pb.MODEL_VERSION_STATE_FAILED: VersionState.FAILED,
+}
+_STATES_BACK = {v: k for k, v in _STATES.items()}
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _tensors(specs: list[common_pb2.TensorSpec], field: str) -> tuple[TensorSchema, ...]:
+    if not specs:
+        raise InvalidArgument(f"{field}: at least one tensor is required")
+    tensors = []
+    for index, spec in enumerate(specs):
+        if not spec.name:
+            raise InvalidArgument(f"{field}[{index}].name is required")
+        try:
+            tensors.append(TensorSchema(spec.name, spec.datatype, tuple(spec.shape)))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{field}[{index}]: {exc.message}") from None
+    return tuple(tensors)
+
+
+def _deployment(config: pb.DeploymentConfig, present: bool) -> DeploymentConfig:
+    if not present:
+        return DeploymentConfig()
+    if config.max_batch_size < 0:
+        raise InvalidArgument("deployment.max_batch_size must be >= 0 (0: the model does not batch)")
+    if config.instance_count < 0:
+        raise InvalidArgument("deployment.instance_count must be >= 0 (0 means 1)")
+    if config.warmup_samples:
+        raise InvalidArgument(
+            "deployment.warmup_samples: recorded warm-up samples are not supported yet; "
+            "the gateway warms every version up with requests built from its schema"
+        )
+    if config.placement.worker_selector:
+        raise InvalidArgument("deployment.placement.worker_selector is not supported; name worker_ids instead")
+    batching = config.dynamic_batching
+    delay_us = batching.max_queue_delay.ToMicroseconds() if batching.HasField("max_queue_delay") else 500
+    return DeploymentConfig(
+        max_batch_size=config.max_batch_size,
+        dynamic_batching=batching.enabled and config.max_batch_size > 0,
+        max_queue_delay_us=delay_us,
+        instance_count=config.instance_count or 1,
+        placement=tuple(config.placement.worker_ids),
+    )
+
+
+def version_from_register(request: pb.RegisterModelVersionRequest) -> ModelVersionRecord:
+    """The version a registration describes (number 0: the registry assigns the next one)."""
+    validate_model_name(request.model)
+    fmt = _FORMATS.get(request.format)
+    if fmt is None:
+        raise InvalidArgument("format is required: ONNX, SKLEARN, XGBOOST, LIGHTGBM or PMML")
+    artifact = request.artifact
+    if not artifact.uri:
+        raise InvalidArgument("artifact.uri is required (file:// or http(s)://)")
+    sha = artifact.sha256.lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise InvalidArgument("artifact.sha256 must be the artifact's SHA-256 digest as 64 hex characters")
+    return ModelVersionRecord(
+        model=request.model,
+        version=0,
+        format=fmt,
+        artifact_uri=artifact.uri,
+        artifact_sha256=sha,
+        inputs=_tensors(list(request.inputs), "inputs"),
+        outputs=_tensors(list(request.outputs), "outputs"),
+        trusted=artifact.trusted,
+        owner=request.owner,
+        description=request.description,
+        tags=dict(request.tags),
+        deployment=_deployment(request.deployment, request.HasField("deployment")),
+    )
+
+
+def state_from_proto(state: int) -> VersionState:
+    """A domain state from the enum (INVALID_ARGUMENT when unspecified)."""
+    found = _STATES.get(state)
+    if found is None:
+        raise InvalidArgument(f"unknown model version state {state}")
+    return found
+
+
+def version_to_proto(record: ModelVersionRecord, aliases: list[str] | None = None) -> pb.ModelVersion:
+    """The contract's ModelVersion for ``record``."""
+    deployment = record.deployment
+    message = pb.ModelVersion(
+        model=record.model,
+        version=record.version,
+        format=_FORMATS_BACK[record.format],
+        artifact=pb.Artifact(uri=record.artifact_uri, sha256=record.artifact_sha256, trusted=record.trusted),
+        inputs=[common_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in record.inputs],
+        outputs=[common_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in record.outputs],
+        deployment=pb.DeploymentConfig(
+            max_batch_size=deployment.max_batch_size,
+            dynamic_batching=pb.DynamicBatching(enabled=deployment.dynamic_batching),
+            instance_count=deployment.instance_count,
+            instance_kind=pb.INSTANCE_KIND_CPU,
+            placement=pb.Placement(worker_ids=deployment.placement),
+        ),
+        state=_STATES_BACK[record.state],
+        state_detail=record.state_detail,
+        description=record.description,
+        tags=record.tags,
+        owner=record.owner,
+        aliases=sorted(aliases or []),
+        create_time=_timestamp(record.created_at),
+        update_time=_timestamp(record.updated_at),
+    )
+    if deployment.dynamic_batching:
+        message.deployment.dynamic_batching.max_queue_delay.FromMicroseconds(deployment.max_queue_delay_us)
+    return message
+
+
+def traffic_to_proto(model: str, policy: TrafficPolicy) -> pb.TrafficPolicy:
+    """The contract's TrafficPolicy."""
+    message = pb.TrafficPolicy(
+        model=model,
+        weights=[pb.VersionWeight(version=v, weight=w) for v, w in sorted(policy.weights.items())],
+        sticky=pb.StickyRouting(enabled=bool(policy.sticky_key), key_name=policy.sticky_key),
+        revision=policy.revision,
+    )
+    if policy.mirror is not None:
+        message.mirror.shadow_version = policy.mirror.version
+        message.mirror.fraction = policy.mirror.fraction
+    return message
+
+
+def traffic_from_proto(message: pb.TrafficPolicy) -> TrafficPolicy:
+    """A domain policy from the contract's (INVALID_ARGUMENT naming the bad field)."""
+    weights: dict[int, int] = {}
+    for index, entry in enumerate(message.weights):
+        if entry.version <= 0:
+            raise InvalidArgument(f"policy.weights[{index}].version must be a version number (> 0)")
+        if entry.version in weights:
+            raise InvalidArgument(f"policy.weights[{index}]: version {entry.version} is listed twice")
+        weights[entry.version] = entry.weight
+    sticky = message.sticky
+    if sticky.enabled and not sticky.key_name:
+        raise InvalidArgument("policy.sticky.key_name is required when sticky routing is enabled")
+    mirror = None
+    if message.HasField("mirror") and message.mirror.shadow_version:
+        if not 0 < message.mirror.fraction <= 1:
+            raise InvalidArgument("policy.mirror.fraction must be in (0, 1]")
+        mirror = Mirror(version=message.mirror.shadow_version, fraction=message.mirror.fraction)
+    return TrafficPolicy(weights=weights, sticky_key=sticky.key_name if sticky.enabled else "", mirror=mirror)
+
+
+def model_to_proto(record: ModelRecord, versions: list[ModelVersionRecord]) -> pb.Model:
+    """The contract's Model, with its latest and serving versions."""
+    return pb.Model(
+        name=record.name,
+        description=record.description,
+        owner=record.owner,
+        aliases=record.aliases,
+        latest_version=max((v.version for v in versions), default=0),
+        traffic_policy=traffic_to_proto(record.name, record.traffic),
+        create_time=_timestamp(record.created_at),
+        serving_versions=sorted(v.version for v in versions if v.state is VersionState.SERVING),
+    )
+
+
+def audit_to_proto(record: AuditRecord) -> common_pb2.AuditEntry:
+    """The contract's AuditEntry."""
+    return common_pb2.AuditEntry(
+        id=str(record.id),
+        time=_timestamp(record.time),
+        actor=record.actor,
+        action=record.action,
+        target=record.target,
+        before_json=record.before,
+        after_json=record.after,
+        reason=record.reason,
+    )

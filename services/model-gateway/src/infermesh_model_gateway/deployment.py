@@ -1,0 +1,203 @@
+"""Registering, deploying and undeploying versions, so that nothing is ever half-deployed.
+
+- **register**: the artifact is fetched and verified (sha256, format, trusted pickles) before
+  the version is stored; a refusal leaves nothing behind.
+- **deploy**: REGISTERED → DEPLOYING; the Triton model is written to the repository, loaded on
+  every worker of its placement, and warmed up on each (requests built from the schema) before
+  the version becomes SERVING and the router sees it. Any failure unloads what was loaded,
+  removes what was written, and leaves the version FAILED with the reason.
+- **undeploy**: SERVING → DRAINING (refused while traffic or an alias points at the version);
+  the router stops sending it new requests, in-flight ones finish (bounded by the drain
+  timeout), then it unloads and goes back to REGISTERED.
+- **reconcile**: after a restart, or when a worker joins, every SERVING version is loaded where
+  it belongs; operations a crash interrupted are finished (DRAINING) or failed (DEPLOYING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from infermesh_chassis.errors import FailedPrecondition, InfermeshError
+from infermesh_chassis.logs import get_logger
+from infermesh_model_gateway.artifacts import ArtifactStore
+from infermesh_model_gateway.domain import ModelVersionRecord, TensorSchema, VersionState
+from infermesh_model_gateway.pool import WorkerPool
+from infermesh_model_gateway.registry import Registry
+from infermesh_model_gateway.settings import DeploySettings
+from infermesh_model_gateway.triton import ModelRepository
+
+__all__ = ["Deployer", "warmup_request"]
+
+_log = get_logger("infermesh_model_gateway.deployment")
+
+_NUMPY = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+def _warmup_tensor(spec: TensorSchema, batching: bool) -> tuple[list[int], bytes]:
+    shape = [1 if d == -1 else d for d in spec.shape]
+    if batching:
+        shape = [1, *shape]
+    count = int(np.prod(shape)) if shape else 1
+    if spec.datatype == "BYTES":
+        return shape, b"".join(len(b"0").to_bytes(4, "little") + b"0" for _ in range(count))
+    return shape, np.zeros(count, dtype=_NUMPY[spec.datatype]).tobytes()
+
+
+def warmup_request(record: ModelVersionRecord) -> service_pb2.ModelInferRequest:
+    """A well-formed request for ``record`` (zeros of the schema's shapes, batch 1)."""
+    request = service_pb2.ModelInferRequest(model_name=record.triton_name)
+    batching = record.deployment.max_batch_size > 0
+    for spec in record.inputs:
+        shape, raw = _warmup_tensor(spec, batching)
+        request.inputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+        request.raw_input_contents.append(raw)
+    return request
+
+
+class Deployer:
+    """Drives versions through their lifecycle across registry, repository and workers."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        artifacts: ArtifactStore,
+        repository: ModelRepository,
+        pool: WorkerPool,
+        *,
+        on_change: Callable[[], Awaitable[None]],
+        settings: DeploySettings,
+    ) -> None:
+        self._registry = registry
+        self._artifacts = artifacts
+        self._repository = repository
+        self._pool = pool
+        self._on_change = on_change
+        self._settings = settings
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, record: ModelVersionRecord) -> asyncio.Lock:
+        return self._locks.setdefault(record.triton_name, asyncio.Lock())
+
+    async def register(self, record: ModelVersionRecord, *, actor: str, reason: str = "") -> ModelVersionRecord:
+        """Verify the artifact, then store the version (REGISTERED)."""
+        await self._artifacts.fetch(
+            record.artifact_uri, record.artifact_sha256, format=record.format, trusted=record.trusted
+        )
+        stored = await self._registry.register_version(record, actor=actor, reason=reason)
+        await self._on_change()
+        return stored
+
+    async def deploy(self, model: str, version: int, *, actor: str, reason: str = "") -> ModelVersionRecord:
+        """Load, warm up and mark SERVING; on any failure roll back to nothing and mark FAILED."""
+        record = await self._registry.get_version(model, version)
+        async with self._lock(record):
+            record = await self._registry.set_state(model, version, VersionState.DEPLOYING, actor=actor, reason=reason)
+            await self._on_change()
+            try:
+                await self._load(record, record.deployment.placement or None)
+            except InfermeshError as exc:
+                await self._registry.set_state(
+                    model, version, VersionState.FAILED, detail=exc.message, actor=actor, reason="deployment failed"
+                )
+                await self._on_change()
+                raise FailedPrecondition(
+                    f"deploying version {version} of model '{model}' failed: {exc.message}"
+                ) from None
+            record = await self._registry.set_state(model, version, VersionState.SERVING, actor=actor, reason=reason)
+            await self._on_change()
+        _log.info("version_deployed", model=model, version=version)
+        return record
+
+    async def _load(self, record: ModelVersionRecord, worker_ids: Iterable[str] | None) -> list[str]:
+        """Write, load and warm up ``record`` on the workers; undo everything on failure."""
+        loaded: list[str] = []
+        try:
+            artifact = await self._artifacts.fetch(
+                record.artifact_uri, record.artifact_sha256, format=record.format, trusted=record.trusted
+            )
+            await asyncio.to_thread(self._repository.write, record, artifact)
+            loaded = await self._pool.load(record.triton_name, worker_ids)
+            await self._warm_up(record, loaded)
+        except InfermeshError:
+            if loaded:
+                await self._pool.unload(record.triton_name, loaded)
+            if not any(record.triton_name in w.ready_models for w in self._pool.workers):
+                await asyncio.to_thread(self._repository.remove, record.triton_name)
+            raise
+        return loaded
+
+    async def _warm_up(self, record: ModelVersionRecord, worker_ids: list[str]) -> None:
+        request = warmup_request(record)
+        for worker_id in worker_ids:
+            worker = self._pool.worker(worker_id)
+            for _ in range(record.deployment.warmup_requests):
+                await self._pool.call(worker, "ModelInfer", request, self._settings.warmup_timeout_s)
+
+    async def undeploy(self, model: str, version: int, *, actor: str, reason: str = "") -> ModelVersionRecord:
+        """Drain, unload, and go back to REGISTERED."""
+        record = await self._registry.get_version(model, version)
+        async with self._lock(record):
+            await self._registry.set_state(model, version, VersionState.DRAINING, actor=actor, reason=reason)
+            await self._on_change()
+            await self._drain_and_unload(record)
+            record = await self._registry.set_state(model, version, VersionState.REGISTERED, actor=actor, reason=reason)
+            await self._on_change()
+        _log.info("version_undeployed", model=model, version=version)
+        return record
+
+    async def _drain_and_unload(self, record: ModelVersionRecord) -> None:
+        left = await self._pool.wait_drained(record.triton_name, self._settings.drain_timeout_s)
+        if left:
+            _log.warning("drain_timeout", model=record.model, version=record.version, in_flight=left)
+        await self._pool.unload(record.triton_name)
+        await asyncio.to_thread(self._repository.remove, record.triton_name)
+
+    async def reconcile(self, worker_ids: Iterable[str] | None = None, *, actor: str = "model-gateway") -> None:
+        """Bring workers in line with the registry (at start, and when workers join)."""
+        targets = list(worker_ids) if worker_ids is not None else None
+        for model, versions in await self._registry.snapshot():
+            for record in versions:
+                if record.state is VersionState.SERVING:
+                    placement = set(record.deployment.placement)
+                    ids = targets if not placement else [i for i in (targets or placement) if i in placement]
+                    if ids is not None and not ids:
+                        continue
+                    try:
+                        await self._load(record, ids)
+                    except InfermeshError as exc:
+                        _log.error("reconcile_load_failed", model=model.name, version=record.version, error=exc.message)
+                elif record.state is VersionState.DEPLOYING and targets is None:
+                    await self._registry.set_state(
+                        model.name,
+                        record.version,
+                        VersionState.FAILED,
+                        detail="interrupted by a gateway restart; deploy again",
+                        actor=actor,
+                    )
+                elif record.state is VersionState.DRAINING and targets is None:
+                    await self._drain_and_unload(record)
+                    await self._registry.set_state(
+                        model.name,
+                        record.version,
+                        VersionState.REGISTERED,
+                        actor=actor,
+                        reason="undeploy finished after a gateway restart",
+                    )
+        await self._on_change()

@@ -1,0 +1,325 @@
+"""The pool of Triton workers: health, load-aware balancing, one retry elsewhere, outlier ejection.
+
+Workers are Triton servers reached over gRPC: child processes of the gateway in the embedded
+default, or Triton containers found through discovery; the pool does not care which. It
+
+- refreshes each worker's health in the background (``ServerReady``, and ``RepositoryIndex`` for
+  the models it has ready), so the hot path only reads in-memory state;
+- picks a worker for a model among the healthy ones that have it ready, by power of two choices
+  on in-flight requests;
+- retries an inference that failed for a worker-side reason (unreachable, crashed backend,
+  model missing on that worker) once on another worker that has the model;
+- ejects a worker after consecutive failures, for a backoff that doubles on each ejection, and
+  takes it back once it answers ready again after that time;
+- counts in-flight requests per model, so a version can drain before it unloads.
+
+This module is the one place where a Triton ``grpc.RpcError`` becomes the project's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from infermesh_chassis.errors import InfermeshError, Unavailable, from_rpc_error
+from infermesh_chassis.logs import get_logger
+from infermesh_chassis.metrics import Metrics
+from infermesh_model_gateway.settings import PoolSettings
+
+__all__ = ["Worker", "WorkerPool"]
+
+_log = get_logger("infermesh_model_gateway.pool")
+
+_WORKER_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
+"""Statuses that say the worker (not the request) failed: retried once elsewhere, counted."""
+
+
+class Worker:
+    """One Triton server as the pool sees it."""
+
+    __slots__ = (
+        "address",
+        "channel",
+        "ejected_until",
+        "ejections",
+        "failures",
+        "healthy",
+        "id",
+        "in_flight",
+        "ready_models",
+        "stub",
+    )
+
+    def __init__(self, worker_id: str, address: str, channel: grpc.aio.Channel) -> None:
+        self.id = worker_id
+        self.address = address
+        self.channel = channel
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self.in_flight = 0
+        self.healthy = False
+        self.ready_models: frozenset[str] = frozenset()
+        self.failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+
+    def available(self, now: float) -> bool:
+        """Healthy and not ejected."""
+        return self.healthy and now >= self.ejected_until
+
+
+class WorkerPool:
+    """The workers and how requests reach them (see the module docstring)."""
+
+    def __init__(self, settings: PoolSettings, metrics: Metrics, rng: random.Random | None = None) -> None:
+        self._settings = settings
+        self._workers: dict[str, Worker] = {}
+        self._model_in_flight: dict[str, int] = {}
+        self._drained: dict[str, asyncio.Event] = {}
+        self._rng = rng or random.Random()
+        self._task: asyncio.Task[None] | None = None
+        self._latency = metrics.histogram("worker_latency_seconds", "Inference latency per worker.", ("worker",))
+        self._faults = metrics.counter("worker_faults", "Worker-side inference failures.", ("worker", "grpc_code"))
+        self._retries = metrics.counter("worker_retries", "Inferences retried on another worker.")
+        self._ejections = metrics.counter("worker_ejections", "Workers ejected after failures.", ("worker",))
+        healthy = metrics.gauge("workers_available", "Workers healthy and not ejected.")
+        healthy.set_function(lambda: sum(w.available(time.monotonic()) for w in self._workers.values()))
+
+    @property
+    def workers(self) -> list[Worker]:
+        """Every worker, healthy or not."""
+        return list(self._workers.values())
+
+    def worker(self, worker_id: str) -> Worker:
+        """One worker by id (Unavailable when unknown)."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            raise Unavailable(f"no worker '{worker_id}' in the pool")
+        return worker
+
+    async def add(self, worker_id: str, address: str) -> Worker:
+        """Add a worker and probe it once right away."""
+        if worker_id in self._workers:
+            return self._workers[worker_id]
+        options = [
+            ("grpc.max_receive_message_length", self._settings.max_message_bytes),
+            ("grpc.max_send_message_length", self._settings.max_message_bytes),
+            ("grpc.enable_retries", 0),
+        ]
+        worker = Worker(worker_id, address, grpc.aio.insecure_channel(address, options=options))
+        self._workers[worker_id] = worker
+        await self._probe(worker)
+        _log.info("worker_added", worker=worker_id, address=address, healthy=worker.healthy)
+        return worker
+
+    async def remove(self, worker_id: str) -> None:
+        """Drop a worker from the pool and close its channel."""
+        worker = self._workers.pop(worker_id, None)
+        if worker is not None:
+            await worker.channel.close()
+            _log.info("worker_removed", worker=worker_id)
+
+    def start(self) -> None:
+        """Start the background health refresh."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._health_loop(), name="worker-health")
+
+    async def stop(self) -> None:
+        """Stop the health refresh and close every channel."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for worker_id in list(self._workers):
+            await self.remove(worker_id)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.health_interval_s)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Probe every worker now."""
+        await asyncio.gather(*(self._probe(w) for w in list(self._workers.values())))
+
+    async def _probe(self, worker: Worker) -> None:
+        timeout = self._settings.health_timeout_s
+        try:
+            ready = await worker.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
+            index = await worker.stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True), timeout=timeout)
+        except grpc.RpcError as exc:
+            if worker.healthy:
+                _log.warning(
+                    "worker_unhealthy",
+                    worker=worker.id,
+                    error=exc.details() if hasattr(exc, "details") else "",
+                )
+            worker.healthy = False
+            return
+        worker.ready_models = frozenset(m.name for m in index.models if m.state == "READY")
+        if ready.ready and not worker.healthy:
+            _log.info("worker_healthy", worker=worker.id)
+        worker.healthy = ready.ready
+        if ready.ready and worker.ejected_until and time.monotonic() >= worker.ejected_until:
+            worker.ejected_until = 0.0
+            worker.failures = 0
+            _log.info("worker_readmitted", worker=worker.id)
+
+    def candidates(self, triton_name: str) -> list[Worker]:
+        """Workers that can serve ``triton_name`` now (ejected ones only when no other can)."""
+        now = time.monotonic()
+        having = [w for w in self._workers.values() if triton_name in w.ready_models and w.healthy]
+        available = [w for w in having if now >= w.ejected_until]
+        return available or having
+
+    def in_flight(self, triton_name: str) -> int:
+        """Inferences of ``triton_name`` in flight through this gateway."""
+        return self._model_in_flight.get(triton_name, 0)
+
+    async def wait_drained(self, triton_name: str, timeout_s: float) -> int:
+        """Wait until no inference of ``triton_name`` is in flight (or ``timeout_s``); what is left."""
+        if self.in_flight(triton_name) > 0:
+            event = self._drained.setdefault(triton_name, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout_s)
+        return self.in_flight(triton_name)
+
+    def _pick(self, workers: list[Worker]) -> Worker:
+        if len(workers) == 1:
+            return workers[0]
+        a, b = self._rng.sample(workers, 2)
+        return a if a.in_flight <= b.in_flight else b
+
+    def _fault(self, worker: Worker, code: grpc.StatusCode, triton_name: str) -> None:
+        self._faults.labels(worker.id, code.name).inc()
+        if code is grpc.StatusCode.UNAVAILABLE:
+            worker.healthy = False
+        worker.failures += 1
+        if worker.failures >= self._settings.eject_after_failures and time.monotonic() >= worker.ejected_until:
+            length = min(self._settings.max_ejection_s, self._settings.base_ejection_s * 2**worker.ejections)
+            worker.ejections += 1
+            worker.ejected_until = time.monotonic() + length
+            self._ejections.labels(worker.id).inc()
+            _log.warning("worker_ejected", worker=worker.id, seconds=length, model=triton_name, code=code.name)
+
+    async def infer(
+        self,
+        triton_name: str,
+        request: service_pb2.ModelInferRequest,
+        *,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> service_pb2.ModelInferResponse:
+        """Run ``request`` (already addressed to ``triton_name``) on a worker; retry once elsewhere."""
+        workers = self.candidates(triton_name)
+        if not workers:
+            raise Unavailable(f"no healthy worker has model '{triton_name}' ready")
+        deadline = time.monotonic() + timeout_s
+        worker = self._pick(workers)
+        self._model_in_flight[triton_name] = self._model_in_flight.get(triton_name, 0) + 1
+        try:
+            try:
+                return await self._call(worker, request, timeout_s, metadata)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code not in _WORKER_FAULTS and not _model_missing(exc):
+                    raise from_rpc_error(exc, f"worker {worker.id}") from None
+                self._fault(worker, code, triton_name)
+                if _model_missing(exc):
+                    worker.ready_models = worker.ready_models - {triton_name}
+                others = [w for w in self.candidates(triton_name) if w is not worker]
+                remaining = deadline - time.monotonic()
+                if not others or remaining <= 0:
+                    raise from_rpc_error(exc, f"worker {worker.id}") from None
+            self._retries.inc()
+            retry = self._pick(others)
+            try:
+                return await self._call(retry, request, remaining, metadata)
+            except grpc.RpcError as exc:
+                if exc.code() in _WORKER_FAULTS:
+                    self._fault(retry, exc.code(), triton_name)
+                raise from_rpc_error(exc, f"worker {retry.id} (after a retry)") from None
+        finally:
+            left = self._model_in_flight[triton_name] = self._model_in_flight[triton_name] - 1
+            if left == 0 and triton_name in self._drained:
+                self._drained.pop(triton_name).set()
+
+    async def _call(
+        self,
+        worker: Worker,
+        request: service_pb2.ModelInferRequest,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> service_pb2.ModelInferResponse:
+        worker.in_flight += 1
+        started = time.perf_counter()
+        try:
+            response: service_pb2.ModelInferResponse = await worker.stub.ModelInfer(
+                request, timeout=timeout_s, metadata=metadata
+            )
+        finally:
+            worker.in_flight -= 1
+        self._latency.labels(worker.id).observe(time.perf_counter() - started)
+        worker.failures = 0
+        return response
+
+    async def call(self, worker: Worker, method: str, request: Any, timeout_s: float = 5.0) -> Any:
+        """A non-inference call on one worker (metadata, config, statistics), errors converted."""
+        try:
+            return await getattr(worker.stub, method)(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"worker {worker.id}") from None
+
+    async def load(self, triton_name: str, worker_ids: Iterable[str] | None = None) -> list[str]:
+        """Load ``triton_name`` on the given workers (all healthy ones by default); their ids.
+
+        Fails (and unloads what it loaded) unless it loads everywhere it was asked to.
+        """
+        targets = self._targets(worker_ids)
+        results = await asyncio.gather(*(self._load_one(w, triton_name) for w in targets), return_exceptions=True)
+        failed = [(w, r) for w, r in zip(targets, results, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            loaded = [w.id for w, r in zip(targets, results, strict=True) if not isinstance(r, BaseException)]
+            await self.unload(triton_name, loaded)
+            worker, error = failed[0]
+            message = error.message if isinstance(error, InfermeshError) else str(error)
+            raise Unavailable(f"loading '{triton_name}' failed on worker {worker.id}: {message}")
+        return [w.id for w in targets]
+
+    def _targets(self, worker_ids: Iterable[str] | None) -> list[Worker]:
+        if worker_ids is None:
+            targets = [w for w in self._workers.values() if w.healthy]
+        else:
+            targets = [self.worker(i) for i in worker_ids]
+        if not targets:
+            raise Unavailable("no healthy Triton worker to load on")
+        return targets
+
+    async def _load_one(self, worker: Worker, triton_name: str) -> None:
+        request = service_pb2.RepositoryModelLoadRequest(model_name=triton_name)
+        await self.call(worker, "RepositoryModelLoad", request, self._settings.load_timeout_s)
+        worker.ready_models = worker.ready_models | {triton_name}
+
+    async def unload(self, triton_name: str, worker_ids: Iterable[str] | None = None) -> None:
+        """Unload ``triton_name`` from the given workers (every worker by default); unreachable ones are skipped."""
+        targets = list(self._workers.values()) if worker_ids is None else [self.worker(i) for i in worker_ids]
+        for worker in targets:
+            worker.ready_models = worker.ready_models - {triton_name}
+            request = service_pb2.RepositoryModelUnloadRequest(model_name=triton_name)
+            try:
+                await self.call(worker, "RepositoryModelUnload", request, self._settings.load_timeout_s)
+            except InfermeshError as exc:
+                _log.warning("unload_failed", worker=worker.id, model=triton_name, error=exc.message)
+
+
+def _model_missing(exc: grpc.RpcError) -> bool:
+    """Triton answers a model it does not have ready with this message (status varies by version)."""
+    details = exc.details() if hasattr(exc, "details") else ""
+    return bool(details) and ("unknown model" in details or "is not ready" in details)
