@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+from tritonclient.grpc import service_pb2_grpc
+
+from infermesh.modelgateway.v1 import model_gateway_pb2_grpc
 from infermesh_chassis.app import Runtime, run_service
+from infermesh_model_gateway.control import ControlServicer
+from infermesh_model_gateway.dataplane import InferenceServicer
+from infermesh_model_gateway.gateway import ModelGateway
 from infermesh_model_gateway.settings import Settings
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+CONTROL_SERVICE = "infermesh.modelgateway.v1.ModelControlService"
 
 
 async def build(settings: Settings, runtime: Runtime) -> None:
-    """Add the service's servicers to ``runtime.server``; its RPCs arrive with issue #3."""
+    """Start the registry and the Triton workers, then add the data and control planes."""
+    gateway = ModelGateway(settings, runtime.metrics, runtime.discovery)
+    runtime.on_stop(gateway.stop)
+    await gateway.start()
+    assert gateway.registry is not None and gateway.deployer is not None
+    emitter = runtime.event_emitter() if settings.events.enabled else None
+    inference = InferenceServicer(
+        gateway.router,
+        gateway.pool,
+        settings.inference,
+        runtime.metrics,
+        emitter=emitter,
+        instance=settings.instance_id or settings.service_name,
+    )
+    runtime.on_stop(inference.drain_shadows)
+    runtime.server.add_servicer(
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, inference, INFERENCE_SERVICE
+    )
+    runtime.server.add_servicer(
+        model_gateway_pb2_grpc.add_ModelControlServiceServicer_to_server,
+        ControlServicer(gateway.registry, gateway.deployer),
+        CONTROL_SERVICE,
+    )
 
 
 def main() -> None:
-    """Run the model_gateway until SIGTERM or SIGINT."""
+    """Run the model gateway until SIGTERM or SIGINT."""
     run_service(Settings, build)
 
 

@@ -150,8 +150,14 @@ class Deployer:
             for _ in range(record.deployment.warmup_requests):
                 await self._pool.call(worker, "ModelInfer", request, self._settings.warmup_timeout_s)
 
-    async def undeploy(self, model: str, version: int, *, actor: str, reason: str = "") -> ModelVersionRecord:
-        """Drain, unload, and go back to REGISTERED."""
+    async def changed(self) -> None:
+        """Tell the gateway that routing state changed (after a traffic, alias or promote call)."""
+        await self._on_change()
+
+    async def undeploy(
+        self, model: str, version: int, *, actor: str, reason: str = "", drain_timeout_s: float | None = None
+    ) -> ModelVersionRecord:
+        """Drain (up to ``drain_timeout_s``, the settings' by default), unload, and go back to REGISTERED."""
         record = await self._registry.get_version(model, version)
         async with self._lock(record):
             await self._registry.set_state(model, version, VersionState.DRAINING, actor=actor, reason=reason)
@@ -162,8 +168,9 @@ class Deployer:
         _log.info("version_undeployed", model=model, version=version)
         return record
 
-    async def _drain_and_unload(self, record: ModelVersionRecord) -> None:
-        left = await self._pool.wait_drained(record.triton_name, self._settings.drain_timeout_s)
+    async def _drain_and_unload(self, record: ModelVersionRecord, timeout_s: float | None = None) -> None:
+        timeout = self._settings.drain_timeout_s if timeout_s is None else timeout_s
+        left = await self._pool.wait_drained(record.triton_name, timeout)
         if left:
             _log.warning("drain_timeout", model=record.model, version=record.version, in_flight=left)
         await self._pool.unload(record.triton_name)
