@@ -55,7 +55,7 @@ def test_a_well_formed_request_passes():
     [
         (
             {"name0": "feature"},
-            r"unknown input 'feature' for model 'churn' version 2; expected inputs: 'features' FP32 \[-1, 4\], 'segment'",
+            r"unknown input 'feature' for model 'churn' version 2; expected inputs: 'features' FP32 \[-1, 4\]",
         ),
         ({"dtype0": "FP64"}, "input 'features': datatype FP64, expected FP32"),
         ({"shape0": [2, 5]}, r"input 'features': shape \[2, 5\], expected \[-1, 4\]"),
