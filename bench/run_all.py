@@ -25,13 +25,9 @@ def _machine() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     mem_kib = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal")
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
     )
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {mem_kib / 1024 / 1024:.0f} GiB, Python {platform.python_version()}"
-    )
+    return f"{os.cpu_count()} cores ({cpu}), {mem_kib / 1024 / 1024:.0f} GiB, Python {platform.python_version()}"
 
 
 def main() -> int:

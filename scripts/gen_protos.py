@@ -51,9 +51,7 @@ def generate(out: Path) -> None:
 
 def generated_files(root: Path) -> set[Path]:
     """Every generated file under ``root``, relative to it."""
-    return {
-        p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name.endswith(GENERATED_SUFFIXES)
-    }
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name.endswith(GENERATED_SUFFIXES)}
 
 
 def check() -> int:
@@ -62,9 +60,7 @@ def check() -> int:
         fresh = Path(tmp)
         generate(fresh)
         expected, actual = generated_files(fresh), generated_files(OUT_ROOT)
-        stale = sorted(
-            str(p) for p in expected & actual if not filecmp.cmp(fresh / p, OUT_ROOT / p, shallow=False)
-        )
+        stale = sorted(str(p) for p in expected & actual if not filecmp.cmp(fresh / p, OUT_ROOT / p, shallow=False))
         problems = (
             [f"missing: {p}" for p in sorted(map(str, expected - actual))]
             + [f"not generated from protos/: {p}" for p in sorted(map(str, actual - expected))]

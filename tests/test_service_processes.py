@@ -53,9 +53,7 @@ def _wait_serving(address: str, timeout_s: float = 30) -> None:
 def test_service_process_lifecycle(tmp_path: Path, module: str, name: str, prefix: str):
     port, metrics_port = _free_port(), _free_port()
     config = tmp_path / f"{name}.yaml"
-    config.write_text(
-        json.dumps({"grpc": {"port": port, "grace_period_s": 2}, "metrics": {"port": metrics_port}})
-    )
+    config.write_text(json.dumps({"grpc": {"port": port, "grace_period_s": 2}, "metrics": {"port": metrics_port}}))
     env = _env(prefix) | {f"{prefix}LOGGING__LEVEL": "INFO"}
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--config", str(config)],

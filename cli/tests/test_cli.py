@@ -83,10 +83,7 @@ def test_up_status_down_leave_no_process_or_port_behind(tmp_path: Path):
     after = _run(tmp_path, "status")
     assert after.returncode == 1
     state = tmp_path / "state.json"
-    assert (
-        after.stderr.strip()
-        == f"infermesh: no local stack is running (no {state}); start one with `infermesh up`"
-    )
+    assert after.stderr.strip() == f"infermesh: no local stack is running (no {state}); start one with `infermesh up`"
 
 
 def test_ctrl_c_stops_the_mesh(tmp_path: Path):

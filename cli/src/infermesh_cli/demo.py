@@ -80,9 +80,7 @@ async def _probe(
         latencies.append((time.perf_counter() - began) * 1000)
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     reflection = reflection_pb2_grpc.ServerReflectionStub(pool.get(process.address))
-    listing = reflection.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
-    )
+    listing = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = tuple(sorted([s.name async for r in listing for s in r.list_services_response.service]))
     return ServiceReport(
         name=process.name,
@@ -105,9 +103,7 @@ async def run_workload(processes: list[ServiceProcess], requests: int = 200) -> 
     try:
         reports = []
         for index, process in enumerate(processes, 1):
-            print(
-                f"  [{index}/{len(processes)}] {process.name}: {requests} calls", file=sys.stderr, flush=True
-            )
+            print(f"  [{index}/{len(processes)}] {process.name}: {requests} calls", file=sys.stderr, flush=True)
             reports.append(await _probe(process, pool, discovery, requests))
         return reports
     finally:

@@ -93,9 +93,7 @@ def health_status(address: str, timeout_s: float = 1.0) -> str:
     """SERVING, NOT_SERVING, ... or UNREACHABLE, from the standard health service."""
     with grpc.insecure_channel(address) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout_s
-            )
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.RpcError:
             return "UNREACHABLE"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
@@ -116,9 +114,7 @@ class LocalStack:
         """The stack a previous ``start`` left running, from its state file."""
         stack = cls(workdir)
         if not stack.state_file.exists():
-            raise StackError(
-                f"no local stack is running (no {stack.state_file}); start one with `infermesh up`"
-            )
+            raise StackError(f"no local stack is running (no {stack.state_file}); start one with `infermesh up`")
         stack.processes = [ServiceProcess(**p) for p in json.loads(stack.state_file.read_text())["processes"]]
         return stack
 
@@ -127,9 +123,7 @@ class LocalStack:
         if self.state_file.exists():
             leftover = LocalStack.attach(self.workdir)
             if any(p.alive() for p in leftover.processes):
-                raise StackError(
-                    f"a local stack is already running from {self.workdir}; stop it with `infermesh down`"
-                )
+                raise StackError(f"a local stack is already running from {self.workdir}; stop it with `infermesh down`")
             self.state_file.unlink()
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         ports = {spec.name: (free_port(), free_port()) for spec in self.services}

@@ -70,9 +70,7 @@ class EchoService:
             self.unavailable_left -= 1
             raise errors.Unavailable(f"{self.name} is unavailable on purpose")
         remaining = ctx.remaining_time()
-        return json.dumps(
-            {"name": self.name, "request_id": ctx.current_request_id(), "remaining": remaining}
-        ).encode()
+        return json.dumps({"name": self.name, "request_id": ctx.current_request_id(), "remaining": remaining}).encode()
 
     async def forward(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         assert self.downstream is not None

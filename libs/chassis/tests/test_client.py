@@ -65,9 +65,7 @@ async def test_every_call_has_a_deadline(start_server, make_client):
 async def test_inbound_deadline_bounds_downstream_calls(start_server, make_client, echo_stub):
     downstream, _ = await start_server("downstream")
     front, front_service = await start_server("front")
-    front_service.downstream = make_client(
-        {"downstream": [downstream.address]}, "downstream", default_timeout_s=30
-    )
+    front_service.downstream = make_client({"downstream": [downstream.address]}, "downstream", default_timeout_s=30)
     async with grpc.aio.insecure_channel(front.address) as channel:
         stub = echo_stub(channel)
         reply = json.loads(await stub.Forward(b"WhoAmI:", timeout=0.5))
@@ -110,17 +108,8 @@ async def test_client_red_metrics(start_server, echo_stub):
     await pool.close()
     sample = metrics.registry.get_sample_value
     labels = {"grpc_service": "test.Echo"}
-    assert (
-        sample("infermesh_metered_client_grpc_client_requests_total", {**labels, "grpc_method": "Echo"}) == 3
-    )
-    assert (
-        sample("infermesh_metered_client_grpc_client_requests_total", {**labels, "grpc_method": "Fail"}) == 1
-    )
+    assert sample("infermesh_metered_client_grpc_client_requests_total", {**labels, "grpc_method": "Echo"}) == 3
+    assert sample("infermesh_metered_client_grpc_client_requests_total", {**labels, "grpc_method": "Fail"}) == 1
     fail_errors = {**labels, "grpc_method": "Fail", "grpc_code": "NOT_FOUND"}
     assert sample("infermesh_metered_client_grpc_client_errors_total", fail_errors) == 1
-    assert (
-        sample(
-            "infermesh_metered_client_grpc_client_latency_seconds_count", {**labels, "grpc_method": "Echo"}
-        )
-        == 3
-    )
+    assert sample("infermesh_metered_client_grpc_client_latency_seconds_count", {**labels, "grpc_method": "Echo"}) == 3

@@ -46,9 +46,7 @@ async def _until(predicate, timeout_s: float = 5.0) -> None:
 
 async def test_batches_respect_size_and_interval():
     sink = RecordingSink()
-    emitter = EventEmitter(
-        sink, EventSettings(batch_size=100, flush_interval_s=0.05), Metrics("emitter-test")
-    )
+    emitter = EventEmitter(sink, EventSettings(batch_size=100, flush_interval_s=0.05), Metrics("emitter-test"))
     emitter.start()
     for i in range(250):
         emitter.emit(i)
@@ -65,9 +63,7 @@ async def test_batches_respect_size_and_interval():
 async def test_emit_never_blocks_and_counts_drops_when_full():
     sink = RecordingSink(delay_s=10)
     metrics = Metrics("emitter-test")
-    emitter = EventEmitter(
-        sink, EventSettings(buffer_size=1000, batch_size=100, flush_interval_s=0.01), metrics
-    )
+    emitter = EventEmitter(sink, EventSettings(buffer_size=1000, batch_size=100, flush_interval_s=0.01), metrics)
     emitter.start()
     began = time.perf_counter()
     accepted = sum(emitter.emit(i) for i in range(20_000))
@@ -82,9 +78,7 @@ async def test_emit_never_blocks_and_counts_drops_when_full():
 async def test_sink_outage_keeps_events_in_order():
     sink = RecordingSink()
     metrics = Metrics("emitter-test")
-    emitter = EventEmitter(
-        sink, EventSettings(batch_size=10, flush_interval_s=0.01), metrics, max_backoff_s=0.05
-    )
+    emitter = EventEmitter(sink, EventSettings(batch_size=10, flush_interval_s=0.01), metrics, max_backoff_s=0.05)
     emitter.start()
     sink.down = True
     for i in range(35):

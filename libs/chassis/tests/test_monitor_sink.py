@@ -51,9 +51,7 @@ async def test_events_reach_the_monitor_and_survive_an_outage():
     emitter = runtime.event_emitter()
     token = ctx.bind(ctx.CallContext("req-7"))
     try:
-        emitter.emit(
-            new_event("emitting-svc", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id="req-6"))
-        )
+        emitter.emit(new_event("emitting-svc", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id="req-6")))
     finally:
         ctx.unbind(token)
     await _until(lambda: len(monitor.events) == 1)
@@ -65,9 +63,7 @@ async def test_events_reach_the_monitor_and_survive_an_outage():
 
     await server.stop(0)
     for i in range(20):
-        emitter.emit(
-            new_event("emitting-svc", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id=f"r{i}"))
-        )
+        emitter.emit(new_event("emitting-svc", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id=f"r{i}")))
     await asyncio.sleep(0.5)
     server, _, monitor = await _start_monitor(port)
     await _until(lambda: len(monitor.events) == 20)

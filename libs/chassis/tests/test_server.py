@@ -136,9 +136,7 @@ async def test_not_implemented_is_unimplemented(start_server, echo_stub):
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_request_id_reaches_logs_downstream_and_caller(
-    start_server, make_client, echo_stub, log_events
-):
+async def test_request_id_reaches_logs_downstream_and_caller(start_server, make_client, echo_stub, log_events):
     downstream, downstream_service = await start_server("downstream")
     front, front_service = await start_server("front")
     front_service.downstream = make_client({"downstream": [downstream.address]}, "downstream")
@@ -196,10 +194,7 @@ async def test_red_metrics_on_metrics_endpoint(start_server, make_client, echo_s
         **method,
     )
     assert errors_fail == 2
-    assert (
-        _sample(text, "infermesh_front_svc_grpc_server_latency_seconds_count", grpc_method="Echo", **method)
-        == 3
-    )
+    assert _sample(text, "infermesh_front_svc_grpc_server_latency_seconds_count", grpc_method="Echo", **method) == 3
     assert "infermesh_front_svc_grpc_server_errors_total{" + 'grpc_code="OK"' not in text
     down_text = await asyncio.to_thread(_scrape, downstream.metrics_port)
     assert _sample(down_text, "infermesh_down_grpc_server_requests_total", grpc_method="Echo", **method) == 1

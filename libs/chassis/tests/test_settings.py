@@ -46,9 +46,7 @@ def test_missing_required_setting_names_env_var(monkeypatch):
         load_settings(GatewaySettings)
     message = str(failed.value)
     assert "\n" not in message
-    assert (
-        "upstream: required but not set (set TESTGW_UPSTREAM or 'upstream' in the settings file)" in message
-    )
+    assert "upstream: required but not set (set TESTGW_UPSTREAM or 'upstream' in the settings file)" in message
 
 
 def test_malformed_values_are_named(monkeypatch):
@@ -100,9 +98,7 @@ def test_process_exits_with_one_clear_line(tmp_path):
             """
         )
     )
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()

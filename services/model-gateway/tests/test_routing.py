@@ -58,9 +58,7 @@ def test_weighted_split_within_tolerance():
 
 def test_sticky_key_keeps_a_caller_on_one_version():
     router = _router(TrafficPolicy(weights={1: 50, 2: 50}, sticky_key="user"))
-    placements = {
-        key: router.resolve("churn", routing_key=key).primary.version for key in map(str, range(2000))
-    }
+    placements = {key: router.resolve("churn", routing_key=key).primary.version for key in map(str, range(2000))}
     for key, version in list(placements.items())[:200]:
         assert all(router.resolve("churn", routing_key=key).primary.version == version for _ in range(5))
     share = sum(v == 2 for v in placements.values()) / len(placements)

@@ -70,9 +70,7 @@ class Runtime:
     def event_emitter(self, monitor_service: str = "monitor") -> EventEmitter[monitor_pb2.Event]:
         """A started emitter that reports to the monitor, flushed and stopped at shutdown."""
         client = self.client(monitor_service, MonitorSink.STUB, MonitorSink.IDEMPOTENT)
-        emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(
-            MonitorSink(client), self.settings.events, self.metrics
-        )
+        emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(MonitorSink(client), self.settings.events, self.metrics)
         emitter.start()
         self.on_stop(emitter.stop)
         return emitter

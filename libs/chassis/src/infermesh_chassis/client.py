@@ -53,9 +53,7 @@ class ChannelPool:
         """The channel to ``target`` (``host:port``)."""
         channel = self._channels.get(target)
         if channel is None:
-            channel = grpc.aio.insecure_channel(
-                target, options=self._options, interceptors=self._interceptors
-            )
+            channel = grpc.aio.insecure_channel(target, options=self._options, interceptors=self._interceptors)
             self._channels[target] = channel
         return channel
 
@@ -128,9 +126,7 @@ class ServiceClient:
             instance = self._balancer.pick(fresh)
             try:
                 with self._balancer.track(instance):
-                    return await getattr(self._stub(instance), method)(
-                        request, timeout=timeout, metadata=metadata
-                    )
+                    return await getattr(self._stub(instance), method)(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc, f"{self.service}/{method} at {instance.address}")
                 if exc.code() not in RETRYABLE_CODES or attempt >= attempts:

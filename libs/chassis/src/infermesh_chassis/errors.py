@@ -95,9 +95,7 @@ class ResourceExhausted(InfermeshError):
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        hint = (
-            () if retry_after_s is None else (("retry-after-ms", str(max(1, round(retry_after_s * 1000)))),)
-        )
+        hint = () if retry_after_s is None else (("retry-after-ms", str(max(1, round(retry_after_s * 1000)))),)
         super().__init__(message, metadata=hint)
         self.retry_after_s = retry_after_s
 
@@ -163,9 +161,7 @@ def from_rpc_error(error: grpc.RpcError, target: str = "") -> InfermeshError:
     caller can tell which hop failed. Statuses without a class of their own (UNKNOWN,
     DATA_LOSS, OUT_OF_RANGE) become :class:`Internal`, naming the original status.
     """
-    code: grpc.StatusCode = (
-        error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
-    )
+    code: grpc.StatusCode = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
     details = error.details() if callable(getattr(error, "details", None)) else str(error)
     where = f"{target}: " if target else ""
     message = f"{where}{details or code.name}"

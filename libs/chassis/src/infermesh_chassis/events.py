@@ -67,9 +67,7 @@ class EventEmitter(Generic[E]):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._emitted = metrics.counter("events_emitted", "Events handed to the emitter.")
-        self._dropped = metrics.counter(
-            "events_dropped", "Events dropped because the emitter's buffer was full."
-        )
+        self._dropped = metrics.counter("events_dropped", "Events dropped because the emitter's buffer was full.")
         self._sent = metrics.counter("events_sent", "Events delivered to the sink.")
         self._failures = metrics.counter("events_send_failures", "Batches the sink failed to take (retried).")
         metrics.gauge("events_buffered", "Events waiting in the emitter's buffer.").set_function(

@@ -234,9 +234,7 @@ class ClientInterceptor(
             recorder = self._recorders[name] = _CallRecorder(self._metrics, name)
         return recorder
 
-    async def _unary_response(
-        self, continuation: Callable[..., Any], details: ClientCallDetails, req: Any
-    ) -> Any:
+    async def _unary_response(self, continuation: Callable[..., Any], details: ClientCallDetails, req: Any) -> Any:
         started = time.perf_counter()
         recorder = self._recorder(details.method)
         call = await continuation(_with_request_id(details), req)

@@ -18,9 +18,7 @@ from infermesh_chassis.context import current
 __all__ = ["configure_logging", "get_logger"]
 
 
-def configure_logging(
-    service: str, level: str = "INFO", *, json: bool = True, stream: TextIO | None = None
-) -> None:
+def configure_logging(service: str, level: str = "INFO", *, json: bool = True, stream: TextIO | None = None) -> None:
     """Configure structlog (and stdlib logging) for one service process.
 
     ``json=False`` renders human-readable lines for a terminal. Every event carries the
@@ -38,9 +36,7 @@ def configure_logging(
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
 
-    def add_service(
-        _logger: object, _method: str, event: structlog.typing.EventDict
-    ) -> structlog.typing.EventDict:
+    def add_service(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
         event.setdefault("service", service)
         call = current()
         if call is not None:

@@ -74,9 +74,7 @@ class Metrics:
         buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
     ) -> Histogram:
         """A histogram named ``infermesh_<service>_<name>`` in this service's registry."""
-        return Histogram(
-            f"{self.prefix}_{name}", documentation, labels, registry=self.registry, buckets=buckets
-        )
+        return Histogram(f"{self.prefix}_{name}", documentation, labels, registry=self.registry, buckets=buckets)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
@@ -102,9 +100,7 @@ class MetricsHttpServer:
 
     def start(self) -> None:
         """Bind and serve in the background."""
-        server, thread = prometheus_client.start_http_server(
-            self._port, self._host, registry=self._metrics.registry
-        )
+        server, thread = prometheus_client.start_http_server(self._port, self._host, registry=self._metrics.registry)
         self._server, self._thread = server, thread
 
     def stop(self) -> None:

@@ -105,9 +105,7 @@ class GrpcServer:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
         await self._server.start()
         if self.settings.metrics.enabled:
-            self._metrics_http = MetricsHttpServer(
-                self.metrics, self.settings.metrics.host, self.settings.metrics.port
-            )
+            self._metrics_http = MetricsHttpServer(self.metrics, self.settings.metrics.host, self.settings.metrics.port)
             self._metrics_http.start()
         for name in ("", *self._service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

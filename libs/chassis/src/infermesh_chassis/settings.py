@@ -156,9 +156,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SettingsError(
-            f"settings file {path} must hold a mapping of settings, not {type(data).__name__}"
-        )
+        raise SettingsError(f"settings file {path} must hold a mapping of settings, not {type(data).__name__}")
     return data
 
 

@@ -229,9 +229,7 @@ def free_port() -> Callable[[], int]:
 def eventually() -> Callable[..., Awaitable[Any]]:
     """Re-run an async probe until it returns something truthy or the timeout passes."""
 
-    async def wait_for(
-        probe: Callable[[], Awaitable[Any]], *, within: float = 2.0, interval: float = 0.01
-    ) -> Any:
+    async def wait_for(probe: Callable[[], Awaitable[Any]], *, within: float = 2.0, interval: float = 0.01) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         last: Any = None

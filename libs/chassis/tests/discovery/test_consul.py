@@ -99,9 +99,7 @@ async def test_no_healthy_instance_is_unavailable(fake_consul, make_discovery):
     fake_consul.add(SERVICE, "a", 50051, status="critical")
     discovery = make_discovery(fake_consul.addr)
 
-    with pytest.raises(
-        Unavailable, match=r"no healthy instances of service 'model-gateway' in Consul at http"
-    ):
+    with pytest.raises(Unavailable, match=r"no healthy instances of service 'model-gateway' in Consul at http"):
         await discovery.resolve(SERVICE)
 
 
@@ -146,9 +144,7 @@ async def test_changes_reach_the_cache_through_blocking_queries(fake_consul, mak
     assert [int(query["index"]) for query in blocking] == sorted(int(q["index"]) for q in blocking)
 
 
-async def test_keeps_serving_last_known_instances_while_consul_is_down(
-    fake_consul, make_discovery, eventually
-):
+async def test_keeps_serving_last_known_instances_while_consul_is_down(fake_consul, make_discovery, eventually):
     fake_consul.add(SERVICE, "a", 50051)
     fake_consul.add(SERVICE, "b", 50052)
     discovery = make_discovery(fake_consul.addr, watch_wait_s=10)

@@ -109,9 +109,7 @@ async def test_grpc_server_becomes_passing_resolvable_and_disappears(consul_addr
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     service = f"infermesh-test-{uuid.uuid4().hex[:8]}"
-    instance = Instance(
-        service, f"{service}-127.0.0.1-{port}", "127.0.0.1", port, tags=("test",), meta={"v": "1"}
-    )
+    instance = Instance(service, f"{service}-127.0.0.1-{port}", "127.0.0.1", port, tags=("test",), meta={"v": "1"})
     discovery = make_discovery(
         consul_addr,
         check_interval_s=1,

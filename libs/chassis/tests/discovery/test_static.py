@@ -96,9 +96,7 @@ def test_malformed_static_address_fails_validation_with_a_clear_message(address,
     assert reason in message
 
 
-@pytest.mark.parametrize(
-    "addr", ["127.0.0.1:8500", "ftp://consul:8500", "http://:8500", "http://consul:port"]
-)
+@pytest.mark.parametrize("addr", ["127.0.0.1:8500", "ftp://consul:8500", "http://:8500", "http://consul:port"])
 def test_malformed_consul_addr_fails_validation(addr):
     with pytest.raises(ValidationError, match="is not an http"):
         DiscoverySettings(consul_addr=addr)

@@ -38,9 +38,7 @@ class StaticDiscovery(Discovery):
         instances = self._instances.get(service)
         if not instances:
             known = ", ".join(sorted(name for name, found in self._instances.items() if found)) or "none"
-            raise Unavailable(
-                f"no instances of service {service!r} in the static discovery settings (known: {known})"
-            )
+            raise Unavailable(f"no instances of service {service!r} in the static discovery settings (known: {known})")
         return list(instances)
 
     async def close(self) -> None:
