@@ -25,6 +25,7 @@ from infermesh_model_gateway.domain import (
     VersionState,
     validate_model_name,
 )
+from infermesh_model_gateway.runtimes import infer_serialization
 
 __all__ = [
     "audit_to_proto",
@@ -44,6 +45,12 @@ _FORMATS = {
     pb.MODEL_FORMAT_PMML: ModelFormat.PMML,
 }
 _FORMATS_BACK = {v: k for k, v in _FORMATS.items()}
+_SERIALIZATIONS = {
+    pb.ARTIFACT_SERIALIZATION_NATIVE: "native",
+    pb.ARTIFACT_SERIALIZATION_PICKLE: "pickle",
+    pb.ARTIFACT_SERIALIZATION_JOBLIB: "joblib",
+}
+_SERIALIZATIONS_BACK = {v: k for k, v in _SERIALIZATIONS.items()}
 _STATES = {
     pb.MODEL_VERSION_STATE_REGISTERED: VersionState.REGISTERED,
     pb.MODEL_VERSION_STATE_DEPLOYING: VersionState.DEPLOYING,
@@ -99,6 +106,7 @@ def _deployment(config: pb.DeploymentConfig, present: bool) -> DeploymentConfig:
         max_queue_delay_us=delay_us,
         instance_count=config.instance_count or 1,
         placement=tuple(config.placement.worker_ids),
+        backend_parameters=dict(config.backend_parameters),
     )
 
 
@@ -114,6 +122,7 @@ def version_from_register(request: pb.RegisterModelVersionRequest) -> ModelVersi
     sha = artifact.sha256.lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise InvalidArgument("artifact.sha256 must be the artifact's SHA-256 digest as 64 hex characters")
+    serialization = _SERIALIZATIONS.get(artifact.serialization) or infer_serialization(artifact.uri)
     return ModelVersionRecord(
         model=request.model,
         version=0,
@@ -123,6 +132,7 @@ def version_from_register(request: pb.RegisterModelVersionRequest) -> ModelVersi
         inputs=_tensors(list(request.inputs), "inputs"),
         outputs=_tensors(list(request.outputs), "outputs"),
         trusted=artifact.trusted,
+        serialization=serialization,
         owner=request.owner,
         description=request.description,
         tags=dict(request.tags),
@@ -145,7 +155,12 @@ def version_to_proto(record: ModelVersionRecord, aliases: list[str] | None = Non
         model=record.model,
         version=record.version,
         format=_FORMATS_BACK[record.format],
-        artifact=pb.Artifact(uri=record.artifact_uri, sha256=record.artifact_sha256, trusted=record.trusted),
+        artifact=pb.Artifact(
+            uri=record.artifact_uri,
+            sha256=record.artifact_sha256,
+            trusted=record.trusted,
+            serialization=_SERIALIZATIONS_BACK[record.serialization],
+        ),
         inputs=[common_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in record.inputs],
         outputs=[common_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in record.outputs],
         deployment=pb.DeploymentConfig(
@@ -154,6 +169,7 @@ def version_to_proto(record: ModelVersionRecord, aliases: list[str] | None = Non
             instance_count=deployment.instance_count,
             instance_kind=pb.INSTANCE_KIND_CPU,
             placement=pb.Placement(worker_ids=deployment.placement),
+            backend_parameters=deployment.backend_parameters,
         ),
         state=_STATES_BACK[record.state],
         state_detail=record.state_detail,

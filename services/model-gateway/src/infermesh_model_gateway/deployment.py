@@ -97,9 +97,7 @@ class Deployer:
 
     async def register(self, record: ModelVersionRecord, *, actor: str, reason: str = "") -> ModelVersionRecord:
         """Verify the artifact, then store the version (REGISTERED)."""
-        await self._artifacts.fetch(
-            record.artifact_uri, record.artifact_sha256, format=record.format, trusted=record.trusted
-        )
+        await self._artifacts.verify(record)
         stored = await self._registry.register_version(record, actor=actor, reason=reason)
         await self._on_change()
         return stored
@@ -129,9 +127,7 @@ class Deployer:
         """Write, load and warm up ``record`` on the workers; undo everything on failure."""
         loaded: list[str] = []
         try:
-            artifact = await self._artifacts.fetch(
-                record.artifact_uri, record.artifact_sha256, format=record.format, trusted=record.trusted
-            )
+            artifact = await self._artifacts.fetch(record)
             await asyncio.to_thread(self._repository.write, record, artifact)
             loaded = await self._pool.load(record.triton_name, worker_ids)
             await self._warm_up(record, loaded)

@@ -108,6 +108,8 @@ class DeploymentConfig:
     """Worker ids (or labels) to load on; empty: every worker."""
     warmup_requests: int = 3
     """Warm-up requests sent to each worker before the version is marked SERVING."""
+    backend_parameters: dict[str, str] = field(default_factory=dict)
+    """Extra ``parameters`` written into config.pbtxt (e.g. ``infermesh.fault.error_rate``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,8 @@ class ModelVersionRecord:
     outputs: tuple[TensorSchema, ...]
     trusted: bool = False
     """Pickled/joblib artifacts are refused unless the registration marks them trusted."""
+    serialization: str = "native"
+    """How the artifact file is encoded: ``native``, ``pickle`` or ``joblib``."""
     owner: str = ""
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)

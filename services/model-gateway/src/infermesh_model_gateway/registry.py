@@ -1,0 +1,665 @@
+"""The model registry: models, versions, aliases, traffic policies and the audit log, in SQL.
+
+SQLite by default (one file, WAL), PostgreSQL when ``registry_url`` says so; both hold the same
+four tables (``models``, ``versions``, ``audit``, ``meta``), and the rules live once, in
+:class:`Registry`, above a small :class:`Database` interface with one implementation per engine.
+
+- Every change runs in one transaction, serialized across gateway instances (SQLite's
+  ``BEGIN IMMEDIATE``; a PostgreSQL transaction-level advisory lock), writes its audit entry
+  (who, when, what, the object before and after as JSON) in the same transaction, and bumps a
+  generation counter that other gateway instances poll to refresh their routing.
+- The rules: traffic weights, mirrors and aliases may only point at SERVING versions; a version
+  that traffic or an alias points at cannot be undeployed; lifecycle transitions follow
+  REGISTERED → DEPLOYING → SERVING → DRAINING → REGISTERED (FAILED after a failed deploy);
+  ``promote`` gives a version ``production`` and all un-pinned traffic; ``rollback`` walks back
+  through the versions that held ``production``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import dataclasses
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import asyncpg
+
+from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from infermesh_model_gateway.domain import (
+    AuditRecord,
+    DeploymentConfig,
+    Mirror,
+    ModelFormat,
+    ModelRecord,
+    ModelVersionRecord,
+    TensorSchema,
+    TrafficPolicy,
+    VersionState,
+)
+
+__all__ = ["Database", "Registry", "open_registry"]
+
+PRODUCTION = "production"
+ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+
+_TRANSITIONS: dict[VersionState, frozenset[VersionState]] = {
+    VersionState.REGISTERED: frozenset({VersionState.DEPLOYING}),
+    VersionState.FAILED: frozenset({VersionState.DEPLOYING}),
+    VersionState.DEPLOYING: frozenset({VersionState.SERVING, VersionState.FAILED}),
+    VersionState.SERVING: frozenset({VersionState.DRAINING}),
+    VersionState.DRAINING: frozenset({VersionState.REGISTERED, VersionState.RETIRED}),
+    VersionState.RETIRED: frozenset(),
+}
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS versions (model TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL, "
+    "PRIMARY KEY (model, version))",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+)
+_AUDIT_SQLITE = (
+    "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL, "
+    "action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, reason TEXT NOT NULL)"
+)
+_AUDIT_POSTGRES = (
+    "CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, "
+    "action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, reason TEXT NOT NULL)"
+)
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+class Connection(abc.ABC):
+    """SQL with ``?`` placeholders, whatever the engine."""
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of a query."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, *args: Any) -> None:
+        """Run a statement."""
+
+
+class Database(abc.ABC):
+    """One engine: a read connection and serialized write transactions."""
+
+    @abc.abstractmethod
+    def read(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A connection for reads outside a transaction."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A write transaction, exclusive across every gateway sharing the database."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class _SqliteConnection(Connection):
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self._db.execute(sql, args) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._db.execute(sql, args)
+
+
+class SqliteDatabase(Database):
+    """SQLite through aiosqlite: one connection, WAL, ``BEGIN IMMEDIATE`` for writes."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._conn = _SqliteConnection(db)
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteDatabase:
+        """Open (creating) the database file and its tables."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA busy_timeout=10000")
+        await db.execute("PRAGMA synchronous=FULL")
+        for statement in (*_SCHEMA, _AUDIT_SQLITE):
+            await db.execute(statement)
+        return cls(db)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[Connection]:
+        async with self._lock:
+            yield self._conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+def _numbered(sql: str) -> str:
+    count = 0
+
+    def number(_: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"${count}"
+
+    return re.sub(r"\?", number, sql)
+
+
+class _PostgresConnection(Connection):
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._conn.fetch(_numbered(sql), *args)]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(_numbered(sql), *args)
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through an asyncpg pool; writes hold a transaction-level advisory lock."""
+
+    _LOCK_KEY = 0x1F3A_D0C5
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresDatabase:
+        """Connect and create the tables."""
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        async with pool.acquire() as conn:
+            for statement in (*_SCHEMA, _AUDIT_POSTGRES):
+                await conn.execute(statement)
+        return cls(pool)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[Connection]:
+        async with self._pool.acquire() as conn:
+            yield _PostgresConnection(conn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._LOCK_KEY)
+            yield _PostgresConnection(conn)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def open_registry(url: str) -> Registry:
+    """The registry at ``sqlite:///path`` or ``postgresql://...``."""
+    if url.startswith("sqlite:///"):
+        return Registry(await SqliteDatabase.open(Path(url.removeprefix("sqlite://"))))
+    if url.startswith(("postgresql://", "postgres://")):
+        return Registry(await PostgresDatabase.open(url))
+    raise InvalidArgument(f"registry_url '{url}' is not sqlite:///<path> or postgresql://...")
+
+
+# --- documents -----------------------------------------------------------------------------------
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def version_doc(record: ModelVersionRecord) -> dict[str, Any]:
+    """``record`` as a JSON-able document (stored, and shown in the audit log)."""
+    doc = dataclasses.asdict(record)
+    doc["format"] = record.format.value
+    doc["state"] = record.state.value
+    doc["deployment"]["placement"] = list(record.deployment.placement)
+    for key in ("created_at", "updated_at", "retired_at", "deprecated_until"):
+        doc[key] = _time(getattr(record, key))
+    return doc
+
+
+def _version_from(doc: dict[str, Any]) -> ModelVersionRecord:
+    deployment = dict(doc["deployment"])
+    deployment["placement"] = tuple(deployment.get("placement", ()))
+    return ModelVersionRecord(
+        model=doc["model"],
+        version=int(doc["version"]),
+        format=ModelFormat(doc["format"]),
+        artifact_uri=doc["artifact_uri"],
+        artifact_sha256=doc["artifact_sha256"],
+        inputs=tuple(TensorSchema(t["name"], t["datatype"], tuple(t["shape"])) for t in doc["inputs"]),
+        outputs=tuple(TensorSchema(t["name"], t["datatype"], tuple(t["shape"])) for t in doc["outputs"]),
+        trusted=bool(doc.get("trusted", False)),
+        serialization=doc.get("serialization", "native"),
+        owner=doc.get("owner", ""),
+        description=doc.get("description", ""),
+        tags=dict(doc.get("tags", {})),
+        deployment=DeploymentConfig(**deployment),
+        state=VersionState(doc["state"]),
+        state_detail=doc.get("state_detail", ""),
+        created_at=_parse_time(doc.get("created_at")),
+        updated_at=_parse_time(doc.get("updated_at")),
+        retired_at=_parse_time(doc.get("retired_at")),
+        successor=doc.get("successor"),
+        deprecated_until=_parse_time(doc.get("deprecated_until")),
+    )
+
+
+def model_doc(record: ModelRecord) -> dict[str, Any]:
+    """``record`` as a JSON-able document."""
+    traffic = record.traffic
+    return {
+        "name": record.name,
+        "owner": record.owner,
+        "description": record.description,
+        "aliases": dict(record.aliases),
+        "traffic": {
+            "weights": {str(v): w for v, w in traffic.weights.items()},
+            "sticky_key": traffic.sticky_key,
+            "mirror": None if traffic.mirror is None else dataclasses.asdict(traffic.mirror),
+            "revision": traffic.revision,
+        },
+        "production_history": list(record.production_history),
+        "created_at": _time(record.created_at),
+    }
+
+
+def _model_from(doc: dict[str, Any]) -> ModelRecord:
+    traffic = doc["traffic"]
+    mirror = traffic.get("mirror")
+    return ModelRecord(
+        name=doc["name"],
+        owner=doc.get("owner", ""),
+        description=doc.get("description", ""),
+        aliases={k: int(v) for k, v in doc.get("aliases", {}).items()},
+        traffic=TrafficPolicy(
+            weights={int(v): int(w) for v, w in traffic.get("weights", {}).items()},
+            sticky_key=traffic.get("sticky_key", ""),
+            mirror=None if mirror is None else Mirror(int(mirror["version"]), float(mirror["fraction"])),
+            revision=int(traffic.get("revision", 0)),
+        ),
+        production_history=tuple(doc.get("production_history", ())),
+        created_at=_parse_time(doc.get("created_at")),
+    )
+
+
+def _dumps(doc: dict[str, Any] | None) -> str:
+    return "" if doc is None else json.dumps(doc, sort_keys=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+
+class _Tx:
+    """The registry's view of one write transaction."""
+
+    def __init__(self, conn: Connection, actor: str, reason: str) -> None:
+        self.conn = conn
+        self.actor = actor
+        self.reason = reason
+
+    async def model(self, name: str) -> ModelRecord:
+        rows = await self.conn.fetch("SELECT doc FROM models WHERE name = ?", name)
+        if not rows:
+            raise NotFound(f"model '{name}' is not registered")
+        return _model_from(json.loads(rows[0][0]))
+
+    async def version(self, model: str, version: int) -> ModelVersionRecord:
+        rows = await self.conn.fetch("SELECT doc FROM versions WHERE model = ? AND version = ?", model, version)
+        if not rows:
+            await self.model(model)
+            raise NotFound(f"model '{model}' has no version {version}")
+        return _version_from(json.loads(rows[0][0]))
+
+    async def put_model(self, record: ModelRecord) -> None:
+        await self.conn.execute(
+            "INSERT INTO models (name, doc) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+            record.name,
+            _dumps(model_doc(record)),
+        )
+
+    async def put_version(self, record: ModelVersionRecord) -> None:
+        await self.conn.execute(
+            "INSERT INTO versions (model, version, doc) VALUES (?, ?, ?) "
+            "ON CONFLICT (model, version) DO UPDATE SET doc = excluded.doc",
+            record.model,
+            record.version,
+            _dumps(version_doc(record)),
+        )
+
+    async def audit(
+        self, action: str, target: str, before: dict[str, Any] | None, after: dict[str, Any] | None
+    ) -> None:
+        await self.conn.execute(
+            "INSERT INTO audit (time, actor, action, target, before, after, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _now().isoformat(),
+            self.actor,
+            action,
+            target,
+            _dumps(before),
+            _dumps(after),
+            self.reason,
+        )
+
+
+class Registry:
+    """Registry operations and their rules (see the module docstring)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def close(self) -> None:
+        """Close the database."""
+        await self._db.close()
+
+    @contextlib.asynccontextmanager
+    async def _write(self, actor: str, reason: str) -> AsyncIterator[_Tx]:
+        async with self._db.transaction() as conn:
+            yield _Tx(conn, actor, reason)
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('generation', 1) "
+                "ON CONFLICT (key) DO UPDATE SET value = meta.value + 1"
+            )
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def generation(self) -> int:
+        """A counter that changes with every write (other instances poll it)."""
+        async with self._db.read() as conn:
+            rows = await conn.fetch("SELECT value FROM meta WHERE key = 'generation'")
+        return int(rows[0][0]) if rows else 0
+
+    async def snapshot(self) -> list[tuple[ModelRecord, list[ModelVersionRecord]]]:
+        """Every model with its versions (oldest first): what the router and reconciliation need."""
+        async with self._db.read() as conn:
+            models = await conn.fetch("SELECT doc FROM models ORDER BY name")
+            versions = await conn.fetch("SELECT doc FROM versions ORDER BY model, version")
+        by_model: dict[str, list[ModelVersionRecord]] = {}
+        for (doc,) in versions:
+            record = _version_from(json.loads(doc))
+            by_model.setdefault(record.model, []).append(record)
+        return [(m, by_model.get(m.name, [])) for m in (_model_from(json.loads(doc)) for (doc,) in models)]
+
+    async def get_model(self, name: str) -> ModelRecord:
+        """One model (NOT_FOUND when unknown)."""
+        async with self._db.read() as conn:
+            return await _Tx(conn, "", "").model(name)
+
+    async def get_version(self, model: str, version: int) -> ModelVersionRecord:
+        """One version (NOT_FOUND naming what is missing)."""
+        async with self._db.read() as conn:
+            return await _Tx(conn, "", "").version(model, version)
+
+    async def resolve_alias(self, model: str, alias: str) -> int:
+        """The version an alias points at (NOT_FOUND listing the aliases there are)."""
+        record = await self.get_model(model)
+        if alias not in record.aliases:
+            known = ", ".join(sorted(record.aliases)) or "none"
+            raise NotFound(f"model '{model}' has no alias '{alias}' (aliases: {known})")
+        return record.aliases[alias]
+
+    async def list_models(self, *, page_size: int, page_token: str = "") -> tuple[list[ModelRecord], str]:
+        """Models ordered by name, after ``page_token``; the next token ("" at the end)."""
+        async with self._db.read() as conn:
+            rows = await conn.fetch(
+                "SELECT name, doc FROM models WHERE name > ? ORDER BY name LIMIT ?", page_token, page_size + 1
+            )
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return [_model_from(json.loads(doc)) for _, doc in rows], (rows[-1][0] if more else "")
+
+    async def list_versions(
+        self, model: str, *, page_size: int, page_token: str = ""
+    ) -> tuple[list[ModelVersionRecord], str]:
+        """Versions of ``model``, newest first, before ``page_token``; the next token."""
+        before = _token_int(page_token, "page.page_token")
+        async with self._db.read() as conn:
+            await _Tx(conn, "", "").model(model)
+            rows = await conn.fetch(
+                "SELECT version, doc FROM versions WHERE model = ? AND version < ? ORDER BY version DESC LIMIT ?",
+                model,
+                before or 2**62,
+                page_size + 1,
+            )
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return [_version_from(json.loads(doc)) for _, doc in rows], (str(rows[-1][0]) if more else "")
+
+    async def list_audit(
+        self, *, target_prefix: str = "", page_size: int, page_token: str = ""
+    ) -> tuple[list[AuditRecord], str]:
+        """Audit entries, newest first, whose target starts with ``target_prefix``."""
+        before = _token_int(page_token, "page.page_token")
+        async with self._db.read() as conn:
+            rows = await conn.fetch(
+                "SELECT id, time, actor, action, target, before, after, reason FROM audit "
+                "WHERE id < ? AND substr(target, 1, ?) = ? ORDER BY id DESC LIMIT ?",
+                before or 2**62,
+                len(target_prefix),
+                target_prefix,
+                page_size + 1,
+            )
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        records = [
+            AuditRecord(int(r[0]), datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows
+        ]
+        return records, (str(rows[-1][0]) if more else "")
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    async def register_version(self, record: ModelVersionRecord, *, actor: str, reason: str = "") -> ModelVersionRecord:
+        """Store a new version (numbered after the model's highest), creating the model if needed."""
+        now = _now()
+        async with self._write(actor, reason) as tx:
+            rows = await tx.conn.fetch("SELECT doc FROM models WHERE name = ?", record.model)
+            if not rows:
+                model = ModelRecord(
+                    name=record.model, owner=record.owner, description=record.description, created_at=now
+                )
+                await tx.put_model(model)
+                await tx.audit("create_model", record.model, None, model_doc(model))
+            highest = await tx.conn.fetch("SELECT MAX(version) FROM versions WHERE model = ?", record.model)
+            number = int(highest[0][0] or 0) + 1
+            stored = dataclasses.replace(
+                record, version=number, state=VersionState.REGISTERED, created_at=now, updated_at=now
+            )
+            await tx.put_version(stored)
+            await tx.audit("register_version", f"{record.model}/{number}", None, version_doc(stored))
+        return stored
+
+    async def set_state(
+        self,
+        model: str,
+        version: int,
+        state: VersionState,
+        *,
+        detail: str = "",
+        actor: str,
+        reason: str = "",
+    ) -> ModelVersionRecord:
+        """Move a version along its lifecycle (FAILED_PRECONDITION for a transition that is not allowed)."""
+        async with self._write(actor, reason) as tx:
+            before = await tx.version(model, version)
+            if state not in _TRANSITIONS[before.state]:
+                raise FailedPrecondition(_transition_refusal(before, state))
+            if state is VersionState.DRAINING:
+                _refuse_if_referenced(await tx.model(model), version, "undeploy")
+            after = dataclasses.replace(before, state=state, state_detail=detail, updated_at=_now())
+            if state is VersionState.RETIRED:
+                after = dataclasses.replace(after, retired_at=after.updated_at)
+            await tx.put_version(after)
+            await tx.audit(f"state_{state.value}", f"{model}/{version}", version_doc(before), version_doc(after))
+        return after
+
+    async def _serving(self, tx: _Tx, model: str, version: int, what: str) -> ModelVersionRecord:
+        record = await tx.version(model, version)
+        if record.state is not VersionState.SERVING:
+            raise FailedPrecondition(
+                f"{what}: version {version} of model '{model}' is {record.state.value}, not serving; deploy it first"
+            )
+        return record
+
+    async def _update_model(self, tx: _Tx, action: str, before: ModelRecord, after: ModelRecord) -> ModelRecord:
+        await tx.put_model(after)
+        await tx.audit(action, before.name, model_doc(before), model_doc(after))
+        return after
+
+    async def set_traffic(
+        self,
+        model: str,
+        policy: TrafficPolicy,
+        *,
+        expected_revision: int | None = None,
+        actor: str,
+        reason: str = "",
+    ) -> ModelRecord:
+        """Replace the traffic policy; every weighted or mirrored version must be SERVING."""
+        async with self._write(actor, reason) as tx:
+            before = await tx.model(model)
+            if expected_revision is not None and expected_revision != before.traffic.revision:
+                raise Aborted(
+                    f"the traffic policy of '{model}' is at revision {before.traffic.revision}, not "
+                    f"{expected_revision}: re-read it and apply your change again"
+                )
+            weights = {v: w for v, w in policy.weights.items() if w > 0}
+            if policy.weights and not weights:
+                raise InvalidArgument("policy.weights: at least one weight must be above 0 (or send no weights)")
+            for version in weights:
+                await self._serving(tx, model, version, "policy.weights")
+            if policy.mirror is not None:
+                await self._serving(tx, model, policy.mirror.version, "policy.mirror")
+            if not weights and PRODUCTION not in before.aliases:
+                raise FailedPrecondition(
+                    f"model '{model}' has no production version: give weights, or promote a version first"
+                )
+            traffic = dataclasses.replace(policy, weights=weights, revision=before.traffic.revision + 1)
+            return await self._update_model(tx, "set_traffic", before, dataclasses.replace(before, traffic=traffic))
+
+    async def set_alias(self, model: str, alias: str, version: int, *, actor: str, reason: str = "") -> ModelRecord:
+        """Point ``alias`` at a SERVING version."""
+        if not ALIAS_PATTERN.match(alias) or alias.isdigit():
+            raise InvalidArgument(f"alias '{alias}' is invalid: a letter, then letters, digits, '_' or '-'")
+        async with self._write(actor, reason) as tx:
+            before = await tx.model(model)
+            await self._serving(tx, model, version, f"alias '{alias}'")
+            after = dataclasses.replace(before, aliases={**before.aliases, alias: version})
+            if alias == PRODUCTION and before.aliases.get(PRODUCTION) != version:
+                after = dataclasses.replace(after, production_history=(*before.production_history, version))
+            return await self._update_model(tx, "set_alias", before, after)
+
+    async def delete_alias(self, model: str, alias: str, *, actor: str, reason: str = "") -> ModelRecord:
+        """Remove an alias (not ``production`` while un-pinned traffic relies on it)."""
+        async with self._write(actor, reason) as tx:
+            before = await tx.model(model)
+            if alias not in before.aliases:
+                raise NotFound(f"model '{model}' has no alias '{alias}'")
+            if alias == PRODUCTION and not before.traffic.weights:
+                raise FailedPrecondition(
+                    f"un-pinned traffic of '{model}' goes to 'production': set traffic weights before deleting it"
+                )
+            aliases = {k: v for k, v in before.aliases.items() if k != alias}
+            return await self._update_model(tx, "delete_alias", before, dataclasses.replace(before, aliases=aliases))
+
+    async def promote(self, model: str, version: int, *, actor: str, reason: str = "") -> ModelRecord:
+        """``production`` → ``version`` with all un-pinned traffic (a mirror onto it is dropped)."""
+        async with self._write(actor, reason) as tx:
+            before = await tx.model(model)
+            await self._serving(tx, model, version, "promote")
+            return await self._update_model(tx, "promote", before, _with_production(before, version, append=True))
+
+    async def rollback(self, model: str, *, to_version: int | None = None, actor: str, reason: str = "") -> ModelRecord:
+        """``production`` back to the previous production version (or ``to_version``), with all traffic."""
+        async with self._write(actor, reason) as tx:
+            before = await tx.model(model)
+            current = before.aliases.get(PRODUCTION)
+            if to_version is None:
+                history = list(before.production_history)
+                while history and history[-1] == current:
+                    history.pop()
+                if not history:
+                    raise FailedPrecondition(f"model '{model}' has no previous production version to roll back to")
+                target = history[-1]
+                await self._serving(tx, model, target, "rollback")
+                after = _with_production(before, target, append=False)
+                after = dataclasses.replace(after, production_history=tuple(history))
+            else:
+                await self._serving(tx, model, to_version, "rollback")
+                after = _with_production(before, to_version, append=True)
+            return await self._update_model(tx, "rollback", before, after)
+
+
+def _with_production(model: ModelRecord, version: int, *, append: bool) -> ModelRecord:
+    mirror = model.traffic.mirror
+    traffic = dataclasses.replace(
+        model.traffic,
+        weights={},
+        mirror=None if mirror is not None and mirror.version == version else mirror,
+        revision=model.traffic.revision + 1,
+    )
+    history = model.production_history
+    if append and model.aliases.get(PRODUCTION) != version:
+        history = (*history, version)
+    aliases = {**model.aliases, PRODUCTION: version}
+    return dataclasses.replace(model, aliases=aliases, traffic=traffic, production_history=history)
+
+
+def _refuse_if_referenced(model: ModelRecord, version: int, what: str) -> None:
+    reasons = [f"alias '{a}'" for a, v in sorted(model.aliases.items()) if v == version]
+    if model.traffic.weights.get(version, 0) > 0:
+        reasons.append(f"a traffic weight of {model.traffic.weights[version]}")
+    if model.traffic.mirror is not None and model.traffic.mirror.version == version:
+        reasons.append("the mirror")
+    if reasons:
+        raise FailedPrecondition(
+            f"cannot {what} version {version} of model '{model.name}': {', '.join(reasons)} still point at it; "
+            "move them to another version first"
+        )
+
+
+def _transition_refusal(record: ModelVersionRecord, state: VersionState) -> str:
+    where = f"version {record.version} of model '{record.model}'"
+    if record.state is state:
+        return f"{where} is already {state.value}"
+    hints = {
+        VersionState.DEPLOYING: "it can be deployed from registered or failed",
+        VersionState.DRAINING: "only a serving version can be undeployed",
+    }
+    hint = hints.get(state, "")
+    return f"{where} is {record.state.value}; it cannot become {state.value}" + (f" ({hint})" if hint else "")
+
+
+def _token_int(token: str, field: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgument(f"{field} '{token}' is not a token this API returned")
+    return int(token)
