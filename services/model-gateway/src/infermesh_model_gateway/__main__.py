@@ -5,7 +5,9 @@ from __future__ import annotations
 from tritonclient.grpc import service_pb2_grpc
 
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc
+from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.app import Runtime, run_service
+from infermesh_chassis.events import EventEmitter
 from infermesh_model_gateway.control import ControlServicer
 from infermesh_model_gateway.dataplane import InferenceServicer
 from infermesh_model_gateway.gateway import ModelGateway
@@ -15,13 +17,14 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 CONTROL_SERVICE = "infermesh.modelgateway.v1.ModelControlService"
 
 
-async def build(settings: Settings, runtime: Runtime) -> None:
-    """Start the registry and the Triton workers, then add the data and control planes."""
+async def assemble(
+    settings: Settings, runtime: Runtime, emitter: EventEmitter[monitor_pb2.Event] | None
+) -> ModelGateway:
+    """Start the registry and the Triton workers, then add the data and control planes to the server."""
     gateway = ModelGateway(settings, runtime.metrics, runtime.discovery)
     runtime.on_stop(gateway.stop)
     await gateway.start()
     assert gateway.registry is not None and gateway.deployer is not None
-    emitter = runtime.event_emitter() if settings.events.enabled else None
     inference = InferenceServicer(
         gateway.router,
         gateway.pool,
@@ -39,6 +42,12 @@ async def build(settings: Settings, runtime: Runtime) -> None:
         ControlServicer(gateway.registry, gateway.deployer),
         CONTROL_SERVICE,
     )
+    return gateway
+
+
+async def build(settings: Settings, runtime: Runtime) -> None:
+    """The service as ``run_service`` builds it: events go to the monitor when enabled."""
+    await assemble(settings, runtime, runtime.event_emitter() if settings.events.enabled else None)
 
 
 def main() -> None:

@@ -185,7 +185,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=_tensors(response) if response is not None else (),
         )
         if self._rng.random() < self._settings.event_input_sample_rate:
-            event.sampled_inputs.update(_sampled_inputs(request))
+            for name, value in _sampled_inputs(request).items():
+                event.sampled_inputs[name].CopyFrom(value)
         self._emitter.emit(new_event("model-gateway", self._instance, inference=event))
 
     def _mirror(

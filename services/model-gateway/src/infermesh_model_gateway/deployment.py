@@ -166,6 +166,7 @@ class Deployer:
 
     async def _drain_and_unload(self, record: ModelVersionRecord, timeout_s: float | None = None) -> None:
         timeout = self._settings.drain_timeout_s if timeout_s is None else timeout_s
+        await asyncio.sleep(self._settings.propagation_s)
         left = await self._pool.wait_drained(record.triton_name, timeout)
         if left:
             _log.warning("drain_timeout", model=record.model, version=record.version, in_flight=left)

@@ -72,6 +72,9 @@ class DeploySettings(BaseModel):
     """Longest wait for in-flight requests of a version before it unloads anyway."""
     warmup_timeout_s: float = Field(30.0, gt=0)
     """Deadline of one warm-up request."""
+    propagation_s: float = Field(2.0, ge=0)
+    """How long other gateway instances get to stop routing to a version before it unloads
+    (at least twice ``registry_poll_s`` when several instances share the registry)."""
 
 
 class Settings(ServiceSettings):

@@ -1,0 +1,371 @@
+"""The gateway against real Triton: predictions, routing, mirroring, errors, registry rules, audit.
+
+One gateway with two embedded Triton workers serves the whole module: version 1 of ``churn`` is
+a logistic regression, version 2 a gradient-boosted tree ensemble, both ONNX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import pytest_asyncio
+from tritonclient.grpc import service_pb2
+
+from infermesh.common.v1 import common_pb2
+from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
+from infermesh_model_gateway.testing import (
+    ChurnModels,
+    GatewayHarness,
+    TrainedModel,
+    infer_request,
+    output,
+    register_request,
+    sha256,
+    start_gateway,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gw(churn_models: ChurnModels, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHarness]:
+    async with start_gateway(tmp_path_factory.mktemp("gateway"), workers=2) as harness:
+        assert await harness.register_and_deploy("churn", churn_models.v1) == 1
+        assert await harness.register_and_deploy("churn", churn_models.v2) == 2
+        await harness.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+        yield harness
+
+
+async def _set_policy(gw: GatewayHarness, **policy: object) -> None:
+    await gw.control.SetTrafficPolicy(pb.SetTrafficPolicyRequest(model="churn", policy=pb.TrafficPolicy(**policy)))
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def production_only(gw: GatewayHarness) -> AsyncIterator[None]:
+    """Each routing test starts and ends with all un-pinned traffic on production (version 1)."""
+    await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+    yield
+    await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+    await _set_policy(gw)
+
+
+def _local(trained: TrainedModel, x: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(trained.path), providers=["CPUExecutionProvider"])
+    label, probabilities = session.run(["label", "probabilities"], {"X": x})
+    return {"label": label, "probabilities": probabilities}
+
+
+@pytest.mark.parametrize(("version", "pin"), [("1", {}), ("2", {}), ("", {"alias": "production"})])
+async def test_predictions_equal_local_onnxruntime(gw, churn_models, version, pin, production_only):
+    x = churn_models.x[:32]
+    response = await gw.inference.ModelInfer(infer_request("churn", x, version, **pin))
+    trained = churn_models.v2 if version == "2" else churn_models.v1
+    expected = _local(trained, x)
+    assert response.model_name == "churn"
+    assert response.model_version == (version or "1")
+    np.testing.assert_allclose(output(response, "probabilities"), expected["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(output(response, "label").reshape(-1), expected["label"])
+
+
+async def test_an_alias_in_the_model_name_pins_the_version(gw, churn_models, production_only):
+    await gw.control.SetAlias(pb.SetAliasRequest(model="churn", alias="canary", version=2))
+    response = await gw.inference.ModelInfer(infer_request("churn@canary", churn_models.x[:1]))
+    assert response.model_version == "2"
+    await gw.control.DeleteAlias(pb.DeleteAliasRequest(model="churn", alias="canary"))
+
+
+async def test_weighted_split_within_tolerance(gw, churn_models, production_only):
+    await _set_policy(gw, weights=[pb.VersionWeight(version=1, weight=80), pb.VersionWeight(version=2, weight=20)])
+    x = churn_models.x[:1]
+    responses = await asyncio.gather(*(gw.inference.ModelInfer(infer_request("churn", x)) for _ in range(1000)))
+    share = Counter(r.model_version for r in responses)["2"] / len(responses)
+    assert abs(share - 0.20) < 0.04, share
+
+
+async def test_sticky_routing_keeps_each_key_on_one_version(gw, churn_models, production_only):
+    await _set_policy(
+        gw,
+        weights=[pb.VersionWeight(version=1, weight=50), pb.VersionWeight(version=2, weight=50)],
+        sticky=pb.StickyRouting(enabled=True, key_name="unit_id"),
+    )
+    x = churn_models.x[:1]
+    units = [f"user-{i}" for i in range(200)]
+    first = await asyncio.gather(*(gw.inference.ModelInfer(infer_request("churn", x, unit_id=u)) for u in units))
+    again = await asyncio.gather(*(gw.inference.ModelInfer(infer_request("churn", x, unit_id=u)) for u in units))
+    assert [r.model_version for r in first] == [r.model_version for r in again]
+    share = Counter(r.model_version for r in first)["2"] / len(units)
+    assert 0.35 < share < 0.65, share
+    by_metadata = await gw.inference.ModelInfer(infer_request("churn", x), metadata=(("unit_id", units[0]),))
+    assert by_metadata.model_version == first[0].model_version
+
+
+async def test_mirror_copies_its_share_to_the_shadow_and_reports_both(gw, churn_models, production_only):
+    await _set_policy(gw, mirror=pb.Mirror(shadow_version=2, fraction=0.5))
+    gw.sink.events.clear()
+    x = churn_models.x[:4]
+    count = 400
+    responses = await asyncio.gather(*(gw.inference.ModelInfer(infer_request("churn", x)) for _ in range(count)))
+    assert {r.model_version for r in responses} == {"1"}
+    await asyncio.sleep(0.5)
+    shadows = [e for e in gw.sink.events if e.WhichOneof("payload") == "shadow"]
+    assert abs(len(shadows) / count - 0.5) < 0.08, len(shadows)
+    event = shadows[0].shadow
+    assert (event.primary_version, event.shadow_version) == (1, 2)
+    assert not event.HasField("shadow_error")
+    assert {t.name for t in event.shadow_outputs} == {"label", "probabilities"}
+    inference_ids = {e.request_id for e in gw.sink.events if e.WhichOneof("payload") == "inference"}
+    assert all(s.request_id in inference_ids for s in shadows)
+
+
+async def test_inference_events_name_model_version_and_latency(gw, churn_models, production_only):
+    gw.sink.events.clear()
+    await gw.inference.ModelInfer(
+        infer_request("churn", churn_models.x[:3], "2"), metadata=(("x-request-id", "req-42"),)
+    )
+    await asyncio.sleep(0.2)
+    (event,) = [e for e in gw.sink.events if e.request_id == "req-42"]
+    assert event.inference.model == "churn"
+    assert event.inference.model_version == 2
+    assert event.inference.batch_size == 3
+    assert event.inference.latency_ms > 0
+
+
+_BAD_REQUESTS = [
+    ("unknown model", lambda x: infer_request("nope", x), grpc.StatusCode.NOT_FOUND, "model 'nope' is not registered"),
+    ("unknown version", lambda x: infer_request("churn", x, "9"), grpc.StatusCode.NOT_FOUND, "no version 9"),
+    ("unknown alias", lambda x: infer_request("churn@blue", x), grpc.StatusCode.NOT_FOUND, "no alias 'blue'"),
+    (
+        "wrong datatype",
+        lambda x: _mutate(infer_request("churn", x), datatype="FP64"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'X': datatype FP64, expected FP32",
+    ),
+    (
+        "wrong shape",
+        lambda x: _mutate(infer_request("churn", x), shape=[2, 5]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'X': shape [2, 5], expected [-1, 6]",
+    ),
+    (
+        "unknown input",
+        lambda x: _mutate(infer_request("churn", x), name="features"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown input 'features'",
+    ),
+    (
+        "missing input",
+        lambda x: service_pb2.ModelInferRequest(model_name="churn"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "missing input 'X'",
+    ),
+    (
+        "byte size mismatch",
+        lambda x: _truncate(infer_request("churn", x)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bytes of raw contents, expected 48",
+    ),
+    (
+        "oversize batch",
+        lambda x: infer_request("churn", np.zeros((65, 6), np.float32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch size 65 exceeds the maximum of 64",
+    ),
+]
+
+
+def _mutate(request: service_pb2.ModelInferRequest, **changes: object) -> service_pb2.ModelInferRequest:
+    tensor = request.inputs[0]
+    for key, value in changes.items():
+        if key == "shape":
+            del tensor.shape[:]
+            tensor.shape.extend(value)  # type: ignore[arg-type]
+        else:
+            setattr(tensor, key, value)
+    return request
+
+
+def _truncate(request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferRequest:
+    request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
+    return request
+
+
+@pytest.mark.parametrize(("case", "build", "code", "message"), _BAD_REQUESTS, ids=[c[0] for c in _BAD_REQUESTS])
+async def test_bad_inference_requests_get_a_clear_status(gw, churn_models, case, build, code, message):  # noqa: PLR0917
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.inference.ModelInfer(build(churn_models.x[:2]))
+    assert caught.value.code() == code
+    assert message in caught.value.details()
+
+
+async def test_repository_management_goes_through_the_control_plane(gw):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.inference.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="churn__1"))
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "DeployModelVersion" in caught.value.details()
+
+
+async def test_a_version_that_is_not_serving_is_refused(gw, churn_models):
+    registered = await gw.control.RegisterModelVersion(register_request("churn", churn_models.v1))
+    version = registered.model_version.version
+    with pytest.raises(grpc.aio.AioRpcError) as pinned:
+        await gw.inference.ModelInfer(infer_request("churn", churn_models.x[:1], str(version)))
+    assert pinned.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "registered, not serving; deploy it first" in pinned.value.details()
+    for call in (
+        gw.control.SetAlias(pb.SetAliasRequest(model="churn", alias="canary", version=version)),
+        gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=version)),
+        gw.control.SetTrafficPolicy(
+            pb.SetTrafficPolicyRequest(
+                model="churn", policy=pb.TrafficPolicy(weights=[pb.VersionWeight(version=version, weight=1)])
+            )
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "not serving" in refused.value.details()
+
+
+async def test_undeploy_is_refused_while_an_alias_points_at_the_version(gw):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.control.UndeployModelVersion(pb.UndeployModelVersionRequest(model="churn", version=1))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "alias 'production' still point at it" in caught.value.details()
+
+
+def _tampered(trained: TrainedModel, tmp_path: Path) -> TrainedModel:
+    copy = tmp_path / "tampered.onnx"
+    copy.write_bytes(trained.path.read_bytes() + b"\0")
+    return dataclasses.replace(trained, path=copy)
+
+
+async def test_registration_refuses_bad_artifacts_and_stores_nothing(gw, churn_models, tmp_path):
+    before = await gw.control.ListModelVersions(pb.ListModelVersionsRequest(model="churn"))
+    tampered = _tampered(churn_models.v1, tmp_path)
+    pickled = tmp_path / "model.pkl"
+    pickled.write_bytes(b"\x80\x04K\x01.")
+    wrong_schema = register_request("churn", churn_models.v1)
+    wrong_schema.inputs[0].name = "features"
+    cases = [
+        (register_request("churn", tampered), grpc.StatusCode.INVALID_ARGUMENT, "sha256 mismatch"),
+        (wrong_schema, grpc.StatusCode.INVALID_ARGUMENT, "input 'features' is not in the ONNX graph"),
+        (
+            pb.RegisterModelVersionRequest(
+                model="churn",
+                format=pb.MODEL_FORMAT_SKLEARN,
+                artifact=pb.Artifact(uri=str(pickled), sha256=sha256(pickled)),
+                inputs=[common_pb2.TensorSpec(name="X", datatype="FP32", shape=[6])],
+                outputs=[common_pb2.TensorSpec(name="label", datatype="INT64", shape=[1])],
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "artifact.trusted=true",
+        ),
+        (
+            pb.RegisterModelVersionRequest(model="churn", artifact=pb.Artifact(uri="x", sha256="0" * 64)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "format is required",
+        ),
+        (
+            register_request("churn", dataclasses.replace(churn_models.v1, sha256="abc")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "64 hex characters",
+        ),
+        (
+            register_request("bad__name", churn_models.v1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "model name 'bad__name' is invalid",
+        ),
+        (
+            register_request("churn", dataclasses.replace(churn_models.v1, path=tmp_path / "missing.onnx")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no file at",
+        ),
+    ]
+    for request, code, message in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gw.control.RegisterModelVersion(request)
+        assert caught.value.code() == code, caught.value.details()
+        assert message in caught.value.details()
+    after = await gw.control.ListModelVersions(pb.ListModelVersionsRequest(model="churn"))
+    assert [v.version for v in after.model_versions] == [v.version for v in before.model_versions]
+
+
+async def test_promote_and_rollback_are_single_audited_calls(gw, churn_models, production_only):
+    promoted = await gw.control.PromoteModelVersion(
+        pb.PromoteModelVersionRequest(model="churn", version=2, actor="alice", reason="v2 wins the A/B test")
+    )
+    assert promoted.previous_version == 1
+    assert promoted.model.aliases["production"] == 2
+    response = await gw.inference.ModelInfer(infer_request("churn", churn_models.x[:1]))
+    assert response.model_version == "2"
+    rolled = await gw.control.RollbackModel(
+        pb.RollbackModelRequest(model="churn", actor="bob", reason="p99 regression")
+    )
+    assert rolled.rolled_back_version == 2
+    assert rolled.model.aliases["production"] == 1
+    response = await gw.inference.ModelInfer(infer_request("churn", churn_models.x[:1]))
+    assert response.model_version == "1"
+    audit = await gw.control.ListAuditEntries(
+        pb.ListAuditEntriesRequest(
+            filter=common_pb2.AuditFilter(target_prefix="churn", actions=["promote", "rollback"])
+        )
+    )
+    rollback, promote = audit.entries[:2]
+    assert (rollback.action, rollback.actor, rollback.reason) == ("rollback", "bob", "p99 regression")
+    assert (promote.action, promote.actor, promote.reason) == ("promote", "alice", "v2 wins the A/B test")
+    assert json.loads(promote.before_json)["aliases"]["production"] == 1
+    assert json.loads(promote.after_json)["aliases"]["production"] == 2
+    assert json.loads(rollback.after_json)["aliases"]["production"] == 1
+
+
+async def test_stale_traffic_revision_is_aborted(gw, production_only):
+    current = await gw.control.GetTrafficPolicy(pb.GetTrafficPolicyRequest(model="churn"))
+    await _set_policy(gw, weights=[pb.VersionWeight(version=1, weight=1)])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.control.SetTrafficPolicy(
+            pb.SetTrafficPolicyRequest(
+                model="churn", policy=pb.TrafficPolicy(), expected_revision=current.policy.revision
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+
+
+async def test_metadata_and_readiness_speak_kserve_v2(gw):
+    metadata = await gw.inference.ModelMetadata(service_pb2.ModelMetadataRequest(name="churn", version="2"))
+    assert metadata.name == "churn"
+    assert metadata.platform == "onnx"
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("X", "FP32", [-1, 6])]
+    assert {"1", "2"} <= set(metadata.versions)
+    assert (await gw.inference.ModelReady(service_pb2.ModelReadyRequest(name="churn", version="2"))).ready
+    assert (await gw.inference.ServerReady(service_pb2.ServerReadyRequest())).ready
+    config = await gw.inference.ModelConfig(service_pb2.ModelConfigRequest(name="churn", version="1"))
+    assert config.config.name == "churn"
+    assert config.config.max_batch_size == 64
+    assert config.config.dynamic_batching.max_queue_delay_microseconds == 500
+
+
+async def test_list_and_get_describe_the_registry(gw):
+    model = (await gw.control.GetModel(pb.GetModelRequest(model="churn"))).model
+    assert {1, 2} <= set(model.serving_versions)
+    assert model.owner == "risk-team"
+    version = (
+        await gw.control.GetModelVersion(pb.GetModelVersionRequest(model="churn", alias="production"))
+    ).model_version
+    assert version.state == pb.MODEL_VERSION_STATE_SERVING
+    assert "production" in version.aliases
+    page = await gw.control.ListModelVersions(
+        pb.ListModelVersionsRequest(model="churn", page=common_pb2.PageRequest(page_size=1))
+    )
+    assert len(page.model_versions) == 1 and page.page.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.control.GetModel(pb.GetModelRequest(model="absent"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
