@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from infermesh_biz_center.service import create
 from infermesh_biz_center.settings import Settings
 from infermesh_chassis.app import Runtime, run_service
 
 
 async def build(settings: Settings, runtime: Runtime) -> None:
-    """Add the service's servicers to ``runtime.server``; its RPCs arrive with issue #5."""
+    """Build the business center on the runtime: its fronts, core, store and downstream clients."""
+    await create(settings, runtime)
 
 
 def main() -> None:

@@ -1,10 +1,238 @@
-"""Settings of the business center: the chassis' settings under the ``BIZ_CENTER_`` prefix."""
+"""Settings of the business center: the chassis' settings under the ``BIZ_CENTER_`` prefix, plus
+where scenes and experiments are stored, who may call, limits, resilience and the Thrift front."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from infermesh_chassis.settings import ServiceSettings
+
+__all__ = [
+    "ApiKeySettings",
+    "AuthSettings",
+    "ConfigSettings",
+    "DownstreamSettings",
+    "JwtKeySettings",
+    "JwtSettings",
+    "KeyRateLimit",
+    "PredictSettings",
+    "RateLimitSettings",
+    "ResilienceSettings",
+    "Settings",
+    "ThriftSettings",
+    "TlsListenerSettings",
+    "TlsSettings",
+]
+
+
+class KeyRateLimit(BaseModel):
+    """A token-bucket limit on one caller (API key or JWT subject)."""
+
+    requests_per_second: float = Field(0.0, ge=0)
+    """Sustained rate; 0 means unlimited."""
+    burst: int = Field(0, ge=0)
+    """Largest burst; 0 means the rate rounded up."""
+    mode: Literal["default", "local", "global"] = "default"
+    """Where it is enforced: ``local`` (per instance), ``global`` (Redis), ``default`` (``rate_limit.default_mode``)."""
+
+
+class ApiKeySettings(BaseModel):
+    """One API key. Only its SHA-256 is configured: ``printf %s "$KEY" | sha256sum``."""
+
+    name: str = Field(min_length=1)
+    """Who the key belongs to (logs, audit, the rate-limit key)."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Hex SHA-256 of the key."""
+    scenes: list[str] = Field(default_factory=list)
+    """Scenes the key may call; ``*`` allows every scene."""
+    admin: bool = False
+    """Whether the key may call the admin RPCs."""
+    rate_limit: KeyRateLimit = KeyRateLimit()
+    """The key's own limit."""
+
+
+class JwtKeySettings(BaseModel):
+    """One key that may verify tokens: a public key (RS*/ES*/EdDSA/PS*) or a shared secret (HS*)."""
+
+    kid: str | None = None
+    """Key id; a token whose header names a kid is verified only with the key of that id."""
+    algorithm: str = "RS256"
+    """The one algorithm this key verifies."""
+    public_key_file: Path | None = None
+    """PEM file of the public key."""
+    public_key: str | None = None
+    """PEM of the public key, inline."""
+    secret: str | None = None
+    """Shared secret of an HS* algorithm."""
+
+    @model_validator(mode="after")
+    def _one_key(self) -> JwtKeySettings:
+        given = [k for k in (self.public_key_file, self.public_key, self.secret) if k]
+        if len(given) != 1:
+            raise ValueError("set exactly one of public_key_file, public_key, secret")
+        if self.algorithm.startswith("HS") != bool(self.secret):
+            needs = "a secret" if self.secret is None else "a public key"
+            raise ValueError(f"algorithm {self.algorithm} needs {needs}")
+        return self
+
+
+class JwtSettings(BaseModel):
+    """JWT bearer tokens (``authorization: Bearer <jwt>``)."""
+
+    issuer: str | None = None
+    """Required ``iss``; None accepts any issuer."""
+    audience: str | None = None
+    """Required ``aud``; None refuses tokens that carry an audience."""
+    keys: list[JwtKeySettings] = Field(default_factory=list)
+    """Keys that may verify tokens; none disables JWT."""
+    scenes_claim: str = "scenes"
+    """Claim listing the scenes the token may call (a list, or a space-separated string; ``*`` is every scene)."""
+    admin_claim: str = "roles"
+    """Claim listing roles; ``admin_role`` in it allows the admin RPCs."""
+    admin_role: str = "biz-center-admin"
+    """Role that allows the admin RPCs."""
+    leeway_s: float = Field(30.0, ge=0)
+    """Clock skew tolerated on ``exp``/``nbf``/``iat``."""
+    rate_limit: KeyRateLimit = KeyRateLimit()
+    """Limit per token subject (``sub``)."""
+    cache_size: int = Field(10_000, ge=0)
+    """Verified tokens remembered (until they expire) so each is verified once."""
+
+
+class AuthSettings(BaseModel):
+    """Who may call."""
+
+    required: bool = True
+    """Refuse calls without valid credentials; False lets anonymous callers use every scene (development only)."""
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    """API keys (hashed)."""
+    jwt: JwtSettings = JwtSettings()
+    """JWT bearer tokens."""
+
+
+class RateLimitSettings(BaseModel):
+    """Where rate limits are enforced."""
+
+    default_mode: Literal["local", "global"] = "local"
+    """Mode of limits that do not choose one."""
+    redis_url: str | None = None
+    """Redis of the global mode (``redis://host:6379/0``); required when a limit is global."""
+    redis_timeout_s: float = Field(0.05, gt=0)
+    """Socket timeout of Redis calls; on failure the limit is enforced locally for that call."""
+    key_prefix: str = "infermesh:biz-center:ratelimit:"
+    """Prefix of the bucket keys in Redis."""
+
+
+class ResilienceSettings(BaseModel):
+    """Circuit breakers, fallback and the score cache."""
+
+    breaker_fail_max: int = Field(5, ge=1)
+    """Consecutive failures that open a downstream's breaker."""
+    breaker_reset_timeout_s: float = Field(10.0, gt=0)
+    """How long a breaker stays open before one trial call."""
+    fallback_reserve_ms: float = Field(5.0, ge=0)
+    """Time kept back from downstream calls so a local fallback (cached score, default) still answers in time."""
+    score_cache_size: int = Field(100_000, ge=0)
+    """Recent scores remembered per instance for the cached-score fallback (0 disables it)."""
+    score_cache_ttl_s: float = Field(3600.0, gt=0)
+    """Longest a score is kept, whatever a scene's ``max_age`` says."""
+
+
+class DownstreamSettings(BaseModel):
+    """The services the business center calls, by their discovery names."""
+
+    data_gateway: str = "data-gateway"
+    """Discovery name of the data gateway."""
+    model_gateway: str = "model-gateway"
+    """Discovery name of the model gateway."""
+    monitor: str = "monitor"
+    """Discovery name of the monitor (events)."""
+    metadata_ttl_s: float = Field(30.0, gt=0)
+    """How long feature-service descriptions and model input schemas are cached."""
+
+
+class PredictSettings(BaseModel):
+    """Predict and PredictBatch."""
+
+    default_deadline_ms: float = Field(1000.0, gt=0)
+    """Deadline of a scene without an SLO deadline, when the caller sets none either."""
+    max_batch_items: int = Field(1000, ge=1)
+    """Most items in one PredictBatch (INVALID_ARGUMENT beyond)."""
+    batch_concurrency: int = Field(32, ge=1)
+    """Items of one PredictBatch in flight at once."""
+    unit_hash_key: str = ""
+    """Key of the keyed hash of unit ids in events (raw unit ids are never sent); share it with the monitor."""
+
+
+class ConfigSettings(BaseModel):
+    """Where scenes and experiments live."""
+
+    store_path: Path = Path("var/biz-center/config.db")
+    """SQLite database of scenes, experiments and the audit log (changes survive restarts)."""
+    seed_file: Path | None = None
+    """Versioned YAML file of scenes and experiments applied when its ``version`` is newer than the last applied."""
+    watch_interval_s: float = Field(2.0, gt=0)
+    """How often the seed file and the store (changed by another instance) are checked."""
+
+
+class TlsSettings(BaseModel):
+    """TLS of a listener or of outbound calls; mutual TLS when a CA for the peer is set."""
+
+    cert_file: Path | None = None
+    """PEM certificate chain presented to the peer (server: required; client: for mutual TLS)."""
+    key_file: Path | None = None
+    """PEM private key of ``cert_file``."""
+    ca_file: Path | None = None
+    """PEM CA bundle that verifies the peer (server: requiring a client certificate; client: the server's)."""
+
+    server_name: str | None = None
+    """Client side: the name the server's certificate must carry, when it is not the dialed host."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class TlsListenerSettings(TlsSettings):
+    """A TLS listener: where it binds, and its certificate (mutual TLS when ``ca_file`` is set)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port to bind; 0 picks a free port (logged at start)."""
+
+    @model_validator(mode="after")
+    def _served(self) -> TlsListenerSettings:
+        if self.cert_file is None:
+            raise ValueError("a TLS listener needs cert_file and key_file")
+        return self
+
+
+class ThriftSettings(BaseModel):
+    """The Thrift front for legacy callers (binary protocol)."""
+
+    enabled: bool = True
+    """Serve it at all."""
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port to bind; 0 picks a free port (logged at start)."""
+    transport: Literal["buffered", "framed"] = "buffered"
+    """Transport clients must use too."""
+    tls: TlsSettings | None = None
+    """TLS of the Thrift listener (with ``ca_file``: clients must present a certificate)."""
+
+    @model_validator(mode="after")
+    def _served(self) -> ThriftSettings:
+        if self.tls is not None and self.tls.cert_file is None:
+            raise ValueError("thrift.tls needs cert_file and key_file")
+        return self
 
 
 class Settings(ServiceSettings):
@@ -17,3 +245,23 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BIZ_CENTER_")
 
     service_name: str = "biz-center"
+    config: ConfigSettings = ConfigSettings()
+    auth: AuthSettings = AuthSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
+    downstream: DownstreamSettings = DownstreamSettings()
+    predict: PredictSettings = PredictSettings()
+    thrift: ThriftSettings = ThriftSettings()
+    grpc_tls: TlsListenerSettings | None = None
+    """A TLS listener of the gRPC front beside the chassis' plaintext port (keep that one on 127.0.0.1)."""
+    client_tls: TlsSettings | None = None
+    """TLS (mutual with ``cert_file``) of calls to the data gateway, model gateway and monitor."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.rate_limit.redis_url is None:
+            modes = [self.rate_limit.default_mode, self.auth.jwt.rate_limit.mode]
+            modes += [key.rate_limit.mode for key in self.auth.api_keys]
+            if "global" in modes:
+                raise ValueError("a global rate limit needs rate_limit.redis_url")
+        return self

@@ -1,0 +1,382 @@
+"""The two downstreams of a prediction: the data gateway (features) and the model gateway (inference).
+
+Each wraps a chassis :class:`~infermesh_chassis.client.ServiceClient` (discovery, deadlines
+bounded by the inbound call, retries of idempotent reads on another instance, and the one place
+where ``grpc.RpcError`` becomes the project's error) and converts between the contracts and the
+core's types:
+
+- :class:`FeatureClient` learns a feature service's entity keys and request values once
+  (``DescribeFeatureService``, cached), splits the caller's values between them, fills the
+  scene's unit key from the unit id, and returns the ordered vector with statuses and lineage.
+- :class:`ModelClient` calls the Open Inference Protocol with tritonclient's own stubs: it learns
+  the model's input tensor (``ModelMetadata``, cached), packs the vector into it, pins a version
+  (``version``) or an alias (``model@alias``) when the route names one, and returns the output
+  tensors with the version that served. Class labels come from the model gateway's registry
+  (``GetModelVersion``), cached per version (versions are immutable).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from infermesh.common.v1 import common_pb2
+from infermesh.datagateway.v1 import data_gateway_pb2 as dg
+from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
+from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
+from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as mg_grpc
+from infermesh_biz_center.catalog import CompiledScene
+from infermesh_biz_center.domain import ModelTarget, PredictInput, RawTensor
+from infermesh_chassis.client import ServiceClient
+from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument, Unavailable
+
+__all__ = [
+    "DATA_GATEWAY_IDEMPOTENT",
+    "DATA_GATEWAY_STUB",
+    "INFERENCE_IDEMPOTENT",
+    "INFERENCE_STUB",
+    "MODEL_CONTROL_IDEMPOTENT",
+    "MODEL_CONTROL_STUB",
+    "FeatureClient",
+    "FeatureVector",
+    "InferResult",
+    "ModelClient",
+    "decode_tensor",
+]
+
+DATA_GATEWAY_STUB = dg_grpc.DataGatewayServiceStub
+DATA_GATEWAY_IDEMPOTENT = ("GetFeatures", "DescribeFeatureService")
+INFERENCE_STUB = service_pb2_grpc.GRPCInferenceServiceStub
+INFERENCE_IDEMPOTENT = ("ModelInfer", "ModelMetadata")
+MODEL_CONTROL_STUB = mg_grpc.ModelControlServiceStub
+MODEL_CONTROL_IDEMPOTENT = ("GetModelVersion",)
+
+_NUMERIC = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+_DEGRADED_STATUSES = {
+    dg.FEATURE_STATUS_FALLBACK: "fallback source",
+    dg.FEATURE_STATUS_DEFAULT: "default value",
+    dg.FEATURE_STATUS_MISSING: "missing",
+}
+
+
+class _TtlCache:
+    """A small map whose entries expire ``ttl_s`` after they were stored."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < self._clock():
+            return None
+        return entry[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        self._entries[key] = (self._clock() + self._ttl_s, value)
+
+    def drop(self, key: Any) -> None:
+        self._entries.pop(key, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _ServiceShape:
+    keys: Mapping[str, str]
+    """Entity key name → dtype."""
+    request_values: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureVector:
+    """One entity's feature vector, in model input order."""
+
+    names: tuple[str, ...]
+    values: tuple[common_pb2.Value, ...]
+    statuses: tuple[int, ...]
+    lineage: common_pb2.FeatureLineage
+
+    def incomplete(self) -> str:
+        """Which features did not come from their primary source ("" when all did)."""
+        odd = [
+            f"{name} ({_DEGRADED_STATUSES[status]})"
+            for name, status in zip(self.names, self.statuses, strict=False)
+            if status in _DEGRADED_STATUSES
+        ]
+        return ", ".join(odd)
+
+
+def _key_value(unit_id: str, dtype: str, key: str) -> common_pb2.Value:
+    if dtype.startswith(("INT", "UINT")):
+        try:
+            return common_pb2.Value(int64_value=int(unit_id))
+        except ValueError:
+            raise InvalidArgument(f"unit_id: '{unit_id}' is not an integer, as key '{key}' needs") from None
+    return common_pb2.Value(string_value=unit_id)
+
+
+class FeatureClient:
+    """Feature vectors from the data gateway (see the module docstring)."""
+
+    def __init__(self, client: ServiceClient, *, metadata_ttl_s: float) -> None:
+        self._client = client
+        self._shapes = _TtlCache(metadata_ttl_s)
+
+    async def _shape(self, feature_service: str, version: str, timeout_s: float | None) -> _ServiceShape:
+        shape: _ServiceShape | None = self._shapes.get((feature_service, version))
+        if shape is not None:
+            return shape
+        reply = await self._client.call(
+            "DescribeFeatureService",
+            dg.DescribeFeatureServiceRequest(name=feature_service, definition_version=version),
+            timeout_s=timeout_s,
+        )
+        description = reply.feature_service
+        shape = _ServiceShape(
+            keys={key.name: key.dtype for entity in description.entities for key in entity.keys},
+            request_values=frozenset(value.name for value in description.request_values),
+        )
+        self._shapes.put((feature_service, version), shape)
+        return shape
+
+    async def fetch(self, scene: CompiledScene, inp: PredictInput, *, timeout_s: float | None = None) -> FeatureVector:
+        """The vector of ``inp``'s unit for ``scene``; caller values that are neither keys nor request values
+        of the feature service are ignored."""
+        version = scene.feature_definition_version
+        shape = await self._shape(scene.feature_service, version, timeout_s)
+        row = dg.EntityRow()
+        for name, value in inp.features.items():
+            if name in shape.keys:
+                row.keys[name].CopyFrom(value)
+            elif name in shape.request_values:
+                row.request_values[name].CopyFrom(value)
+        if key := scene.unit_id_key:
+            row.keys[key].CopyFrom(_key_value(inp.unit_id, shape.keys.get(key, "BYTES"), key))
+        request = dg.GetFeaturesRequest(
+            feature_service=scene.feature_service,
+            definition_version=version,
+            entities=[row],
+            routing_attributes=inp.attributes,
+        )
+        reply = await self._client.call("GetFeatures", request, timeout_s=timeout_s)
+        if len(reply.rows) != 1:
+            raise Unavailable(f"data gateway returned {len(reply.rows)} rows for one entity")
+        result = reply.rows[0]
+        return FeatureVector(
+            names=tuple(f.name for f in reply.fields),
+            values=tuple(result.values),
+            statuses=tuple(result.statuses),
+            lineage=result.lineage,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    """What the model gateway answered, and which version served."""
+
+    model: str
+    version: int
+    outputs: tuple[RawTensor, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _InputSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def _flatten(name: str, value: common_pb2.Value, numeric: bool) -> list[Any]:
+    kind = value.WhichOneof("kind")
+    if kind in (None, "null_value"):
+        if numeric:
+            return [float("nan")]
+        return [b""]
+    if kind == "double_list":
+        return list(value.double_list.values)
+    if kind == "int64_list":
+        return list(value.int64_list.values)
+    if kind == "string_list":
+        if numeric:
+            raise FailedPrecondition(f"feature '{name}' holds strings but the model input is numeric")
+        return [s.encode() for s in value.string_list.values]
+    scalar = getattr(value, kind)
+    if isinstance(scalar, str):
+        if numeric:
+            raise FailedPrecondition(f"feature '{name}' holds a string but the model input is numeric")
+        return [scalar.encode()]
+    return [scalar]
+
+
+def _pack(names: Sequence[str], values: Sequence[common_pb2.Value], datatype: str) -> tuple[bytes, int]:
+    """The vector as KServe v2 raw bytes of ``datatype``, and its element count."""
+    numeric = datatype in _NUMERIC
+    flat: list[Any] = []
+    for name, value in zip(names, values, strict=False):
+        flat.extend(_flatten(name, value, numeric))
+    if not numeric:
+        if datatype != "BYTES":
+            raise FailedPrecondition(f"model input datatype {datatype} is not supported")
+        return b"".join(struct.pack("<I", len(item)) + item for item in flat), len(flat)
+    dtype = _NUMERIC[datatype]
+    if np.issubdtype(dtype, np.integer) and any(isinstance(v, float) and v != v for v in flat):  # noqa: PLR0124
+        raise FailedPrecondition(f"a feature is missing and the model input {datatype} has no NaN")
+    return np.asarray(flat, dtype=np.float64 if dtype is np.bool_ else None).astype(dtype).tobytes(), len(flat)
+
+
+def decode_tensor(tensor: RawTensor) -> np.ndarray[Any, Any]:
+    """A raw output tensor as a flat numpy array (BYTES as Python bytes objects)."""
+    if tensor.datatype == "BYTES":
+        items, raw, at = [], tensor.raw, 0
+        while at < len(raw):
+            (size,) = struct.unpack_from("<I", raw, at)
+            items.append(raw[at + 4 : at + 4 + size])
+            at += 4 + size
+        return np.asarray(items, dtype=object)
+    dtype = _NUMERIC.get(tensor.datatype)
+    if dtype is None:
+        raise FailedPrecondition(f"output '{tensor.name}' has unsupported datatype {tensor.datatype}")
+    return np.frombuffer(tensor.raw, dtype=dtype)
+
+
+def _contents_bytes(output: service_pb2.ModelInferResponse.InferOutputTensor) -> bytes:
+    """Raw bytes of an output sent in typed ``contents`` rather than ``raw_output_contents``."""
+    contents = output.contents
+    for field, dtypes in (
+        ("fp32_contents", np.float32),
+        ("fp64_contents", np.float64),
+        ("int_contents", np.int32),
+        ("int64_contents", np.int64),
+        ("uint_contents", np.uint32),
+        ("uint64_contents", np.uint64),
+        ("bool_contents", np.bool_),
+    ):
+        values = getattr(contents, field)
+        if len(values):
+            dtype = _NUMERIC.get(output.datatype, dtypes)
+            return np.asarray(list(values)).astype(dtype).tobytes()
+    if len(contents.bytes_contents):
+        return b"".join(struct.pack("<I", len(b)) + b for b in contents.bytes_contents)
+    return b""
+
+
+class ModelClient:
+    """Inference through the model gateway (see the module docstring)."""
+
+    def __init__(self, inference: ServiceClient, control: ServiceClient, *, metadata_ttl_s: float) -> None:
+        self._inference = inference
+        self._control = control
+        self._inputs = _TtlCache(metadata_ttl_s)
+        self._labels: dict[tuple[str, int], Mapping[str, tuple[str, ...]]] = {}
+        self._labels_missing = _TtlCache(metadata_ttl_s)
+
+    @staticmethod
+    def _address(target: ModelTarget) -> tuple[str, str]:
+        if target.alias:
+            return f"{target.model}@{target.alias}", ""
+        return target.model, str(target.version) if target.version else ""
+
+    async def _input(self, target: ModelTarget, input_name: str, timeout_s: float | None) -> _InputSpec:
+        specs: dict[str, _InputSpec] | None = self._inputs.get(target)
+        if specs is None:
+            name, version = self._address(target)
+            reply = await self._inference.call(
+                "ModelMetadata", service_pb2.ModelMetadataRequest(name=name, version=version), timeout_s=timeout_s
+            )
+            specs = {t.name: _InputSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.inputs}
+            self._inputs.put(target, specs)
+        if input_name:
+            spec = specs.get(input_name)
+            if spec is None:
+                raise FailedPrecondition(f"model {target} has no input '{input_name}' (inputs: {sorted(specs)})")
+            return spec
+        if len(specs) != 1:
+            raise FailedPrecondition(f"model {target} has inputs {sorted(specs)}: the scene must name one")
+        return next(iter(specs.values()))
+
+    async def infer(
+        self,
+        target: ModelTarget,
+        input_name: str,
+        names: Sequence[str],
+        values: Sequence[common_pb2.Value],
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> InferResult:
+        """Run the model on one feature vector."""
+        spec = await self._input(target, input_name, timeout_s)
+        raw, count = _pack(names, values, spec.datatype)
+        name, version = self._address(target)
+        request = service_pb2.ModelInferRequest(model_name=name, model_version=version)
+        tensor = request.inputs.add(name=spec.name, datatype=spec.datatype)
+        tensor.shape.extend([1, count] if len(spec.shape) >= 2 else [count])
+        request.raw_input_contents.append(raw)
+        for key, value in (parameters or {}).items():
+            param = request.parameters[key]
+            if isinstance(value, bool):
+                param.bool_param = value
+            elif isinstance(value, int):
+                param.int64_param = value
+            elif isinstance(value, float):
+                param.double_param = value
+            else:
+                param.string_param = str(value)
+        try:
+            reply = await self._inference.call("ModelInfer", request, timeout_s=timeout_s)
+        except (InvalidArgument, FailedPrecondition):
+            self._inputs.drop(target)  # the schema may have changed under a moving alias
+            raise
+        raw_outputs = reply.raw_output_contents
+        outputs = tuple(
+            RawTensor(
+                o.name,
+                o.datatype,
+                tuple(o.shape),
+                raw_outputs[i] if i < len(raw_outputs) else _contents_bytes(o),
+            )
+            for i, o in enumerate(reply.outputs)
+        )
+        try:
+            served = int(reply.model_version)
+        except ValueError:
+            served = 0
+        return InferResult(reply.model_name.partition("@")[0] or target.model, served, outputs)
+
+    async def labels(self, model: str, version: int, timeout_s: float | None = None) -> Mapping[str, tuple[str, ...]]:
+        """Class labels of each output of a served version ({} when the registry cannot say)."""
+        key = (model, version)
+        known = self._labels.get(key)
+        if known is not None:
+            return known
+        if version <= 0 or self._labels_missing.get(key):
+            return {}
+        try:
+            reply = await self._control.call(
+                "GetModelVersion", mg.GetModelVersionRequest(model=model, version=version), timeout_s=timeout_s
+            )
+        except InfermeshError:
+            self._labels_missing.put(key, True)
+            return {}
+        labels = {o.name: tuple(o.class_labels) for o in reply.model_version.outputs if o.class_labels}
+        self._labels[key] = labels
+        return labels

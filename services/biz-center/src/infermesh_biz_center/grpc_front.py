@@ -1,0 +1,223 @@
+"""The gRPC front: ``BizCenterService`` (Predict, PredictBatch) and ``BizCenterAdminService``.
+
+Thin servicers: read the credentials from metadata (``x-api-key``, or ``authorization: Bearer
+<jwt>``), decode the request into the core's types, call the core, encode the answer. Errors are
+the chassis' (the server interceptor maps them to statuses, with the ``retry-after-ms`` trailer
+of RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from infermesh.bizcenter.v1 import biz_center_pb2 as pb
+from infermesh.bizcenter.v1 import biz_center_pb2_grpc as pb_grpc
+from infermesh.common.v1 import common_pb2
+from infermesh_biz_center.auth import ANONYMOUS, Authenticator
+from infermesh_biz_center.domain import PredictInput, Prediction, PredictOutcome, Principal, error_field
+from infermesh_biz_center.predictor import Predictor
+from infermesh_biz_center.registry import ConfigRegistry
+from infermesh_biz_center.store import AuditRecord
+from infermesh_chassis import context as ctx
+from infermesh_chassis.errors import InfermeshError, ResourceExhausted
+
+__all__ = [
+    "AdminServicer",
+    "PredictServicer",
+    "credentials",
+    "decode_request",
+    "encode_outcome",
+]
+
+
+def credentials(context: grpc.aio.ServicerContext) -> tuple[str | None, str | None]:
+    """(API key, bearer token) from the call's metadata."""
+    api_key = bearer = None
+    for key, value in context.invocation_metadata() or ():
+        text = value if isinstance(value, str) else value.decode()
+        if key == "x-api-key":
+            api_key = text
+        elif key == "authorization" and text[:7].lower() == "bearer ":
+            bearer = text[7:].strip()
+    return api_key, bearer
+
+
+def decode_request(request: pb.PredictRequest) -> PredictInput:
+    """A PredictRequest as the core's input."""
+    return PredictInput(
+        request.scene, request.unit_id, dict(request.features), dict(request.attributes), request.request_id
+    )
+
+
+def _prediction(prediction: Prediction) -> pb.Prediction:
+    return pb.Prediction(
+        scores=prediction.scores,
+        label=prediction.label,
+        outputs=[
+            common_pb2.Tensor(name=t.name, datatype=t.datatype, shape=t.shape, raw_contents=t.raw)
+            for t in prediction.outputs
+        ],
+    )
+
+
+def encode_outcome(outcome: PredictOutcome) -> pb.PredictResponse:
+    """The core's answer as a PredictResponse."""
+    degradation = outcome.degradation
+    response = pb.PredictResponse(
+        request_id=outcome.request_id,
+        prediction=_prediction(outcome.prediction),
+        variant=outcome.variant,
+        assignments=[
+            pb.ExperimentAssignment(experiment=a.experiment, layer=a.layer, variant=a.variant, bucket=a.bucket)
+            for a in outcome.assignments
+        ],
+        model=outcome.model,
+        model_version=outcome.model_version,
+        degradation=common_pb2.Degradation(
+            degraded=degradation.degraded,
+            reason=degradation.reason,  # type: ignore[arg-type]
+            detail=degradation.detail,
+            served_by=degradation.served_by,  # type: ignore[arg-type]
+        ),
+        latencies=[common_pb2.HopLatency(hop=h.name, latency_ms=h.latency_ms) for h in outcome.hops],
+        scene=outcome.scene,
+        scene_config_version=outcome.scene_config_version,
+        route=outcome.route,  # type: ignore[arg-type]
+    )
+    if outcome.lineage is not None:
+        response.feature_lineage.CopyFrom(outcome.lineage)
+    return response
+
+
+def _error_status(error: InfermeshError) -> common_pb2.ErrorStatus:
+    status = common_pb2.ErrorStatus(code=error.status_code.value[0], message=error.message)
+    if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
+        status.retry_after.FromNanoseconds(int(error.retry_after_s * 1e9))
+    if field := error_field(error.message):
+        status.details["field"] = field
+    return status
+
+
+def _request_id(request_id: str) -> str:
+    return request_id or ctx.current_request_id() or ctx.new_request_id()
+
+
+class PredictServicer(pb_grpc.BizCenterServiceServicer):
+    """Predict and PredictBatch over gRPC."""
+
+    def __init__(self, predictor: Predictor, auth: Authenticator) -> None:
+        self._predictor = predictor
+        self._auth = auth
+
+    def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        return self._auth.authenticate(*credentials(context))
+
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        """Predict for one unit in one scene."""
+        principal = self._principal(context)
+        outcome = await self._predictor.predict(principal, decode_request(request), _request_id(request.request_id))
+        return encode_outcome(outcome)
+
+    async def PredictBatch(
+        self, request: pb.PredictBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictBatchResponse:
+        """Predict for many units; each item is answered or fails on its own."""
+        principal = self._principal(context)
+        items = [decode_request(item) for item in request.items]
+        results = await self._predictor.predict_batch(principal, items, _request_id(""))
+        response = pb.PredictBatchResponse()
+        for result in results:
+            if isinstance(result, InfermeshError):
+                response.results.add(error=_error_status(result))
+            else:
+                response.results.add(response=encode_outcome(result))
+        return response
+
+
+class AdminServicer(pb_grpc.BizCenterAdminServiceServicer):
+    """Scenes, experiments and the audit log over gRPC (admin callers only)."""
+
+    def __init__(self, registry: ConfigRegistry, auth: Authenticator) -> None:
+        self._registry = registry
+        self._auth = auth
+
+    def _admin(self, context: grpc.aio.ServicerContext, actor: str = "", reason: str = "") -> AuditRecord:
+        principal = self._auth.authenticate(*credentials(context))
+        self._auth.authorize_admin(principal)
+        who = (actor or principal.name) if principal is ANONYMOUS else principal.name
+        return AuditRecord(who, reason, ctx.current_request_id() or "")
+
+    async def ListScenes(
+        self, request: pb.ListScenesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListScenesResponse:
+        """Scenes by name, paginated."""
+        self._admin(context)
+        scenes, token = await self._registry.list_scenes(request.page)
+        return pb.ListScenesResponse(scenes=scenes, page=common_pb2.PageResponse(next_page_token=token))
+
+    async def GetScene(self, request: pb.GetSceneRequest, context: grpc.aio.ServicerContext) -> pb.GetSceneResponse:
+        """One scene."""
+        self._admin(context)
+        return pb.GetSceneResponse(scene=await self._registry.get_scene(request.name))
+
+    async def UpsertScene(
+        self, request: pb.UpsertSceneRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertSceneResponse:
+        """Create or replace a scene."""
+        who = self._admin(context, request.actor, request.reason)
+        expected = request.expected_config_version if request.HasField("expected_config_version") else None
+        scene = await self._registry.upsert_scene(
+            request.scene, expected=expected, validate_only=request.validate_only, who=who
+        )
+        return pb.UpsertSceneResponse(scene=scene)
+
+    async def DeleteScene(
+        self, request: pb.DeleteSceneRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSceneResponse:
+        """Delete a scene."""
+        who = self._admin(context, request.actor, request.reason)
+        expected = request.expected_config_version if request.HasField("expected_config_version") else None
+        return pb.DeleteSceneResponse(scene=await self._registry.delete_scene(request.name, expected=expected, who=who))
+
+    async def ListExperiments(
+        self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListExperimentsResponse:
+        """Experiments by name, paginated and filtered."""
+        self._admin(context)
+        experiments, token = await self._registry.list_experiments(request.page, request.scene, request.statuses)
+        return pb.ListExperimentsResponse(experiments=experiments, page=common_pb2.PageResponse(next_page_token=token))
+
+    async def GetExperiment(
+        self, request: pb.GetExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetExperimentResponse:
+        """One experiment."""
+        self._admin(context)
+        return pb.GetExperimentResponse(experiment=await self._registry.get_experiment(request.name))
+
+    async def UpsertExperiment(
+        self, request: pb.UpsertExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertExperimentResponse:
+        """Create or replace an experiment."""
+        who = self._admin(context, request.actor, request.reason)
+        expected = request.expected_config_version if request.HasField("expected_config_version") else None
+        experiment = await self._registry.upsert_experiment(
+            request.experiment, expected=expected, validate_only=request.validate_only, who=who
+        )
+        return pb.UpsertExperimentResponse(experiment=experiment)
+
+    async def DeleteExperiment(
+        self, request: pb.DeleteExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteExperimentResponse:
+        """Delete an experiment."""
+        who = self._admin(context, request.actor, request.reason)
+        expected = request.expected_config_version if request.HasField("expected_config_version") else None
+        experiment = await self._registry.delete_experiment(request.name, expected=expected, who=who)
+        return pb.DeleteExperimentResponse(experiment=experiment)
+
+    async def ListAuditEntries(
+        self, request: pb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAuditEntriesResponse:
+        """The audit log, newest first."""
+        self._admin(context)
+        entries, token = await self._registry.audit(request.page, request.filter)
+        return pb.ListAuditEntriesResponse(entries=entries, page=common_pb2.PageResponse(next_page_token=token))

@@ -1,0 +1,500 @@
+"""The core of Predict: one request through admission, routing, the downstreams and the fallback chain.
+
+For a request in scene S for unit U, :meth:`Predictor.predict`:
+
+1. finds the scene (NOT_FOUND; FAILED_PRECONDITION when disabled), checks the caller may use it
+   (PERMISSION_DENIED), takes a token from the caller's and the scene's rate limits and a slot of
+   the scene's concurrency (RESOURCE_EXHAUSTED at once, with a retry-after hint);
+2. sets the deadline: the caller's, bounded by the scene's SLO (or the default deadline when
+   neither is set); every downstream call is bounded by it, minus a small reserve when the
+   fallback chain can answer locally so that the fallback still answers in time;
+3. assigns the unit in every active experiment of the scene (a variant that names a model routes
+   the request), then applies the gray release (its target overrides the routing);
+4. fetches the feature vector (data gateway) and runs the routed model (model gateway), each
+   behind its own circuit breaker (one for the data gateway, one per model and version/alias);
+5. maps the outputs to a prediction; when something failed (an open breaker, an error, the
+   deadline), walks the fallback chain: another model version (needs the features), then a
+   recent cached score of the unit, then the scene's rule-based default. A degraded answer says
+   so (reason, detail, which step served); with no step left the call fails with UNAVAILABLE, or
+   DEADLINE_EXCEEDED when the deadline is what ran out. A caller error in its values
+   (INVALID_ARGUMENT from the data gateway) is returned as such, never hidden by a fallback.
+
+Every answer names the variant and the model version that served; exposure events (one per
+assignment) and an inference event with per-hop latencies go to the monitor through the
+chassis emitter, off the critical path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from infermesh.common.v1 import common_pb2
+from infermesh.monitor.v1 import monitor_pb2
+from infermesh_biz_center.auth import Authenticator
+from infermesh_biz_center.catalog import (
+    MODEL_PARAMETERS,
+    AlternateModel,
+    CachedScore,
+    CompiledScene,
+    CompiledVariant,
+    ResponseMap,
+    RuleDefault,
+)
+from infermesh_biz_center.domain import (
+    Assignment,
+    Degradation,
+    Hop,
+    ModelTarget,
+    PredictInput,
+    Prediction,
+    PredictOutcome,
+    Principal,
+    Reason,
+    Route,
+    ServedBy,
+)
+from infermesh_biz_center.downstream import FeatureClient, FeatureVector, ModelClient
+from infermesh_biz_center.limits import RateLimits, SceneGate
+from infermesh_biz_center.mapping import map_outputs, needs_class_labels
+from infermesh_biz_center.registry import ConfigRegistry
+from infermesh_biz_center.rules import Facts
+from infermesh_biz_center.scorecache import ScoreCache
+from infermesh_biz_center.settings import PredictSettings, ResilienceSettings
+from infermesh_chassis import context as ctx
+from infermesh_chassis.breaker import AsyncCircuitBreaker, CircuitOpenError
+from infermesh_chassis.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InfermeshError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from infermesh_chassis.events import EventEmitter, new_event
+from infermesh_chassis.logs import get_logger
+from infermesh_chassis.metrics import Metrics
+
+__all__ = ["Predictor", "unit_hash"]
+
+T = TypeVar("T")
+
+DATA_GATEWAY_BREAKER = "data-gateway"
+
+_log = get_logger("infermesh_biz_center.predictor")
+
+
+def unit_hash(unit_id: str, key: str) -> str:
+    """The keyed hash of a unit id that events carry instead of the id (hex)."""
+    return hashlib.blake2b(unit_id.encode(), key=key.encode()[:64], digest_size=16).hexdigest()
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What routing decided for one request."""
+
+    target: ModelTarget
+    route: int
+    variant: str
+    assigned: list[tuple[Assignment, CompiledVariant]]
+    exposed: list[Assignment]
+    mapping: ResponseMap
+    parameters: dict[str, Any]
+    model_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What the request has done so far: hops, the feature vector, and what went wrong."""
+
+    hops: list[Hop] = field(default_factory=list)
+    vector: FeatureVector | None = None
+    reason: int = Reason.NONE
+    failures: list[str] = field(default_factory=list)
+    deadline_hit: bool = False
+
+    def failed(self, what: str, error: InfermeshError, reason: int) -> None:
+        if self.reason == Reason.NONE:
+            self.reason = reason
+        self.failures.append(f"{what}: {error.message}")
+        if isinstance(error, DeadlineExceeded):
+            self.deadline_hit = True
+
+
+def _reason(error: InfermeshError, *, features: bool) -> int:
+    if isinstance(error, CircuitOpenError):
+        return Reason.CIRCUIT_OPEN
+    if isinstance(error, DeadlineExceeded):
+        return Reason.DEADLINE_EXCEEDED
+    if isinstance(error, ResourceExhausted):
+        return Reason.DOWNSTREAM_OVERLOADED
+    if features:
+        return Reason.FEATURES_UNAVAILABLE
+    if isinstance(error, NotFound | FailedPrecondition | Unavailable):
+        return Reason.MODEL_UNAVAILABLE
+    return Reason.DOWNSTREAM_ERROR
+
+
+class Predictor:
+    """Predict and PredictBatch, transport-free (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: ConfigRegistry,
+        features: FeatureClient,
+        models: ModelClient,
+        limits: RateLimits,
+        *,
+        predict: PredictSettings,
+        resilience: ResilienceSettings,
+        metrics: Metrics,
+        emitter: EventEmitter[monitor_pb2.Event] | None = None,
+        instance: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._features = features
+        self._models = models
+        self._limits = limits
+        self._gate = SceneGate()
+        self._cache = ScoreCache(resilience.score_cache_size, resilience.score_cache_ttl_s)
+        self._predict = predict
+        self._resilience = resilience
+        self._emitter = emitter
+        self._instance = instance
+        self._clock = clock
+        self._breakers: dict[str, AsyncCircuitBreaker] = {}
+        scene_label = ("scene",)
+        self._answers = metrics.counter(
+            "predictions", "Predict answers, by scene and the step that served.", (*scene_label, "served_by")
+        )
+        self._degraded = metrics.counter(
+            "degraded_answers", "Degraded answers, by scene and reason.", (*scene_label, "reason")
+        )
+        self._refused = metrics.counter(
+            "refused_predictions", "Predict calls refused, by scene and why.", (*scene_label, "why")
+        )
+        self._latency = metrics.histogram("predict_latency_seconds", "Time to answer a Predict, by scene.", scene_label)
+        self._breaker_open = metrics.gauge(
+            "breaker_open", "1 while a downstream's circuit breaker is not closed.", ("breaker",)
+        )
+
+    @property
+    def gate(self) -> SceneGate:
+        """The per-scene concurrency gate (shedding)."""
+        return self._gate
+
+    def breaker(self, name: str) -> AsyncCircuitBreaker:
+        """The circuit breaker of downstream ``name`` (``data-gateway`` or ``model:<target>``)."""
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = self._breakers[name] = AsyncCircuitBreaker(
+                name,
+                fail_max=self._resilience.breaker_fail_max,
+                reset_timeout_s=self._resilience.breaker_reset_timeout_s,
+            )
+        return breaker
+
+    async def _guarded(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
+        breaker = self.breaker(name)
+        try:
+            return await breaker.call(call)
+        finally:
+            self._breaker_open.labels(name).set(0 if breaker.state == "closed" else 1)
+
+    # -- admission --------------------------------------------------------------------------
+
+    def _scene(self, inp: PredictInput, principal: Principal) -> CompiledScene:
+        if not inp.scene:
+            raise InvalidArgument("scene: required")
+        if not inp.unit_id:
+            raise InvalidArgument("unit_id: required")
+        scene = self._registry.snapshot.scenes.get(inp.scene)
+        if scene is None:
+            raise NotFound(f"scene '{inp.scene}' does not exist")
+        Authenticator.authorize(principal, scene.name)
+        if not scene.enabled:
+            raise FailedPrecondition(f"scene '{scene.name}' is disabled")
+        return scene
+
+    def _deadline(self, scene: CompiledScene) -> float:
+        """The absolute (monotonic) deadline of the request."""
+        now = time.monotonic()
+        inbound = ctx.current_deadline()
+        if scene.slo_s is not None:
+            return now + scene.slo_s if inbound is None else min(inbound, now + scene.slo_s)
+        return now + self._predict.default_deadline_ms / 1000 if inbound is None else inbound
+
+    async def predict(self, principal: Principal, inp: PredictInput, request_id: str) -> PredictOutcome:
+        """Answer one request (see the module docstring)."""
+        scene = self._scene(inp, principal)
+        try:
+            await self._limits.admit(principal, scene)
+        except ResourceExhausted:
+            self._refused.labels(scene.name, "rate_limit").inc()
+            raise
+        try:
+            self._gate.acquire(scene)
+        except ResourceExhausted:
+            self._refused.labels(scene.name, "concurrency").inc()
+            raise
+        started = time.perf_counter()
+        token = ctx.bind(ctx.CallContext(request_id, self._deadline(scene), getattr(ctx.current(), "rpc", "")))
+        outcome: PredictOutcome | None = None
+        error: InfermeshError | None = None
+        try:
+            outcome = await self._serve(scene, inp, request_id)
+            return outcome
+        except InfermeshError as exc:
+            error = exc
+            raise
+        finally:
+            ctx.unbind(token)
+            elapsed = time.perf_counter() - started
+            self._gate.release(scene.name, elapsed)
+            self._latency.labels(scene.name).observe(elapsed)
+            self._report(scene, inp, request_id=request_id, outcome=outcome, error=error, elapsed_s=elapsed)
+
+    async def predict_batch(
+        self, principal: Principal, items: Sequence[PredictInput], request_id: str
+    ) -> list[PredictOutcome | InfermeshError]:
+        """Answer every item on its own (concurrently, bounded); each is an outcome or its error."""
+        if len(items) > self._predict.max_batch_items:
+            raise InvalidArgument(f"items: at most {self._predict.max_batch_items} per call, got {len(items)}")
+        slots = asyncio.Semaphore(self._predict.batch_concurrency)
+
+        async def one(index: int, item: PredictInput) -> PredictOutcome | InfermeshError:
+            async with slots:
+                try:
+                    return await self.predict(principal, item, item.request_id or f"{request_id}-{index}")
+                except InfermeshError as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _plan(self, scene: CompiledScene, facts: Facts, now: float) -> _Plan:
+        assigned = self._registry.snapshot.assign(scene.name, facts.unit_id, now)
+        parameters: dict[str, Any] = {}
+        for _, variant in assigned:
+            for key, value in variant.parameters.items():
+                parameters.setdefault(key, value)
+        routing = next(((a, v) for a, v in assigned if v.model is not None), None)
+        exposed = [a for a, _ in assigned]
+        plan = _Plan(scene.routing, Route.DEFAULT, assigned[0][0].variant if assigned else "", assigned, exposed,
+                     scene.mapping.with_parameters(parameters), parameters)  # fmt: skip
+        if routing is not None:
+            assert routing[1].model is not None
+            plan.target, plan.route, plan.variant = routing[1].model, Route.EXPERIMENT, routing[0].variant
+        if scene.gray is not None and scene.gray.admits(facts, now) is not None:
+            if routing is not None:  # the gray release overrides this variant: the unit is not exposed to it
+                plan.exposed = [a for a in exposed if a is not routing[0]]
+                plan.variant = ""
+            plan.target, plan.route = scene.gray.target, Route.GRAY_RELEASE
+        model_parameters = parameters.get(MODEL_PARAMETERS)
+        if isinstance(model_parameters, dict):
+            plan.model_parameters = model_parameters
+        return plan
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def _budget(self, scene: CompiledScene, cap_s: float | None = None) -> float:
+        """Seconds a downstream call may take now (the deadline minus the fallback reserve)."""
+        remaining = ctx.remaining_time() or 0.0
+        if scene.local_fallback:
+            remaining -= self._resilience.fallback_reserve_ms / 1000
+        if cap_s is not None:
+            remaining = min(remaining, cap_s)
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline left no time for this call")
+        return remaining
+
+    async def _timed(self, attempt: _Attempt, hop: str, call: Callable[[], Awaitable[T]]) -> T:
+        began = time.perf_counter()
+        try:
+            return await call()
+        finally:
+            attempt.hops.append(Hop(hop, (time.perf_counter() - began) * 1000))
+
+    async def _fetch(self, scene: CompiledScene, inp: PredictInput, attempt: _Attempt) -> FeatureVector | None:
+        try:
+            budget = self._budget(scene)
+            return await self._timed(
+                attempt,
+                "data_gateway",
+                lambda: self._guarded(
+                    DATA_GATEWAY_BREAKER,
+                    lambda: self._features.fetch(scene, inp, timeout_s=budget),
+                ),
+            )
+        except InvalidArgument:
+            raise
+        except InfermeshError as exc:
+            attempt.failed("features", exc, _reason(exc, features=True))
+            return None
+
+    async def _infer(
+        self,
+        scene: CompiledScene,
+        target: ModelTarget,
+        *,
+        plan: _Plan,
+        vector: FeatureVector,
+        attempt: _Attempt,
+        cap_s: float | None = None,
+    ) -> tuple[Prediction, str, int] | None:
+        try:
+            budget = self._budget(scene, cap_s)
+
+            async def run() -> tuple[Prediction, str, int]:
+                result = await self._models.infer(
+                    target,
+                    scene.input_name,
+                    vector.names,
+                    vector.values,
+                    parameters=plan.model_parameters,
+                    timeout_s=budget,
+                )
+                labels: Mapping[str, tuple[str, ...]] = {}
+                if needs_class_labels(plan.mapping):
+                    labels = await self._models.labels(result.model, result.version, timeout_s=self._budget(scene))
+                return map_outputs(result.outputs, plan.mapping, labels), result.model, result.version
+
+            return await self._timed(attempt, "model_gateway", lambda: self._guarded(f"model:{target}", run))
+        except InfermeshError as exc:
+            attempt.failed(f"model {target}", exc, _reason(exc, features=False))
+            return None
+
+    async def _serve(self, scene: CompiledScene, inp: PredictInput, request_id: str) -> PredictOutcome:
+        facts = Facts(inp.unit_id, inp.attributes, inp.features)
+        plan = self._plan(scene, facts, self._clock())
+        attempt = _Attempt()
+
+        def outcome(
+            prediction: Prediction, model: str, version: int, degradation: Degradation, route: int
+        ) -> PredictOutcome:
+            return PredictOutcome(
+                request_id=request_id,
+                scene=scene.name,
+                scene_config_version=scene.config_version,
+                prediction=prediction,
+                variant=plan.variant if route != Route.FALLBACK else "",
+                assignments=tuple(a for a, _ in plan.assigned),
+                model=model,
+                model_version=version,
+                degradation=degradation,
+                hops=tuple(attempt.hops),
+                route=route,
+                lineage=attempt.vector.lineage if attempt.vector is not None else None,
+                parameters=plan.parameters,
+            )
+
+        attempt.vector = await self._fetch(scene, inp, attempt)
+        if attempt.vector is not None:
+            answer = await self._infer(scene, plan.target, plan=plan, vector=attempt.vector, attempt=attempt)
+            if answer is not None:
+                prediction, model, version = answer
+                self._cache.put(scene.name, inp.unit_id, prediction, model, version)
+                incomplete = attempt.vector.incomplete()
+                degradation = (
+                    Degradation(Reason.FEATURES_FALLBACK, f"features not from their primary source: {incomplete}")
+                    if incomplete
+                    else Degradation()
+                )
+                return outcome(prediction, model, version, degradation, plan.route)
+        for step in scene.fallback:
+            detail = "; ".join(attempt.failures)
+            if isinstance(step, AlternateModel):
+                if attempt.vector is None or step.target == plan.target:
+                    continue
+                answer = await self._infer(
+                    scene, step.target, plan=plan, vector=attempt.vector, attempt=attempt, cap_s=step.timeout_s
+                )
+                if answer is not None:
+                    prediction, model, version = answer
+                    self._cache.put(scene.name, inp.unit_id, prediction, model, version)
+                    degradation = Degradation(
+                        attempt.reason, f"{detail}; served by {step.target}", ServedBy.ALTERNATE_MODEL
+                    )
+                    return outcome(prediction, model, version, degradation, Route.FALLBACK)
+            elif isinstance(step, CachedScore):
+                cached = self._cache.get(scene.name, inp.unit_id, step.max_age_s)
+                if cached is not None:
+                    age = time.monotonic() - cached.at
+                    degradation = Degradation(
+                        attempt.reason, f"{detail}; cached score from {age:.1f}s ago", ServedBy.CACHED_SCORE
+                    )
+                    return outcome(cached.prediction, "", 0, degradation, Route.FALLBACK)
+            elif isinstance(step, RuleDefault):
+                degradation = Degradation(attempt.reason, f"{detail}; rule-based default", ServedBy.RULE_DEFAULT)
+                return outcome(step.answer(facts), "", 0, degradation, Route.FALLBACK)
+        detail = "; ".join(attempt.failures)
+        if attempt.deadline_hit or (ctx.remaining_time() or 0) <= 0:
+            raise DeadlineExceeded(f"scene {scene.name}: the deadline ran out with no fallback left ({detail})")
+        raise Unavailable(f"scene {scene.name}: no answer and no fallback left ({detail})")
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def _report(
+        self,
+        scene: CompiledScene,
+        inp: PredictInput,
+        *,
+        request_id: str,
+        outcome: PredictOutcome | None,
+        error: InfermeshError | None,
+        elapsed_s: float,
+    ) -> None:
+        if outcome is not None:
+            degradation = outcome.degradation
+            served = common_pb2.ServedBy.Name(degradation.served_by)
+            self._answers.labels(scene.name, served).inc()
+            if degradation.degraded:
+                self._degraded.labels(scene.name, common_pb2.DegradationReason.Name(degradation.reason)).inc()
+        if self._emitter is None:
+            return
+        unit = unit_hash(inp.unit_id, self._predict.unit_hash_key)
+        token = ctx.bind(ctx.CallContext(request_id))
+        try:
+            event = monitor_pb2.InferenceEvent(scene=scene.name, unit_id_hash=unit, latency_ms=elapsed_s * 1000)
+            if outcome is not None:
+                for assignment in outcome.assignments:
+                    exposure = monitor_pb2.ExposureEvent(
+                        scene=scene.name,
+                        experiment=assignment.experiment,
+                        layer=assignment.layer,
+                        variant=assignment.variant,
+                        unit_id_hash=unit,
+                    )
+                    self._emitter.emit(new_event("biz-center", self._instance, exposure=exposure))
+                event.variant = outcome.variant
+                event.model = outcome.model
+                event.model_version = outcome.model_version
+                for hop in outcome.hops:
+                    event.hop_latencies.add(hop=hop.name, latency_ms=hop.latency_ms)
+                event.hop_latencies.add(hop="biz_center", latency_ms=elapsed_s * 1000)
+                event.degradation.CopyFrom(
+                    common_pb2.Degradation(
+                        degraded=outcome.degradation.degraded,
+                        reason=outcome.degradation.reason,  # type: ignore[arg-type]
+                        detail=outcome.degradation.detail,
+                        served_by=outcome.degradation.served_by,  # type: ignore[arg-type]
+                    )
+                )
+                event.scores.update(outcome.prediction.scores)
+                event.label = outcome.prediction.label
+                if outcome.lineage is not None:
+                    event.feature_lineage.CopyFrom(outcome.lineage)
+                event.batch_size = 1
+            elif error is not None:
+                event.status_code = error.status_code.value[0]
+                event.error_message = error.message
+            self._emitter.emit(new_event("biz-center", self._instance, inference=event))
+        finally:
+            ctx.unbind(token)

@@ -1,0 +1,160 @@
+"""The business center assembled on a chassis :class:`~infermesh_chassis.app.Runtime`.
+
+:func:`create` builds every piece from the settings (store and registry, authenticator, rate
+limits with Redis when configured, the downstream clients, TLS channels when configured, the
+event emitter, the core), adds the gRPC servicers to the runtime's server (with a TLS listener
+when configured), starts the Thrift front, and registers every cleanup with the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import grpc
+
+from infermesh.bizcenter.v1 import biz_center_pb2, biz_center_pb2_grpc
+from infermesh.common.v1 import common_pb2
+from infermesh.monitor.v1 import monitor_pb2
+from infermesh_biz_center.auth import Authenticator
+from infermesh_biz_center.downstream import (
+    DATA_GATEWAY_IDEMPOTENT,
+    DATA_GATEWAY_STUB,
+    INFERENCE_IDEMPOTENT,
+    INFERENCE_STUB,
+    MODEL_CONTROL_IDEMPOTENT,
+    MODEL_CONTROL_STUB,
+    FeatureClient,
+    ModelClient,
+)
+from infermesh_biz_center.grpc_front import AdminServicer, PredictServicer
+from infermesh_biz_center.limits import RateLimits
+from infermesh_biz_center.predictor import Predictor
+from infermesh_biz_center.registry import ConfigRegistry
+from infermesh_biz_center.settings import Settings
+from infermesh_biz_center.store import ConfigStore
+from infermesh_biz_center.thrift_front import ThriftFront
+from infermesh_biz_center.tls import SecureChannelPool, server_credentials
+from infermesh_chassis.app import Runtime
+from infermesh_chassis.client import ChannelPool, ServiceClient
+from infermesh_chassis.events import EventEmitter, MonitorSink, new_event
+from infermesh_chassis.logs import get_logger
+
+__all__ = ["BizCenter", "create"]
+
+_log = get_logger("infermesh_biz_center.service")
+
+
+@dataclass
+class BizCenter:
+    """The running pieces of one business center instance."""
+
+    settings: Settings
+    registry: ConfigRegistry
+    predictor: Predictor
+    auth: Authenticator
+    thrift: ThriftFront | None
+    tls_port: int | None
+
+
+def _instance(settings: Settings) -> str:
+    return settings.instance_id or f"{settings.service_name}-{socket.gethostname()}-{os.getpid()}"
+
+
+async def create(settings: Settings, runtime: Runtime) -> BizCenter:
+    """Build the business center on ``runtime`` (see the module docstring); the gRPC server is not started."""
+    instance = _instance(settings)
+    channels: ChannelPool = runtime.channels
+    if settings.client_tls is not None:
+        channels = SecureChannelPool(
+            runtime.metrics, settings.client_tls, max_message_bytes=settings.grpc.max_send_message_bytes
+        )
+        runtime.on_stop(channels.close)
+
+    def client(service: str, stub: type, idempotent: tuple[str, ...]) -> ServiceClient:
+        return ServiceClient(
+            service,
+            stub,
+            discovery=runtime.discovery,
+            channels=channels,
+            settings=settings.client,
+            idempotent=idempotent,
+        )
+
+    emitter: EventEmitter[monitor_pb2.Event] | None = None
+    if settings.events.enabled:
+        sink = MonitorSink(client(settings.downstream.monitor, MonitorSink.STUB, MonitorSink.IDEMPOTENT))
+        emitter = EventEmitter(sink, settings.events, runtime.metrics)
+        emitter.start()
+        runtime.on_stop(emitter.stop)
+
+    def on_audit(entry: common_pb2.AuditEntry) -> None:
+        if emitter is not None:
+            audit = monitor_pb2.AuditEvent(service=settings.service_name, entry=entry)
+            emitter.emit(new_event(settings.service_name, instance, audit=audit))
+
+    redis = None
+    if settings.rate_limit.redis_url is not None:
+        from redis.asyncio import Redis  # noqa: PLC0415  (only the global rate-limit mode needs it)
+
+        timeout = settings.rate_limit.redis_timeout_s
+        redis = Redis.from_url(settings.rate_limit.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        runtime.on_stop(redis.aclose)
+
+    store = ConfigStore(settings.config.store_path)
+    registry = ConfigRegistry(
+        store,
+        global_limits=redis is not None,
+        seed_file=settings.config.seed_file,
+        watch_interval_s=settings.config.watch_interval_s,
+        on_audit=on_audit,
+    )
+    await registry.start()
+    runtime.on_stop(registry.stop)
+
+    downstream = settings.downstream
+    auth = Authenticator(settings.auth)
+    predictor = Predictor(
+        registry,
+        FeatureClient(
+            client(downstream.data_gateway, DATA_GATEWAY_STUB, DATA_GATEWAY_IDEMPOTENT),
+            metadata_ttl_s=downstream.metadata_ttl_s,
+        ),
+        ModelClient(
+            client(downstream.model_gateway, INFERENCE_STUB, INFERENCE_IDEMPOTENT),
+            client(downstream.model_gateway, MODEL_CONTROL_STUB, MODEL_CONTROL_IDEMPOTENT),
+            metadata_ttl_s=downstream.metadata_ttl_s,
+        ),
+        RateLimits(settings.rate_limit, redis),
+        predict=settings.predict,
+        resilience=settings.resilience,
+        metrics=runtime.metrics,
+        emitter=emitter,
+        instance=instance,
+    )
+
+    tls_port: int | None = None
+    tls = settings.grpc_tls
+
+    def add_predict(servicer: PredictServicer, server: grpc.aio.Server) -> None:
+        nonlocal tls_port
+        biz_center_pb2_grpc.add_BizCenterServiceServicer_to_server(servicer, server)
+        if tls is not None:  # the chassis binds the plaintext port; the TLS listener serves the same handlers
+            tls_port = server.add_secure_port(f"{tls.host}:{tls.port}", server_credentials(tls))
+            _log.info("grpc_tls_listener", address=f"{tls.host}:{tls_port}", mutual=tls.ca_file is not None)
+
+    services = biz_center_pb2.DESCRIPTOR.services_by_name
+    runtime.server.add_servicer(add_predict, PredictServicer(predictor, auth), services["BizCenterService"].full_name)
+    runtime.server.add_servicer(
+        biz_center_pb2_grpc.add_BizCenterAdminServiceServicer_to_server,
+        AdminServicer(registry, auth),
+        services["BizCenterAdminService"].full_name,
+    )
+
+    thrift: ThriftFront | None = None
+    if settings.thrift.enabled:
+        thrift = ThriftFront(predictor, auth, settings.thrift, runtime.metrics)
+        await thrift.start()
+        runtime.on_stop(lambda: thrift.stop(settings.grpc.grace_period_s))  # type: ignore[union-attr]
+    return BizCenter(settings, registry, predictor, auth, thrift, tls_port)

@@ -1,0 +1,256 @@
+"""The Thrift front for legacy callers: the ``BizCenter`` service of biz_center.thrift over thriftpy2.
+
+Same core, same semantics as the gRPC front: credentials and the deadline travel in
+``CallOptions``, the request id in the request (or a new one). Errors become the IDL's
+exceptions: INVALID_ARGUMENT → InvalidRequest (with the field), NOT_FOUND → NotFound,
+UNAUTHENTICATED → Unauthenticated, PERMISSION_DENIED → PermissionDenied, RESOURCE_EXHAUSTED →
+RateLimited (with retry_after_ms), UNAVAILABLE and DEADLINE_EXCEEDED → Unavailable, anything
+else → InternalError. The server runs in the service's event loop (binary protocol; buffered
+or framed transport as configured; TLS, mutual with a CA, when configured) and drains
+in-flight calls on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+import thriftpy2
+from thriftpy2.contrib.aio.processor import TAsyncProcessor
+from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
+from thriftpy2.contrib.aio.server import TAsyncServer
+from thriftpy2.contrib.aio.socket import TAsyncServerSocket
+from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
+from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
+
+from infermesh.common.v1 import common_pb2
+from infermesh_biz_center.auth import Authenticator
+from infermesh_biz_center.domain import PredictInput, PredictOutcome, Principal, error_field
+from infermesh_biz_center.predictor import Predictor
+from infermesh_biz_center.settings import ThriftSettings
+from infermesh_biz_center.tls import server_ssl_context
+from infermesh_chassis import context as ctx
+from infermesh_chassis.errors import InfermeshError, ResourceExhausted
+from infermesh_chassis.logs import get_logger
+from infermesh_chassis.metrics import Metrics
+
+__all__ = ["IDL", "ThriftFront", "load_idl"]
+
+T = TypeVar("T")
+
+_log = get_logger("infermesh_biz_center.thrift_front")
+
+
+def load_idl() -> Any:
+    """The thriftpy2 module of biz_center.thrift (the copy generated into infermesh-protos)."""
+    path = importlib.resources.files("infermesh.bizcenter.v1") / "biz_center.thrift"
+    with importlib.resources.as_file(path) as idl:
+        return thriftpy2.load(str(idl), module_name="biz_center_thrift")
+
+
+IDL = load_idl()
+
+
+def _value(value: Any) -> common_pb2.Value:
+    if value.double_value is not None:
+        return common_pb2.Value(double_value=value.double_value)
+    if value.int_value is not None:
+        return common_pb2.Value(int64_value=value.int_value)
+    if value.string_value is not None:
+        return common_pb2.Value(string_value=value.string_value)
+    if value.bool_value is not None:
+        return common_pb2.Value(bool_value=value.bool_value)
+    return common_pb2.Value(null_value=0)
+
+
+def _input(request: Any) -> PredictInput:
+    features: Mapping[str, Any] = request.features or {}
+    return PredictInput(
+        scene=request.scene or "",
+        unit_id=request.unit_id or "",
+        features={name: _value(value) for name, value in features.items()},
+        attributes=dict(request.attributes or {}),
+        request_id=request.request_id or "",
+    )
+
+
+def _response(outcome: PredictOutcome) -> Any:
+    degradation = outcome.degradation
+    return IDL.PredictResponse(
+        request_id=outcome.request_id,
+        scores=dict(outcome.prediction.scores),
+        label=outcome.prediction.label or None,
+        variant=outcome.variant,
+        model_name=outcome.model,
+        model_version=outcome.model_version,
+        degraded=degradation.degraded,
+        degraded_reason=degradation.reason,
+        degraded_detail=degradation.detail or None,
+        scene=outcome.scene,
+    )
+
+
+_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_REQUEST",
+    grpc.StatusCode.NOT_FOUND: "NOT_FOUND",
+    grpc.StatusCode.UNAUTHENTICATED: "UNAUTHENTICATED",
+    grpc.StatusCode.PERMISSION_DENIED: "PERMISSION_DENIED",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "RATE_LIMITED",
+    grpc.StatusCode.UNAVAILABLE: "UNAVAILABLE",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "UNAVAILABLE",
+}
+
+
+def _retry_after_ms(error: InfermeshError) -> int:
+    if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
+        return max(1, round(error.retry_after_s * 1000))
+    return 0
+
+
+def _exception(error: InfermeshError) -> Exception:
+    """The IDL exception of a core error."""
+    code = _CODES.get(error.status_code, "INTERNAL_ERROR")
+    if code == "INVALID_REQUEST":
+        return IDL.InvalidRequest(message=error.message, field_name=error_field(error.message) or None)
+    if code == "RATE_LIMITED":
+        return IDL.RateLimited(message=error.message, retry_after_ms=_retry_after_ms(error))
+    cls = {
+        "NOT_FOUND": IDL.NotFound,
+        "UNAUTHENTICATED": IDL.Unauthenticated,
+        "PERMISSION_DENIED": IDL.PermissionDenied,
+        "UNAVAILABLE": IDL.Unavailable,
+    }.get(code, IDL.InternalError)
+    return cls(message=error.message)  # type: ignore[no-any-return]
+
+
+def _error(error: InfermeshError) -> Any:
+    code = _CODES.get(error.status_code, "INTERNAL_ERROR")
+    return IDL.PredictError(
+        code=getattr(IDL.ErrorCode, code),
+        message=error.message,
+        retry_after_ms=_retry_after_ms(error) or None,
+    )
+
+
+class _Handler:
+    """The methods of the ``BizCenter`` Thrift service."""
+
+    def __init__(self, predictor: Predictor, auth: Authenticator, metrics: Metrics) -> None:
+        self._predictor = predictor
+        self._auth = auth
+        self._calls = metrics.counter(
+            "thrift_requests", "Thrift calls handled, by method and outcome.", ("method", "outcome")
+        )
+        self._latency = metrics.histogram("thrift_latency_seconds", "Latency of Thrift calls, by method.", ("method",))
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def _call(self, method: str, options: Any, request_id: str, body: Callable[[Principal], Awaitable[T]]) -> T:
+        started = time.perf_counter()
+        deadline_ms = getattr(options, "deadline_ms", None)
+        deadline = time.monotonic() + deadline_ms / 1000 if deadline_ms else None
+        token = ctx.bind(ctx.CallContext(request_id, deadline, f"thrift:{method}"))
+        self.in_flight += 1
+        self.idle.clear()
+        outcome = "ok"
+        try:
+            principal = self._auth.authenticate(
+                getattr(options, "api_key", None), getattr(options, "bearer_token", None)
+            )
+            return await body(principal)
+        except InfermeshError as exc:
+            outcome = _CODES.get(exc.status_code, "INTERNAL_ERROR").lower()
+            if outcome == "internal_error":
+                _log.error("thrift_internal_error", method=method, error=exc.message)
+            raise _exception(exc) from None
+        except Exception:
+            outcome = "internal_error"
+            _log.exception("thrift_unhandled_exception", method=method)
+            raise IDL.InternalError(message=f"internal error (request id {request_id})") from None
+        finally:
+            ctx.unbind(token)
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+            self._calls.labels(method, outcome).inc()
+            self._latency.labels(method).observe(time.perf_counter() - started)
+
+    async def predict(self, request: Any, options: Any) -> Any:
+        """Predict for one unit in one scene."""
+        inp = _input(request)
+        request_id = inp.request_id or ctx.new_request_id()
+
+        async def body(principal: Principal) -> Any:
+            return _response(await self._predictor.predict(principal, inp, request_id))
+
+        return await self._call("predict", options, request_id, body)
+
+    async def predictBatch(self, requests: Any, options: Any) -> Any:
+        """Predict for many units; one result per item."""
+        items = [_input(r) for r in requests or ()]
+        request_id = ctx.new_request_id()
+
+        async def body(principal: Principal) -> Any:
+            results = await self._predictor.predict_batch(principal, items, request_id)
+            return [
+                IDL.PredictResult(error=_error(r))
+                if isinstance(r, InfermeshError)
+                else IDL.PredictResult(response=_response(r))
+                for r in results
+            ]
+
+        return await self._call("predictBatch", options, request_id, body)
+
+
+class ThriftFront:
+    """The Thrift server (see the module docstring)."""
+
+    def __init__(self, predictor: Predictor, auth: Authenticator, settings: ThriftSettings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._handler = _Handler(predictor, auth, metrics)
+        transport = (
+            TAsyncFramedTransportFactory() if settings.transport == "framed" else TAsyncBufferedTransportFactory()
+        )
+        self._socket = TAsyncServerSocket(
+            host=settings.host,
+            port=settings.port,
+            client_timeout=None,
+            ssl_context=server_ssl_context(settings.tls) if settings.tls is not None else None,
+        )
+        self._server = TAsyncServer(
+            TAsyncProcessor(IDL.BizCenter, self._handler),
+            self._socket,
+            itrans_factory=transport,
+            iprot_factory=TAsyncBinaryProtocolFactory(),
+        )
+        self._listener: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        """Bind and serve in the running event loop."""
+        self._socket.listen()
+        self.port = int(self._socket.raw_sock.getsockname()[1])
+        self._listener = await self._socket.accept(self._server.handle)
+        _log.info(
+            "thrift_server_started",
+            address=f"{self._settings.host}:{self.port}",
+            transport=self._settings.transport,
+            tls=self._settings.tls is not None,
+        )
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting connections, then let in-flight calls finish within ``grace_s``."""
+        if self._listener is None:
+            return
+        self._listener.close()
+        self._listener = None
+        try:
+            await asyncio.wait_for(self._handler.idle.wait(), grace_s)
+        except TimeoutError:
+            _log.warning("thrift_drain_timeout", in_flight=self._handler.in_flight)
+        _log.info("thrift_server_stopped")

@@ -1,0 +1,156 @@
+"""Predict and PredictBatch through the gRPC front, against doubles of the downstream contracts:
+routing by experiment and gray release, response mapping, what every answer names, errors, events."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from bizcenter_support import (
+    ADMIN_KEY,
+    EXAMPLE,
+    OTHER_KEY,
+    Doubles,
+    Harness,
+    churn_probability,
+    churn_request,
+    scoring,
+)
+
+from infermesh.bizcenter.v1 import biz_center_pb2 as pb
+from infermesh.common.v1 import common_pb2
+from infermesh_biz_center.catalog import compile_experiment
+from infermesh_biz_center.registry import load_seed_file
+
+
+def _variant_of(unit: str) -> str:
+    experiment = compile_experiment(load_seed_file(EXAMPLE).experiments[0])
+    _, variant = experiment.layers[0].assign(unit)
+    assert variant is not None
+    return variant.name
+
+
+async def test_a_scene_end_to_end_names_variant_and_version(biz: Harness, doubles: Doubles):
+    reply = await biz.predict.Predict(churn_request(1), metadata=scoring())
+    variant = _variant_of("1")
+    version = 1 if variant == "control" else 2
+    assert reply.scene == "churn-score"
+    assert reply.scene_config_version == 1
+    assert reply.variant == variant
+    assert reply.route == pb.ROUTE_SOURCE_EXPERIMENT
+    assert (reply.model, reply.model_version) == ("churn", version)
+    assert reply.prediction.scores["churn"] == pytest.approx(churn_probability(version, 1), rel=1e-5)
+    assert reply.prediction.scores["stay"] == pytest.approx(1 - churn_probability(version, 1), rel=1e-5)
+    assert not reply.degradation.degraded
+    assert reply.degradation.served_by == common_pb2.SERVED_BY_PRIMARY
+    assert [h.hop for h in reply.latencies] == ["data_gateway", "model_gateway"]
+    assert reply.feature_lineage.definition_version == "2026.11.1"
+    assert {(a.experiment, a.layer) for a in reply.assignments} == {
+        ("churn-model-ab", "model"),
+        ("churn-model-ab", "threshold"),
+    }
+    assert reply.request_id
+    # the unit id filled the INT64 entity key
+    assert doubles.data.last_request.entities[0].keys["customer_id"].int64_value == 1
+
+
+async def test_the_threshold_layer_parameter_decides_the_label(biz: Harness, doubles: Doubles):
+    """A variant's parameters reach the scene logic: t40 labels 'churn' from 0.4 on, t50 from 0.5."""
+    seen = set()
+    for customer in range(1, 200):
+        reply = await biz.predict.Predict(churn_request(customer), metadata=scoring())
+        threshold = {"t40": 0.4, "t50": 0.5}[next(a.variant for a in reply.assignments if a.layer == "threshold")]
+        churn = reply.prediction.scores["churn"]
+        assert reply.prediction.label == ("churn" if churn >= threshold else "stay")
+        seen.add(threshold)
+    assert seen == {0.4, 0.5}
+
+
+async def test_assignment_is_stable_and_versions_follow_the_variant(biz: Harness, doubles: Doubles):
+    units = [str(1000 + i) for i in range(120)]
+    first = await asyncio.gather(*(biz.predict.Predict(churn_request(u), metadata=scoring()) for u in units))
+    again = await asyncio.gather(*(biz.predict.Predict(churn_request(u), metadata=scoring()) for u in units))
+    for a, b in zip(first, again, strict=True):
+        assert (a.variant, a.model_version) == (b.variant, b.model_version)
+        assert a.model_version == (1 if a.variant == "control" else 2)
+    assert {r.variant for r in first} == {"control", "treatment"}
+
+
+async def test_gray_release_serves_the_canary_to_allowlist_and_rules(biz: Harness, doubles: Doubles):
+    allowlisted = await biz.predict.Predict(churn_request(9001), metadata=scoring())
+    assert (allowlisted.route, allowlisted.model_version, allowlisted.variant) == (pb.ROUTE_SOURCE_GRAY_RELEASE, 2, "")
+    staff = await biz.predict.Predict(churn_request(77, channel="staff"), metadata=scoring())
+    assert (staff.route, staff.model_version) == (pb.ROUTE_SOURCE_GRAY_RELEASE, 2)
+    customer = await biz.predict.Predict(churn_request(77, channel="web"), metadata=scoring())
+    assert customer.route == pb.ROUTE_SOURCE_EXPERIMENT
+
+
+async def test_exposure_and_inference_events_reach_the_monitor(biz: Harness, doubles: Doubles):
+    reply = await biz.predict.Predict(churn_request(2), metadata=scoring())
+    for _ in range(100):
+        if doubles.monitor.payloads("inference"):
+            break
+        await asyncio.sleep(0.02)
+    exposures = doubles.monitor.payloads("exposure")
+    assert {(e.experiment, e.layer, e.variant) for e in exposures} == {
+        (a.experiment, a.layer, a.variant) for a in reply.assignments
+    }
+    assert all(e.unit_id_hash and e.unit_id_hash != "2" for e in exposures)
+    (inference,) = doubles.monitor.payloads("inference")
+    assert (inference.scene, inference.variant, inference.model_version) == (
+        "churn-score",
+        reply.variant,
+        reply.model_version,
+    )
+    assert [h.hop for h in inference.hop_latencies] == ["data_gateway", "model_gateway", "biz_center"]
+    assert inference.scores["churn"] == pytest.approx(reply.prediction.scores["churn"])
+    envelope = next(e for e in doubles.monitor.events if e.WhichOneof("payload") == "inference")
+    assert envelope.request_id == reply.request_id
+    assert envelope.source.service == "biz-center"
+
+
+async def test_predict_batch_answers_each_item_on_its_own(biz: Harness, doubles: Doubles):
+    request = pb.PredictBatchRequest(
+        items=[
+            churn_request(1),
+            pb.PredictRequest(scene="no-such-scene", unit_id="1"),
+            pb.PredictRequest(scene="churn-score", unit_id="not-a-number"),
+            pb.PredictRequest(scene="churn-score", unit_id="3", request_id="caller-rid-3"),
+        ]
+    )
+    reply = await biz.predict.PredictBatch(request, metadata=scoring(ADMIN_KEY))
+    kinds = [r.WhichOneof("outcome") for r in reply.results]
+    assert kinds == ["response", "error", "error", "response"]
+    assert reply.results[1].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert reply.results[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.results[2].error.details["field"] == "unit_id"
+    assert reply.results[3].response.request_id == "caller-rid-3"
+    assert reply.results[0].response.prediction.scores["churn"] > 0
+
+
+@pytest.mark.parametrize(
+    ("request_", "metadata", "code", "text"),
+    [
+        (pb.PredictRequest(scene="nope", unit_id="1"), scoring(), grpc.StatusCode.NOT_FOUND, "scene 'nope'"),
+        (pb.PredictRequest(scene="churn-score"), scoring(), grpc.StatusCode.INVALID_ARGUMENT, "unit_id: required"),
+        (churn_request(1), (), grpc.StatusCode.UNAUTHENTICATED, "credentials required"),
+        (churn_request(1), scoring("wrong"), grpc.StatusCode.UNAUTHENTICATED, "API key is not valid"),
+        (churn_request(1), scoring(OTHER_KEY), grpc.StatusCode.PERMISSION_DENIED, "may not use scene"),
+        (churn_request("abc"), scoring(), grpc.StatusCode.INVALID_ARGUMENT, "not an integer"),
+    ],
+)
+async def test_errors_carry_their_status(biz: Harness, request_, metadata, code, text):
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await biz.predict.Predict(request_, metadata=metadata)
+    assert failed.value.code() == code
+    assert text in failed.value.details()
+
+
+async def test_a_disabled_scene_is_failed_precondition(biz: Harness):
+    scene = (await biz.admin.GetScene(pb.GetSceneRequest(name="churn-score"), metadata=scoring(ADMIN_KEY))).scene
+    scene.enabled = False
+    await biz.admin.UpsertScene(pb.UpsertSceneRequest(scene=scene), metadata=scoring(ADMIN_KEY))
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await biz.predict.Predict(churn_request(1), metadata=scoring())
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
