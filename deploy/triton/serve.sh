@@ -9,7 +9,8 @@ set -euo pipefail
 template="${TRITON_SERVICE_TEMPLATE:-/etc/infermesh/triton-service.json}"
 kind="${TRITON_KIND:-cpu}"
 
-address="$(hostname -i)"
+# The container's own address, unless the worker must be reached by another one (another machine).
+address="${TRITON_ADVERTISE_ADDRESS:-$(hostname -i)}"
 address="${address%% *}"
 id="triton-${kind}-$(hostname)"
 
