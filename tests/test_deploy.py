@@ -393,8 +393,9 @@ def runtime_problems(final: list[Instruction], service: str) -> list[str]:
     prefix = settings_class(service).model_config["env_prefix"]
     grpc_port, metrics_port = env.get(f"{prefix}GRPC__PORT"), env.get(f"{prefix}METRICS__PORT")
     exposed = {p.split("/")[0] for i in final if i.keyword == "EXPOSE" for p in i.args.split()}
-    if {grpc_port, metrics_port} != exposed:
-        problems.append(f"EXPOSE {sorted(exposed)} but the service listens on {grpc_port} and {metrics_port}")
+    listening = {value for key, value in env.items() if key.endswith("PORT")}
+    if not {grpc_port, metrics_port} <= exposed <= listening:
+        problems.append(f"EXPOSE {sorted(exposed)} but the service listens on {sorted(listening)}")
     health = [i.args for i in final if i.keyword == "HEALTHCHECK"]
     if len(health) != 1 or "grpc_health" not in health[0] or f"{prefix}GRPC__PORT" not in health[0]:
         problems.append("no HEALTHCHECK through grpc_health on the service's own port")
@@ -575,7 +576,18 @@ def test_services_settings_from_the_stack_load(service: str, monkeypatch: pytest
     assert consul.hostname in resolved["services"] and consul.port == 8500
     assert settings.grpc.host == "0.0.0.0" and settings.metrics.host == "0.0.0.0"
     assert settings.grpc.advertise_host == service, "other containers reach it by its compose name"
-    assert {p["target"] for p in resolved["services"][service]["ports"]} == {settings.grpc.port}
+    published = {p["target"] for p in resolved["services"][service]["ports"]}
+    assert settings.grpc.port in published
+    assert published <= set(port_settings(settings.model_dump())), "a published port nothing listens on"
+
+
+def port_settings(values: dict[str, Any]) -> Iterator[int]:
+    """Every ``port`` setting, at any depth."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from port_settings(value)
+        elif key == "port" and isinstance(value, int):
+            yield value
 
 
 def test_unknown_settings_are_caught():
