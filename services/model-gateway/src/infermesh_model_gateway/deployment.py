@@ -30,7 +30,10 @@ from infermesh_model_gateway.registry import Registry
 from infermesh_model_gateway.settings import DeploySettings
 from infermesh_model_gateway.triton import ModelRepository
 
-__all__ = ["Deployer", "warmup_request"]
+__all__ = ["WARMUP_PARAMETER", "Deployer", "warmup_request"]
+
+WARMUP_PARAMETER = "infermesh.warmup"
+"""Request parameter marking a warm-up request (the model's fault injection leaves it alone)."""
 
 _log = get_logger("infermesh_model_gateway.deployment")
 
@@ -63,6 +66,7 @@ def _warmup_tensor(spec: TensorSchema, batching: bool) -> tuple[list[int], bytes
 def warmup_request(record: ModelVersionRecord) -> service_pb2.ModelInferRequest:
     """A well-formed request for ``record`` (zeros of the schema's shapes, batch 1)."""
     request = service_pb2.ModelInferRequest(model_name=record.triton_name)
+    request.parameters[WARMUP_PARAMETER].bool_param = True
     batching = record.deployment.max_batch_size > 0
     for spec in record.inputs:
         shape, raw = _warmup_tensor(spec, batching)

@@ -44,6 +44,7 @@ class ModelGateway:
         self.deployer: Deployer | None = None
         self.embedded: list[TritonServer] = []
         self._generation = -1
+        self._refresh_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -82,11 +83,15 @@ class ModelGateway:
         _log.info("gateway_started", workers=[w.id for w in self.pool.workers], models=self.router.models())
 
     async def refresh(self) -> None:
-        """Reload the router from the registry."""
+        """Reload the router from the registry.
+
+        Serialized, so a snapshot read earlier can never replace one read later.
+        """
         assert self.registry is not None
-        generation = await self.registry.generation()
-        self.router.load(await self.registry.snapshot())
-        self._generation = generation
+        async with self._refresh_lock:
+            generation = await self.registry.generation()
+            self.router.load(await self.registry.snapshot())
+            self._generation = generation
 
     async def _watch_registry(self) -> None:
         assert self.registry is not None

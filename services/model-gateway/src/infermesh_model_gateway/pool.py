@@ -37,6 +37,10 @@ __all__ = ["Worker", "WorkerPool"]
 
 _log = get_logger("infermesh_model_gateway.pool")
 
+_PROBE_FAILURES = 3
+"""Consecutive slow or failed probes before a reachable worker counts as unhealthy (a worker that
+refuses connections is unhealthy at once): a busy worker answering probes late is not a dead one."""
+
 _WORKER_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 """Statuses that say the worker (not the request) failed: retried once elsewhere, counted."""
 
@@ -53,6 +57,7 @@ class Worker:
         "healthy",
         "id",
         "in_flight",
+        "probe_failures",
         "ready_models",
         "stub",
     )
@@ -66,6 +71,7 @@ class Worker:
         self.healthy = False
         self.ready_models: frozenset[str] = frozenset()
         self.failures = 0
+        self.probe_failures = 0
         self.ejections = 0
         self.ejected_until = 0.0
 
@@ -155,14 +161,13 @@ class WorkerPool:
             ready = await worker.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
             index = await worker.stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True), timeout=timeout)
         except grpc.RpcError as exc:
-            if worker.healthy:
-                _log.warning(
-                    "worker_unhealthy",
-                    worker=worker.id,
-                    error=exc.details() if hasattr(exc, "details") else "",
-                )
-            worker.healthy = False
+            worker.probe_failures += 1
+            unreachable = exc.code() is grpc.StatusCode.UNAVAILABLE
+            if worker.healthy and (unreachable or worker.probe_failures >= _PROBE_FAILURES):
+                _log.warning("worker_unhealthy", worker=worker.id, code=exc.code().name, error=exc.details())
+                worker.healthy = False
             return
+        worker.probe_failures = 0
         worker.ready_models = frozenset(m.name for m in index.models if m.state == "READY")
         if ready.ready and not worker.healthy:
             _log.info("worker_healthy", worker=worker.id)

@@ -260,7 +260,7 @@ class TritonServer:
             "--model-control-mode=explicit",
             "--disable-auto-complete-config",
             "--exit-timeout-secs=5",
-            "--strict-readiness=true",
+            "--strict-readiness=false",
             "--http-address=127.0.0.1",
             "--grpc-address=127.0.0.1",
             "--metrics-address=127.0.0.1",

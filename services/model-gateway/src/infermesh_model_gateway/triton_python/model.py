@@ -8,7 +8,8 @@ of a dynamic batch) in one runtime call, then splits the outputs back per reques
 
 Fault injection, for resilience and rollout tests (parameters set through the deployment's
 ``backend_parameters``): ``infermesh.fault.error_rate`` fails that share of requests, and
-``infermesh.fault.delay_ms`` adds that latency to every batch.
+``infermesh.fault.delay_ms`` adds that latency to every batch. Warm-up requests (request parameter
+``infermesh.warmup``) are spared the injected errors, so a faulty version still deploys.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ import triton_python_backend_utils as pb_utils
 def _datatype(config_type: str) -> str:
     name = config_type.removeprefix("TYPE_")
     return "BYTES" if name == "STRING" else name
+
+
+def _warmup(request: Any) -> bool:
+    return bool(json.loads(request.parameters() or "{}").get("infermesh.warmup"))
 
 
 class TritonPythonModel:
@@ -86,7 +91,7 @@ class TritonPythonModel:
         responses = []
         offset = 0
         for request, size in zip(requests, sizes, strict=True):
-            if self.error_rate and self.rng.random() < self.error_rate:
+            if self.error_rate and not _warmup(request) and self.rng.random() < self.error_rate:
                 error = pb_utils.TritonError("injected fault (infermesh.fault.error_rate)")
                 responses.append(pb_utils.InferenceResponse(error=error))
             else:

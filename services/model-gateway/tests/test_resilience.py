@@ -1,0 +1,120 @@
+"""What must not fail under load: a worker killed, a version swapped, a shadow that is slow or
+failing, and a gateway restarted (registrations and deployments survive it)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
+from infermesh_model_gateway.testing import ChurnModels, infer_request, run_load, start_gateway
+
+
+def _deadline(seconds: float):
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end
+
+
+async def test_a_worker_killed_under_load_costs_no_request(churn_models: ChurnModels, tmp_path):
+    async with start_gateway(tmp_path, workers=2) as gw:
+        await gw.register_and_deploy("churn", churn_models.v1)
+        await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+        x = churn_models.x[:4]
+        victim = gw.gateway.embedded[0]
+
+        async def killer() -> None:
+            await asyncio.sleep(1.0)
+            victim.kill()
+
+        load, _ = await asyncio.gather(
+            run_load(lambda _: gw.inference.ModelInfer(infer_request("churn", x)), concurrency=8, until=_deadline(3.0)),
+            killer(),
+        )
+        assert load.errors == []
+        assert load.ok > 100
+        worker = gw.gateway.pool.worker(victim.worker_id)
+        assert not worker.healthy
+
+
+async def test_a_version_swap_under_load_loses_no_request(churn_models: ChurnModels, tmp_path):
+    async with start_gateway(tmp_path, workers=1) as gw:
+        await gw.register_and_deploy("churn", churn_models.v1)
+        await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+        x = churn_models.x[:4]
+        done = asyncio.Event()
+
+        async def swap() -> None:
+            await asyncio.sleep(0.5)
+            await gw.register_and_deploy("churn", churn_models.v2)
+            await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=2))
+            await gw.control.UndeployModelVersion(pb.UndeployModelVersionRequest(model="churn", version=1))
+            await asyncio.sleep(0.5)
+            done.set()
+
+        load, _ = await asyncio.gather(
+            run_load(lambda _: gw.inference.ModelInfer(infer_request("churn", x)), concurrency=8, until=done.is_set),
+            swap(),
+        )
+        assert load.errors == []
+        assert load.versions.get("1", 0) > 0 and load.versions.get("2", 0) > 0
+        version = await gw.control.GetModelVersion(pb.GetModelVersionRequest(model="churn", version=1))
+        assert version.model_version.state == pb.MODEL_VERSION_STATE_REGISTERED
+        assert all("churn__1" not in w.ready_models for w in gw.gateway.pool.workers)
+
+
+@pytest.mark.parametrize(
+    ("fault", "shadow_error"),
+    [({"infermesh.fault.delay_ms": "1500"}, ""), ({"infermesh.fault.error_rate": "1.0"}, "injected fault")],
+    ids=["slow-shadow", "failing-shadow"],
+)
+async def test_a_slow_or_failing_shadow_never_slows_or_fails_the_primary(
+    churn_models: ChurnModels, tmp_path, fault, shadow_error
+):
+    async with start_gateway(tmp_path, workers=1, inference={"shadow_timeout_s": 3.0}) as gw:
+        await gw.register_and_deploy("churn", churn_models.v1)
+        await gw.register_and_deploy("churn", churn_models.v2, backend_parameters=fault)
+        await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+        x = churn_models.x[:2]
+        baseline = await run_load(
+            lambda _: gw.inference.ModelInfer(infer_request("churn", x)), concurrency=4, until=_deadline(1.0)
+        )
+        await gw.control.SetTrafficPolicy(
+            pb.SetTrafficPolicyRequest(
+                model="churn", policy=pb.TrafficPolicy(mirror=pb.Mirror(shadow_version=2, fraction=1.0))
+            )
+        )
+        mirrored = await run_load(
+            lambda _: gw.inference.ModelInfer(infer_request("churn", x)), concurrency=4, until=_deadline(2.0)
+        )
+        assert mirrored.errors == []
+        assert set(mirrored.versions) == {"1"}
+        p99_base = float(np.percentile(baseline.latencies_ms, 99))
+        p99_mirrored = float(np.percentile(mirrored.latencies_ms, 99))
+        assert p99_mirrored < max(3 * p99_base, p99_base + 50), (p99_base, p99_mirrored)
+        await asyncio.sleep(2.5)
+        shadows = gw.events("shadow")
+        assert shadows, "mirrored requests are reported"
+        if shadow_error:
+            assert all(shadow_error in s.shadow_error.message for s in shadows)
+        skipped = gw.runtime.metrics.registry.get_sample_value(
+            "infermesh_model_gateway_shadow_skipped_total", {"model": "churn"}
+        )
+        if fault.get("infermesh.fault.delay_ms"):
+            assert skipped and skipped > 0, "a slow shadow is shed, not queued"
+
+
+async def test_registrations_and_deployments_survive_a_restart(churn_models: ChurnModels, tmp_path):
+    async with start_gateway(tmp_path, workers=1) as gw:
+        await gw.register_and_deploy("churn", churn_models.v1)
+        await gw.register_and_deploy("churn", churn_models.v2)
+        await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=2))
+    async with start_gateway(tmp_path, workers=1) as gw:
+        response = await gw.inference.ModelInfer(infer_request("churn", churn_models.x[:1]))
+        assert response.model_version == "2"
+        pinned = await gw.inference.ModelInfer(infer_request("churn", churn_models.x[:1], "1"))
+        assert pinned.model_version == "1"
+        model = (await gw.control.GetModel(pb.GetModelRequest(model="churn"))).model
+        assert list(model.serving_versions) == [1, 2]
