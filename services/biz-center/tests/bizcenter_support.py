@@ -86,6 +86,8 @@ class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
         self.fail: grpc.StatusCode | None = None
         self.calls = 0
         self.last_request: dg.GetFeaturesRequest | None = None
+        self.time_left: list[float | None] = []
+        """The deadline each GetFeatures arrived with (seconds left)."""
 
     async def DescribeFeatureService(
         self, request: dg.DescribeFeatureServiceRequest, context: grpc.aio.ServicerContext
@@ -106,6 +108,7 @@ class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
     ) -> dg.GetFeaturesResponse:
         self.calls += 1
         self.last_request = request
+        self.time_left.append(context.time_remaining())
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail is not None:
@@ -144,6 +147,8 @@ class FakeModelGateway(service_pb2_grpc.GRPCInferenceServiceServicer, mg_grpc.Mo
         self.delay_s = 0.0
         self.served: Counter[int] = Counter()
         self.parameters: list[dict[str, Any]] = []
+        self.time_left: list[float | None] = []
+        """The deadline each ModelInfer arrived with (seconds left)."""
 
     def _resolve(self, name: str, version: str) -> int:
         model, _, alias = name.partition("@")
@@ -185,6 +190,7 @@ class FakeModelGateway(service_pb2_grpc.GRPCInferenceServiceServicer, mg_grpc.Mo
             version = self._resolve(request.model_name, request.model_version)
         except LookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        self.time_left.append(context.time_remaining())
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if version in self.failing:
@@ -375,3 +381,19 @@ def scoring(key: str = SCORING_KEY) -> tuple[tuple[str, str], ...]:
 def churn_request(customer_id: int | str, **attributes: str) -> pb.PredictRequest:
     """A Predict of scene churn-score for one customer."""
     return pb.PredictRequest(scene="churn-score", unit_id=str(customer_id), attributes=attributes)
+
+
+async def edit_scene(biz: Harness, edit: Callable[[pb.Scene], None], name: str = "churn-score") -> pb.Scene:
+    """Change a scene through the admin API; returns it as stored."""
+    admin = scoring(ADMIN_KEY)
+    scene = (await biz.admin.GetScene(pb.GetSceneRequest(name=name), metadata=admin)).scene
+    edit(scene)
+    return (await biz.admin.UpsertScene(pb.UpsertSceneRequest(scene=scene), metadata=admin)).scene
+
+
+async def set_experiment_status(biz: Harness, status: int, name: str = "churn-model-ab") -> None:
+    """Pause, resume or complete an experiment through the admin API."""
+    admin = scoring(ADMIN_KEY)
+    experiment = (await biz.admin.GetExperiment(pb.GetExperimentRequest(name=name), metadata=admin)).experiment
+    experiment.status = status  # type: ignore[assignment]
+    await biz.admin.UpsertExperiment(pb.UpsertExperimentRequest(experiment=experiment), metadata=admin)

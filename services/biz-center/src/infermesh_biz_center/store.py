@@ -81,9 +81,12 @@ def encode_token(value: str) -> str:
 def decode_token(token: str) -> str:
     """The value inside a page token (INVALID_ARGUMENT when it is not one)."""
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
+        value = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page.page_token: not a token this service issued") from None
+        value = ""
+    if not value:
+        raise InvalidArgument("page.page_token: not a token this service issued")
+    return value
 
 
 class ConfigStore:

@@ -1,0 +1,189 @@
+"""Resilience: a downstream stopped mid-load (degraded answers, no errors, breakers opening and
+recovering), a failing model version (the alternate version answers), deadline exhaustion, and
+load shedding under overload."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from bizcenter_support import (
+    Doubles,
+    Harness,
+    biz_settings,
+    churn_probability,
+    churn_request,
+    edit_scene,
+    run_biz,
+    scoring,
+    set_experiment_status,
+)
+
+from infermesh.bizcenter.v1 import biz_center_pb2 as pb
+from infermesh.common.v1 import common_pb2
+
+REASONS = common_pb2.DegradationReason
+SERVED = common_pb2.ServedBy
+
+
+@pytest.fixture
+async def quick_breakers(tmp_path: Path, doubles: Doubles):
+    """A business center whose breakers open after 3 failures and try again after 0.5 s."""
+    settings = biz_settings(
+        tmp_path, doubles.static(), resilience={"breaker_fail_max": 3, "breaker_reset_timeout_s": 0.5}
+    )
+    async with run_biz(settings) as harness:
+        yield harness
+
+
+Outcome = pb.PredictResponse | grpc.RpcError
+
+
+async def _load(biz: Harness, seconds: float, concurrency: int = 8) -> list[tuple[float, Outcome]]:
+    """Predicts for customers 1-4 from ``concurrency`` callers for ``seconds``: (monotonic time, answer or error)."""
+    results: list[tuple[float, Outcome]] = []
+    stop_at = time.monotonic() + seconds
+
+    async def caller(index: int) -> None:
+        n = index
+        while time.monotonic() < stop_at:
+            n += concurrency
+            try:
+                outcome: Outcome = await biz.predict.Predict(churn_request(1 + n % 4), metadata=scoring(), timeout=2)
+            except grpc.RpcError as exc:
+                outcome = exc
+            results.append((time.monotonic(), outcome))
+
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    return results
+
+
+async def test_data_gateway_stopped_mid_load_degrades_without_errors_and_recovers(
+    quick_breakers: Harness, doubles: Doubles
+):
+    biz = quick_breakers
+    breaker = biz.biz.predictor.breaker("data-gateway")
+    warm = await _load(biz, 0.5)
+    assert all(isinstance(r, pb.PredictResponse) and not r.degradation.degraded for _, r in warm)
+
+    load = asyncio.ensure_future(_load(biz, 5.0))
+    await asyncio.sleep(0.5)
+    await doubles.data_server.stop()
+    await asyncio.sleep(0.3)
+    assert breaker.state in ("open", "half-open")
+    await asyncio.sleep(0.9)
+    await doubles.data_server.start()
+    restarted = time.monotonic()
+    timed = await load
+    results = [r for _, r in timed]
+
+    errors = [r for r in results if isinstance(r, grpc.RpcError)]
+    assert errors == []
+    degraded = [r for r in results if r.degradation.degraded]
+    assert degraded, "no answer was degraded while the data gateway was down"
+    reasons = Counter(r.degradation.reason for r in degraded)
+    assert reasons[REASONS.Value("DEGRADATION_REASON_CIRCUIT_OPEN")] > 0
+    assert set(reasons) <= {
+        REASONS.Value("DEGRADATION_REASON_CIRCUIT_OPEN"),
+        REASONS.Value("DEGRADATION_REASON_FEATURES_UNAVAILABLE"),
+    }
+    for answer in degraded:  # customers answered before the outage get their cached score
+        assert answer.degradation.served_by == SERVED.Value("SERVED_BY_CACHED_SCORE")
+        assert (answer.model, answer.model_version, answer.route) == ("", 0, pb.ROUTE_SOURCE_FALLBACK)
+        assert "features" in answer.degradation.detail
+    # recovered: once gRPC has reconnected (its reconnect backoff) a trial call closes the breaker
+    late = [r for at, r in timed if at > restarted + 2.5]
+    assert late and not any(r.degradation.degraded for r in late)
+    assert breaker.state == "closed"
+
+
+async def test_unknown_units_get_the_rule_default_while_features_are_down(biz: Harness, doubles: Doubles):
+    doubles.data.fail = grpc.StatusCode.UNAVAILABLE
+    basic = await biz.predict.Predict(churn_request(555, plan="basic"), metadata=scoring())
+    other = await biz.predict.Predict(churn_request(556), metadata=scoring())
+    assert basic.degradation.served_by == SERVED.Value("SERVED_BY_RULE_DEFAULT")
+    assert basic.degradation.reason == REASONS.Value("DEGRADATION_REASON_FEATURES_UNAVAILABLE")
+    assert dict(basic.prediction.scores) == {"stay": 0.65, "churn": 0.35}
+    assert dict(other.prediction.scores) == {"stay": 0.8, "churn": 0.2}
+    assert other.variant == ""  # no variant chose this answer
+    assert [a.layer for a in other.assignments] == ["model", "threshold"]  # the assignments still say where the unit is
+
+
+async def test_failing_model_version_falls_back_to_the_alternate_version(quick_breakers: Harness, doubles: Doubles):
+    biz = quick_breakers
+    await set_experiment_status(biz, pb.EXPERIMENT_STATUS_PAUSED)
+    doubles.models.aliases["production"] = 2  # production moved to 2; the chain's alternate is version 1
+    doubles.models.failing.add(2)
+    answers = [await biz.predict.Predict(churn_request(1 + i % 4), metadata=scoring()) for i in range(8)]
+    for answer in answers:
+        assert answer.degradation.degraded
+        assert answer.degradation.served_by == SERVED.Value("SERVED_BY_ALTERNATE_MODEL")
+        assert (answer.model, answer.model_version, answer.route) == ("churn", 1, pb.ROUTE_SOURCE_FALLBACK)
+    assert answers[0].degradation.reason == REASONS.Value("DEGRADATION_REASON_MODEL_UNAVAILABLE")
+    assert answers[-1].degradation.reason == REASONS.Value("DEGRADATION_REASON_CIRCUIT_OPEN")
+    assert answers[0].prediction.scores["churn"] == pytest.approx(churn_probability(1, 1), rel=1e-5)
+    assert biz.biz.predictor.breaker("model:churn@production").state == "open"
+    assert doubles.models.served[2] == 0
+    doubles.models.failing.clear()
+    await asyncio.sleep(0.6)
+    recovered = await biz.predict.Predict(churn_request(1), metadata=scoring())
+    assert (recovered.degradation.degraded, recovered.model_version) == (False, 2)
+
+
+async def test_deadline_exhaustion_answers_from_the_fallback_in_time(biz: Harness, doubles: Doubles):
+    doubles.models.delay_s = 1.0
+    began = time.monotonic()
+    answer = await biz.predict.Predict(churn_request(3), metadata=scoring())  # scene SLO: 250 ms
+    elapsed = time.monotonic() - began
+    assert elapsed < 0.4
+    assert answer.degradation.reason == REASONS.Value("DEGRADATION_REASON_DEADLINE_EXCEEDED")
+    assert answer.degradation.served_by == SERVED.Value("SERVED_BY_RULE_DEFAULT")
+    assert doubles.models.time_left[-1] is not None and doubles.models.time_left[-1] <= 0.25
+    # the caller's shorter deadline wins over the scene's SLO, for every downstream call
+    began = time.monotonic()
+    answer = await biz.predict.Predict(churn_request(3), metadata=scoring(), timeout=0.1)
+    assert time.monotonic() - began < 0.2
+    assert answer.degradation.reason == REASONS.Value("DEGRADATION_REASON_DEADLINE_EXCEEDED")
+    assert doubles.data.time_left[-1] is not None and doubles.data.time_left[-1] <= 0.1
+
+
+async def test_deadline_exhaustion_without_fallback_is_deadline_exceeded(biz: Harness, doubles: Doubles):
+    await edit_scene(biz, lambda scene: scene.ClearField("fallback_chain"))
+    doubles.models.delay_s = 1.0
+    began = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await biz.predict.Predict(churn_request(3), metadata=scoring())
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no fallback left" in failed.value.details()
+    assert time.monotonic() - began < 0.4
+    doubles.models.delay_s = 0.0
+    doubles.models.failing.update({1, 2})
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await biz.predict.Predict(churn_request(3), metadata=scoring())
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_shedding_refuses_beyond_the_scene_concurrency_at_once(biz: Harness, doubles: Doubles):
+    await edit_scene(biz, lambda scene: setattr(scene, "max_concurrency", 4))
+    doubles.models.delay_s = 0.15
+
+    async def call(i: int) -> tuple[str, float, tuple]:
+        began = time.monotonic()
+        try:
+            await biz.predict.Predict(churn_request(1 + i % 4), metadata=scoring())
+            return "ok", time.monotonic() - began, ()
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name, time.monotonic() - began, tuple(exc.trailing_metadata() or ())
+
+    outcomes = await asyncio.gather(*(call(i) for i in range(20)))
+    kinds = Counter(kind for kind, _, _ in outcomes)
+    assert kinds == {"ok": 4, "RESOURCE_EXHAUSTED": 16}
+    refused = [o for o in outcomes if o[0] == "RESOURCE_EXHAUSTED"]
+    assert max(elapsed for _, elapsed, _ in refused) < 0.1  # refused at once, not queued
+    assert all(any(k == "retry-after-ms" and int(v) > 0 for k, v in trailing) for _, _, trailing in refused)
+    assert biz.biz.predictor.gate.in_flight("churn-score") == 0
+    assert (await biz.predict.Predict(churn_request(1), metadata=scoring())).prediction.scores
