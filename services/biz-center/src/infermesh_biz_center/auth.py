@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jwt
@@ -72,9 +72,8 @@ class _JwtKey:
 class Authenticator:
     """Turns presented credentials into a :class:`Principal` (see the module docstring)."""
 
-    def __init__(self, settings: AuthSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
-        self._clock = clock
         self._keys = {
             key.sha256: _limited(f"api-key:{key.name}", _scenes(key.scenes), key.admin, key.rate_limit)
             for key in settings.api_keys
@@ -108,7 +107,7 @@ class Authenticator:
             raise PermissionDenied(f"{principal.name} may not administer scenes and experiments")
 
     def _verify(self, token: str) -> Principal:
-        now = self._clock()
+        now = time.time()
         cached = self._tokens.get(token)
         if cached is not None:
             principal, expires = cached
