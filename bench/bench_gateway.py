@@ -1,0 +1,185 @@
+"""What the model gateway costs: perf_analyzer against direct Triton and through the gateway, same run.
+
+The gateway runs as its own process (``python -m infermesh_model_gateway``) with one embedded
+``tritonserver`` worker; the churn logistic regression (ONNX, dynamic batching on, 500 us queue
+delay) is registered and deployed through the control plane. Triton's perf_analyzer (2.51, from
+the tritonclient wheel) then measures the same model directly on that worker (``churn__1``) and
+through the gateway (``churn``, routed by its traffic policy) at concurrency 1, 8 and 32, batch 1.
+
+Prints both side by side with the ratio and the added latency, the peak RSS (VmHWM) of the gateway,
+of tritonserver and of each python-backend stub, the memory each further loaded version costs,
+and ends with one JSON line ``{"bench": "gateway_overhead", ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
+from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as pb_grpc
+from infermesh_model_gateway.perf_analyzer import PerfResult, run_perf_analyzer
+from infermesh_model_gateway.testing import register_request, train_churn_models
+
+CONCURRENCIES = (1, 8, 32)
+MEASUREMENT_MS = 4000
+EXTRA_VERSIONS = 3
+
+
+def _status(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(c) for c in text)
+    return found
+
+
+def _name(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def _start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+    config = workdir / "model-gateway.yaml"
+    port_file = workdir / "gateway.log"
+    config.write_text(
+        json.dumps(
+            {
+                "data_dir": str(workdir / "data"),
+                "workers": {"embedded": 1},
+                "events": {"enabled": False},
+                "metrics": {"enabled": False},
+                "deploy": {"propagation_s": 0},
+            }
+        )
+    )
+    log = port_file.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "infermesh_model_gateway", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    address = ""
+    triton_address = ""
+    while time.monotonic() < deadline and not address:
+        time.sleep(0.2)
+        if process.poll() is not None:
+            raise SystemExit(f"the gateway exited: {port_file.read_text()[-2000:]}")
+        for line in port_file.read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if entry.get("event") == "triton_started":
+                triton_address = entry["address"]
+            if entry.get("event") == "server_started":
+                address = entry["address"]
+    if not address:
+        raise SystemExit("the gateway did not start within 120 s")
+    port = int(triton_address.rsplit(":", 1)[1])
+    return process, address, port
+
+
+async def _deploy(address: str, models_dir: Path) -> None:
+    models = train_churn_models(models_dir)
+    async with grpc.aio.insecure_channel(address) as channel:
+        control = pb_grpc.ModelControlServiceStub(channel)
+        for _ in range(1 + EXTRA_VERSIONS):
+            registered = await control.RegisterModelVersion(register_request("churn", models.v1))
+            if registered.model_version.version == 1:
+                await control.DeployModelVersion(pb.DeployModelVersionRequest(model="churn", version=1))
+                await control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+
+
+async def _deploy_extra(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        control = pb_grpc.ModelControlServiceStub(channel)
+        for version in range(2, 2 + EXTRA_VERSIONS):
+            await control.DeployModelVersion(pb.DeployModelVersionRequest(model="churn", version=version))
+
+
+def _triton_rss(gateway_pid: int) -> tuple[int, float, list[float]]:
+    triton = next(p for p in _children(gateway_pid) if _name(p) == "tritonserver")
+    stubs = [_status(p, "VmRSS") for p in _children(triton)]
+    return triton, _status(triton, "VmRSS"), stubs
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as scratch:
+        workdir = Path(scratch)
+        process, address, triton_port = _start_gateway(workdir)
+        try:
+            asyncio.run(_deploy(address, workdir / "models"))
+            triton = f"127.0.0.1:{triton_port}"
+            direct: dict[int, PerfResult] = {}
+            through: dict[int, PerfResult] = {}
+            for concurrency in CONCURRENCIES:
+                args = {"concurrency": concurrency, "shapes": {"X": [6]}, "measurement_ms": MEASUREMENT_MS}
+                direct[concurrency] = run_perf_analyzer(triton, "churn__1", **args, workdir=workdir)
+                through[concurrency] = run_perf_analyzer(address, "churn", **args, workdir=workdir)
+            triton_pid, triton_rss_one, stubs_one = _triton_rss(process.pid)
+            before = triton_rss_one + sum(stubs_one)
+            asyncio.run(_deploy_extra(address))
+            _, triton_rss_more, stubs_more = _triton_rss(process.pid)
+            per_version = (triton_rss_more + sum(stubs_more) - before) / EXTRA_VERSIONS
+            gateway_peak = _status(process.pid, "VmHWM")
+            triton_peak = _status(triton_pid, "VmHWM")
+            stub_peak = max(_status(p, "VmHWM") for p in _children(triton_pid))
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+    print(f"{'concurrency':>11} {'direct rps':>11} {'gateway rps':>12} {'ratio':>6} "
+          f"{'direct p50':>10} {'gw p50':>8} {'direct p99':>10} {'gw p99':>8} {'added p99':>9}")  # fmt: skip
+    for c in CONCURRENCIES:
+        d, g = direct[c], through[c]
+        print(
+            f"{c:>11} {d.throughput:>11.0f} {g.throughput:>12.0f} {g.throughput / d.throughput:>6.2f} "
+            f"{d.p50_ms:>10.2f} {g.p50_ms:>8.2f} {d.p99_ms:>10.2f} {g.p99_ms:>8.2f} {g.p99_ms - d.p99_ms:>9.2f}"
+        )
+    print(
+        f"peak RSS: gateway {gateway_peak:.0f} MiB, tritonserver {triton_peak:.0f} MiB, "
+        f"python-backend stub {stub_peak:.0f} MiB; each further loaded version costs {per_version:.0f} MiB"
+    )
+    best = max(CONCURRENCIES, key=lambda c: direct[c].throughput)
+    figures: dict[str, object] = {
+        "bench": "gateway_overhead",
+        "direct_rps": round(direct[best].throughput),
+        "gateway_rps": round(through[best].throughput),
+        "ratio": round(through[best].throughput / direct[best].throughput, 3),
+        "at_concurrency": best,
+        "p99_added_ms_c1": round(through[1].p99_ms - direct[1].p99_ms, 3),
+    }
+    for c in CONCURRENCIES:
+        figures[f"direct_rps_c{c}"] = round(direct[c].throughput)
+        figures[f"gateway_rps_c{c}"] = round(through[c].throughput)
+        figures[f"ratio_c{c}"] = round(through[c].throughput / direct[c].throughput, 3)
+        figures[f"direct_p99_ms_c{c}"] = round(direct[c].p99_ms, 3)
+        figures[f"gateway_p99_ms_c{c}"] = round(through[c].p99_ms, 3)
+    figures |= {
+        "gateway_peak_rss_mib": round(gateway_peak),
+        "tritonserver_peak_rss_mib": round(triton_peak),
+        "stub_peak_rss_mib": round(stub_peak),
+        "rss_per_extra_version_mib": round(per_version, 1),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
