@@ -38,7 +38,7 @@ class ModelGateway:
         data = settings.data_dir
         self.router = Router()
         self.pool = WorkerPool(settings.workers.pool, metrics)
-        self.repository = ModelRepository(data / "repository")
+        self.repository = ModelRepository(data / "repository", native_onnx=settings.workers.native_onnx)
         self.artifacts = ArtifactStore(data / "artifacts", max_bytes=settings.max_artifact_bytes)
         self.registry: Registry | None = None
         self.deployer: Deployer | None = None

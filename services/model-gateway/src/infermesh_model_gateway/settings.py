@@ -43,6 +43,9 @@ class WorkerSettings(BaseModel):
     """How often external workers are resolved again."""
     startup_timeout_s: float = Field(60.0, gt=0)
     """How long an embedded worker may take to become ready."""
+    native_onnx: bool = False
+    """Serve ONNX versions with Triton's ``onnxruntime_onnx`` backend (Triton's containers have it;
+    the embedded wheel has only the python backend)."""
     pool: PoolSettings = PoolSettings()
 
 
