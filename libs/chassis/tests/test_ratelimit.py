@@ -68,8 +68,14 @@ async def test_enforce_raises_resource_exhausted_with_retry_hint():
 
 @pytest.mark.parametrize("rate", [50.0, 400.0])
 async def test_measured_rate_within_five_percent(rate):
-    """Callers hammering one key for a measured interval get the configured rate, +-5%."""
-    limiter = RateLimiter(rate=rate, burst=1)
+    """Callers hammering one key for a measured interval get the configured rate, +-5%.
+
+    Over an interval T a bucket admits at most ``burst + rate * T``; a burst of 100 ms of tokens
+    keeps a busy machine's scheduling pauses from wasting refills, so ``(admitted - burst) / T``
+    measures the rate itself.
+    """
+    burst = max(1, int(rate / 10))
+    limiter = RateLimiter(rate=rate, burst=burst)
     allowed = 0
     began = time.monotonic()
     deadline = began + 1.5
@@ -78,7 +84,7 @@ async def test_measured_rate_within_five_percent(rate):
             allowed += 1
         await asyncio.sleep(0)
     elapsed = time.monotonic() - began
-    measured = (allowed - 1) / elapsed
+    measured = (allowed - burst) / elapsed
     assert measured == pytest.approx(rate, rel=0.05)
 
 
@@ -133,7 +139,8 @@ async def test_redis_limit_is_shared_by_instances_within_five_percent(redis_url:
         limiters: list[Limiter] = [RedisRateLimiter(c, rate, burst, prefix="t:") for c in clients]
         allowed, elapsed = await _hammer(limiters, "scene", 2.0)
         assert (allowed - burst) / elapsed == pytest.approx(rate, rel=0.05)
-        refused = await limiters[0].acquire("scene")
+        decisions = [await limiters[0].acquire("scene") for _ in range(burst + 1)]  # drain what refilled since
+        refused = decisions[-1]
         assert not refused.allowed
         assert 0 < refused.retry_after_s <= 1 / rate + 0.01
         assert (await limiters[1].acquire("other")).allowed  # keys are independent
