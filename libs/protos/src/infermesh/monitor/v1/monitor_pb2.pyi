@@ -190,6 +190,12 @@ class Event(_message.Message):
     feedback: FeedbackEvent
     def __init__(self, event_id: _Optional[str] = ..., schema_version: _Optional[int] = ..., time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[EventSource, _Mapping]] = ..., request_id: _Optional[str] = ..., inference: _Optional[_Union[InferenceEvent, _Mapping]] = ..., shadow: _Optional[_Union[ShadowEvent, _Mapping]] = ..., exposure: _Optional[_Union[ExposureEvent, _Mapping]] = ..., audit: _Optional[_Union[AuditEvent, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackEvent, _Mapping]] = ...) -> None: ...
 
+class EventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
 class ReportEventsRequest(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -493,20 +499,22 @@ class MetricReport(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., layer: _Optional[str] = ..., test: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[VariantResult, _Mapping]]] = ...) -> None: ...
 
 class GetExperimentReportRequest(_message.Message):
-    __slots__ = ("experiment", "layer", "window", "metrics", "label_name", "confidence_level")
+    __slots__ = ("experiment", "layer", "window", "metrics", "label_name", "confidence_level", "control_variant")
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LABEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_VARIANT_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     layer: str
     window: _common_pb2.TimeRange
     metrics: _containers.RepeatedScalarFieldContainer[str]
     label_name: str
     confidence_level: float
-    def __init__(self, experiment: _Optional[str] = ..., layer: _Optional[str] = ..., window: _Optional[_Union[_common_pb2.TimeRange, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., label_name: _Optional[str] = ..., confidence_level: _Optional[float] = ...) -> None: ...
+    control_variant: str
+    def __init__(self, experiment: _Optional[str] = ..., layer: _Optional[str] = ..., window: _Optional[_Union[_common_pb2.TimeRange, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., label_name: _Optional[str] = ..., confidence_level: _Optional[float] = ..., control_variant: _Optional[str] = ...) -> None: ...
 
 class GetExperimentReportResponse(_message.Message):
     __slots__ = ("experiment", "window", "confidence_level", "reports")
@@ -545,3 +553,54 @@ class CheckSloResponse(_message.Message):
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     evaluation: _common_pb2.SloEvaluation
     def __init__(self, evaluation: _Optional[_Union[_common_pb2.SloEvaluation, _Mapping]] = ...) -> None: ...
+
+class FeatureSamples(_message.Message):
+    __slots__ = ("name", "numeric", "categorical")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NUMERIC_FIELD_NUMBER: _ClassVar[int]
+    CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    numeric: _common_pb2.DoubleList
+    categorical: _common_pb2.StringList
+    def __init__(self, name: _Optional[str] = ..., numeric: _Optional[_Union[_common_pb2.DoubleList, _Mapping]] = ..., categorical: _Optional[_Union[_common_pb2.StringList, _Mapping]] = ...) -> None: ...
+
+class BaselineSamples(_message.Message):
+    __slots__ = ("features",)
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedCompositeFieldContainer[FeatureSamples]
+    def __init__(self, features: _Optional[_Iterable[_Union[FeatureSamples, _Mapping]]] = ...) -> None: ...
+
+class RegisterBaselineRequest(_message.Message):
+    __slots__ = ("model", "model_version", "baseline_id", "uri", "samples", "window", "sha256", "description")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: int
+    baseline_id: str
+    uri: str
+    samples: BaselineSamples
+    window: _common_pb2.TimeRange
+    sha256: str
+    description: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., baseline_id: _Optional[str] = ..., uri: _Optional[str] = ..., samples: _Optional[_Union[BaselineSamples, _Mapping]] = ..., window: _Optional[_Union[_common_pb2.TimeRange, _Mapping]] = ..., sha256: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class RegisterBaselineResponse(_message.Message):
+    __slots__ = ("baseline_id", "sample_counts")
+    class SampleCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BASELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    baseline_id: str
+    sample_counts: _containers.ScalarMap[str, int]
+    def __init__(self, baseline_id: _Optional[str] = ..., sample_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -55,6 +55,11 @@ class MonitorServiceStub(object):
                 request_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.CheckSloRequest.SerializeToString,
                 response_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.CheckSloResponse.FromString,
                 )
+        self.RegisterBaseline = channel.unary_unary(
+                '/infermesh.monitor.v1.MonitorService/RegisterBaseline',
+                request_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineRequest.SerializeToString,
+                response_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineResponse.FromString,
+                )
 
 
 class MonitorServiceServicer(object):
@@ -118,6 +123,14 @@ class MonitorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterBaseline(self, request, context):
+        """Stores a drift baseline (training samples, a file of training rows, or a past window) for a
+        model version; it becomes the version's registered baseline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +173,11 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     servicer.CheckSlo,
                     request_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.CheckSloRequest.FromString,
                     response_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.CheckSloResponse.SerializeToString,
+            ),
+            'RegisterBaseline': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterBaseline,
+                    request_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineRequest.FromString,
+                    response_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,5 +323,22 @@ class MonitorService(object):
         return grpc.experimental.unary_unary(request, target, '/infermesh.monitor.v1.MonitorService/CheckSlo',
             infermesh_dot_monitor_dot_v1_dot_monitor__pb2.CheckSloRequest.SerializeToString,
             infermesh_dot_monitor_dot_v1_dot_monitor__pb2.CheckSloResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RegisterBaseline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/infermesh.monitor.v1.MonitorService/RegisterBaseline',
+            infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineRequest.SerializeToString,
+            infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -5,8 +5,9 @@ The monitor: ingests the events every hop emits (through NATS JetStream, or dire
 this service as a fallback), stores them in ClickHouse and answers stats, drift, shadow,
 experiment and SLO questions.
 
-Events are delivered at least once; the monitor de-duplicates them by Event.event_id. The same
-Event message is the payload published on the queue (serialized protobuf).
+Events are delivered at least once; the monitor de-duplicates them by Event.event_id. Each
+message published on the queue is one EventBatch (serialized protobuf); its Nats-Msg-Id header is
+the batch's id (see EventBatch).
 """
 
 import abc
@@ -77,6 +78,14 @@ class MonitorServiceStub:
     ]
     """Does a model version meet its SLOs over a window, with at least N requests? (Rollout gates.)"""
 
+    RegisterBaseline: grpc.UnaryUnaryMultiCallable[
+        infermesh.monitor.v1.monitor_pb2.RegisterBaselineRequest,
+        infermesh.monitor.v1.monitor_pb2.RegisterBaselineResponse,
+    ]
+    """Stores a drift baseline (training samples, a file of training rows, or a past window) for a
+    model version; it becomes the version's registered baseline.
+    """
+
 class MonitorServiceAsyncStub:
     """Event ingestion and analysis."""
 
@@ -129,6 +138,14 @@ class MonitorServiceAsyncStub:
         infermesh.monitor.v1.monitor_pb2.CheckSloResponse,
     ]
     """Does a model version meet its SLOs over a window, with at least N requests? (Rollout gates.)"""
+
+    RegisterBaseline: grpc.aio.UnaryUnaryMultiCallable[
+        infermesh.monitor.v1.monitor_pb2.RegisterBaselineRequest,
+        infermesh.monitor.v1.monitor_pb2.RegisterBaselineResponse,
+    ]
+    """Stores a drift baseline (training samples, a file of training rows, or a past window) for a
+    model version; it becomes the version's registered baseline.
+    """
 
 class MonitorServiceServicer(metaclass=abc.ABCMeta):
     """Event ingestion and analysis."""
@@ -198,5 +215,15 @@ class MonitorServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[infermesh.monitor.v1.monitor_pb2.CheckSloResponse, collections.abc.Awaitable[infermesh.monitor.v1.monitor_pb2.CheckSloResponse]]:
         """Does a model version meet its SLOs over a window, with at least N requests? (Rollout gates.)"""
+
+    @abc.abstractmethod
+    def RegisterBaseline(
+        self,
+        request: infermesh.monitor.v1.monitor_pb2.RegisterBaselineRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[infermesh.monitor.v1.monitor_pb2.RegisterBaselineResponse, collections.abc.Awaitable[infermesh.monitor.v1.monitor_pb2.RegisterBaselineResponse]]:
+        """Stores a drift baseline (training samples, a file of training rows, or a past window) for a
+        model version; it becomes the version's registered baseline.
+        """
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
