@@ -20,7 +20,7 @@ import grpc
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.client import ChannelPool, ServiceClient
 from infermesh_chassis.discovery import Discovery, create_discovery
-from infermesh_chassis.events import EventEmitter, MonitorSink
+from infermesh_chassis.events import EventEmitter, MonitorSink, open_event_sink
 from infermesh_chassis.logs import configure_logging, get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.server import GrpcServer, serve
@@ -68,9 +68,22 @@ class Runtime:
         )
 
     def event_emitter(self, monitor_service: str = "monitor") -> EventEmitter[monitor_pb2.Event]:
-        """A started emitter that reports to the monitor, flushed and stopped at shutdown."""
-        client = self.client(monitor_service, MonitorSink.STUB, MonitorSink.IDEMPOTENT)
-        emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(MonitorSink(client), self.settings.events, self.metrics)
+        """A started emitter that reports to the monitor, flushed and stopped at shutdown.
+
+        The transport comes from ``settings.events``: NATS JetStream, or the monitor's
+        ``ReportEvents`` (found through discovery as ``monitor_service``), with a disk spool in front
+        when ``events.spool_dir`` is set.
+        """
+        sink = open_event_sink(
+            self.settings.events,
+            self.settings.service_name,
+            self.metrics,
+            lambda: self.client(monitor_service, MonitorSink.STUB, MonitorSink.IDEMPOTENT),
+        )
+        close = getattr(sink, "close", None)
+        if close is not None:
+            self.on_stop(close)
+        emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(sink, self.settings.events, self.metrics)
         emitter.start()
         self.on_stop(emitter.stop)
         return emitter

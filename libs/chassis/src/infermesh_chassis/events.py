@@ -1,26 +1,51 @@
-"""Non-blocking event emission for the monitor.
+"""Non-blocking event emission for the monitor, through NATS JetStream or the monitor's RPC.
 
 Serving code calls :meth:`EventEmitter.emit`, which only appends to a bounded in-memory
 buffer and returns at once; it never awaits, never blocks and never raises because of the
-transport. A background task sends the buffer in batches (``batch_size`` events, or
-whatever is there after ``flush_interval_s``) to an :class:`EventSink`. When the buffer is
-full, new events are dropped and counted (``infermesh_<service>_events_dropped_total``).
-When the sink fails, the batch goes back to the front of the buffer and sending backs off,
-so events keep their order; the monitor issue adds a disk spool and a NATS sink behind
-the same interface.
+transport. A background task cuts the buffer into batches (``batch_size`` events, or whatever
+is there after ``flush_interval_s``) and hands each to an :class:`EventSink`. When the buffer
+is full, new events are dropped and counted (``infermesh_<service>_events_dropped_total``). A
+batch the sink refuses is retried as it is (same events, same order) with a growing backoff, so
+a retried batch keeps its id (:func:`batch_id`) and the monitor can drop it whole if an earlier
+attempt did arrive.
 
-:func:`new_event` stamps the envelope of the monitor's ``Event`` (id, time, source, request
-id); :class:`MonitorSink` delivers batches with the monitor's ``ReportEvents`` RPC.
+Sinks:
+
+- :class:`NatsSink` publishes each batch as one :class:`EventBatch` message on JetStream, with
+  the batch id as ``Nats-Msg-Id`` (JetStream drops a republished batch within its duplicate
+  window), and counts it sent only once JetStream's acknowledgement came back.
+- :class:`MonitorSink` calls the monitor's ``ReportEvents`` (the fallback without a queue).
+- :class:`SpoolingSink` wraps either: when the transport fails, the batch goes to a
+  :class:`DiskSpool` (files under ``spool_dir``), and so does every later batch until the spool
+  is empty again, so order is kept; a background task replays the spool, oldest first, as soon as
+  the transport takes batches again, also after a restart of the process.
+
+Delivery is at least once; the monitor de-duplicates by batch id and event id.
+:func:`open_event_sink` builds the sink the settings ask for. :func:`new_event` stamps the
+envelope of the monitor's ``Event`` (id, time, source, request id); :func:`hash_unit_id` is the
+keyed hash every service applies to unit ids before they leave it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
+import hmac
+import os
+import re
 import uuid
 from collections import deque
-from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api as js_api
 
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis import context as ctx
@@ -29,13 +54,30 @@ from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
 
-__all__ = ["EVENT_SCHEMA_VERSION", "EventEmitter", "EventSink", "MonitorSink", "new_event"]
+__all__ = [
+    "EVENT_SCHEMA_VERSION",
+    "DiskSpool",
+    "EventEmitter",
+    "EventSink",
+    "MonitorSink",
+    "NatsSink",
+    "SpoolingSink",
+    "batch_id",
+    "decode_batch",
+    "encode_batch",
+    "ensure_stream",
+    "hash_unit_id",
+    "new_event",
+    "open_event_sink",
+]
 
 EVENT_SCHEMA_VERSION = 1
 """Version of the event schema in protos/infermesh/monitor/v1/monitor.proto."""
 
 E = TypeVar("E")
 E_contra = TypeVar("E_contra", contravariant=True)
+
+Event = monitor_pb2.Event
 
 _log = get_logger("infermesh_chassis.events")
 
@@ -63,6 +105,7 @@ class EventEmitter(Generic[E]):
         self._settings = settings
         self._max_backoff_s = max_backoff_s
         self._buffer: deque[E] = deque()
+        self._batch: list[E] | None = None
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -70,14 +113,12 @@ class EventEmitter(Generic[E]):
         self._dropped = metrics.counter("events_dropped", "Events dropped because the emitter's buffer was full.")
         self._sent = metrics.counter("events_sent", "Events delivered to the sink.")
         self._failures = metrics.counter("events_send_failures", "Batches the sink failed to take (retried).")
-        metrics.gauge("events_buffered", "Events waiting in the emitter's buffer.").set_function(
-            lambda: len(self._buffer)
-        )
+        metrics.gauge("events_buffered", "Events waiting in the emitter's buffer.").set_function(lambda: self.buffered)
 
     @property
     def buffered(self) -> int:
-        """Events waiting to be sent."""
-        return len(self._buffer)
+        """Events waiting to be sent (the batch being sent included)."""
+        return len(self._buffer) + (len(self._batch) if self._batch is not None else 0)
 
     def emit(self, event: E) -> bool:
         """Queue ``event`` without blocking; False (and a counted drop) when the buffer is full."""
@@ -104,40 +145,43 @@ class EventEmitter(Generic[E]):
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
         except TimeoutError:
-            _log.warning("event_emitter_stop_timeout", unsent=len(self._buffer))
+            _log.warning("event_emitter_stop_timeout", unsent=self.buffered)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
 
+    async def _wait(self) -> None:
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), self._settings.flush_interval_s)
+
     async def _run(self) -> None:
         backoff = 0.0
         while True:
-            if not self._buffer:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._settings.flush_interval_s)
-                continue
-            if len(self._buffer) < self._settings.batch_size and not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    self._wakeup.clear()
-                    await asyncio.wait_for(self._wakeup.wait(), self._settings.flush_interval_s)
-            batch = [self._buffer.popleft() for _ in range(min(self._settings.batch_size, len(self._buffer)))]
+            if self._batch is None:
+                if not self._buffer:
+                    if self._closing:
+                        return
+                    await self._wait()
+                    continue
+                if len(self._buffer) < self._settings.batch_size and not self._closing:
+                    await self._wait()
+                size = min(self._settings.batch_size, len(self._buffer))
+                self._batch = [self._buffer.popleft() for _ in range(size)]
             try:
-                await self._sink.send(batch)
-            except Exception as exc:  # the transport is down: keep the events, back off, try again
+                await self._sink.send(self._batch)
+            except Exception as exc:  # the transport is down: keep the batch as it is, back off, try again
                 self._failures.inc()
-                self._buffer.extendleft(reversed(batch))
                 backoff = min(self._max_backoff_s, max(0.05, backoff * 2))
-                _log.warning("event_send_failed", error=str(exc), batch=len(batch), retry_in_s=backoff)
+                _log.warning("event_send_failed", error=str(exc), batch=len(self._batch), retry_in_s=backoff)
                 if self._closing:
                     return
                 await asyncio.sleep(backoff)
                 continue
             backoff = 0.0
-            self._sent.inc(len(batch))
+            self._sent.inc(len(self._batch))
+            self._batch = None
 
 
 def new_event(service: str, instance: str, **payload: object) -> monitor_pb2.Event:
@@ -156,6 +200,33 @@ def new_event(service: str, instance: str, **payload: object) -> monitor_pb2.Eve
     return event
 
 
+def hash_unit_id(unit_id: str, key: str) -> str:
+    """The keyed hash of a unit id (HMAC-SHA256, first 16 bytes as hex): what events carry instead of it."""
+    return hmac.new(key.encode(), unit_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def batch_id(event_ids: Iterable[str]) -> str:
+    """The id of a batch, derived from its event ids in order (see ``EventBatch`` in monitor.proto)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for event_id in event_ids:
+        digest.update(event_id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def encode_batch(events: Sequence[monitor_pb2.Event]) -> bytes:
+    """``events`` as one serialized ``EventBatch`` (a queue message, a spool record)."""
+    return monitor_pb2.EventBatch(events=events).SerializeToString()  # type: ignore[no-any-return]
+
+
+def decode_batch(payload: bytes) -> list[monitor_pb2.Event]:
+    """The events of a serialized ``EventBatch``."""
+    return list(monitor_pb2.EventBatch.FromString(payload).events)
+
+
+# --- sinks ----------------------------------------------------------------------------------------
+
+
 class MonitorSink:
     """Delivers batches to the monitor's ``ReportEvents`` (idempotent: the monitor de-duplicates by id).
 
@@ -171,3 +242,314 @@ class MonitorSink:
     async def send(self, events: Sequence[monitor_pb2.Event]) -> None:
         """Report ``events``; raises (and the emitter retries) when the monitor cannot take them."""
         await self._client.call("ReportEvents", monitor_pb2.ReportEventsRequest(events=events))
+
+
+_SUBJECT_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def stream_config(settings: EventSettings) -> js_api.StreamConfig:
+    """The JetStream stream every emitter publishes to and the monitor consumes from."""
+    return js_api.StreamConfig(
+        name=settings.nats_stream,
+        subjects=[f"{settings.nats_subject}.>"],
+        retention=js_api.RetentionPolicy.LIMITS,
+        storage=js_api.StorageType.FILE,
+        max_age=settings.stream_max_age_s,
+        max_bytes=settings.stream_max_bytes,
+        duplicate_window=settings.stream_duplicate_window_s,
+    )
+
+
+async def ensure_stream(js: Any, settings: EventSettings) -> None:
+    """Create the events stream, or bring an existing one to ``settings`` (idempotent)."""
+    config = stream_config(settings)
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:  # it exists with another configuration
+        await js.update_stream(config)
+
+
+async def connect_nats(settings: EventSettings, name: str) -> Any:
+    """A NATS connection that reconnects by itself, or ConnectionError within the connect timeout."""
+
+    async def quiet(exc: Exception) -> None:
+        _log.debug("nats_error", error=str(exc))
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                [url.strip() for url in settings.nats_url.split(",")],
+                name=name,
+                connect_timeout=max(1, round(settings.nats_connect_timeout_s)),
+                reconnect_time_wait=0.5,
+                max_reconnect_attempts=-1,
+                error_cb=quiet,
+            ),
+            settings.nats_connect_timeout_s,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise ConnectionError(f"NATS at {settings.nats_url} is unreachable: {exc or type(exc).__name__}") from None
+
+
+class NatsSink:
+    """Publishes each batch to JetStream and returns once JetStream has stored it (its PubAck)."""
+
+    def __init__(self, settings: EventSettings, service: str) -> None:
+        self._settings = settings
+        self._service = service
+        self.subject = f"{settings.nats_subject}.{_SUBJECT_SAFE.sub('_', service)}"
+        self._nc: Any = None
+        self._js: Any = None
+        self._connecting = asyncio.Lock()
+
+    async def _jetstream(self) -> Any:
+        async with self._connecting:
+            if self._nc is not None and self._nc.is_closed:
+                self._nc = self._js = None
+            if self._js is None:
+                nc = await connect_nats(self._settings, f"{self._service}-events")
+                js = nc.jetstream(timeout=self._settings.nats_publish_timeout_s)
+                try:
+                    await ensure_stream(js, self._settings)
+                except Exception:
+                    await nc.close()
+                    raise
+                self._nc, self._js = nc, js
+            return self._js
+
+    async def send(self, events: Sequence[monitor_pb2.Event]) -> None:
+        """Publish ``events`` as one message; raises unless JetStream confirmed it."""
+        js = await self._jetstream()
+        await js.publish(
+            self.subject,
+            encode_batch(events),
+            timeout=self._settings.nats_publish_timeout_s,
+            headers={"Nats-Msg-Id": batch_id(e.event_id for e in events)},
+        )
+
+    async def close(self) -> None:
+        """Close the connection (what was confirmed is stored; nothing else is pending)."""
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None and not nc.is_closed:
+            await nc.close()
+
+
+# --- the disk spool --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    path: Path
+    events: int
+    size: int
+
+
+class DiskSpool:
+    """Batches waiting on disk, oldest first: one file per batch, written atomically.
+
+    ``root`` holds one numbered slot directory per live process of a service; each process locks
+    the first free slot, so two instances never share a spool and a restarted instance takes its
+    slot back and replays what it left there. The spool refuses a batch once ``max_bytes`` is used.
+    """
+
+    def __init__(self, root: Path, *, max_bytes: int, fsync: bool = True) -> None:
+        self._root = root
+        self._max_bytes = max_bytes
+        self._fsync = fsync
+        self._records: deque[_Record] = deque()
+        self._bytes = 0
+        self._events = 0
+        self._seq = 0
+        self._lock_fd: int | None = None
+        self.directory: Path | None = None
+
+    def open(self) -> None:
+        """Lock a slot and load what an earlier process left in it."""
+        self._root.mkdir(parents=True, exist_ok=True)
+        slot = 0
+        while True:
+            directory = self._root / str(slot)
+            directory.mkdir(exist_ok=True)
+            fd = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                slot += 1
+                continue
+            self._lock_fd, self.directory = fd, directory
+            break
+        for leftover in directory.glob("*.tmp"):
+            leftover.unlink()
+        for path in sorted(directory.glob("*.batch")):
+            seq, events = (int(part) for part in path.stem.split("-"))
+            record = _Record(path, events, path.stat().st_size)
+            self._records.append(record)
+            self._bytes += record.size
+            self._events += record.events
+            self._seq = max(self._seq, seq + 1)
+
+    def close(self) -> None:
+        """Release the slot (the files stay for the next process)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def batches(self) -> int:
+        """Batches waiting."""
+        return len(self._records)
+
+    @property
+    def events(self) -> int:
+        """Events waiting."""
+        return self._events
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes used."""
+        return self._bytes
+
+    def append(self, payload: bytes, events: int) -> bool:
+        """Write one batch behind the others; False (nothing written) when the spool is full."""
+        if self.directory is None:
+            raise RuntimeError("spool not opened")
+        if self._bytes + len(payload) > self._max_bytes:
+            return False
+        path = self.directory / f"{self._seq:016d}-{events}.batch"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as out:
+            out.write(payload)
+            if self._fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        tmp.rename(path)
+        self._seq += 1
+        self._records.append(_Record(path, events, len(payload)))
+        self._bytes += len(payload)
+        self._events += events
+        return True
+
+    def peek(self) -> tuple[Path, bytes] | None:
+        """The oldest batch (its file and contents), or None when the spool is empty."""
+        if not self._records:
+            return None
+        record = self._records[0]
+        return record.path, record.path.read_bytes()
+
+    def remove(self, path: Path) -> None:
+        """Forget the oldest batch once delivered (``path`` from :meth:`peek`)."""
+        record = self._records[0]
+        if record.path != path:
+            raise RuntimeError(f"{path} is not the oldest spooled batch")
+        path.unlink(missing_ok=True)
+        self._records.popleft()
+        self._bytes -= record.size
+        self._events -= record.events
+
+
+class SpoolingSink:
+    """Sends through ``inner``; while it fails, batches wait in ``spool`` and are replayed in order."""
+
+    def __init__(
+        self, inner: EventSink[Event], spool: DiskSpool, metrics: Metrics, *, max_backoff_s: float = 5.0
+    ) -> None:
+        self._inner = inner
+        self._spool = spool
+        self._max_backoff_s = max_backoff_s
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._replayed = metrics.counter("events_replayed", "Spooled events delivered once the transport was back.")
+        self._spool_dropped = metrics.counter(
+            "events_spool_dropped", "Events dropped because the transport was down and the spool was full."
+        )
+        metrics.gauge("events_spooled", "Events waiting in the disk spool.").set_function(lambda: spool.events)
+        metrics.gauge("events_spool_bytes", "Bytes used by the disk spool.").set_function(lambda: spool.size_bytes)
+
+    @property
+    def spooled(self) -> int:
+        """Events waiting in the spool."""
+        return self._spool.events
+
+    def start(self) -> None:
+        """Open the spool and start replaying what it holds (needs a running event loop)."""
+        if self._task is None:
+            self._spool.open()
+            self._task = asyncio.get_running_loop().create_task(self._replay(), name="event-spool-replay")
+            self._wakeup.set()
+
+    async def send(self, events: Sequence[Event]) -> None:
+        """Deliver now when nothing waits and the transport works; otherwise spool behind the rest.
+
+        Raises only when the spool cannot be written (the emitter then keeps and retries the batch).
+        """
+        if self._spool.batches == 0:
+            try:
+                await self._inner.send(events)
+                return
+            except Exception as exc:
+                _log.warning("event_transport_down_spooling", error=str(exc), batch=len(events))
+        payload = encode_batch(events)
+        if await asyncio.to_thread(self._spool.append, payload, len(events)):
+            self._wakeup.set()
+            return
+        self._spool_dropped.inc(len(events))
+        _log.error("event_spool_full", dropped=len(events), spool_bytes=self._spool.size_bytes)
+
+    async def _replay(self) -> None:
+        backoff = 0.0
+        while True:
+            oldest = await asyncio.to_thread(self._spool.peek)
+            if oldest is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            path, payload = oldest
+            events = decode_batch(payload)
+            try:
+                await self._inner.send(events)
+            except Exception as exc:
+                backoff = min(self._max_backoff_s, max(0.05, backoff * 2))
+                _log.info("event_spool_replay_waiting", error=str(exc), spooled=self._spool.events, retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            await asyncio.to_thread(self._spool.remove, path)
+            self._replayed.inc(len(events))
+            if self._spool.batches == 0:
+                _log.info("event_spool_drained")
+
+    async def close(self) -> None:
+        """Stop replaying (what is left stays on disk for the next start) and close the transport."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._spool.close()
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            await close()
+
+
+def open_event_sink(
+    settings: EventSettings,
+    service: str,
+    metrics: Metrics,
+    monitor_client: Callable[[], ServiceClient],
+) -> EventSink[Event]:
+    """The sink ``settings`` ask for (NATS or the monitor's RPC, spooled when ``spool_dir`` is set), started.
+
+    ``monitor_client`` builds the monitor's client (with ``MonitorSink.STUB``/``IDEMPOTENT``) for
+    the ``grpc`` transport. A sink with a ``close()`` coroutine must be closed after the emitter stops.
+    """
+    inner: EventSink[Event] = (
+        NatsSink(settings, service) if settings.transport == "nats" else MonitorSink(monitor_client())
+    )
+    if settings.spool_dir is None:
+        return inner
+    root = settings.spool_dir / _SUBJECT_SAFE.sub("_", service)
+    spool = DiskSpool(root, max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
+    sink = SpoolingSink(inner, spool, metrics)
+    sink.start()
+    return sink

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from infermesh_chassis.discovery import DiscoverySettings
@@ -92,7 +92,7 @@ class ClientSettings(BaseModel):
 
 
 class EventSettings(BaseModel):
-    """The non-blocking event emitter that reports to the monitor."""
+    """The non-blocking event emitter that reports to the monitor, and the queue between them."""
 
     enabled: bool = True
     """Emit events at all."""
@@ -102,6 +102,36 @@ class EventSettings(BaseModel):
     """Most events sent in one batch."""
     flush_interval_s: float = Field(0.2, gt=0)
     """Longest an event waits in the buffer before its batch is sent."""
+    transport: Literal["grpc", "nats"] = "grpc"
+    """``nats``: publish batches to NATS JetStream (production); ``grpc``: call the monitor's
+    ReportEvents directly (the fallback, and what tests without a queue use)."""
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server(s), comma-separated, for the ``nats`` transport and the monitor's consumer."""
+    nats_stream: str = "INFERMESH_EVENTS"
+    """JetStream stream holding the events (created by whichever side connects first)."""
+    nats_subject: str = "infermesh.events"
+    """Subject prefix: a service publishes on ``<prefix>.<service>``; the stream takes ``<prefix>.>``."""
+    nats_connect_timeout_s: float = Field(2.0, gt=0)
+    """How long a connection attempt to NATS may take before the batch goes to the spool."""
+    nats_publish_timeout_s: float = Field(5.0, gt=0)
+    """How long to wait for JetStream to confirm a batch (its PubAck) before counting it as failed."""
+    stream_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
+    """Events older than this leave the stream even if nobody consumed them."""
+    stream_max_bytes: int = Field(-1, ge=-1)
+    """Size cap of the stream (oldest events go first); -1 means no cap."""
+    stream_duplicate_window_s: float = Field(600.0, gt=0)
+    """JetStream drops a batch published again (same Nats-Msg-Id) within this window."""
+    spool_dir: Path | None = None
+    """Directory where batches wait, in order, while the transport is unreachable; they are
+    replayed when it returns, also after a restart. One sub-directory per service instance. None
+    keeps unsent batches in memory only (bounded by ``buffer_size``)."""
+    spool_max_bytes: int = Field(1024 * MiB, gt=0)
+    """Disk the spool may use; batches beyond it are dropped and counted."""
+    spool_fsync: bool = True
+    """fsync every spooled batch, so it survives a machine crash, not only a process crash."""
+    unit_id_hash_key: SecretStr = SecretStr("")
+    """Key of the keyed hash (HMAC-SHA256) applied to unit ids before they leave a service; every
+    service of a mesh, the monitor included, must use the same key."""
 
 
 class ServiceSettings(BaseSettings):
