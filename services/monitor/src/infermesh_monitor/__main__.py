@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.app import Runtime, run_service
+from infermesh_monitor.service import Monitor
 from infermesh_monitor.settings import Settings
 
 
 async def build(settings: Settings, runtime: Runtime) -> None:
-    """Add the service's servicers to ``runtime.server``; its RPCs arrive with issue #6."""
+    """Open the store, bring the schema up to date, start ingest and exports, add the servicer."""
+    monitor = await Monitor.open(settings, runtime.metrics)
+    runtime.on_stop(monitor.close)
+    runtime.server.add_servicer(
+        monitor_pb2_grpc.add_MonitorServiceServicer_to_server,
+        monitor.servicer,
+        monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
+    )
 
 
 def main() -> None:
