@@ -84,9 +84,16 @@ def free_port() -> int:
 
 
 class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
-    """Feature service ``churn``: key customer_id (INT64), request value basket_amount, 4 features."""
+    """Feature service ``churn``: key customer_id (INT64), request value basket_amount, and a vector of
+    ``names`` per customer from ``rows`` (unknown customers get ``defaults`` with status DEFAULT)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        rows: dict[int, tuple[float | int, ...]] = CUSTOMERS,
+        names: tuple[str, ...] = FEATURES,
+        defaults: tuple[float | int, ...] = DEFAULTS,
+    ) -> None:
+        self.rows, self.names, self.defaults = rows, names, defaults
         self.delay_s = 0.0
         self.fail: grpc.StatusCode | None = None
         self.calls = 0
@@ -121,14 +128,17 @@ class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
         response = dg.GetFeaturesResponse(
             feature_service="churn",
             definition_version="2026.11.1",
-            fields=[dg.FeatureField(name=n, dtype="INT64" if n == "orders_bucket" else "FP32") for n in FEATURES],
+            fields=[
+                dg.FeatureField(name=name, dtype="INT64" if isinstance(default, int) else "FP32")
+                for name, default in zip(self.names, self.defaults, strict=True)
+            ],
         )
         for entity in request.entities:
             key = entity.keys["customer_id"]
             if key.WhichOneof("kind") != "int64_value":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "keys.customer_id: must be INT64")
-            known = key.int64_value in CUSTOMERS
-            values = CUSTOMERS.get(key.int64_value, DEFAULTS)
+            known = key.int64_value in self.rows
+            values = self.rows.get(key.int64_value, self.defaults)
             status = dg.FEATURE_STATUS_OK if known else dg.FEATURE_STATUS_DEFAULT
             row = response.rows.add(
                 values=[
@@ -139,7 +149,7 @@ class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
             )
             row.lineage.feature_service = "churn"
             row.lineage.definition_version = "2026.11.1"
-            row.lineage.views.add(feature_view="customer_activity", source="online", features=list(FEATURES))
+            row.lineage.views.add(feature_view="customer_activity", source="online", features=list(self.names))
         return response
 
 
@@ -301,9 +311,11 @@ class Doubles:
 
 
 @asynccontextmanager
-async def run_doubles() -> AsyncIterator[Doubles]:
-    """The data gateway, model gateway and monitor doubles, started until the block ends."""
-    data, models, monitor = FakeDataGateway(), FakeModelGateway(), FakeMonitor()
+async def run_doubles(data: FakeDataGateway | None = None) -> AsyncIterator[Doubles]:
+    """The data gateway (``data``, or the default one), model gateway and monitor doubles, started
+    until the block ends."""
+    data = data or FakeDataGateway()
+    models, monitor = FakeModelGateway(), FakeMonitor()
 
     def add_models(server: grpc.aio.Server) -> None:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(models, server)
