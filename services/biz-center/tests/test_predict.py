@@ -22,6 +22,7 @@ from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
 from infermesh_biz_center.catalog import compile_experiment
 from infermesh_biz_center.registry import load_seed_file
+from infermesh_chassis.events import hash_unit_id
 
 
 def _variant_of(unit: str) -> str:
@@ -96,7 +97,7 @@ async def test_exposure_and_inference_events_reach_the_monitor(biz: Harness, dou
     assert {(e.experiment, e.layer, e.variant) for e in exposures} == {
         (a.experiment, a.layer, a.variant) for a in reply.assignments
     }
-    assert all(e.unit_id_hash and e.unit_id_hash != "2" for e in exposures)
+    assert {e.unit_id_hash for e in exposures} == {hash_unit_id("2", "")}  # the chassis' keyed hash, never the id
     (inference,) = doubles.monitor.payloads("inference")
     assert (inference.scene, inference.variant, inference.model_version) == (
         "churn-score",

@@ -27,7 +27,6 @@ chassis emitter, off the critical path.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,22 +75,17 @@ from infermesh_chassis.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from infermesh_chassis.events import EventEmitter, new_event
+from infermesh_chassis.events import EventEmitter, hash_unit_id, new_event
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 
-__all__ = ["Predictor", "unit_hash"]
+__all__ = ["Predictor"]
 
 T = TypeVar("T")
 
 DATA_GATEWAY_BREAKER = "data-gateway"
 
 _log = get_logger("infermesh_biz_center.predictor")
-
-
-def unit_hash(unit_id: str, key: str) -> str:
-    """The keyed hash of a unit id that events carry instead of the id (hex)."""
-    return hashlib.blake2b(unit_id.encode(), key=key.encode()[:64], digest_size=16).hexdigest()
 
 
 @dataclass(slots=True)
@@ -155,6 +149,7 @@ class Predictor:
         metrics: Metrics,
         emitter: EventEmitter[monitor_pb2.Event] | None = None,
         instance: str = "",
+        unit_hash_key: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry
@@ -167,6 +162,7 @@ class Predictor:
         self._resilience = resilience
         self._emitter = emitter
         self._instance = instance
+        self._unit_hash_key = unit_hash_key
         self._clock = clock
         self._breakers: dict[str, AsyncCircuitBreaker] = {}
         scene_label = ("scene",)
@@ -459,7 +455,7 @@ class Predictor:
                 self._degraded.labels(scene.name, common_pb2.DegradationReason.Name(degradation.reason)).inc()
         if self._emitter is None:
             return
-        unit = unit_hash(inp.unit_id, self._predict.unit_hash_key)
+        unit = hash_unit_id(inp.unit_id, self._unit_hash_key)
         token = ctx.bind(ctx.CallContext(request_id))
         try:
             event = monitor_pb2.InferenceEvent(scene=scene.name, unit_id_hash=unit, latency_ms=elapsed_s * 1000)

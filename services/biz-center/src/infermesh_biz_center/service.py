@@ -38,7 +38,7 @@ from infermesh_biz_center.thrift_front import ThriftFront
 from infermesh_biz_center.tls import SecureChannelPool, server_credentials
 from infermesh_chassis.app import Runtime
 from infermesh_chassis.client import ChannelPool, ServiceClient
-from infermesh_chassis.events import EventEmitter, MonitorSink, new_event
+from infermesh_chassis.events import EventEmitter, MonitorSink, new_event, open_event_sink
 from infermesh_chassis.logs import get_logger
 
 __all__ = ["BizCenter", "create"]
@@ -84,7 +84,17 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
 
     emitter: EventEmitter[monitor_pb2.Event] | None = None
     if settings.events.enabled:
-        sink = MonitorSink(client(settings.downstream.monitor, MonitorSink.STUB, MonitorSink.IDEMPOTENT))
+        # the chassis' sink (NATS or the monitor's RPC, spooled as configured), with a client that
+        # speaks TLS when client_tls is set
+        sink = open_event_sink(
+            settings.events,
+            settings.service_name,
+            runtime.metrics,
+            lambda: client(settings.downstream.monitor, MonitorSink.STUB, MonitorSink.IDEMPOTENT),
+        )
+        close = getattr(sink, "close", None)
+        if close is not None:
+            runtime.on_stop(close)
         emitter = EventEmitter(sink, settings.events, runtime.metrics)
         emitter.start()
         runtime.on_stop(emitter.stop)
@@ -132,6 +142,7 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
         metrics=runtime.metrics,
         emitter=emitter,
         instance=instance,
+        unit_hash_key=settings.events.unit_id_hash_key.get_secret_value(),
     )
 
     tls_port: int | None = None

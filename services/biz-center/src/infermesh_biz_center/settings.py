@@ -164,8 +164,6 @@ class PredictSettings(BaseModel):
     """Most items in one PredictBatch (INVALID_ARGUMENT beyond)."""
     batch_concurrency: int = Field(32, ge=1)
     """Items of one PredictBatch in flight at once."""
-    unit_hash_key: str = ""
-    """Key of the keyed hash of unit ids in events (raw unit ids are never sent); share it with the monitor."""
 
 
 class ConfigSettings(BaseModel):
