@@ -120,6 +120,7 @@ INGEST_SETTINGS: dict[str, object] = {
     "format_schema_source": "string",
     "format_schema": protobuf_schema(monitor_pb2.Event.DESCRIPTOR),
     "format_schema_message_name": EVENT_MESSAGE,
+    "input_format_protobuf_oneof_presence": 1,
 }
 """Settings of every insert into an ``events_in_<kind>`` table (format ``Protobuf``)."""
 

@@ -33,7 +33,7 @@ class StorageSettings(BaseModel):
     database: str = "infermesh"
     """Database holding the monitor's tables (created when missing)."""
     query_threads: int = Field(4, ge=1, le=64)
-    """Threads that run storage calls off the event loop."""
+    """Threads that run calls to a ClickHouse server off the event loop (chdb calls run one at a time)."""
     events_ttl_days: int = Field(30, ge=1)
     """Days inference, shadow, exposure and feature-sample rows are kept."""
     feedback_ttl_days: int = Field(180, ge=1)

@@ -114,10 +114,14 @@ class _Threaded:
 
 
 class ChdbStore(_Threaded):
-    """ClickHouse embedded through chdb: one session on ``settings.chdb_path`` for the whole process."""
+    """ClickHouse embedded through chdb: one session on ``settings.chdb_path`` for the whole process.
+
+    Calls run one at a time on one thread: a chdb connection refuses a query while one of its
+    streaming inserts is open. (ClickHouse itself still uses several threads inside each call.)
+    """
 
     def __init__(self, settings: StorageSettings) -> None:
-        super().__init__(settings.query_threads)
+        super().__init__(1)
         from chdb import session  # noqa: PLC0415  (only the embedded backend needs it)
 
         settings.chdb_path.mkdir(parents=True, exist_ok=True)
