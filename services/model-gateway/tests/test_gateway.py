@@ -321,12 +321,12 @@ async def test_promote_and_rollback_are_single_audited_calls(gw, churn_models, p
     assert response.model_version == "1"
     audit = await gw.control.ListAuditEntries(
         pb.ListAuditEntriesRequest(
-            filter=common_pb2.AuditFilter(target_prefix="churn", actions=["promote", "rollback"])
+            filter=common_pb2.AuditFilter(target_prefix="models/churn", actions=["model.promote", "model.rollback"])
         )
     )
     rollback, promote = audit.entries[:2]
-    assert (rollback.action, rollback.actor, rollback.reason) == ("rollback", "bob", "p99 regression")
-    assert (promote.action, promote.actor, promote.reason) == ("promote", "alice", "v2 wins the A/B test")
+    assert (rollback.action, rollback.actor, rollback.reason) == ("model.rollback", "bob", "p99 regression")
+    assert (promote.action, promote.actor, promote.reason) == ("model.promote", "alice", "v2 wins the A/B test")
     assert json.loads(promote.before_json)["aliases"]["production"] == 1
     assert json.loads(promote.after_json)["aliases"]["production"] == 2
     assert json.loads(rollback.after_json)["aliases"]["production"] == 1

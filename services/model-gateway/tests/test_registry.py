@@ -146,11 +146,17 @@ async def test_every_change_is_audited_with_before_and_after(registry: Registry)
     await registry.register_version(_record(), actor="alice", reason="initial")
     await _serving(registry, 1)
     await registry.promote("churn", 1, actor="bob", reason="ship it")
-    entries, _ = await registry.list_audit(target_prefix="churn", page_size=100)
+    entries, _ = await registry.list_audit(target_prefix="models/churn", page_size=100)
     actions = [e.action for e in entries]
-    assert actions == ["promote", "state_serving", "state_deploying", "register_version", "create_model"]
+    assert actions == [
+        "model.promote",
+        "model_version.serving",
+        "model_version.deploying",
+        "model_version.register",
+        "model.create",
+    ]
     promote = entries[0]
-    assert (promote.actor, promote.reason, promote.target) == ("bob", "ship it", "churn")
+    assert (promote.actor, promote.reason, promote.target) == ("bob", "ship it", "models/churn")
     assert "production" not in json.loads(promote.before)["aliases"]
     assert json.loads(promote.after)["aliases"]["production"] == 1
     register = entries[3]
@@ -164,7 +170,7 @@ async def test_failed_changes_leave_no_trace(registry: Registry):
         await registry.promote("churn", 1, actor="t")
     assert await registry.generation() == generation
     entries, _ = await registry.list_audit(page_size=100)
-    assert [e.action for e in entries] == ["register_version", "create_model"]
+    assert [e.action for e in entries] == ["model_version.register", "model.create"]
 
 
 async def test_unknown_names_are_not_found(registry: Registry):

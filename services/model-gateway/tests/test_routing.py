@@ -104,7 +104,7 @@ def test_no_policy_and_no_production_is_a_clear_error():
             FailedPrecondition,
             "version 4 of model 'churn' is registered, not serving; deploy it first",
         ),
-        ("churn", "5", NotFound, "version 5 of model 'churn' is retired; use version 3"),
+        ("churn", "5", NotFound, "version 5 of model 'churn' was retired at an earlier date; use version 3"),
     ],
 )
 def test_resolution_errors(model, version, error, message):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+
 from tritonclient.grpc import service_pb2_grpc
 
+from infermesh.common.v1 import common_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc
-from infermesh.monitor.v1 import monitor_pb2
+from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.app import Runtime, run_service
 from infermesh_chassis.events import EventEmitter
 from infermesh_model_gateway.control import ControlServicer
 from infermesh_model_gateway.dataplane import InferenceServicer
 from infermesh_model_gateway.gateway import ModelGateway
+from infermesh_model_gateway.rollouts import RolloutController, RolloutOperations
 from infermesh_model_gateway.settings import Settings
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
@@ -37,9 +41,22 @@ async def assemble(
     runtime.server.add_servicer(
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, inference, INFERENCE_SERVICE
     )
+    instance = settings.instance_id or f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
+    operations = RolloutOperations(gateway.registry, gateway.refresh, emitter, instance)
+    monitor = runtime.client(settings.monitor_service, monitor_pb2_grpc.MonitorServiceStub, idempotent=("CheckSlo",))
+
+    async def check_slo(request: monitor_pb2.CheckSloRequest) -> common_pb2.SloEvaluation:
+        reply: monitor_pb2.CheckSloResponse = await monitor.call("CheckSlo", request)
+        return reply.evaluation
+
+    controller = RolloutController(
+        gateway.registry, operations, gateway.deployer, check_slo, settings=settings.rollouts, instance=instance
+    )
+    controller.start()
+    runtime.on_stop(controller.stop)
     runtime.server.add_servicer(
         model_gateway_pb2_grpc.add_ModelControlServiceServicer_to_server,
-        ControlServicer(gateway.registry, gateway.deployer),
+        ControlServicer(gateway.registry, gateway.deployer, operations, settings.rollouts),
         CONTROL_SERVICE,
     )
     return gateway

@@ -2,13 +2,14 @@
 
 Thin by design: each RPC converts its request (:mod:`.converters`), calls the registry or the
 deployer, and converts the result back. Every mutation is recorded in the audit log by the
-registry, in the same transaction as the change. Rollouts and retirement arrive with the
-safe-delivery issue; until then those RPCs answer UNIMPLEMENTED.
+registry, in the same transaction as the change. Rollout transitions go through
+:class:`~.rollouts.RolloutOperations`, shared with the rollout controller.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
@@ -20,15 +21,20 @@ from infermesh_chassis.logs import get_logger
 from infermesh_model_gateway.converters import (
     audit_to_proto,
     model_to_proto,
+    rollout_states_from_proto,
+    rollout_to_proto,
     state_from_proto,
+    steps_from_proto,
     traffic_from_proto,
     traffic_to_proto,
     version_from_register,
     version_to_proto,
 )
 from infermesh_model_gateway.deployment import Deployer
-from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord
+from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, Rollout
 from infermesh_model_gateway.registry import Registry
+from infermesh_model_gateway.rollouts import RolloutOperations, new_rollout
+from infermesh_model_gateway.settings import RolloutSettings
 
 __all__ = ["ControlServicer"]
 
@@ -51,9 +57,13 @@ def _actor(actor: str) -> str:
 class ControlServicer(pb_grpc.ModelControlServiceServicer):
     """Registry, deployment, traffic and audit RPCs (see the module docstring)."""
 
-    def __init__(self, registry: Registry, deployer: Deployer) -> None:
+    def __init__(
+        self, registry: Registry, deployer: Deployer, rollouts: RolloutOperations, rollout_settings: RolloutSettings
+    ) -> None:
         self._registry = registry
         self._deployer = deployer
+        self._rollouts = rollouts
+        self._rollout_settings = rollout_settings
         self._background: set[asyncio.Task[ModelVersionRecord]] = set()
 
     async def _all_versions(self, model: str) -> list[ModelVersionRecord]:
@@ -233,3 +243,99 @@ class ControlServicer(pb_grpc.ModelControlServiceServicer):
             if (not wanted or r.action in wanted) and (not request.filter.actor or r.actor == request.filter.actor)
         ]
         return pb.ListAuditEntriesResponse(entries=entries, page=common_pb2.PageResponse(next_page_token=token))
+
+    async def RetireModelVersion(
+        self, request: pb.RetireModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RetireModelVersionResponse:
+        period = request.deprecation_period.ToTimedelta() if request.HasField("deprecation_period") else timedelta(0)
+        if period < timedelta(0):
+            raise InvalidArgument("deprecation_period must not be negative")
+        actor = _actor(request.actor)
+        record = await self._registry.schedule_retirement(
+            request.model,
+            request.version,
+            retire_at=datetime.now(UTC) + period,
+            successor=request.successor_version or None,
+            successor_model=request.successor_model,
+            actor=actor,
+            reason=request.reason,
+        )
+        await self._deployer.changed()
+        if period == timedelta(0):
+            record = await self._deployer.retire(request.model, request.version, actor=actor, reason=request.reason)
+        return pb.RetireModelVersionResponse(model_version=await self._version(record))
+
+    async def _rollout(self, rollout: Rollout) -> pb.Rollout:
+        message = rollout_to_proto(rollout)
+        if rollout.state.active:
+            message.controller = await self._registry.lease_holder(f"model:{rollout.model}")
+        return message
+
+    async def StartRollout(
+        self, request: pb.StartRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartRolloutResponse:
+        spec = request.spec
+        defaults = self._rollout_settings
+        model = await self._registry.get_model(spec.model)
+        rollout = new_rollout(
+            model,
+            candidate=spec.candidate_version,
+            baseline=spec.baseline_version,
+            steps=steps_from_proto(spec, defaults.default_steps),
+            gates=spec.gates,
+            min_dwell_s=(
+                spec.min_dwell.ToTimedelta().total_seconds()
+                if spec.HasField("min_dwell")
+                else defaults.default_min_dwell_s
+            ),
+            min_requests=spec.min_requests or defaults.default_min_requests,
+            evaluation_interval_s=(
+                spec.evaluation_interval.ToTimedelta().total_seconds()
+                if spec.HasField("evaluation_interval")
+                else defaults.default_evaluation_interval_s
+            ),
+        )
+        started = await self._rollouts.start(rollout, actor=_actor(request.actor), reason=request.reason)
+        return pb.StartRolloutResponse(rollout=await self._rollout(started))
+
+    async def GetRollout(
+        self, request: pb.GetRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRolloutResponse:
+        return pb.GetRolloutResponse(rollout=await self._rollout(await self._registry.get_rollout(request.id)))
+
+    async def ListRollouts(
+        self, request: pb.ListRolloutsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRolloutsResponse:
+        rollouts, token = await self._registry.list_rollouts(
+            model=request.model,
+            states=rollout_states_from_proto(list(request.states)),
+            page_size=_page_size(request.page),
+            page_token=request.page.page_token,
+        )
+        return pb.ListRolloutsResponse(
+            rollouts=[await self._rollout(r) for r in rollouts], page=common_pb2.PageResponse(next_page_token=token)
+        )
+
+    async def PauseRollout(
+        self, request: pb.PauseRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PauseRolloutResponse:
+        rollout = await self._rollouts.pause(request.id, actor=_actor(request.actor), reason=request.reason)
+        return pb.PauseRolloutResponse(rollout=await self._rollout(rollout))
+
+    async def ResumeRollout(
+        self, request: pb.ResumeRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResumeRolloutResponse:
+        rollout = await self._rollouts.resume(request.id, actor=_actor(request.actor), reason=request.reason)
+        return pb.ResumeRolloutResponse(rollout=await self._rollout(rollout))
+
+    async def AbortRollout(
+        self, request: pb.AbortRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbortRolloutResponse:
+        rollout = await self._rollouts.abort(request.id, actor=_actor(request.actor), reason=request.reason)
+        return pb.AbortRolloutResponse(rollout=await self._rollout(rollout))
+
+    async def PromoteRolloutNow(
+        self, request: pb.PromoteRolloutNowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PromoteRolloutNowResponse:
+        rollout = await self._rollouts.promote_now(request.id, actor=_actor(request.actor), reason=request.reason)
+        return pb.PromoteRolloutNowResponse(rollout=await self._rollout(rollout))

@@ -6,9 +6,9 @@ INVALID_ARGUMENT naming the field.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 from infermesh.common.v1 import common_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
@@ -20,6 +20,9 @@ from infermesh_model_gateway.domain import (
     ModelFormat,
     ModelRecord,
     ModelVersionRecord,
+    Rollout,
+    RolloutState,
+    RolloutStep,
     TensorSchema,
     TrafficPolicy,
     VersionState,
@@ -30,7 +33,10 @@ from infermesh_model_gateway.runtimes import infer_serialization
 __all__ = [
     "audit_to_proto",
     "model_to_proto",
+    "rollout_states_from_proto",
+    "rollout_to_proto",
     "state_from_proto",
+    "steps_from_proto",
     "traffic_from_proto",
     "traffic_to_proto",
     "version_from_register",
@@ -180,6 +186,15 @@ def version_to_proto(record: ModelVersionRecord, aliases: list[str] | None = Non
         create_time=_timestamp(record.created_at),
         update_time=_timestamp(record.updated_at),
     )
+    if record.deprecated_until is not None:
+        message.retirement.CopyFrom(
+            pb.Retirement(
+                successor_version=record.successor or 0,
+                successor_model=record.successor_model,
+                retire_time=_timestamp(record.retired_at or record.deprecated_until),
+                reason=record.retire_reason,
+            )
+        )
     if deployment.dynamic_batching:
         message.deployment.dynamic_batching.max_queue_delay.FromMicroseconds(deployment.max_queue_delay_us)
     return message
@@ -244,4 +259,105 @@ def audit_to_proto(record: AuditRecord) -> common_pb2.AuditEntry:
         before_json=record.before,
         after_json=record.after,
         reason=record.reason,
+        request_id=record.request_id,
     )
+
+
+_ROLLOUT_STATES = {
+    pb.ROLLOUT_STATE_PENDING: RolloutState.PENDING,
+    pb.ROLLOUT_STATE_RUNNING: RolloutState.RUNNING,
+    pb.ROLLOUT_STATE_PAUSED: RolloutState.PAUSED,
+    pb.ROLLOUT_STATE_SUCCEEDED: RolloutState.SUCCEEDED,
+    pb.ROLLOUT_STATE_ROLLED_BACK: RolloutState.ROLLED_BACK,
+    pb.ROLLOUT_STATE_ABORTED: RolloutState.ABORTED,
+    pb.ROLLOUT_STATE_FAILED: RolloutState.FAILED,
+}
+_ROLLOUT_STATES_BACK = {v: k for k, v in _ROLLOUT_STATES.items()}
+_ACTIONS = {
+    "start": pb.ROLLOUT_ACTION_START,
+    "advance": pb.ROLLOUT_ACTION_ADVANCE,
+    "rollback": pb.ROLLOUT_ACTION_ROLLBACK,
+    "pause": pb.ROLLOUT_ACTION_PAUSE,
+    "resume": pb.ROLLOUT_ACTION_RESUME,
+    "abort": pb.ROLLOUT_ACTION_ABORT,
+    "promote_now": pb.ROLLOUT_ACTION_PROMOTE_NOW,
+    "complete": pb.ROLLOUT_ACTION_COMPLETE,
+}
+
+
+def rollout_states_from_proto(states: list[int]) -> frozenset[RolloutState]:
+    """Domain states from the enum (INVALID_ARGUMENT for unspecified)."""
+    found = set()
+    for state in states:
+        if state not in _ROLLOUT_STATES:
+            raise InvalidArgument(f"unknown rollout state {state}")
+        found.add(_ROLLOUT_STATES[state])
+    return frozenset(found)
+
+
+def steps_from_proto(spec: pb.RolloutSpec, default_percents: list[float]) -> tuple[RolloutStep, ...]:
+    """The spec's steps, or the defaults (0% is a shadow step mirroring every request)."""
+    if not spec.steps:
+        return tuple(RolloutStep(p, 1.0 if p == 0 else 0.0) for p in default_percents)
+    return tuple(
+        RolloutStep(
+            candidate_percent=s.candidate_percent,
+            shadow_fraction=s.shadow_fraction,
+            min_dwell_s=s.min_dwell.ToTimedelta().total_seconds() if s.HasField("min_dwell") else None,
+            min_requests=s.min_requests or None,
+        )
+        for s in spec.steps
+    )
+
+
+def _evaluation(text: str) -> common_pb2.SloEvaluation | None:
+    return json_format.Parse(text, common_pb2.SloEvaluation()) if text else None
+
+
+def rollout_to_proto(rollout: Rollout) -> pb.Rollout:
+    """The contract's Rollout."""
+    spec = pb.RolloutSpec(
+        model=rollout.model,
+        candidate_version=rollout.candidate,
+        baseline_version=rollout.baseline,
+        min_requests=rollout.min_requests,
+        gates=json_format.Parse(rollout.gates, common_pb2.SloThresholds()),
+    )
+    spec.min_dwell.FromTimedelta(timedelta(seconds=rollout.min_dwell_s))
+    spec.evaluation_interval.FromTimedelta(timedelta(seconds=rollout.evaluation_interval_s))
+    for step in rollout.steps:
+        message = spec.steps.add(
+            candidate_percent=step.candidate_percent,
+            shadow_fraction=step.shadow_fraction,
+            min_requests=step.min_requests or 0,
+        )
+        if step.min_dwell_s is not None:
+            message.min_dwell.FromTimedelta(timedelta(seconds=step.min_dwell_s))
+    message = pb.Rollout(
+        id=rollout.id,
+        spec=spec,
+        state=_ROLLOUT_STATES_BACK[rollout.state],
+        current_step=rollout.current_step,
+        step_start_time=_timestamp(rollout.step_started_at),
+        next_decision_time=_timestamp(rollout.next_decision_at),
+        last_evaluation=_evaluation(rollout.last_evaluation),
+        created_by=rollout.created_by,
+        create_time=_timestamp(rollout.created_at),
+        update_time=_timestamp(rollout.updated_at),
+        end_time=_timestamp(rollout.ended_at),
+        state_detail=rollout.state_detail,
+        controller=rollout.controller,
+        baseline_version=rollout.baseline,
+    )
+    for decision in rollout.decisions:
+        message.decisions.add(
+            time=_timestamp(decision.time),
+            action=_ACTIONS.get(decision.action, pb.ROLLOUT_ACTION_UNSPECIFIED),
+            from_step=decision.from_step,
+            to_step=decision.to_step,
+            automatic=decision.automatic,
+            actor=decision.actor,
+            reason=decision.reason,
+            evaluation=_evaluation(decision.evaluation),
+        )
+    return message

@@ -34,7 +34,7 @@ from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_model_gateway.domain import ModelVersionRecord, VersionState
 from infermesh_model_gateway.pool import WorkerPool
-from infermesh_model_gateway.routing import Router
+from infermesh_model_gateway.routing import Router, deprecation_warning
 from infermesh_model_gateway.settings import InferenceSettings
 from infermesh_model_gateway.validation import RequestValidator, batch_size
 
@@ -143,6 +143,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
         primary = route.primary
         self._validator(primary).validate(request)
+        if route.pinned and primary.deprecated_until is not None:
+            context.set_trailing_metadata(((self._settings.deprecation_header, deprecation_warning(primary)),))
         if alias:
             del request.parameters["alias"]
         shadow_request = None

@@ -168,6 +168,21 @@ class Deployer:
         _log.info("version_undeployed", model=model, version=version)
         return record
 
+    async def retire(self, model: str, version: int, *, actor: str, reason: str = "") -> ModelVersionRecord:
+        """Take a version out for good: drain and unload it if it serves, then RETIRED."""
+        record = await self._registry.get_version(model, version)
+        async with self._lock(record):
+            if record.state is VersionState.SERVING:
+                await self._registry.set_state(model, version, VersionState.DRAINING, actor=actor, reason=reason)
+                await self._on_change()
+                await self._drain_and_unload(record)
+            elif record.state is VersionState.DRAINING:
+                await self._drain_and_unload(record)
+            record = await self._registry.set_state(model, version, VersionState.RETIRED, actor=actor, reason=reason)
+            await self._on_change()
+        _log.info("version_retired", model=model, version=version)
+        return record
+
     async def _drain_and_unload(self, record: ModelVersionRecord, timeout_s: float | None = None) -> None:
         timeout = self._settings.drain_timeout_s if timeout_s is None else timeout_s
         await asyncio.sleep(self._settings.propagation_s)

@@ -23,6 +23,10 @@ __all__ = [
     "ModelFormat",
     "ModelRecord",
     "ModelVersionRecord",
+    "Rollout",
+    "RolloutDecision",
+    "RolloutState",
+    "RolloutStep",
     "TensorSchema",
     "TrafficPolicy",
     "VersionState",
@@ -139,8 +143,12 @@ class ModelVersionRecord:
     retired_at: datetime | None = None
     successor: int | None = None
     """The version that replaces this one once retired."""
+    successor_model: str = ""
+    """The model that replaces it, when it is another model."""
     deprecated_until: datetime | None = None
     """Pinned callers are warned until then; the version is retired after it."""
+    retire_reason: str = ""
+    """Why it is (to be) retired."""
 
     @property
     def triton_name(self) -> str:
@@ -184,6 +192,93 @@ class ModelRecord:
     created_at: datetime | None = None
 
 
+class RolloutState(enum.StrEnum):
+    """Lifecycle of a rollout."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+    @property
+    def active(self) -> bool:
+        """Still to be driven by a controller (or resumed by an operator)."""
+        return self in (RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStep:
+    """One step: the candidate's share of un-pinned traffic and of mirrored requests."""
+
+    candidate_percent: float
+    shadow_fraction: float = 0.0
+    min_dwell_s: float | None = None
+    """None: the rollout's default."""
+    min_requests: int | None = None
+    """None: the rollout's default."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutDecision:
+    """One recorded transition."""
+
+    time: datetime
+    action: str
+    """start, advance, rollback, pause, resume, abort, promote_now, complete, fail."""
+    from_step: int
+    to_step: int
+    automatic: bool
+    actor: str
+    reason: str
+    evaluation: str = ""
+    """The monitor's SloEvaluation behind an automatic decision, as JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """An SLO-gated canary rollout of a candidate version against a baseline."""
+
+    id: str
+    model: str
+    candidate: int
+    baseline: int
+    steps: tuple[RolloutStep, ...]
+    gates: str
+    """The SLO thresholds (the contract's SloThresholds, as JSON) checked before each advance."""
+    min_dwell_s: float
+    min_requests: int
+    evaluation_interval_s: float
+    state: RolloutState = RolloutState.PENDING
+    current_step: int = -1
+    step_started_at: datetime | None = None
+    next_decision_at: datetime | None = None
+    last_evaluation: str = ""
+    """The latest SloEvaluation, as JSON."""
+    decisions: tuple[RolloutDecision, ...] = ()
+    created_by: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    ended_at: datetime | None = None
+    state_detail: str = ""
+    controller: str = ""
+    """The gateway instance whose controller drives it."""
+
+    def step(self, index: int | None = None) -> RolloutStep:
+        """The current step (or ``index``)."""
+        return self.steps[self.current_step if index is None else index]
+
+    def dwell_s(self, step: RolloutStep) -> float:
+        """Minimum time on ``step``."""
+        return self.min_dwell_s if step.min_dwell_s is None else step.min_dwell_s
+
+    def requests_needed(self, step: RolloutStep) -> int:
+        """Minimum candidate requests on ``step``."""
+        return self.min_requests if step.min_requests is None else step.min_requests
+
+
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One change, as the audit log keeps it."""
@@ -192,14 +287,16 @@ class AuditRecord:
     time: datetime
     actor: str
     action: str
-    """snake_case verb: register_version, deploy_version, set_traffic, promote, rollback..."""
+    """``<object>.<verb>``: model_version.register, traffic_policy.set, model.promote, rollout.rollback..."""
     target: str
-    """What changed: ``model`` or ``model/version``."""
+    """What changed, as a path: ``models/churn``, ``models/churn/versions/3``, ``models/churn/rollouts/<id>``."""
     before: str
     """JSON of the object before the change ("" when it did not exist)."""
     after: str
     """JSON of the object after the change ("" when it was removed)."""
     reason: str = ""
+    request_id: str = ""
+    """The request that made the change."""
 
 
 def validate_model_name(name: str) -> str:

@@ -23,7 +23,8 @@ import contextlib
 import dataclasses
 import json
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import aiosqlite
 import asyncpg
 
+from infermesh_chassis import context as ctx
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_model_gateway.domain import (
     AuditRecord,
@@ -39,6 +41,10 @@ from infermesh_model_gateway.domain import (
     ModelFormat,
     ModelRecord,
     ModelVersionRecord,
+    Rollout,
+    RolloutDecision,
+    RolloutState,
+    RolloutStep,
     TensorSchema,
     TrafficPolicy,
     VersionState,
@@ -50,8 +56,8 @@ PRODUCTION = "production"
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 
 _TRANSITIONS: dict[VersionState, frozenset[VersionState]] = {
-    VersionState.REGISTERED: frozenset({VersionState.DEPLOYING}),
-    VersionState.FAILED: frozenset({VersionState.DEPLOYING}),
+    VersionState.REGISTERED: frozenset({VersionState.DEPLOYING, VersionState.RETIRED}),
+    VersionState.FAILED: frozenset({VersionState.DEPLOYING, VersionState.RETIRED}),
     VersionState.DEPLOYING: frozenset({VersionState.SERVING, VersionState.FAILED}),
     VersionState.SERVING: frozenset({VersionState.DRAINING}),
     VersionState.DRAINING: frozenset({VersionState.REGISTERED, VersionState.RETIRED}),
@@ -63,14 +69,20 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS versions (model TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL, "
     "PRIMARY KEY (model, version))",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rollouts (id TEXT PRIMARY KEY, model TEXT NOT NULL, state TEXT NOT NULL, "
+    "created TEXT NOT NULL, doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+    "expires DOUBLE PRECISION NOT NULL)",
 )
 _AUDIT_SQLITE = (
     "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL, "
-    "action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, reason TEXT NOT NULL)"
+    "action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, reason TEXT NOT NULL, "
+    "request_id TEXT NOT NULL)"
 )
 _AUDIT_POSTGRES = (
     "CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, "
-    "action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, reason TEXT NOT NULL)"
+    "action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, reason TEXT NOT NULL, "
+    "request_id TEXT NOT NULL)"
 )
 
 
@@ -265,7 +277,47 @@ def _version_from(doc: dict[str, Any]) -> ModelVersionRecord:
         updated_at=_parse_time(doc.get("updated_at")),
         retired_at=_parse_time(doc.get("retired_at")),
         successor=doc.get("successor"),
+        successor_model=doc.get("successor_model", ""),
         deprecated_until=_parse_time(doc.get("deprecated_until")),
+        retire_reason=doc.get("retire_reason", ""),
+    )
+
+
+def rollout_doc(rollout: Rollout) -> dict[str, Any]:
+    """``rollout`` as a JSON-able document."""
+    doc = dataclasses.asdict(rollout)
+    doc["state"] = rollout.state.value
+    for key in ("step_started_at", "next_decision_at", "created_at", "updated_at", "ended_at"):
+        doc[key] = _time(getattr(rollout, key))
+    doc["decisions"] = [{**dataclasses.asdict(d), "time": _time(d.time)} for d in rollout.decisions]
+    return doc
+
+
+def _rollout_from(doc: dict[str, Any]) -> Rollout:
+    return Rollout(
+        id=doc["id"],
+        model=doc["model"],
+        candidate=int(doc["candidate"]),
+        baseline=int(doc["baseline"]),
+        steps=tuple(RolloutStep(**s) for s in doc["steps"]),
+        gates=doc["gates"],
+        min_dwell_s=float(doc["min_dwell_s"]),
+        min_requests=int(doc["min_requests"]),
+        evaluation_interval_s=float(doc["evaluation_interval_s"]),
+        state=RolloutState(doc["state"]),
+        current_step=int(doc["current_step"]),
+        step_started_at=_parse_time(doc.get("step_started_at")),
+        next_decision_at=_parse_time(doc.get("next_decision_at")),
+        last_evaluation=doc.get("last_evaluation", ""),
+        decisions=tuple(
+            RolloutDecision(**{**d, "time": datetime.fromisoformat(d["time"])}) for d in doc.get("decisions", ())
+        ),
+        created_by=doc.get("created_by", ""),
+        created_at=_parse_time(doc.get("created_at")),
+        updated_at=_parse_time(doc.get("updated_at")),
+        ended_at=_parse_time(doc.get("ended_at")),
+        state_detail=doc.get("state_detail", ""),
+        controller=doc.get("controller", ""),
     )
 
 
@@ -339,6 +391,24 @@ class _Tx:
             raise NotFound(f"model '{model}' has no version {version}")
         return _version_from(json.loads(rows[0][0]))
 
+    async def rollout(self, rollout_id: str) -> Rollout:
+        rows = await self.conn.fetch("SELECT doc FROM rollouts WHERE id = ?", rollout_id)
+        if not rows:
+            raise NotFound(f"no rollout '{rollout_id}'")
+        return _rollout_from(json.loads(rows[0][0]))
+
+    async def put_rollout(self, rollout: Rollout) -> None:
+        assert rollout.created_at is not None
+        await self.conn.execute(
+            "INSERT INTO rollouts (id, model, state, created, doc) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET state = excluded.state, doc = excluded.doc",
+            rollout.id,
+            rollout.model,
+            rollout.state.value,
+            rollout.created_at.isoformat(),
+            _dumps(rollout_doc(rollout)),
+        )
+
     async def put_model(self, record: ModelRecord) -> None:
         await self.conn.execute(
             "INSERT INTO models (name, doc) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
@@ -359,7 +429,8 @@ class _Tx:
         self, action: str, target: str, before: dict[str, Any] | None, after: dict[str, Any] | None
     ) -> None:
         await self.conn.execute(
-            "INSERT INTO audit (time, actor, action, target, before, after, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit (time, actor, action, target, before, after, reason, request_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             _now().isoformat(),
             self.actor,
             action,
@@ -367,6 +438,7 @@ class _Tx:
             _dumps(before),
             _dumps(after),
             self.reason,
+            ctx.current_request_id() or "",
         )
 
 
@@ -407,6 +479,12 @@ class Registry:
             record = _version_from(json.loads(doc))
             by_model.setdefault(record.model, []).append(record)
         return [(m, by_model.get(m.name, [])) for m in (_model_from(json.loads(doc)) for (doc,) in models)]
+
+    async def model_versions(self, model: str) -> list[ModelVersionRecord]:
+        """Every version of ``model``, oldest first."""
+        async with self._db.read() as conn:
+            rows = await conn.fetch("SELECT doc FROM versions WHERE model = ? ORDER BY version", model)
+        return [_version_from(json.loads(doc)) for (doc,) in rows]
 
     async def get_model(self, name: str) -> ModelRecord:
         """One model (NOT_FOUND when unknown)."""
@@ -460,7 +538,7 @@ class Registry:
         before = _token_int(page_token, "page.page_token")
         async with self._db.read() as conn:
             rows = await conn.fetch(
-                "SELECT id, time, actor, action, target, before, after, reason FROM audit "
+                "SELECT id, time, actor, action, target, before, after, reason, request_id FROM audit "
                 "WHERE id < ? AND substr(target, 1, ?) = ? ORDER BY id DESC LIMIT ?",
                 before or 2**62,
                 len(target_prefix),
@@ -470,7 +548,7 @@ class Registry:
         more = len(rows) > page_size
         rows = rows[:page_size]
         records = [
-            AuditRecord(int(r[0]), datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows
+            AuditRecord(int(r[0]), datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows
         ]
         return records, (str(rows[-1][0]) if more else "")
 
@@ -486,14 +564,14 @@ class Registry:
                     name=record.model, owner=record.owner, description=record.description, created_at=now
                 )
                 await tx.put_model(model)
-                await tx.audit("create_model", record.model, None, model_doc(model))
+                await tx.audit("model.create", _model_path(record.model), None, model_doc(model))
             highest = await tx.conn.fetch("SELECT MAX(version) FROM versions WHERE model = ?", record.model)
             number = int(highest[0][0] or 0) + 1
             stored = dataclasses.replace(
                 record, version=number, state=VersionState.REGISTERED, created_at=now, updated_at=now
             )
             await tx.put_version(stored)
-            await tx.audit("register_version", f"{record.model}/{number}", None, version_doc(stored))
+            await tx.audit("model_version.register", _version_path(record.model, number), None, version_doc(stored))
         return stored
 
     async def set_state(
@@ -517,7 +595,9 @@ class Registry:
             if state is VersionState.RETIRED:
                 after = dataclasses.replace(after, retired_at=after.updated_at)
             await tx.put_version(after)
-            await tx.audit(f"state_{state.value}", f"{model}/{version}", version_doc(before), version_doc(after))
+            await tx.audit(
+                f"model_version.{state.value}", _version_path(model, version), version_doc(before), version_doc(after)
+            )
         return after
 
     async def _serving(self, tx: _Tx, model: str, version: int, what: str) -> ModelVersionRecord:
@@ -526,11 +606,26 @@ class Registry:
             raise FailedPrecondition(
                 f"{what}: version {version} of model '{model}' is {record.state.value}, not serving; deploy it first"
             )
+        if record.deprecated_until is not None:
+            raise FailedPrecondition(
+                f"{what}: version {version} of model '{model}' is deprecated and retires at "
+                f"{record.deprecated_until.isoformat()}"
+            )
         return record
+
+    async def _check_routable(self, tx: _Tx, model: ModelRecord, what: str) -> None:
+        """Every version the model's traffic or ``production`` points at is SERVING."""
+        versions = {v for v, w in model.traffic.weights.items() if w > 0}
+        if model.traffic.mirror is not None:
+            versions.add(model.traffic.mirror.version)
+        if PRODUCTION in model.aliases:
+            versions.add(model.aliases[PRODUCTION])
+        for version in sorted(versions):
+            await self._serving(tx, model.name, version, what)
 
     async def _update_model(self, tx: _Tx, action: str, before: ModelRecord, after: ModelRecord) -> ModelRecord:
         await tx.put_model(after)
-        await tx.audit(action, before.name, model_doc(before), model_doc(after))
+        await tx.audit(action, _model_path(before.name), model_doc(before), model_doc(after))
         return after
 
     async def set_traffic(
@@ -562,7 +657,8 @@ class Registry:
                     f"model '{model}' has no production version: give weights, or promote a version first"
                 )
             traffic = dataclasses.replace(policy, weights=weights, revision=before.traffic.revision + 1)
-            return await self._update_model(tx, "set_traffic", before, dataclasses.replace(before, traffic=traffic))
+            after = dataclasses.replace(before, traffic=traffic)
+            return await self._update_model(tx, "traffic_policy.set", before, after)
 
     async def set_alias(self, model: str, alias: str, version: int, *, actor: str, reason: str = "") -> ModelRecord:
         """Point ``alias`` at a SERVING version."""
@@ -574,7 +670,7 @@ class Registry:
             after = dataclasses.replace(before, aliases={**before.aliases, alias: version})
             if alias == PRODUCTION and before.aliases.get(PRODUCTION) != version:
                 after = dataclasses.replace(after, production_history=(*before.production_history, version))
-            return await self._update_model(tx, "set_alias", before, after)
+            return await self._update_model(tx, "alias.set", before, after)
 
     async def delete_alias(self, model: str, alias: str, *, actor: str, reason: str = "") -> ModelRecord:
         """Remove an alias (not ``production`` while un-pinned traffic relies on it)."""
@@ -587,14 +683,14 @@ class Registry:
                     f"un-pinned traffic of '{model}' goes to 'production': set traffic weights before deleting it"
                 )
             aliases = {k: v for k, v in before.aliases.items() if k != alias}
-            return await self._update_model(tx, "delete_alias", before, dataclasses.replace(before, aliases=aliases))
+            return await self._update_model(tx, "alias.delete", before, dataclasses.replace(before, aliases=aliases))
 
     async def promote(self, model: str, version: int, *, actor: str, reason: str = "") -> ModelRecord:
         """``production`` → ``version`` with all un-pinned traffic (a mirror onto it is dropped)."""
         async with self._write(actor, reason) as tx:
             before = await tx.model(model)
             await self._serving(tx, model, version, "promote")
-            return await self._update_model(tx, "promote", before, _with_production(before, version, append=True))
+            return await self._update_model(tx, "model.promote", before, _with_production(before, version, append=True))
 
     async def rollback(self, model: str, *, to_version: int | None = None, actor: str, reason: str = "") -> ModelRecord:
         """``production`` back to the previous production version (or ``to_version``), with all traffic."""
@@ -614,7 +710,163 @@ class Registry:
             else:
                 await self._serving(tx, model, to_version, "rollback")
                 after = _with_production(before, to_version, append=True)
-            return await self._update_model(tx, "rollback", before, after)
+            return await self._update_model(tx, "model.rollback", before, after)
+
+    # --- rollouts ---------------------------------------------------------------------------------
+
+    async def create_rollout(self, rollout: Rollout, *, actor: str, reason: str = "") -> Rollout:
+        """Store a new PENDING rollout (at most one active rollout per model)."""
+        async with self._write(actor, reason) as tx:
+            await tx.model(rollout.model)
+            active = await tx.conn.fetch(
+                "SELECT id FROM rollouts WHERE model = ? AND state IN (?, ?, ?)",
+                rollout.model,
+                *(s.value for s in RolloutState if s.active),
+            )
+            if active:
+                raise FailedPrecondition(
+                    f"model '{rollout.model}' already has an active rollout ({active[0][0]}): abort it first"
+                )
+            await self._serving(tx, rollout.model, rollout.candidate, "candidate_version")
+            await self._serving(tx, rollout.model, rollout.baseline, "baseline_version")
+            now = _now()
+            stored = dataclasses.replace(rollout, created_by=actor, created_at=now, updated_at=now)
+            await tx.put_rollout(stored)
+            await tx.audit("rollout.create", _rollout_path(stored), None, rollout_doc(stored))
+        return stored
+
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        """One rollout (NOT_FOUND when unknown)."""
+        async with self._db.read() as conn:
+            return await _Tx(conn, "", "").rollout(rollout_id)
+
+    async def list_rollouts(
+        self, *, model: str = "", states: frozenset[RolloutState] = frozenset(), page_size: int, page_token: str = ""
+    ) -> tuple[list[Rollout], str]:
+        """Rollouts, newest first, optionally of one model and in some states."""
+        offset = _token_int(page_token, "page.page_token")
+        wanted = sorted(s.value for s in states)
+        sql = "SELECT doc FROM rollouts WHERE (? = '' OR model = ?)"
+        if wanted:
+            sql += f" AND state IN ({', '.join('?' for _ in wanted)})"
+        sql += " ORDER BY created DESC, id DESC LIMIT ? OFFSET ?"
+        async with self._db.read() as conn:
+            rows = await conn.fetch(sql, model, model, *wanted, page_size + 1, offset)
+        more = len(rows) > page_size
+        records = [_rollout_from(json.loads(doc)) for (doc,) in rows[:page_size]]
+        return records, (str(offset + page_size) if more else "")
+
+    async def change_rollout(
+        self,
+        rollout_id: str,
+        change: Callable[[Rollout, ModelRecord], tuple[Rollout, ModelRecord]],
+        *,
+        action: str,
+        actor: str,
+        reason: str = "",
+    ) -> Rollout:
+        """Apply ``change`` to a rollout and its model in one transaction, audited.
+
+        The model's traffic may only point at SERVING versions afterwards; an unchanged model is not
+        written.
+        """
+        async with self._write(actor, reason) as tx:
+            before = await tx.rollout(rollout_id)
+            model = await tx.model(before.model)
+            after, new_model = change(before, model)
+            after = dataclasses.replace(after, updated_at=_now())
+            if new_model != model:
+                if new_model.traffic != model.traffic:
+                    new_model = dataclasses.replace(
+                        new_model, traffic=dataclasses.replace(new_model.traffic, revision=model.traffic.revision + 1)
+                    )
+                await self._check_routable(tx, new_model, f"rollout {rollout_id}")
+                await self._update_model(tx, "traffic_policy.set", model, new_model)
+            await tx.put_rollout(after)
+            await tx.audit(f"rollout.{action}", _rollout_path(after), rollout_doc(before), rollout_doc(after))
+        return after
+
+    async def record_evaluation(self, rollout_id: str, *, evaluation: str, next_decision_at: datetime) -> None:
+        """Store a gate evaluation that changed nothing, and when to evaluate again (no audit entry)."""
+        async with self._db.transaction() as conn:
+            tx = _Tx(conn, "", "")
+            rollout = await tx.rollout(rollout_id)
+            if rollout.state is RolloutState.RUNNING:
+                await tx.put_rollout(
+                    dataclasses.replace(rollout, last_evaluation=evaluation, next_decision_at=next_decision_at)
+                )
+
+    # --- leases ------------------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_s`` unless another holder's is still valid."""
+        now = time.time()
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch("SELECT holder, expires FROM leases WHERE name = ?", name)
+            if rows and rows[0][0] != holder and float(rows[0][1]) > now:
+                return False
+            await conn.execute(
+                "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires",
+                name,
+                holder,
+                now + ttl_s,
+            )
+        return True
+
+    async def lease_holder(self, name: str) -> str:
+        """Who holds the lease ``name`` now ("" when nobody does)."""
+        async with self._db.read() as conn:
+            rows = await conn.fetch("SELECT holder, expires FROM leases WHERE name = ?", name)
+        return str(rows[0][0]) if rows and float(rows[0][1]) > time.time() else ""
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up (only if ``holder`` has it)."""
+        async with self._db.transaction() as conn:
+            await conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", name, holder)
+
+    # --- retirement --------------------------------------------------------------------------------
+
+    async def schedule_retirement(
+        self,
+        model: str,
+        version: int,
+        *,
+        retire_at: datetime,
+        successor: int | None,
+        successor_model: str,
+        actor: str,
+        reason: str = "",
+    ) -> ModelVersionRecord:
+        """Deprecate a version until ``retire_at`` (refused while traffic or an alias points at it)."""
+        async with self._write(actor, reason) as tx:
+            before = await tx.version(model, version)
+            if before.state is VersionState.RETIRED:
+                raise FailedPrecondition(f"version {version} of model '{model}' is already retired")
+            _refuse_if_referenced(await tx.model(model), version, "retire")
+            if successor is not None:
+                target = successor_model or model
+                if target == model and successor == version:
+                    raise InvalidArgument("successor_version: a version cannot succeed itself")
+                await tx.version(target, successor)
+            elif successor_model:
+                await tx.model(successor_model)
+            after = dataclasses.replace(
+                before,
+                deprecated_until=retire_at,
+                successor=successor,
+                successor_model=successor_model,
+                retire_reason=reason,
+                updated_at=_now(),
+            )
+            await tx.put_version(after)
+            path = _version_path(model, version)
+            await tx.audit("model_version.retire", path, version_doc(before), version_doc(after))
+        return after
+
+
+def _rollout_path(rollout: Rollout) -> str:
+    return f"models/{rollout.model}/rollouts/{rollout.id}"
 
 
 def _with_production(model: ModelRecord, version: int, *, append: bool) -> ModelRecord:
@@ -630,6 +882,14 @@ def _with_production(model: ModelRecord, version: int, *, append: bool) -> Model
         history = (*history, version)
     aliases = {**model.aliases, PRODUCTION: version}
     return dataclasses.replace(model, aliases=aliases, traffic=traffic, production_history=history)
+
+
+def _model_path(model: str) -> str:
+    return f"models/{model}"
+
+
+def _version_path(model: str, version: int) -> str:
+    return f"models/{model}/versions/{version}"
 
 
 def _refuse_if_referenced(model: ModelRecord, version: int, what: str) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from infermesh_chassis.errors import FailedPrecondition, NotFound
 from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, VersionState
 
-__all__ = ["PRODUCTION_ALIAS", "Route", "Router"]
+__all__ = ["PRODUCTION_ALIAS", "Route", "Router", "deprecation_warning"]
 
 PRODUCTION_ALIAS = "production"
 
@@ -92,15 +92,37 @@ class _ModelView:
         return self.weighted[bisect.bisect_right(self.cumulative, point)]
 
 
+def _successor(record: ModelVersionRecord) -> str:
+    if record.successor_model:
+        version = f"version {record.successor} of " if record.successor else ""
+        return f"{version}model '{record.successor_model}'"
+    return f"version {record.successor}" if record.successor else ""
+
+
 def _serving(record: ModelVersionRecord) -> ModelVersionRecord:
     if record.state is VersionState.SERVING:
         return record
+    where = f"version {record.version} of model '{record.model}'"
     if record.state is VersionState.RETIRED:
-        successor = f"; use version {record.successor}" if record.successor else ""
-        raise NotFound(f"version {record.version} of model '{record.model}' is retired{successor}")
+        when = record.retired_at.isoformat(timespec="seconds") if record.retired_at else "an earlier date"
+        successor = _successor(record)
+        if successor:
+            raise NotFound(f"{where} was retired at {when}; use {successor}")
+        raise FailedPrecondition(f"{where} was retired at {when} and has no successor")
     raise FailedPrecondition(
-        f"version {record.version} of model '{record.model}' is {record.state.value}, not serving"
+        f"{where} is {record.state.value}, not serving"
         + ("; deploy it first" if record.state in (VersionState.REGISTERED, VersionState.FAILED) else "")
+    )
+
+
+def deprecation_warning(record: ModelVersionRecord) -> str:
+    """The warning for a caller pinning ``record`` while it is deprecated ("" when it is not)."""
+    if record.deprecated_until is None or record.state is not VersionState.SERVING:
+        return ""
+    successor = _successor(record)
+    return (
+        f"version {record.version} of model '{record.model}' is deprecated and retires at "
+        f"{record.deprecated_until.isoformat(timespec='seconds')}" + (f"; move to {successor}" if successor else "")
     )
 
 

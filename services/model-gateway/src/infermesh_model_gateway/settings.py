@@ -62,6 +62,8 @@ class InferenceSettings(BaseModel):
     """Deadline of a mirrored request."""
     event_input_sample_rate: float = Field(0.05, ge=0, le=1)
     """Share of requests whose inputs are attached to their inference event (drift needs them)."""
+    deprecation_header: str = "infermesh-deprecation"
+    """Trailing metadata key that warns callers pinning a deprecated version."""
     server_name: str = "infermesh-model-gateway"
     """Name reported by ServerMetadata."""
     server_version: str = "0.1.0"
@@ -78,6 +80,23 @@ class DeploySettings(BaseModel):
     propagation_s: float = Field(2.0, ge=0)
     """How long other gateway instances get to stop routing to a version before it unloads
     (at least twice ``registry_poll_s`` when several instances share the registry)."""
+
+
+class RolloutSettings(BaseModel):
+    """The rollout controller and the defaults of a rollout spec."""
+
+    tick_s: float = Field(1.0, gt=0)
+    """How often the controller looks at active rollouts and due retirements."""
+    lease_ttl_s: float = Field(10.0, gt=0)
+    """How long a model's controller lease lasts without renewal (another instance takes over after it)."""
+    default_steps: list[float] = [0.0, 1.0, 5.0, 25.0, 50.0, 100.0]
+    """Candidate percent per step when a spec gives none; 0 is a pure shadow step (mirror of every request)."""
+    default_min_dwell_s: float = Field(60.0, ge=0)
+    """Minimum time per step when a spec gives none."""
+    default_min_requests: int = Field(100, ge=0)
+    """Minimum candidate requests per step when a spec gives none."""
+    default_evaluation_interval_s: float = Field(5.0, gt=0)
+    """How often the gates are checked when a spec gives no interval."""
 
 
 class Settings(ServiceSettings):
@@ -101,3 +120,6 @@ class Settings(ServiceSettings):
     workers: WorkerSettings = WorkerSettings()
     inference: InferenceSettings = InferenceSettings()
     deploy: DeploySettings = DeploySettings()
+    rollouts: RolloutSettings = RolloutSettings()
+    monitor_service: str = "monitor"
+    """Discovery name of the monitor (the rollout gates call its CheckSlo)."""
