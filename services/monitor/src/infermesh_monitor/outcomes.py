@@ -316,10 +316,10 @@ class OutcomeQueries:
                 GROUP BY layer, variant, unit_id_hash, scene) AS e
             LEFT JOIN (
                 SELECT unit, max(label_time) AS last_conversion FROM (
-                    SELECT if(f.target_request_id = '', f.unit_id_hash, i.unit_id_hash) AS unit,
+                    SELECT if(f.target_request_id = '', f.unit_id_hash, i.request_unit) AS unit,
                         f.label_time AS label_time
                     FROM feedback_events AS f
-                    LEFT JOIN (SELECT request_id, any(unit_id_hash) AS unit_id_hash FROM inference_events
+                    LEFT JOIN (SELECT request_id, any(unit_id_hash) AS request_unit FROM inference_events
                                WHERE unit_id_hash != '' AND request_id != '' GROUP BY request_id) AS i
                         ON f.target_request_id = i.request_id
                     WHERE f.label_name = {label_name:String}

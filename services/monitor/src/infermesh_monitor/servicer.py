@@ -245,20 +245,18 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         if thresholds.online_metric and thresholds.online_metric not in METRICS:
             raise InvalidArgument(f"unknown online metric {thresholds.online_metric!r} (one of {', '.join(METRICS)})")
         result = await self._slo.check(
-            request.model,
-            request.model_version,
-            request.baseline_version,
-            end - window_s,
-            end,
-            request.min_requests,
-            thresholds,
-            request.source_service,
+            model=request.model,
+            version=request.model_version,
+            baseline_version=request.baseline_version,
+            start_s=end - window_s,
+            end_s=end,
+            min_requests=request.min_requests,
+            thresholds=thresholds,
+            source=request.source_service,
         )
-        return monitor_pb2.CheckSloResponse(
-            evaluation=_evaluation(
-                result, request.model, request.model_version, request.baseline_version, end - window_s, end
-            )
-        )
+        evaluation = _evaluation(result, request.model, request.model_version, request.baseline_version)
+        evaluation.window.CopyFrom(_time_range(end - window_s, end))
+        return monitor_pb2.CheckSloResponse(evaluation=evaluation)
 
     # --- shadow, drift, experiments ------------------------------------------------------------
 

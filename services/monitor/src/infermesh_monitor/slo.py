@@ -179,7 +179,15 @@ class SloGate:
             upper("degraded_rate", figures.degraded_rate, t.max_degraded_rate)
         if t.min_shadow_agreement is not None:
             await self._shadow_criterion(
-                model, version, baseline_version, start_s, end_s, figures, criteria, missing, t
+                model=model,
+                version=version,
+                baseline_version=baseline_version,
+                start_s=start_s,
+                end_s=end_s,
+                figures=figures,
+                criteria=criteria,
+                missing=missing,
+                t=t,
             )
         if t.online_metric:
             await self._online_criterion(
