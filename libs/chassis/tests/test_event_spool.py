@@ -1,0 +1,203 @@
+"""The disk spool keeps batches in order across failures and restarts; retried batches keep their id."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from infermesh.monitor.v1 import monitor_pb2
+from infermesh_chassis.events import (
+    DiskSpool,
+    EventEmitter,
+    SpoolingSink,
+    batch_id,
+    decode_batch,
+    encode_batch,
+    hash_unit_id,
+    new_event,
+    open_event_sink,
+)
+from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.settings import EventSettings
+
+
+def _event(i: int) -> monitor_pb2.Event:
+    return new_event("spool-test", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id=f"r{i}"))
+
+
+def _ids(events: Sequence[monitor_pb2.Event]) -> list[str]:
+    return [e.feedback.target_request_id for e in events]
+
+
+class FlakySink:
+    """Records batches; fails while ``down``."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[monitor_pb2.Event]] = []
+        self.down = False
+        self.attempts: list[str] = []
+        self.closed = False
+
+    async def send(self, events: Sequence[monitor_pb2.Event]) -> None:
+        self.attempts.append(batch_id(e.event_id for e in events))
+        if self.down:
+            raise ConnectionError("queue unreachable")
+        self.batches.append(list(events))
+
+    async def close(self) -> None:
+        self.closed = True
+
+    @property
+    def delivered(self) -> list[str]:
+        return [i for batch in self.batches for i in _ids(batch)]
+
+
+async def _until(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_spool_keeps_order_survives_reopen_and_refuses_when_full(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=10_000, fsync=True)
+    spool.open()
+    payloads = [encode_batch([_event(i)]) for i in range(3)]
+    for payload in payloads:
+        assert spool.append(payload, 1)
+    assert (spool.batches, spool.events) == (3, 3)
+    spool.close()
+
+    reopened = DiskSpool(tmp_path, max_bytes=10_000)
+    reopened.open()
+    assert reopened.directory == tmp_path / "0"
+    assert (reopened.batches, reopened.size_bytes) == (3, sum(map(len, payloads)))
+    oldest = reopened.peek()
+    assert oldest is not None and oldest[1] == payloads[0]
+    with pytest.raises(RuntimeError):
+        reopened.remove(tmp_path / "0" / "elsewhere.batch")
+    reopened.remove(oldest[0])
+    assert reopened.append(encode_batch([_event(3)]), 1)
+    order = []
+    while (item := reopened.peek()) is not None:
+        order.extend(_ids(decode_batch(item[1])))
+        reopened.remove(item[0])
+    assert order == ["r1", "r2", "r3"]
+    assert not reopened.append(b"x" * 10_001, 1)
+
+    second = DiskSpool(tmp_path, max_bytes=10_000)
+    second.open()
+    assert second.directory == tmp_path / "1", "a live process keeps its slot"
+    second.close()
+    reopened.close()
+
+
+async def test_batches_wait_on_disk_while_the_transport_is_down_and_replay_in_order(tmp_path: Path) -> None:
+    inner = FlakySink()
+    metrics = Metrics("spool-test")
+    sink = SpoolingSink(inner, DiskSpool(tmp_path, max_bytes=1 << 20, fsync=False), metrics, max_backoff_s=0.05)
+    sink.start()
+    emitter = EventEmitter(sink, EventSettings(batch_size=10, flush_interval_s=0.01), metrics)
+    emitter.start()
+    for i in range(20):
+        emitter.emit(_event(i))
+    await _until(lambda: len(inner.delivered) == 20)
+    inner.down = True
+    for i in range(20, 60):
+        emitter.emit(_event(i))
+    await _until(lambda: sink.spooled == 40)
+    assert metrics.registry.get_sample_value("infermesh_spool_test_events_spooled") == 40
+    inner.down = False
+    for i in range(60, 70):
+        emitter.emit(_event(i))
+    await _until(lambda: len(inner.delivered) == 70)
+    assert inner.delivered == [f"r{i}" for i in range(70)]
+    assert sink.spooled == 0
+    assert metrics.registry.get_sample_value("infermesh_spool_test_events_replayed_total") >= 40
+    assert metrics.registry.get_sample_value("infermesh_spool_test_events_dropped_total") == 0
+    await emitter.stop()
+    await sink.close()
+    assert inner.closed
+
+
+async def test_what_a_stopped_process_spooled_is_replayed_by_the_next(tmp_path: Path) -> None:
+    down = FlakySink()
+    down.down = True
+    first = SpoolingSink(down, DiskSpool(tmp_path, max_bytes=1 << 20, fsync=False), Metrics("first"))
+    first.start()
+    for i in range(3):
+        await first.send([_event(2 * i), _event(2 * i + 1)])
+    await first.close()
+
+    up = FlakySink()
+    second = SpoolingSink(up, DiskSpool(tmp_path, max_bytes=1 << 20, fsync=False), Metrics("second"))
+    second.start()
+    await second.send([_event(6)])
+    await _until(lambda: len(up.delivered) == 7)
+    assert up.delivered == [f"r{i}" for i in range(7)]
+    await second.close()
+
+
+async def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
+    inner = FlakySink()
+    inner.down = True
+    metrics = Metrics("full")
+    sink = SpoolingSink(inner, DiskSpool(tmp_path, max_bytes=600, fsync=False), metrics, max_backoff_s=0.05)
+    sink.start()
+    for i in range(20):
+        await sink.send([_event(i)])
+    dropped = metrics.registry.get_sample_value("infermesh_full_events_spool_dropped_total")
+    assert dropped and dropped + sink.spooled == 20
+    await sink.close()
+
+
+async def test_a_failed_batch_is_retried_unchanged() -> None:
+    inner = FlakySink()
+    inner.down = True
+    emitter = EventEmitter(
+        inner, EventSettings(batch_size=5, flush_interval_s=0.01), Metrics("retry"), max_backoff_s=0.02
+    )
+    emitter.start()
+    for i in range(3):
+        emitter.emit(_event(i))
+    await _until(lambda: len(inner.attempts) >= 2)
+    for i in range(3, 8):
+        emitter.emit(_event(i))
+    await asyncio.sleep(0.05)
+    inner.down = False
+    await _until(lambda: len(inner.delivered) == 8)
+    assert inner.attempts[0] == inner.attempts[1], "the retry sent another batch"
+    first_batch = inner.batches[0]
+    assert _ids(first_batch) == ["r0", "r1", "r2"], "the failed batch was not re-cut with newer events"
+    assert inner.attempts[0] == batch_id(e.event_id for e in first_batch)
+    assert inner.delivered == [f"r{i}" for i in range(8)]
+    await emitter.stop()
+
+
+async def test_grpc_transport_without_spool_is_the_default(tmp_path: Path) -> None:
+    built: list[str] = []
+
+    class FakeClient:
+        pass
+
+    def client() -> FakeClient:
+        built.append("monitor")
+        return FakeClient()
+
+    sink = open_event_sink(EventSettings(), "svc", Metrics("default-sink"), client)  # type: ignore[arg-type]
+    assert type(sink).__name__ == "MonitorSink" and built == ["monitor"]
+    spooled = open_event_sink(EventSettings(spool_dir=tmp_path), "svc", Metrics("spooled-sink"), client)  # type: ignore[arg-type]
+    assert isinstance(spooled, SpoolingSink)
+    assert (tmp_path / "svc" / "0" / ".lock").exists()
+    await spooled.close()
+
+
+def test_batch_id_and_unit_hash_are_stable() -> None:
+    assert batch_id(["a", "b"]) == batch_id(iter(["a", "b"])) != batch_id(["b", "a"])
+    assert len(batch_id([])) == 32
+    assert hash_unit_id("user-1", "k") == hash_unit_id("user-1", "k") != hash_unit_id("user-1", "other")
+    assert len(hash_unit_id("user-1", "")) == 32
