@@ -159,7 +159,9 @@ async def test_monitor_killed_mid_stream_loses_nothing(nats_server: NatsServer, 
     """SIGKILL the monitor while events stream in; after a restart every event is stored exactly once."""
     events = {"nats_url": nats_server.url, "nats_stream": "RESTART_TEST", "nats_subject": "restart.events"}
     process = MonitorProcess(
-        tmp_path, events=events, ingest={"nats_enabled": True, "fetch_timeout_s": 0.2, "fetch_batch": 8}
+        tmp_path,
+        events=events,
+        ingest={"nats_enabled": True, "fetch_timeout_s": 0.2, "fetch_batch": 8, "ack_wait_s": 2.0},
     )
     process.start()
     model = f"restart-{uuid.uuid4().hex[:8]}"
