@@ -416,6 +416,19 @@ def settings_class(service: str) -> type[ServiceSettings]:
     return cls
 
 
+def stack_settings(service: str, monkeypatch: pytest.MonkeyPatch) -> ServiceSettings:
+    """The service's settings as its container gets them: the image's environment, then the compose file's."""
+    cls = settings_class(service)
+    prefix = str(cls.model_config["env_prefix"])
+    for key in [k for k in os.environ if k.startswith(prefix)]:
+        monkeypatch.delenv(key)
+    env = env_of(parse_dockerfile(dockerfile(service))[-1]) | environment(service)
+    for key, value in env.items():
+        if key.startswith(prefix):
+            monkeypatch.setenv(key, value)
+    return load_settings(cls)
+
+
 def unknown_settings(cls: type[ServiceSettings], env: dict[str, str]) -> list[str]:
     """Variables with the service's prefix that name no setting (pydantic-settings ignores those silently)."""
     prefix = str(cls.model_config["env_prefix"])
@@ -560,15 +573,9 @@ def test_services_are_built_from_their_own_dockerfile(service: str):
 @pytest.mark.parametrize("service", SERVICES)
 def test_services_settings_from_the_stack_load(service: str, monkeypatch: pytest.MonkeyPatch):
     cls = settings_class(service)
-    prefix = str(cls.model_config["env_prefix"])
     env = env_of(parse_dockerfile(dockerfile(service))[-1]) | environment(service)
     assert unknown_settings(cls, env) == []
-    for key in [k for k in os.environ if k.startswith(prefix)]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        if key.startswith(prefix):
-            monkeypatch.setenv(key, value)
-    settings = load_settings(cls)
+    settings = stack_settings(service, monkeypatch)
 
     resolved = project(None)
     assert settings.discovery.backend == "consul"
@@ -576,6 +583,13 @@ def test_services_settings_from_the_stack_load(service: str, monkeypatch: pytest
     assert consul.hostname in resolved["services"] and consul.port == 8500
     assert settings.grpc.host == "0.0.0.0" and settings.metrics.host == "0.0.0.0"
     assert settings.grpc.advertise_host == service, "other containers reach it by its compose name"
+    # Events reach the monitor through the stack's NATS, spooled in the service's data volume meanwhile.
+    assert settings.events.transport == "nats"
+    nats = urlsplit(settings.events.nats_url)
+    assert nats.hostname in resolved["services"] and nats.port == 4222
+    volumes = [m["target"] for m in resolved["services"][service]["volumes"] if m["type"] == "volume"]
+    assert settings.events.spool_dir is not None
+    assert any(settings.events.spool_dir.is_relative_to(target) for target in volumes)
     published = {p["target"] for p in resolved["services"][service]["ports"]}
     assert settings.grpc.port in published
     assert published <= set(port_settings(settings.model_dump())), "a published port nothing listens on"
@@ -588,6 +602,17 @@ def port_settings(values: dict[str, Any]) -> Iterator[int]:
             yield from port_settings(value)
         elif key == "port" and isinstance(value, int):
             yield value
+
+
+def test_monitor_stores_into_the_stacks_clickhouse(monkeypatch: pytest.MonkeyPatch):
+    settings: Any = stack_settings("monitor", monkeypatch)
+    clickhouse = project(None)["services"]["clickhouse"]["environment"]
+    assert settings.ingest.nats_enabled
+    assert settings.storage.backend == "clickhouse"
+    assert urlsplit(settings.storage.clickhouse_url).hostname == "clickhouse"
+    assert settings.storage.clickhouse_user == clickhouse["CLICKHOUSE_USER"]
+    assert settings.storage.clickhouse_password.get_secret_value() == clickhouse["CLICKHOUSE_PASSWORD"]
+    assert settings.storage.database == clickhouse["CLICKHOUSE_DB"]
 
 
 def test_unknown_settings_are_caught():
