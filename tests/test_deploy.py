@@ -459,10 +459,13 @@ def known_metrics() -> set[str]:
         EventEmitter(sink=None, settings=EventSettings(), metrics=metrics)  # type: ignore[arg-type]
         families = list(metrics.registry.collect())
         for source in (ROOT / "services" / service / "src").rglob("*.py"):
-            for kind, name in re.findall(r"\.(counter|gauge|histogram)\(\s*\"(\w+)\"", source.read_text()):
+            text = source.read_text()
+            for kind, name in re.findall(r"\.(counter|gauge|histogram)\(\s*\"(\w+)\"", text):
                 names.add(f"{metrics.prefix}_{name}" + ("_total" if kind == "counter" else ""))
                 if kind == "histogram":
                     names |= {f"{metrics.prefix}_{name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+            # Families a custom collector builds under the service's prefix (the monitor's windows).
+            names |= {f"{metrics.prefix}_{name}" for name in re.findall(r"f\"\{[\w.]*prefix\}_(\w+)\"", text)}
         for family in families:
             if family.type == "counter":
                 names.add(f"{family.name}_total")
