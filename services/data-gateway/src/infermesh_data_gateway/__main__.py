@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from infermesh.datagateway.v1 import data_gateway_pb2_grpc
 from infermesh_chassis.app import Runtime, run_service
+from infermesh_data_gateway.gateway import DataGateway
+from infermesh_data_gateway.push import NatsPushSubscriber
+from infermesh_data_gateway.servicer import SERVICE_NAME, DataGatewayServicer
 from infermesh_data_gateway.settings import Settings
 
 
 async def build(settings: Settings, runtime: Runtime) -> None:
-    """Add the service's servicers to ``runtime.server``; its RPCs arrive with issue #4."""
+    """Load the definitions, open the sources, subscribe to pushes, and add the servicer."""
+    gateway = DataGateway(settings, runtime.metrics)
+    runtime.on_stop(gateway.stop)
+    await gateway.start()
+    if settings.nats.url:
+        subscriber = NatsPushSubscriber(gateway, settings.nats, runtime.metrics)
+        await subscriber.start()
+        runtime.on_stop(subscriber.stop)
+    runtime.server.add_servicer(
+        data_gateway_pb2_grpc.add_DataGatewayServiceServicer_to_server, DataGatewayServicer(gateway), SERVICE_NAME
+    )
 
 
 def main() -> None:

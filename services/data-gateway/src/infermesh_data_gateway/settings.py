@@ -1,10 +1,45 @@
-"""Settings of the data gateway: the chassis' settings under the ``DATA_GATEWAY_`` prefix."""
+"""Settings of the data gateway: the chassis' settings under the ``DATA_GATEWAY_`` prefix, plus where
+the feature definitions are, the batch engines, push over NATS and request limits."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from infermesh_chassis.settings import ServiceSettings
+
+_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "churn"
+
+
+def _default_definitions() -> Path | None:
+    return _EXAMPLE if _EXAMPLE.is_dir() else None
+
+
+class SparkSettings(BaseModel):
+    """The Spark engine for batch work beyond one machine (the ``spark`` extra: pyspark)."""
+
+    master: str = "local[2]"
+    """Spark master URL: ``local[N]`` runs in process, ``spark://host:7077`` on a cluster."""
+    bind_address: str = "127.0.0.1"
+    """Address the driver binds and advertises."""
+    shuffle_partitions: int = Field(4, ge=1)
+    """``spark.sql.shuffle.partitions``."""
+    config: dict[str, str] = {}
+    """Any further Spark configuration (``spark.executor.memory``...)."""
+
+
+class NatsSettings(BaseModel):
+    """Feature rows pushed over NATS (the same validation and writes as PushFeatures)."""
+
+    url: str = ""
+    """NATS server URL (``nats://127.0.0.1:4222``); empty: no subscription."""
+    subject: str = "infermesh.features.push"
+    """Subject of push messages (a PushFeaturesRequest, protobuf or JSON)."""
+    queue_group: str = "data-gateway"
+    """Queue group: each message is handled by one gateway instance."""
 
 
 class Settings(ServiceSettings):
@@ -17,3 +52,19 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="DATA_GATEWAY_")
 
     service_name: str = "data-gateway"
+    definitions: Path | None = Field(default_factory=_default_definitions)
+    """Folder (or file) of feature definitions; default: the bundled churn example; None: serve none."""
+    definitions_reload_s: float = Field(5.0, ge=0)
+    """How often the definitions are checked for changes (0: never); a new version becomes current."""
+    keep_versions: int = Field(5, ge=1)
+    """Definition versions kept addressable by ``definition_version``."""
+    max_entities: int = Field(1000, ge=1)
+    """Most entities in one GetFeatures call."""
+    write_timeout_s: float = Field(10.0, gt=0)
+    """Deadline of one write batch to an online store (push, materialization)."""
+    batch_engine: Literal["local", "spark"] = "local"
+    """Engine of batch work when a request does not name one."""
+    training_chunk_rows: int = Field(10_000, ge=1)
+    """Rows per streamed training-set chunk when the request does not say."""
+    spark: SparkSettings = SparkSettings()
+    nats: NatsSettings = NatsSettings()

@@ -41,6 +41,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
@@ -302,6 +304,9 @@ class RedisSource(Source):
             timeout=definition.timeout_s,
             socket_timeout=definition.timeout_s,
             socket_connect_timeout=definition.timeout_s,
+            # One immediate retry on a broken connection: after a Redis restart the pooled ones are stale.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[aioredis.ConnectionError],
         )
         self.client = aioredis.Redis(connection_pool=pool)
         self._script = self.client.register_script(_WRITE_IF_NEWER)
@@ -405,6 +410,7 @@ class SqlSource(Source):
         self._pg_pool: asyncpg.Pool | None = None
         self._sqlite: asyncio.Queue[aiosqlite.Connection] | None = None
         self._opened: list[aiosqlite.Connection] = []
+        self._opening: asyncio.Task[asyncio.Queue[aiosqlite.Connection]] | None = None
         self._lock = asyncio.Lock()
         self._created: set[str] = set()
         self.dialect = definition.kind
@@ -431,20 +437,26 @@ class SqlSource(Source):
         path = Path(str(self.definition.options["path"]))
         return path if path.is_absolute() else self.definition.base_dir / path
 
+    async def _open_sqlite(self) -> asyncio.Queue[aiosqlite.Connection]:
+        path = self._sqlite_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        queue: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        for index in range(self.definition.pool_size):
+            conn = await aiosqlite.connect(path, timeout=max(self.timeout_s, 1.0))
+            self._opened.append(conn)
+            if index == 0:  # readers beside a writer; needs the only connection, and is kept by the file
+                with contextlib.suppress(aiosqlite.OperationalError):
+                    await conn.execute("PRAGMA journal_mode=WAL")
+            queue.put_nowait(conn)
+        return queue
+
     @contextlib.asynccontextmanager
     async def _sqlite_conn(self) -> Any:
         if self._sqlite is None:
-            async with self._lock:
-                if self._sqlite is None:
-                    path = self._sqlite_path()
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    queue: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
-                    for _ in range(self.definition.pool_size):
-                        conn = await aiosqlite.connect(path, timeout=max(self.timeout_s, 1.0))
-                        await conn.execute("PRAGMA journal_mode=WAL")
-                        self._opened.append(conn)
-                        queue.put_nowait(conn)
-                    self._sqlite = queue
+            if self._opening is None or (self._opening.done() and self._opening.exception() is not None):
+                self._opening = asyncio.create_task(self._open_sqlite())
+            # Shielded: a cancelled caller must not leave a connection thread half-open.
+            self._sqlite = await asyncio.shield(self._opening)
         conn = await self._sqlite.get()
         try:
             yield conn
@@ -470,6 +482,8 @@ class SqlSource(Source):
         if self._pg_pool is not None:
             await self._pg_pool.close()
             self._pg_pool = None
+        if self._opening is not None:
+            await asyncio.gather(self._opening, return_exceptions=True)
         for conn in self._opened:
             await conn.close()
         self._opened.clear()
