@@ -33,9 +33,10 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import itertools
 import os
 import re
-import uuid
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ __all__ = [
     "ensure_stream",
     "hash_unit_id",
     "new_event",
+    "new_event_id",
     "open_event_sink",
 ]
 
@@ -184,19 +186,37 @@ class EventEmitter(Generic[E]):
             self._batch = None
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "little"))
+
+
+def new_event_id() -> str:
+    """A unique event id: 64 random bits drawn once per process, then a 64-bit counter (32 hex digits).
+
+    As unique as a random UUID across processes, and cheap enough to stamp every served request.
+    """
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
 def new_event(service: str, instance: str, **payload: object) -> monitor_pb2.Event:
     """An ``Event`` with a fresh id, the current time, its source and the current request id.
 
     ``payload`` is one of the envelope's oneof fields, e.g. ``inference=InferenceEvent(...)``.
+    Built field by field (a few microseconds): it runs on the serving path of every request.
     """
     event = monitor_pb2.Event(
-        event_id=uuid.uuid4().hex,
+        event_id=new_event_id(),
         schema_version=EVENT_SCHEMA_VERSION,
-        source=monitor_pb2.EventSource(service=service, instance=instance),
         request_id=ctx.current_request_id() or "",
         **payload,  # type: ignore[arg-type]
     )
-    event.time.GetCurrentTime()
+    source = event.source
+    source.service = service
+    source.instance = instance
+    now = time.time_ns()
+    stamp = event.time
+    stamp.seconds = now // 1_000_000_000
+    stamp.nanos = now % 1_000_000_000
     return event
 
 
@@ -207,11 +227,8 @@ def hash_unit_id(unit_id: str, key: str) -> str:
 
 def batch_id(event_ids: Iterable[str]) -> str:
     """The id of a batch, derived from its event ids in order (see ``EventBatch`` in monitor.proto)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for event_id in event_ids:
-        digest.update(event_id.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+    text = "\n".join(event_ids)
+    return hashlib.blake2b(f"{text}\n".encode() if text else b"", digest_size=16).hexdigest()
 
 
 def encode_batch(events: Sequence[monitor_pb2.Event]) -> bytes:

@@ -3,7 +3,9 @@
 One durable pull consumer (``ingest.nats_durable``) on the events stream, shared by every
 monitor instance. Each fetch takes up to ``fetch_batch`` messages, stores all of them in one
 insert (:class:`~infermesh_monitor.ingest.Ingestor`), and only then acknowledges each with a
-confirmed ack (``ack_sync``). When storing fails nothing is acknowledged: the messages come back
+confirmed ack (``ack_sync``). Fetching, storing and acknowledging overlap: the next messages are
+fetched while the current ones are stored, and acknowledged while the next ones are. When
+storing fails nothing is acknowledged: the messages come back
 after ``ack_wait_s`` (or at once, negatively acknowledged) and are stored exactly once. A message
 that is not an ``EventBatch`` at all is acknowledged and counted, so it cannot block the stream.
 When NATS is unreachable the consumer keeps reconnecting in the background; the monitor keeps
@@ -97,35 +99,59 @@ class JetStreamConsumer:
                 await self._close()
 
     async def _consume(self, subscription: Any) -> None:
+        """Fetch, store and acknowledge as a pipeline: the next fetch runs while a batch is stored."""
+        fetched: asyncio.Queue[list[Any] | None] = asyncio.Queue(maxsize=2)
+        fetcher = asyncio.get_running_loop().create_task(self._fetch(subscription, fetched), name="jetstream-fetch")
+        acks: set[asyncio.Task[None]] = set()
+        try:
+            while (messages := await fetched.get()) is not None:
+                try:
+                    await self._ingestor.ingest([message.data for message in messages])
+                except StoreError as exc:
+                    self._failures.inc(len(messages))
+                    _log.error("queue_store_failed", error=str(exc), messages=len(messages))
+                    for message in messages:
+                        with contextlib.suppress(nats.errors.Error):
+                            await message.nak(delay=1.0)
+                    await asyncio.sleep(1.0)
+                    continue
+                ack = asyncio.get_running_loop().create_task(self._ack_all(messages))
+                acks.add(ack)
+                ack.add_done_callback(acks.discard)
+        finally:
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+            if acks:
+                await asyncio.gather(*acks)
+
+    async def _fetch(self, subscription: Any, fetched: asyncio.Queue[list[Any] | None]) -> None:
         polls = 0
-        while not self._stopping.is_set():
-            try:
-                messages = await subscription.fetch(self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s)
-            except TimeoutError:
-                messages = []
-            except nats.errors.Error as exc:
-                if isinstance(exc, nats.errors.ConnectionClosedError):
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await subscription.fetch(
+                        self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
+                    )
+                except TimeoutError:
+                    messages = []
+                except nats.errors.ConnectionClosedError:
                     return
-                _log.info("queue_fetch_failed", error=str(exc))
-                await asyncio.sleep(0.2)
-                continue
-            polls += 1
-            if polls % 20 == 1:
-                await self._observe(subscription)
-            if not messages:
-                continue
-            try:
-                await self._ingestor.ingest([message.data for message in messages])
-            except StoreError as exc:
-                self._failures.inc(len(messages))
-                _log.error("queue_store_failed", error=str(exc), messages=len(messages))
-                for message in messages:
-                    with contextlib.suppress(nats.errors.Error):
-                        await message.nak(delay=1.0)
-                await asyncio.sleep(1.0)
-                continue
-            await asyncio.gather(*(self._ack(message) for message in messages))
-            self._messages.inc(len(messages))
+                except nats.errors.Error as exc:
+                    _log.info("queue_fetch_failed", error=str(exc))
+                    await asyncio.sleep(0.2)
+                    continue
+                polls += 1
+                if polls % 20 == 1:
+                    await self._observe(subscription)
+                if messages:
+                    await fetched.put(messages)
+        finally:
+            await fetched.put(None)
+
+    async def _ack_all(self, messages: list[Any]) -> None:
+        await asyncio.gather(*(self._ack(message) for message in messages))
+        self._messages.inc(len(messages))
 
     @staticmethod
     async def _ack(message: Any) -> None:

@@ -13,9 +13,9 @@ De-duplication, in two layers:
   ``pending`` (the process died between writing and recording) has the rows of that insert
   deleted (by ``insert_id``) before it is stored again, so it ends up stored once.
 - **Events**, within a horizon: the ids of the last ``recent_event_ids`` events are remembered,
-  so the same event re-sent inside a different batch (a client re-batching its retries) is
-  dropped too. Beyond that horizon such a duplicate collapses when ClickHouse merges parts (the
-  tables are ReplacingMergeTree keyed by event id).
+  so the same event re-sent inside a different batch (a client re-batching its retries; the
+  chassis emitter never does) is dropped too. Beyond that horizon such a duplicate is stored again
+  (in the low-volume tables it collapses when ClickHouse merges parts; see :mod:`.schema`).
 
 Calls are serialized: one insert at a time, each as large as what arrived together.
 """

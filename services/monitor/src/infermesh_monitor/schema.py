@@ -10,10 +10,13 @@ kept raw and decoded when a report reads them). Python never touches an event fi
 path: it only reads ids and payload kinds to de-duplicate and route.
 
 Every event table is partitioned by day, expires by a TTL, and is sorted for the queries that
-read it (``ORDER BY`` starts with what they filter on). They are ReplacingMergeTree on a key that
-ends with ``event_id``, so an exact duplicate that ever got past ingest de-duplication collapses
-when parts merge. ``insert_id`` names the insert a row came from, which lets an insert that was
-cut short (a crash between storing and acknowledging) be removed and done again exactly once.
+read it (``ORDER BY`` starts with what they filter on). The low-volume event tables (shadow,
+exposure, audit, feedback) are ReplacingMergeTree on a key that ends with ``event_id``, so an exact
+duplicate that ever got past ingest de-duplication collapses when parts merge; the hot
+``inference_events`` is a plain MergeTree (a Replacing engine de-duplicates every inserted block
+and tripled the cost of an insert) and relies on ingest de-duplication alone. ``insert_id`` names
+the insert a row came from, which lets an insert that was cut short (a crash between storing and
+acknowledging) be removed and done again exactly once.
 """
 
 from __future__ import annotations
@@ -352,8 +355,8 @@ def _tables(s: StorageSettings) -> list[_Table]:
                 ("feature_service", "LowCardinality(String)"),
                 ("definition_version", "LowCardinality(String)"),
             ],
-            "ReplacingMergeTree",
-            "(model, model_version, source_service, time, event_id)",
+            "MergeTree",
+            "(model, model_version, source_service, time)",
             "toDate(time)",
             events_ttl,
             (
@@ -564,10 +567,9 @@ _VIEWS: dict[str, tuple[str, str]] = {
         f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, source_service, inference_scene AS scene,
             inference_model AS model, inference_model_version AS model_version,
             s.1 AS feature, s.2 AS value, s.3 AS category, s.4 AS numeric
-        FROM events_in_inference
+        FROM (SELECT * FROM events_in_inference WHERE notEmpty(inference_sampled_inputs))
         ARRAY JOIN arrayFlatten(arrayMap((k, v) -> infermesh_feature_samples(k, v, greatest(inference_batch_size, 1)),
-            mapKeys(inference_sampled_inputs), mapValues(inference_sampled_inputs))) AS s
-        WHERE notEmpty(inference_sampled_inputs)""",
+            mapKeys(inference_sampled_inputs), mapValues(inference_sampled_inputs))) AS s""",
     ),
     "shadow_events": (
         "events_in_shadow",

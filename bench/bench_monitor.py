@@ -1,0 +1,481 @@
+"""What monitoring costs and how much it takes: sustained ingest through NATS JetStream into chdb,
+and the serving-path cost of emitting an event per call.
+
+1. **Ingest.** A real nats-server (JetStream, temp store) and a real monitor process (chdb in a
+   temp dir, consuming the stream). A publisher process publishes event batches as the chassis'
+   NatsSink does (one ``EventBatch`` per message, ``Nats-Msg-Id`` = batch id, PubAck awaited) for
+   ``--seconds``, as fast as the monitor keeps up with (a bounded backlog). The monitor's own
+   counter of stored events and a count of the stored rows give ``stored``; ``lost = sent - stored``.
+   The monitor's RSS is sampled every second: peak, and at the start and end of the sustained run.
+2. **Serving overhead.** A chassis gRPC service (echo, 1 KiB) run as its own process, once plain
+   and once emitting one inference event per call through ``runtime.event_emitter()`` (NATS
+   transport), driven by one client process at concurrency 16; the runs alternate, best of each.
+
+Ends with one JSON line ``{"bench": "monitor_ingest", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+
+SERVICE = "bench.Echo"
+PAYLOAD = b"x" * 1024
+BATCH = 1000
+MODEL = "bench-churn"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _rss_mib(pid: int, field: str = "VmRSS") -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
+def _read_int(path: Path) -> int:
+    """The integer a file holds (0 when it does not exist yet or is being written)."""
+    try:
+        return int(path.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- the publisher ----------------------------------------------------------------------------------
+
+
+def _template() -> tuple[bytes, list[int]]:
+    """One serialized EventBatch of BATCH model-gateway inference events, and the offset of each event id."""
+    import numpy as np  # noqa: PLC0415
+
+    from infermesh.common.v1 import common_pb2  # noqa: PLC0415
+    from infermesh.monitor.v1 import monitor_pb2  # noqa: PLC0415
+    from infermesh_chassis.events import encode_batch, new_event  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    events = []
+    for i in range(BATCH):
+        inference = monitor_pb2.InferenceEvent(
+            model=MODEL,
+            model_version=1 + i % 2,
+            worker=f"triton-{i % 3}",
+            latency_ms=float(rng.lognormal(0.5, 0.4)),
+            status_code=14 if i % 200 == 0 else 0,
+            batch_size=1,
+            hop_latencies=[common_pb2.HopLatency(hop="triton", latency_ms=0.8)],
+            outputs=[
+                common_pb2.Tensor(
+                    name="probabilities",
+                    datatype="FP32",
+                    shape=[1, 2],
+                    raw_contents=np.array([0.3, 0.7], dtype=np.float32).tobytes(),
+                )
+            ],
+        )
+        if i % 100 == 0:
+            inference.sampled_inputs["input"].double_list.values.extend(rng.normal(size=4).tolist())
+        event = new_event("model-gateway", "bench-gw", inference=inference)
+        event.event_id = "0" * 32
+        event.request_id = uuid.uuid4().hex
+        events.append(event)
+    payload = encode_batch(events)
+    offsets, start = [], 0
+    marker = b"\n\x20" + b"0" * 32
+    while (found := payload.find(marker, start)) >= 0:
+        offsets.append(found + 2)
+        start = found + 34
+    assert len(offsets) == BATCH, "event ids not found in the template"
+    return payload, offsets
+
+
+async def _publish(url: str, seconds: float, max_backlog: int, progress: Path) -> None:
+    from infermesh_chassis.events import batch_id, connect_nats, ensure_stream  # noqa: PLC0415
+    from infermesh_chassis.settings import EventSettings  # noqa: PLC0415
+
+    settings = EventSettings(nats_url=url)
+    template, offsets = _template()
+    nc = await connect_nats(settings, "bench-publisher")
+    js = nc.jetstream(timeout=10)
+    await ensure_stream(js, settings)
+    prefix = os.urandom(8).hex()
+    sent = 0
+    in_flight: set[asyncio.Task[object]] = set()
+    began = time.monotonic()
+    next_report = began
+    while time.monotonic() - began < seconds:
+        stored = _read_int(progress)
+        if sent - stored > max_backlog or len(in_flight) >= 8:
+            if in_flight:
+                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(0.01)
+            continue
+        payload = bytearray(template)
+        ids = []
+        for i, offset in enumerate(offsets):
+            event_id = f"{prefix}{sent + i:016x}"
+            payload[offset : offset + 32] = event_id.encode()
+            ids.append(event_id)
+        headers = {"Nats-Msg-Id": batch_id(ids)}
+        in_flight.add(
+            asyncio.ensure_future(js.publish("infermesh.events.model-gateway", bytes(payload), headers=headers))
+        )
+        sent += BATCH
+        if time.monotonic() >= next_report:
+            next_report += 1.0
+    if in_flight:
+        await asyncio.gather(*in_flight)
+    elapsed = time.monotonic() - began
+    await nc.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "sent": sent,
+                "publish_s": elapsed,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "peak_rss_mib": _rss_mib(os.getpid(), "VmHWM"),
+            }
+        ),
+        flush=True,
+    )
+
+
+# --- the serving-path measurement ------------------------------------------------------------------
+
+
+async def _serve(kind: str, port_file: Path, nats_url: str) -> None:
+    from infermesh.common.v1 import common_pb2  # noqa: PLC0415
+    from infermesh.monitor.v1 import monitor_pb2  # noqa: PLC0415
+    from infermesh_chassis.app import Runtime  # noqa: PLC0415
+    from infermesh_chassis.events import new_event  # noqa: PLC0415
+    from infermesh_chassis.logs import configure_logging  # noqa: PLC0415
+    from infermesh_chassis.settings import ServiceSettings  # noqa: PLC0415
+
+    configure_logging("bench-serving", "WARNING")
+    settings = ServiceSettings(service_name="bench-serving", events={"transport": "nats", "nats_url": nats_url})
+    runtime = Runtime.create(settings)
+    emitter = runtime.event_emitter() if kind == "emit" else None
+    outputs = [common_pb2.Tensor(name="probabilities", datatype="FP32", shape=[1, 2], raw_contents=b"\0" * 8)]
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        began = time.perf_counter()
+        if emitter is not None:
+            emitter.emit(
+                new_event(
+                    "model-gateway",
+                    "bench-1",
+                    inference=monitor_pb2.InferenceEvent(
+                        model=MODEL,
+                        model_version=1,
+                        worker="triton-0",
+                        latency_ms=(time.perf_counter() - began) * 1000,
+                        batch_size=1,
+                        outputs=outputs,
+                    ),
+                )
+            )
+        return request
+
+    handler = grpc.method_handlers_generic_handler(SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    runtime.server.add_generic_handlers([handler], SERVICE)
+    await runtime.server.start()
+    await asyncio.to_thread(port_file.write_text, str(runtime.server.port))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runtime.close()
+
+
+async def _drive(address: str, concurrency: int, seconds: float, server_pid: int) -> tuple[float, float]:
+    """Calls per second at ``concurrency``, and the server's CPU microseconds per call."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        echo = channel.unary_unary(f"/{SERVICE}/Echo")
+        done = 0
+        measuring = False
+        stop_at = time.monotonic() + 1.0 + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop_at:
+                await echo(PAYLOAD, timeout=5)
+                if measuring:
+                    done += 1
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+        await asyncio.sleep(1.0)
+        measuring = True
+        began = time.monotonic()
+        cpu_before = _cpu_s(server_pid)
+        await asyncio.gather(*workers)
+        cpu = _cpu_s(server_pid) - cpu_before
+        return done / (time.monotonic() - began), cpu / max(1, done) * 1e6
+
+
+def _start_server(kind: str, workdir: Path, nats_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = workdir / f"{kind}.port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", kind, "--port-file", str(port_file), "--nats", nats_url]
+    )
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{kind} server did not start")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{port_file.read_text()}"
+
+
+async def _serving_overhead(workdir: Path, nats_url: str, rounds: int, seconds: float) -> dict[str, float]:
+    """Best throughput and lowest server CPU per call of each variant over alternating runs."""
+    best = {"plain": 0.0, "emit": 0.0}
+    cpu = {"plain": float("inf"), "emit": float("inf")}
+    rss = {"plain": 0.0, "emit": 0.0}
+    for _ in range(rounds):
+        for kind in ("plain", "emit"):
+            proc, address = _start_server(kind, workdir, nats_url)
+            try:
+                rps, cpu_us = await _drive(address, 16, seconds, proc.pid)
+                best[kind] = max(best[kind], rps)
+                cpu[kind] = min(cpu[kind], cpu_us)
+                rss[kind] = max(rss[kind], _rss_mib(proc.pid, "VmHWM"))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+    return {
+        "plain_rps": best["plain"],
+        "emit_rps": best["emit"],
+        "overhead_pct": (1 - best["emit"] / best["plain"]) * 100,
+        "plain_cpu_us_per_call": cpu["plain"],
+        "emit_cpu_us_per_call": cpu["emit"],
+        "plain_peak_rss_mib": rss["plain"],
+        "emit_peak_rss_mib": rss["emit"],
+    }
+
+
+# --- the ingest measurement ------------------------------------------------------------------------
+
+
+def _scrape(port: int, name: str) -> float:
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def _stored_rows(address: str) -> int:
+    from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc  # noqa: PLC0415
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await monitor_pb2_grpc.MonitorServiceStub(channel).QueryStats(
+            monitor_pb2.QueryStatsRequest(
+                window=monitor_pb2.STATS_WINDOW_1H, filter=monitor_pb2.StatsFilter(model=MODEL)
+            ),
+            timeout=60,
+        )
+    return sum(row.count for row in reply.rows)
+
+
+def _start_nats(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js",
+         "-sd", str(workdir / "js")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _wait_port(port)
+    return proc, f"nats://127.0.0.1:{port}"
+
+
+def _start_monitor(workdir: Path, nats_url: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    grpc_port, metrics_port = _free_port(), _free_port()
+    config = workdir / "monitor.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "grpc": {"port": grpc_port},
+                "metrics": {"port": metrics_port},
+                "logging": {"level": "WARNING"},
+                "storage": {"chdb_path": str(workdir / "chdb")},
+                "events": {"nats_url": nats_url},
+                "ingest": {"nats_enabled": True, "fetch_batch": 32, "fetch_timeout_s": 0.5},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infermesh_monitor", "--config", str(config)], env=env, stdout=subprocess.DEVNULL
+    )
+    _wait_port(grpc_port, 120)
+    _wait_port(metrics_port, 30)
+    return proc, grpc_port, metrics_port
+
+
+def _ingest(workdir: Path, nats: subprocess.Popen[bytes], nats_url: str, seconds: float) -> dict[str, float]:
+    """Publish for ``seconds`` and wait until the monitor stored everything; figures of the run."""
+    monitor, grpc_port, metrics_port = _start_monitor(workdir, nats_url)
+    try:
+        progress = workdir / "stored"
+        publisher = subprocess.Popen(
+            [sys.executable, __file__, "--publish", nats_url, "--seconds", str(seconds),
+             "--progress", str(progress), "--backlog", str(40 * BATCH)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        began = time.monotonic()
+        cpu_before = {"monitor": _cpu_s(monitor.pid), "nats": _cpu_s(nats.pid)}
+        rss: list[tuple[float, float]] = []
+        stored = 0.0
+        while publisher.poll() is None:
+            stored = _scrape(metrics_port, "infermesh_monitor_events_ingested_total")
+            progress.write_text(str(int(stored)))
+            rss.append((time.monotonic() - began, _rss_mib(monitor.pid)))
+            time.sleep(0.25)
+        out, _ = publisher.communicate()
+        published = json.loads(out.strip().splitlines()[-1])
+        deadline = time.monotonic() + 300
+        while stored < published["sent"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            stored = _scrape(metrics_port, "infermesh_monitor_events_ingested_total")
+            rss.append((time.monotonic() - began, _rss_mib(monitor.pid)))
+        ingest_s = time.monotonic() - began
+        steady = [value for t, value in rss if t >= 2.0]
+        third = max(1, len(steady) // 3)
+        return {
+            "sent": published["sent"],
+            "stored": stored,
+            "rows": asyncio.run(_stored_rows(f"127.0.0.1:{grpc_port}")),
+            "ingest_s": ingest_s,
+            "publish_s": published["publish_s"],
+            "monitor_cpu_s": _cpu_s(monitor.pid) - cpu_before["monitor"],
+            "nats_cpu_s": _cpu_s(nats.pid) - cpu_before["nats"],
+            "publisher_cpu_s": published["cpu_s"],
+            "publisher_peak_rss_mib": published["peak_rss_mib"],
+            "monitor_rss_start_mib": sum(steady[:third]) / third if steady else float("nan"),
+            "monitor_rss_end_mib": sum(steady[-third:]) / third if steady else float("nan"),
+            "monitor_peak_rss_mib": _rss_mib(monitor.pid, "VmHWM"),
+            "nats_peak_rss_mib": _rss_mib(nats.pid, "VmHWM"),
+        }
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(timeout=60)
+
+
+def _measure(seconds: float, rounds: int, serving_seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        nats, nats_url = _start_nats(workdir)
+        try:
+            ingest = _ingest(workdir, nats, nats_url, seconds)
+            serving = asyncio.run(_serving_overhead(workdir, nats_url, rounds, serving_seconds))
+        finally:
+            nats.terminate()
+            nats.wait(timeout=20)
+
+    sent, stored, rows = int(ingest["sent"]), int(ingest["stored"]), int(ingest["rows"])
+    result = {
+        "bench": "monitor_ingest",
+        "events_per_s": round(stored / ingest["ingest_s"]),
+        "sent": sent,
+        "stored": stored,
+        "stored_rows": rows,
+        "lost": sent - rows,
+        "duplicates": stored - sent,
+        "ingest_s": round(ingest["ingest_s"], 1),
+        "publish_events_per_s": round(sent / ingest["publish_s"]),
+        "monitor_cpu_us_per_event": round(ingest["monitor_cpu_s"] / max(1, stored) * 1e6, 2),
+        "nats_cpu_us_per_event": round(ingest["nats_cpu_s"] / max(1, stored) * 1e6, 2),
+        "publisher_cpu_us_per_event": round(ingest["publisher_cpu_s"] / max(1, sent) * 1e6, 2),
+        "monitor_rss_start_mib": round(ingest["monitor_rss_start_mib"], 1),
+        "monitor_rss_end_mib": round(ingest["monitor_rss_end_mib"], 1),
+        "monitor_peak_rss_mib": round(ingest["monitor_peak_rss_mib"], 1),
+        "nats_peak_rss_mib": round(ingest["nats_peak_rss_mib"], 1),
+        "publisher_peak_rss_mib": round(ingest["publisher_peak_rss_mib"], 1),
+        "serving_plain_rps": round(serving["plain_rps"]),
+        "serving_emit_rps": round(serving["emit_rps"]),
+        "serving_overhead_pct": round(serving["overhead_pct"], 2),
+        "serving_plain_cpu_us_per_call": round(serving["plain_cpu_us_per_call"], 1),
+        "serving_emit_cpu_us_per_call": round(serving["emit_cpu_us_per_call"], 1),
+        "serving_cpu_overhead_pct": round(
+            (serving["emit_cpu_us_per_call"] / serving["plain_cpu_us_per_call"] - 1) * 100, 2
+        ),
+        "serving_plain_peak_rss_mib": round(serving["plain_peak_rss_mib"], 1),
+        "serving_emit_peak_rss_mib": round(serving["emit_peak_rss_mib"], 1),
+        "bench_peak_rss_mib": round(_rss_mib(os.getpid(), "VmHWM"), 1),
+    }
+    print(f"ingest: {result['sent']} sent, {result['stored']} stored in {result['ingest_s']} s"
+          f" = {result['events_per_s']} events/s (publisher {result['publish_events_per_s']}/s),"
+          f" lost {result['lost']}")  # fmt: skip
+    print(f"monitor RSS MiB: start {result['monitor_rss_start_mib']}, end {result['monitor_rss_end_mib']},"
+          f" peak {result['monitor_peak_rss_mib']}; nats {result['nats_peak_rss_mib']}")  # fmt: skip
+    print(f"serving at concurrency 16: plain {result['serving_plain_rps']} rps, with emitter"
+          f" {result['serving_emit_rps']} rps, overhead {result['serving_overhead_pct']}%")  # fmt: skip
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long the publisher publishes")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating serving runs per variant")
+    parser.add_argument("--serving-seconds", type=float, default=4.0)
+    parser.add_argument("--serve", choices=("plain", "emit"))
+    parser.add_argument("--port-file", type=Path)
+    parser.add_argument("--nats")
+    parser.add_argument("--publish")
+    parser.add_argument("--progress", type=Path)
+    parser.add_argument("--backlog", type=int, default=40 * BATCH)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(_serve(args.serve, args.port_file, args.nats))
+    elif args.publish:
+        asyncio.run(_publish(args.publish, args.seconds, args.backlog, args.progress))
+    else:
+        _measure(args.seconds, args.rounds, args.serving_seconds)
+
+
+if __name__ == "__main__":
+    main()
