@@ -118,19 +118,10 @@ class PostgresServer:
             capture_output=True,
             user=self.user,
         )
+        command = [str(PG_BIN / "postgres"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(self.port)]
+        command += ["-k", str(self.data), "-c", "fsync=off", "-c", "synchronous_commit=off"]
         self.proc = subprocess.Popen(
-            [
-                str(PG_BIN / "postgres"),
-                "-D",
-                str(self.data),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-k",
-                str(self.data),
-            ]
-            + ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+            command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             user=self.user,

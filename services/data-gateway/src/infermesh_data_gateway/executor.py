@@ -188,6 +188,8 @@ def _elementwise(series: pd.Series, dtype: DType) -> list[Any]:
             out.append(None)
         elif micros and isinstance(item, int) and not isinstance(item, bool):
             out.append(item)
+        elif micros and isinstance(item, float) and item.is_integer():  # int64 µs widened by a missing value
+            out.append(int(item))
         else:
             try:
                 out.append(coerce(dtype, item))
@@ -199,7 +201,7 @@ def _elementwise(series: pd.Series, dtype: DType) -> list[Any]:
 def column_from_series(series: pd.Series, dtype: DType) -> Col:
     """A pandas column of canonical values as a typed column, read as :func:`types.coerce` reads one value.
 
-    TIMESTAMP columns hold datetimes or integer microseconds. Values that cannot be read as
+    TIMESTAMP columns hold datetimes or integer microseconds (text is read as ISO-8601). Values that cannot be read as
     ``dtype`` are missing, as a bad value from a source is online.
     """
     if dtype.is_float or dtype.name == "BOOL":

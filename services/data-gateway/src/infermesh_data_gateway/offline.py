@@ -61,6 +61,7 @@ def point_in_time_join(entities: pd.DataFrame, view: ViewDef, history: pd.DataFr
         allow_exact_matches=True,
     )
     merged[found_column(view.name)] = merged["__join_us"].notna()
+    merged[ts_column(view.name)] = merged[ts_column(view.name)].astype("Int64")  # NaN made it float
     columns = [ROW_COLUMN, found_column(view.name), ts_column(view.name), *(f"{view.name}.{f}" for f in view.fields)]
     return merged[columns].sort_values(ROW_COLUMN).reset_index(drop=True)
 
