@@ -101,7 +101,9 @@ class OnlineExecutor:
     def __init__(self, definitions: Definitions, service: ServiceDef) -> None:
         self.service = service
         self._views = [(definitions.views[name], _ttl_us(definitions.views[name])) for name in service.views]
-        self._fields = {name: tuple(definitions.views[name].fields) for name in service.views}
+        self._fields = {
+            name: tuple((f, f"{name}.{f}") for f in definitions.views[name].fields) for name in service.views
+        }
         self._features = [
             (f, f.expression.root, f.kind, service.views.index(f.view) if f.view else -1) for f in service.features
         ]
@@ -127,17 +129,20 @@ class OnlineExecutor:
                 record = None
             fresh.append(record is not None)
             if record is not None:
-                for name in self._fields[view.name]:
-                    env[f"{view.name}.{name}"] = record.get(name)
+                for name, ref in self._fields[view.name]:
+                    env[ref] = record.get(name)
         values: list[Any] = []
         statuses: list[Status] = []
         unservable: list[str] = []
         defaulted = [False] * len(self._views)
+        served = [
+            Status.FALLBACK if (read := reads.get(view.name)) is not None and read.from_fallback else Status.OK
+            for view, _ in self._views
+        ]
         for feature, root, kind, view_index in self._features:
             value = cast_scalar(root.scalar(env), kind, feature.dtype)
             if value is not None:
-                read = reads.get(feature.view) if feature.view else None
-                statuses.append(Status.FALLBACK if read is not None and read.from_fallback else Status.OK)
+                statuses.append(served[view_index] if view_index >= 0 else Status.OK)
             elif feature.has_default:
                 value = feature.default
                 statuses.append(Status.DEFAULT)

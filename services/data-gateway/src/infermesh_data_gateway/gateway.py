@@ -31,7 +31,7 @@ from infermesh_data_gateway.definitions import (
     ViewDef,
     load_definitions,
 )
-from infermesh_data_gateway.executor import BatchResult, FeatureVector, OnlineExecutor, Status, ViewRead
+from infermesh_data_gateway.executor import BatchResult, FeatureVector, OnlineExecutor, Status
 from infermesh_data_gateway.offline import (
     EVENT_COLUMN,
     ROW_COLUMN,
@@ -346,15 +346,15 @@ class DataGateway:
         reader = self._readers[definitions.version]
         views = [definitions.views[v] for v in service.views]
 
-        async def read(view: ViewDef) -> list[ViewRead]:
-            items = [ReadItem(tuple(k[key.name] for key in view.keys), r) for k, r in zip(keys, requests, strict=True)]
-            return await reader.read(view, items, keys, attributes)
-
+        items = [
+            [ReadItem(tuple(k[key.name] for key in view.keys), r) for k, r in zip(keys, requests, strict=True)]
+            for view in views
+        ]
         try:
             if len(views) == 1:
-                reads_by_view = [await read(views[0])]
+                reads_by_view = [await reader.read(views[0], items[0], keys, attributes)]
             else:
-                reads_by_view = list(await asyncio.gather(*(read(v) for v in views)))
+                reads_by_view = await reader.read_views(views, items, keys, attributes)
         except ViewUnavailable as exc:
             raise Unavailable(str(exc)) from None
         executor = self._executor(definitions, service)

