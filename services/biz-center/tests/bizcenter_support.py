@@ -100,6 +100,8 @@ class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
         self.last_request: dg.GetFeaturesRequest | None = None
         self.time_left: list[float | None] = []
         """The deadline each GetFeatures arrived with (seconds left)."""
+        self.batch_sizes: list[int] = []
+        """Entities of each GetFeatures served."""
 
     async def DescribeFeatureService(
         self, request: dg.DescribeFeatureServiceRequest, context: grpc.aio.ServicerContext
@@ -121,6 +123,7 @@ class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
         self.calls += 1
         self.last_request = request
         self.time_left.append(context.time_remaining())
+        self.batch_sizes.append(len(request.entities))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail is not None:
@@ -135,8 +138,8 @@ class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
         )
         for entity in request.entities:
             key = entity.keys["customer_id"]
-            if key.WhichOneof("kind") != "int64_value":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "keys.customer_id: must be INT64")
+            if key.WhichOneof("kind") != "int64_value" or key.int64_value < 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "keys.customer_id: must be a positive INT64")
             known = key.int64_value in self.rows
             values = self.rows.get(key.int64_value, self.defaults)
             status = dg.FEATURE_STATUS_OK if known else dg.FEATURE_STATUS_DEFAULT
@@ -164,6 +167,8 @@ class FakeModelGateway(service_pb2_grpc.GRPCInferenceServiceServicer, mg_grpc.Mo
         self.parameters: list[dict[str, Any]] = []
         self.time_left: list[float | None] = []
         """The deadline each ModelInfer arrived with (seconds left)."""
+        self.batch_sizes: list[int] = []
+        """Rows of each ModelInfer served."""
 
     def _resolve(self, name: str, version: str) -> int:
         model, _, alias = name.partition("@")
@@ -211,18 +216,25 @@ class FakeModelGateway(service_pb2_grpc.GRPCInferenceServiceServicer, mg_grpc.Mo
         if version in self.failing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"churn version {version}: no serving replica")
         tensor = request.inputs[0]
-        if tensor.name != "X" or tensor.datatype != "FP32" or list(tensor.shape) != [1, len(FEATURES)]:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad input {tensor.name} {tensor.shape}")
-        x = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).astype(np.float64)
-        p = 1 / (1 + math.exp(-float(WEIGHTS[version] @ x)))
-        self.served[version] += 1
+        if (
+            tensor.name != "X"
+            or tensor.datatype != "FP32"
+            or len(tensor.shape) != 2
+            or tensor.shape[1] != len(FEATURES)
+        ):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad input {tensor.name} {list(tensor.shape)}")
+        rows = int(tensor.shape[0])
+        x = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).astype(np.float64).reshape(rows, -1)
+        p = 1 / (1 + np.exp(-(x @ WEIGHTS[version])))
+        self.served[version] += rows
+        self.batch_sizes.append(rows)
         self.parameters.append({k: v.WhichOneof("parameter_choice") and getattr(v, v.WhichOneof("parameter_choice"))
                                 for k, v in request.parameters.items()})  # fmt: skip
         response = service_pb2.ModelInferResponse(model_name="churn", model_version=str(version), id=request.id)
-        response.outputs.add(name="label", datatype="INT64", shape=[1])
-        response.outputs.add(name="probabilities", datatype="FP32", shape=[1, 2])
-        response.raw_output_contents.append(np.asarray([int(p >= 0.5)], dtype=np.int64).tobytes())
-        response.raw_output_contents.append(np.asarray([1 - p, p], dtype=np.float32).tobytes())
+        response.outputs.add(name="label", datatype="INT64", shape=[rows])
+        response.outputs.add(name="probabilities", datatype="FP32", shape=[rows, 2])
+        response.raw_output_contents.append((p >= 0.5).astype(np.int64).tobytes())
+        response.raw_output_contents.append(np.stack([1 - p, p], axis=1).astype(np.float32).tobytes())
         return response
 
     async def GetModelVersion(

@@ -69,7 +69,7 @@ async def test_the_threshold_layer_parameter_decides_the_label(biz: Harness, dou
 
 
 async def test_assignment_is_stable_and_versions_follow_the_variant(biz: Harness, doubles: Doubles):
-    units = [str(1000 + i) for i in range(120)]
+    units = [str(1000 + i) for i in range(60)]
     first = await asyncio.gather(*(biz.predict.Predict(churn_request(u), metadata=scoring()) for u in units))
     again = await asyncio.gather(*(biz.predict.Predict(churn_request(u), metadata=scoring()) for u in units))
     for a, b in zip(first, again, strict=True):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +45,12 @@ __all__ = [
     "MODEL_CONTROL_STUB",
     "FeatureClient",
     "FeatureVector",
+    "Guard",
     "InferResult",
+    "InputSpec",
     "ModelClient",
     "decode_tensor",
+    "pack_row",
 ]
 
 DATA_GATEWAY_STUB = dg_grpc.DataGatewayServiceStub
@@ -134,6 +137,10 @@ def _key_value(unit_id: str, dtype: str, key: str) -> common_pb2.Value:
     return common_pb2.Value(string_value=unit_id)
 
 
+Guard = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+"""Runs a downstream call under the caller's protection (its circuit breaker)."""
+
+
 class FeatureClient:
     """Feature vectors from the data gateway (see the module docstring)."""
 
@@ -141,14 +148,16 @@ class FeatureClient:
         self._client = client
         self._shapes = _TtlCache(metadata_ttl_s)
 
-    async def _shape(self, feature_service: str, version: str, timeout_s: float | None) -> _ServiceShape:
+    async def _shape(self, feature_service: str, version: str, timeout_s: float | None, guard: Guard) -> _ServiceShape:
         shape: _ServiceShape | None = self._shapes.get((feature_service, version))
         if shape is not None:
             return shape
-        reply = await self._client.call(
-            "DescribeFeatureService",
-            dg.DescribeFeatureServiceRequest(name=feature_service, definition_version=version),
-            timeout_s=timeout_s,
+        reply = await guard(
+            lambda: self._client.call(
+                "DescribeFeatureService",
+                dg.DescribeFeatureServiceRequest(name=feature_service, definition_version=version),
+                timeout_s=timeout_s,
+            )
         )
         description = reply.feature_service
         shape = _ServiceShape(
@@ -158,11 +167,13 @@ class FeatureClient:
         self._shapes.put((feature_service, version), shape)
         return shape
 
-    async def fetch(self, scene: CompiledScene, inp: PredictInput, *, timeout_s: float | None = None) -> FeatureVector:
-        """The vector of ``inp``'s unit for ``scene``; caller values that are neither keys nor request values
-        of the feature service are ignored."""
-        version = scene.feature_definition_version
-        shape = await self._shape(scene.feature_service, version, timeout_s)
+    async def entity_row(
+        self, scene: CompiledScene, inp: PredictInput, *, guard: Guard, timeout_s: float | None = None
+    ) -> dg.EntityRow:
+        """The entity row of ``inp``'s unit for ``scene``: the unit id in the scene's key, the caller's values
+        split between keys and request values (values that are neither are ignored). The description
+        of the feature service is cached; fetching it runs under ``guard``."""
+        shape = await self._shape(scene.feature_service, scene.feature_definition_version, timeout_s, guard)
         row = dg.EntityRow()
         for name, value in inp.features.items():
             if name in shape.keys:
@@ -171,22 +182,32 @@ class FeatureClient:
                 row.request_values[name].CopyFrom(value)
         if key := scene.unit_id_key:
             row.keys[key].CopyFrom(_key_value(inp.unit_id, shape.keys.get(key, "BYTES"), key))
+        return row
+
+    async def fetch_rows(
+        self,
+        feature_service: str,
+        definition_version: str,
+        rows: Sequence[dg.EntityRow],
+        attributes: Mapping[str, str],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[FeatureVector]:
+        """The vectors of ``rows``, in one GetFeatures."""
         request = dg.GetFeaturesRequest(
-            feature_service=scene.feature_service,
-            definition_version=version,
-            entities=[row],
-            routing_attributes=inp.attributes,
+            feature_service=feature_service,
+            definition_version=definition_version,
+            entities=rows,
+            routing_attributes=attributes,
         )
         reply = await self._client.call("GetFeatures", request, timeout_s=timeout_s)
-        if len(reply.rows) != 1:
-            raise Unavailable(f"data gateway returned {len(reply.rows)} rows for one entity")
-        result = reply.rows[0]
-        return FeatureVector(
-            names=tuple(f.name for f in reply.fields),
-            values=tuple(result.values),
-            statuses=tuple(result.statuses),
-            lineage=result.lineage,
-        )
+        if len(reply.rows) != len(rows):
+            raise Unavailable(f"data gateway returned {len(reply.rows)} rows for {len(rows)} entities")
+        names = tuple(f.name for f in reply.fields)
+        return [
+            FeatureVector(names=names, values=tuple(r.values), statuses=tuple(r.statuses), lineage=r.lineage)
+            for r in reply.rows
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +220,17 @@ class InferResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _InputSpec:
+class InputSpec:
+    """The model input a feature vector feeds."""
+
     name: str
     datatype: str
     shape: tuple[int, ...]
+
+    @property
+    def batchable(self) -> bool:
+        """Whether the input has a leading batch dimension, so rows of several requests can share a call."""
+        return len(self.shape) >= 2 and self.shape[0] == -1
 
 
 def _flatten(name: str, value: common_pb2.Value, numeric: bool) -> list[Any]:
@@ -227,8 +255,8 @@ def _flatten(name: str, value: common_pb2.Value, numeric: bool) -> list[Any]:
     return [scalar]
 
 
-def _pack(names: Sequence[str], values: Sequence[common_pb2.Value], datatype: str) -> tuple[bytes, int]:
-    """The vector as KServe v2 raw bytes of ``datatype``, and its element count."""
+def pack_row(names: Sequence[str], values: Sequence[common_pb2.Value], datatype: str) -> tuple[bytes, int]:
+    """A feature vector as KServe v2 raw bytes of ``datatype``, and its element count."""
     numeric = datatype in _NUMERIC
     flat: list[Any] = []
     for name, value in zip(names, values, strict=False):
@@ -243,15 +271,42 @@ def _pack(names: Sequence[str], values: Sequence[common_pb2.Value], datatype: st
     return np.asarray(flat, dtype=np.float64 if dtype is np.bool_ else None).astype(dtype).tobytes(), len(flat)
 
 
+def _bytes_elements(raw: bytes) -> list[bytes]:
+    items, at = [], 0
+    while at < len(raw):
+        (size,) = struct.unpack_from("<I", raw, at)
+        items.append(raw[at + 4 : at + 4 + size])
+        at += 4 + size
+    return items
+
+
+def _split(tensor: RawTensor, rows: int, *, batched: bool) -> list[RawTensor]:
+    """One output tensor of a batch, cut into its rows (each keeps a leading dimension of 1)."""
+    if not batched:
+        return [tensor]
+    if not tensor.shape or tensor.shape[0] != rows:
+        raise FailedPrecondition(f"output '{tensor.name}' has shape {list(tensor.shape)} for a batch of {rows}")
+    shape = (1, *tensor.shape[1:])
+    if tensor.datatype == "BYTES":
+        items = _bytes_elements(tensor.raw)
+        per = len(items) // rows
+        return [
+            RawTensor(
+                tensor.name,
+                tensor.datatype,
+                shape,
+                b"".join(struct.pack("<I", len(b)) + b for b in items[r * per : (r + 1) * per]),
+            )
+            for r in range(rows)
+        ]
+    size = len(tensor.raw) // rows
+    return [RawTensor(tensor.name, tensor.datatype, shape, tensor.raw[r * size : (r + 1) * size]) for r in range(rows)]
+
+
 def decode_tensor(tensor: RawTensor) -> np.ndarray[Any, Any]:
     """A raw output tensor as a flat numpy array (BYTES as Python bytes objects)."""
     if tensor.datatype == "BYTES":
-        items, raw, at = [], tensor.raw, 0
-        while at < len(raw):
-            (size,) = struct.unpack_from("<I", raw, at)
-            items.append(raw[at + 4 : at + 4 + size])
-            at += 4 + size
-        return np.asarray(items, dtype=object)
+        return np.asarray(_bytes_elements(tensor.raw), dtype=object)
     dtype = _NUMERIC.get(tensor.datatype)
     if dtype is None:
         raise FailedPrecondition(f"output '{tensor.name}' has unsupported datatype {tensor.datatype}")
@@ -295,14 +350,19 @@ class ModelClient:
             return f"{target.model}@{target.alias}", ""
         return target.model, str(target.version) if target.version else ""
 
-    async def _input(self, target: ModelTarget, input_name: str, timeout_s: float | None) -> _InputSpec:
-        specs: dict[str, _InputSpec] | None = self._inputs.get(target)
+    async def input_spec(
+        self, target: ModelTarget, input_name: str, *, guard: Guard, timeout_s: float | None = None
+    ) -> InputSpec:
+        """The input ``input_name`` (empty: the only one) of ``target``; cached, fetched under ``guard``."""
+        specs: dict[str, InputSpec] | None = self._inputs.get(target)
         if specs is None:
             name, version = self._address(target)
-            reply = await self._inference.call(
-                "ModelMetadata", service_pb2.ModelMetadataRequest(name=name, version=version), timeout_s=timeout_s
+            reply = await guard(
+                lambda: self._inference.call(
+                    "ModelMetadata", service_pb2.ModelMetadataRequest(name=name, version=version), timeout_s=timeout_s
+                )
             )
-            specs = {t.name: _InputSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.inputs}
+            specs = {t.name: InputSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.inputs}
             self._inputs.put(target, specs)
         if input_name:
             spec = specs.get(input_name)
@@ -313,24 +373,25 @@ class ModelClient:
             raise FailedPrecondition(f"model {target} has inputs {sorted(specs)}: the scene must name one")
         return next(iter(specs.values()))
 
-    async def infer(
+    async def infer_rows(
         self,
         target: ModelTarget,
-        input_name: str,
-        names: Sequence[str],
-        values: Sequence[common_pb2.Value],
+        spec: InputSpec,
+        rows: Sequence[bytes],
+        count: int,
         *,
         parameters: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
-    ) -> InferResult:
-        """Run the model on one feature vector."""
-        spec = await self._input(target, input_name, timeout_s)
-        raw, count = _pack(names, values, spec.datatype)
+    ) -> list[InferResult]:
+        """Run the model on packed rows of ``count`` elements each, in one ModelInfer (a batch when the
+        input has a batch dimension); one result per row."""
+        if len(rows) > 1 and not spec.batchable:
+            raise FailedPrecondition(f"model {target} input '{spec.name}' has no batch dimension")
         name, version = self._address(target)
         request = service_pb2.ModelInferRequest(model_name=name, model_version=version)
         tensor = request.inputs.add(name=spec.name, datatype=spec.datatype)
-        tensor.shape.extend([1, count] if len(spec.shape) >= 2 else [count])
-        request.raw_input_contents.append(raw)
+        tensor.shape.extend([len(rows), count] if spec.batchable else [count])
+        request.raw_input_contents.append(b"".join(rows))
         for key, value in (parameters or {}).items():
             param = request.parameters[key]
             if isinstance(value, bool):
@@ -346,21 +407,23 @@ class ModelClient:
         except (InvalidArgument, FailedPrecondition):
             self._inputs.drop(target)  # the schema may have changed under a moving alias
             raise
-        raw_outputs = reply.raw_output_contents
-        outputs = tuple(
-            RawTensor(
-                o.name,
-                o.datatype,
-                tuple(o.shape),
-                raw_outputs[i] if i < len(raw_outputs) else _contents_bytes(o),
-            )
-            for i, o in enumerate(reply.outputs)
-        )
         try:
             served = int(reply.model_version)
         except ValueError:
             served = 0
-        return InferResult(reply.model_name.partition("@")[0] or target.model, served, outputs)
+        model = reply.model_name.partition("@")[0] or target.model
+        raw_outputs = reply.raw_output_contents
+        per_row = [
+            _split(
+                RawTensor(
+                    o.name, o.datatype, tuple(o.shape), raw_outputs[i] if i < len(raw_outputs) else _contents_bytes(o)
+                ),
+                len(rows),
+                batched=spec.batchable,
+            )
+            for i, o in enumerate(reply.outputs)
+        ]
+        return [InferResult(model, served, tuple(output[r] for output in per_row)) for r in range(len(rows))]
 
     async def labels(self, model: str, version: int, timeout_s: float | None = None) -> Mapping[str, tuple[str, ...]]:
         """Class labels of each output of a served version ({} when the registry cannot say)."""

@@ -19,20 +19,24 @@ For a request in scene S for unit U, :meth:`Predictor.predict`:
    DEADLINE_EXCEEDED when the deadline is what ran out. A caller error in its values
    (INVALID_ARGUMENT from the data gateway) is returned as such, never hidden by a fallback.
 
-Every answer names the variant and the model version that served; exposure events (one per
-assignment) and an inference event with per-hop latencies go to the monitor through the
-chassis emitter, off the critical path.
+Every answer names the variant and the model version that served; an inference event with
+per-hop latencies and an exposure event per assignment go to the monitor through the chassis
+emitter, off the critical path. A unit's exposure to a variant is reported once per
+``exposure_dedup_s`` per instance (as experimentation SDKs do): the monitor needs each unit's
+first exposure and the set of exposed units, and the inference events count the predictions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from infermesh.common.v1 import common_pb2
+from infermesh.datagateway.v1 import data_gateway_pb2 as dg
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_biz_center.auth import Authenticator
 from infermesh_biz_center.catalog import (
@@ -44,6 +48,7 @@ from infermesh_biz_center.catalog import (
     ResponseMap,
     RuleDefault,
 )
+from infermesh_biz_center.coalesce import Coalescer
 from infermesh_biz_center.domain import (
     Assignment,
     Degradation,
@@ -57,7 +62,7 @@ from infermesh_biz_center.domain import (
     Route,
     ServedBy,
 )
-from infermesh_biz_center.downstream import FeatureClient, FeatureVector, ModelClient
+from infermesh_biz_center.downstream import FeatureClient, FeatureVector, Guard, InferResult, ModelClient, pack_row
 from infermesh_biz_center.limits import RateLimits, SceneGate
 from infermesh_biz_center.mapping import map_outputs, needs_class_labels
 from infermesh_biz_center.registry import ConfigRegistry
@@ -165,6 +170,10 @@ class Predictor:
         self._unit_hash_key = unit_hash_key
         self._clock = clock
         self._breakers: dict[str, AsyncCircuitBreaker] = {}
+        self._exposures: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
+        batching = {"max_batch": predict.coalesce_max_batch, "max_in_flight": predict.coalesce_in_flight}
+        self._feature_batches: Coalescer[dg.EntityRow, FeatureVector] = Coalescer(self._fetch_batch, **batching)
+        self._model_batches: Coalescer[bytes, InferResult] = Coalescer(self._infer_batch, **batching)
         scene_label = ("scene",)
         self._answers = metrics.counter(
             "predictions", "Predict answers, by scene and the step that served.", (*scene_label, "served_by")
@@ -250,11 +259,11 @@ class Predictor:
             error = exc
             raise
         finally:
-            ctx.unbind(token)
             elapsed = time.perf_counter() - started
             self._gate.release(scene.name, elapsed)
             self._latency.labels(scene.name).observe(elapsed)
-            self._report(scene, inp, request_id=request_id, outcome=outcome, error=error, elapsed_s=elapsed)
+            self._report(scene, inp, outcome=outcome, error=error, elapsed_s=elapsed)
+            ctx.unbind(token)
 
     async def predict_batch(
         self, principal: Principal, items: Sequence[PredictInput], request_id: str
@@ -311,29 +320,40 @@ class Predictor:
             raise DeadlineExceeded("the deadline left no time for this call")
         return remaining
 
-    async def _timed(self, attempt: _Attempt, hop: str, call: Callable[[], Awaitable[T]]) -> T:
-        began = time.perf_counter()
-        try:
-            return await call()
-        finally:
-            attempt.hops.append(Hop(hop, (time.perf_counter() - began) * 1000))
+    def _guard(self, name: str) -> Guard:
+        return lambda call: self._guarded(name, call)
+
+    async def _fetch_batch(self, key: Hashable, rows: list[dg.EntityRow], timeout_s: float) -> list[FeatureVector]:
+        feature_service, version, attributes = key  # type: ignore[misc]
+        return await self._guarded(
+            DATA_GATEWAY_BREAKER,
+            lambda: self._features.fetch_rows(feature_service, version, rows, dict(attributes), timeout_s=timeout_s),
+        )
+
+    async def _infer_batch(self, key: Hashable, rows: list[bytes], timeout_s: float) -> list[InferResult]:
+        target, spec, count, parameters = key  # type: ignore[misc]
+        return await self._guarded(
+            f"model:{target}",
+            lambda: self._models.infer_rows(
+                target, spec, rows, count, parameters=dict(parameters), timeout_s=timeout_s
+            ),
+        )
 
     async def _fetch(self, scene: CompiledScene, inp: PredictInput, attempt: _Attempt) -> FeatureVector | None:
+        began = time.perf_counter()
         try:
             budget = self._budget(scene)
-            return await self._timed(
-                attempt,
-                "data_gateway",
-                lambda: self._guarded(
-                    DATA_GATEWAY_BREAKER,
-                    lambda: self._features.fetch(scene, inp, timeout_s=budget),
-                ),
-            )
+            guard = self._guard(DATA_GATEWAY_BREAKER)
+            row = await self._features.entity_row(scene, inp, guard=guard, timeout_s=budget)
+            key = (scene.feature_service, scene.feature_definition_version, tuple(sorted(inp.attributes.items())))
+            return await self._feature_batches.submit(key, row, self._budget(scene))
         except InvalidArgument:
             raise
         except InfermeshError as exc:
             attempt.failed("features", exc, _reason(exc, features=True))
             return None
+        finally:
+            attempt.hops.append(Hop("data_gateway", (time.perf_counter() - began) * 1000))
 
     async def _infer(
         self,
@@ -345,27 +365,23 @@ class Predictor:
         attempt: _Attempt,
         cap_s: float | None = None,
     ) -> tuple[Prediction, str, int] | None:
+        began = time.perf_counter()
         try:
             budget = self._budget(scene, cap_s)
-
-            async def run() -> tuple[Prediction, str, int]:
-                result = await self._models.infer(
-                    target,
-                    scene.input_name,
-                    vector.names,
-                    vector.values,
-                    parameters=plan.model_parameters,
-                    timeout_s=budget,
-                )
-                labels: Mapping[str, tuple[str, ...]] = {}
-                if needs_class_labels(plan.mapping):
-                    labels = await self._models.labels(result.model, result.version, timeout_s=self._budget(scene))
-                return map_outputs(result.outputs, plan.mapping, labels), result.model, result.version
-
-            return await self._timed(attempt, "model_gateway", lambda: self._guarded(f"model:{target}", run))
+            guard = self._guard(f"model:{target}")
+            spec = await self._models.input_spec(target, scene.input_name, guard=guard, timeout_s=budget)
+            row, count = pack_row(vector.names, vector.values, spec.datatype)
+            key = (target, spec, count, tuple(sorted(plan.model_parameters.items())))
+            result = await self._model_batches.submit(key, row, self._budget(scene, cap_s), batchable=spec.batchable)
+            labels: Mapping[str, tuple[str, ...]] = {}
+            if needs_class_labels(plan.mapping):
+                labels = await self._models.labels(result.model, result.version, timeout_s=self._budget(scene))
+            return map_outputs(result.outputs, plan.mapping, labels), result.model, result.version
         except InfermeshError as exc:
             attempt.failed(f"model {target}", exc, _reason(exc, features=False))
             return None
+        finally:
+            attempt.hops.append(Hop("model_gateway", (time.perf_counter() - began) * 1000))
 
     async def _serve(self, scene: CompiledScene, inp: PredictInput, request_id: str) -> PredictOutcome:
         facts = Facts(inp.unit_id, inp.attributes, inp.features)
@@ -437,60 +453,78 @@ class Predictor:
 
     # -- reporting --------------------------------------------------------------------------
 
+    def _exposed_recently(self, key: tuple[str, str, str, str], now: float) -> bool:
+        """Whether this unit's exposure to this variant was reported within the dedup window (and note it now)."""
+        window = self._predict.exposure_dedup_s
+        if window <= 0:
+            return False
+        last = self._exposures.get(key)
+        if last is not None and now - last < window:
+            return True
+        self._exposures[key] = now
+        self._exposures.move_to_end(key)
+        if len(self._exposures) > self._predict.exposure_dedup_size:
+            self._exposures.popitem(last=False)
+        return False
+
     def _report(
         self,
         scene: CompiledScene,
         inp: PredictInput,
         *,
-        request_id: str,
         outcome: PredictOutcome | None,
         error: InfermeshError | None,
         elapsed_s: float,
     ) -> None:
+        """Count the answer and emit its events (runs with the request's context bound, for its request id)."""
         if outcome is not None:
             degradation = outcome.degradation
-            served = common_pb2.ServedBy.Name(degradation.served_by)
-            self._answers.labels(scene.name, served).inc()
+            self._answers.labels(scene.name, common_pb2.ServedBy.Name(degradation.served_by)).inc()
             if degradation.degraded:
                 self._degraded.labels(scene.name, common_pb2.DegradationReason.Name(degradation.reason)).inc()
         if self._emitter is None:
             return
         unit = hash_unit_id(inp.unit_id, self._unit_hash_key)
-        token = ctx.bind(ctx.CallContext(request_id))
-        try:
-            event = monitor_pb2.InferenceEvent(scene=scene.name, unit_id_hash=unit, latency_ms=elapsed_s * 1000)
-            if outcome is not None:
-                for assignment in outcome.assignments:
-                    exposure = monitor_pb2.ExposureEvent(
-                        scene=scene.name,
-                        experiment=assignment.experiment,
-                        layer=assignment.layer,
-                        variant=assignment.variant,
-                        unit_id_hash=unit,
-                    )
-                    self._emitter.emit(new_event("biz-center", self._instance, exposure=exposure))
-                event.variant = outcome.variant
-                event.model = outcome.model
-                event.model_version = outcome.model_version
-                for hop in outcome.hops:
-                    event.hop_latencies.add(hop=hop.name, latency_ms=hop.latency_ms)
-                event.hop_latencies.add(hop="biz_center", latency_ms=elapsed_s * 1000)
-                event.degradation.CopyFrom(
-                    common_pb2.Degradation(
-                        degraded=outcome.degradation.degraded,
-                        reason=outcome.degradation.reason,  # type: ignore[arg-type]
-                        detail=outcome.degradation.detail,
-                        served_by=outcome.degradation.served_by,  # type: ignore[arg-type]
-                    )
-                )
-                event.scores.update(outcome.prediction.scores)
-                event.label = outcome.prediction.label
-                if outcome.lineage is not None:
-                    event.feature_lineage.CopyFrom(outcome.lineage)
-                event.batch_size = 1
-            elif error is not None:
-                event.status_code = error.status_code.value[0]
-                event.error_message = error.message
+        latency_ms = elapsed_s * 1000
+        if outcome is None:
+            assert error is not None
+            event = monitor_pb2.InferenceEvent(
+                scene=scene.name,
+                unit_id_hash=unit,
+                latency_ms=latency_ms,
+                status_code=error.status_code.value[0],
+                error_message=error.message,
+            )
             self._emitter.emit(new_event("biz-center", self._instance, inference=event))
-        finally:
-            ctx.unbind(token)
+            return
+        now = time.monotonic()
+        for a in outcome.assignments:
+            if not self._exposed_recently((a.experiment, a.layer, a.variant, unit), now):
+                exposure = monitor_pb2.ExposureEvent(
+                    scene=scene.name, experiment=a.experiment, layer=a.layer, variant=a.variant, unit_id_hash=unit
+                )
+                self._emitter.emit(new_event("biz-center", self._instance, exposure=exposure))
+        degradation = outcome.degradation
+        event = monitor_pb2.InferenceEvent(
+            scene=scene.name,
+            unit_id_hash=unit,
+            variant=outcome.variant,
+            model=outcome.model,
+            model_version=outcome.model_version,
+            hop_latencies=[
+                *(common_pb2.HopLatency(hop=h.name, latency_ms=h.latency_ms) for h in outcome.hops),
+                common_pb2.HopLatency(hop="biz_center", latency_ms=latency_ms),
+            ],
+            latency_ms=latency_ms,
+            degradation=common_pb2.Degradation(
+                degraded=degradation.degraded,
+                reason=degradation.reason,  # type: ignore[arg-type]
+                detail=degradation.detail,
+                served_by=degradation.served_by,  # type: ignore[arg-type]
+            ),
+            scores=outcome.prediction.scores,
+            label=outcome.prediction.label,
+            feature_lineage=outcome.lineage,
+            batch_size=1,
+        )
+        self._emitter.emit(new_event("biz-center", self._instance, inference=event))

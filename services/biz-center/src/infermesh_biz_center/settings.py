@@ -164,6 +164,14 @@ class PredictSettings(BaseModel):
     """Most items in one PredictBatch (INVALID_ARGUMENT beyond)."""
     batch_concurrency: int = Field(32, ge=1)
     """Items of one PredictBatch in flight at once."""
+    coalesce_max_batch: int = Field(32, ge=1)
+    """Most concurrent requests merged into one GetFeatures / ModelInfer (1 turns coalescing off)."""
+    coalesce_in_flight: int = Field(2, ge=1)
+    """Downstream calls with the same key running at once before new requests wait for the next batch."""
+    exposure_dedup_s: float = Field(300.0, ge=0)
+    """A unit's exposure to a variant is reported once per this many seconds per instance; 0 reports every answer."""
+    exposure_dedup_size: int = Field(200_000, ge=1)
+    """Recent exposures remembered for that (least recently seen forgotten first)."""
 
 
 class ConfigSettings(BaseModel):
