@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infermesh_chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument, NotFound, Unavailable
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_data_gateway.definitions import (
@@ -169,6 +169,11 @@ class DataGateway:
         self._mtime = self._definitions_mtime()
         if self.settings.definitions_reload_s > 0:
             self._reload_task = asyncio.create_task(self._reload_loop(), name="definitions-reload")
+        for view in self.settings.materialize_on_start:
+            try:
+                await self.materialize(view, None, None, incremental=True)
+            except InfermeshError as exc:
+                _log.error("materialize_on_start_failed", view=view, error=exc.message)
 
     async def stop(self) -> None:
         """Stop reloading, close every source, stop Spark."""

@@ -27,7 +27,7 @@ class SparkSettings(BaseModel):
     """Address the driver binds and advertises."""
     shuffle_partitions: int = Field(4, ge=1)
     """``spark.sql.shuffle.partitions``."""
-    config: dict[str, str] = {}
+    config: dict[str, str] = Field(default_factory=dict)
     """Any further Spark configuration (``spark.executor.memory``...)."""
 
 
@@ -56,6 +56,8 @@ class Settings(ServiceSettings):
     """Folder (or file) of feature definitions; default: the bundled churn example; None: serve none."""
     definitions_reload_s: float = Field(5.0, ge=0)
     """How often the definitions are checked for changes (0: never); a new version becomes current."""
+    materialize_on_start: list[str] = Field(default_factory=list)
+    """Feature views materialized incrementally at start (a failure is logged, the start goes on)."""
     keep_versions: int = Field(5, ge=1)
     """Definition versions kept addressable by ``definition_version``."""
     max_entities: int = Field(1000, ge=1)

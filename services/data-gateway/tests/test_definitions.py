@@ -1,0 +1,137 @@
+"""Definition files: every error names its file and line; the bundled example loads and serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from infermesh.common.v1 import common_pb2
+from infermesh.datagateway.v1 import data_gateway_pb2 as pb
+from infermesh_data_gateway.definitions import DefinitionError, load_definitions
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "churn"
+
+BASE = """\
+entities:
+  customer:
+    keys: {customer_id: INT64}
+sources:
+  store: {kind: sqlite, path: x.db}
+feature_views:
+  v:
+    entities: [customer]
+    source: store
+    fields: {x: FP64, s: STRING, t: TIMESTAMP}
+feature_services:
+  svc:
+    entities: [customer]
+    features:
+      - {name: f, dtype: FP32, expr: "%s"}
+"""
+
+
+def _load(tmp_path: Path, text: str) -> None:
+    (tmp_path / "defs.yaml").write_text(text)
+    load_definitions(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("log(v.y)", r"defs.yaml:15: feature_services.svc.features\[0\]\(f\).expr: 'y' is not a field of view 'v'"),
+        ("v.x +", r"defs.yaml:15: .*syntax error"),
+        ("w.x", r"defs.yaml:15: .*unknown feature view 'w'"),
+        ("frobnicate(v.x)", r"defs.yaml:15: .*unknown function frobnicate\(\)"),
+        ("v.s * 2", r"defs.yaml:15: .*expected a number, got a str value"),
+        ("v.t", r"defs.yaml:15: .*a timestamp is not a model input"),
+        ("bucketize(v.x, [3, 1])", r"defs.yaml:15: .*strictly increasing"),
+        ("standardize(v.x, 'nope')", r"defs.yaml:15: .*unknown statistics 'nope'"),
+        ("request.amount", r"defs.yaml:15: .*request value 'amount' is not declared"),
+    ],
+)
+def test_bad_expressions_name_file_and_line(tmp_path: Path, expr: str, message: str):
+    with pytest.raises(DefinitionError, match=message):
+        _load(tmp_path, BASE % expr)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("source: store", "source: nowhere", r"defs.yaml:9: feature_views.v.source: unknown source 'nowhere'"),
+        ("{x: FP64,", "{x: FP65,", r"defs.yaml:10: feature_views.v.fields.x: unknown dtype 'FP65'"),
+        (
+            "[customer]\n    source",
+            "[client]\n    source",
+            r"defs.yaml:8: feature_views.v.entities\[0\]: unknown entity 'client'",
+        ),
+        ("kind: sqlite", "kind: oracle", r"defs.yaml:5: sources.store.kind: kind must be one of"),
+        ("dtype: FP32", "dtype: FP33", r"defs.yaml:15: .*dtype must be one of"),
+        (
+            "    source: store",
+            "    source: store\n    ttl: 3 days",
+            r"defs.yaml:10: feature_views.v.ttl: .*not a duration",
+        ),
+        (
+            "    source: store",
+            "    source: store\n    colour: red",
+            r"defs.yaml:10: feature_views.v.colour: unknown key",
+        ),
+        ("keys: {customer_id: INT64}", "keys: {customer_id: FP64}", r"defs.yaml:3: .*a key is INT64 or STRING"),
+    ],
+)
+def test_bad_definitions_name_file_and_line(tmp_path: Path, old: str, new: str, message: str):
+    with pytest.raises(DefinitionError, match=message):
+        _load(tmp_path, (BASE % "v.x").replace(old, new, 1))
+
+
+def test_duplicates_across_files_name_both_places(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text(BASE % "v.x")
+    (tmp_path / "b.yaml").write_text("entities:\n  customer:\n    keys: {id: INT64}\n")
+    with pytest.raises(DefinitionError, match=r"b.yaml:2: entities.customer: declared twice \(first at .*a.yaml:2\)"):
+        load_definitions(tmp_path)
+
+
+def test_invalid_yaml_and_defaults_are_refused(tmp_path: Path):
+    with pytest.raises(DefinitionError, match=r"defs.yaml:3: not valid YAML"):
+        _load(tmp_path, "entities:\n  - [unclosed\n")
+    bad_default = (BASE % "v.x").replace('expr: "v.x"}', 'expr: "v.x", default: "high"}')
+    with pytest.raises(DefinitionError, match=r"defs.yaml:15: .*default: 'high' is not a number"):
+        _load(tmp_path, bad_default)
+
+
+def test_version_is_declared_or_a_digest_of_the_files(tmp_path: Path):
+    _load(tmp_path, BASE % "v.x")
+    first = load_definitions(tmp_path).version
+    assert first.startswith("sha-")
+    (tmp_path / "defs.yaml").write_text((BASE % "v.x") + "project: {version: '7'}\n")
+    assert load_definitions(tmp_path).version == "7"
+    (tmp_path / "defs.yaml").write_text(BASE % "log1p(v.x)")
+    assert load_definitions(tmp_path).version not in (first, "7")
+
+
+async def test_the_example_loads_materializes_and_serves(tmp_path: Path, gateway_factory, monkeypatch):
+    definitions = load_definitions(EXAMPLE)
+    churn = definitions.services["churn"]
+    assert sum(max(1, *f.shape) if f.shape else 1 for f in churn.features) == 10
+    monkeypatch.setenv("DATA_GATEWAY_EXAMPLE_ONLINE_DB", str(tmp_path / "online.db"))
+
+    running = await gateway_factory(EXAMPLE, materialize_on_start=["customer_profile", "customer_activity"])
+    reply = await running.stub.GetFeatures(
+        pb.GetFeaturesRequest(
+            feature_service="churn",
+            entities=[
+                pb.EntityRow(
+                    keys={"customer_id": common_pb2.Value(int64_value=7)},
+                    request_values={"basket_amount": common_pb2.Value(double_value=20.0)},
+                )
+            ],
+        )
+    )
+    row = reply.rows[0]
+    assert list(row.statuses) == [pb.FEATURE_STATUS_OK] * 8
+    assert {v.source for v in row.lineage.views} == {"online"}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await running.stub.GetFeatures(pb.GetFeaturesRequest(feature_service="churn", entities=[pb.EntityRow()]))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
