@@ -342,7 +342,7 @@ def _start_monitor(workdir: Path, nats_url: str) -> tuple[subprocess.Popen[bytes
                 "logging": {"level": "WARNING"},
                 "storage": {"chdb_path": str(workdir / "chdb")},
                 "events": {"nats_url": nats_url},
-                "ingest": {"nats_enabled": True, "fetch_batch": 32, "fetch_timeout_s": 0.5},
+                "ingest": {"nats_enabled": True, "fetch_batch": 128, "fetch_timeout_s": 0.5},
             }
         )
     )
@@ -362,7 +362,7 @@ def _ingest(workdir: Path, nats: subprocess.Popen[bytes], nats_url: str, seconds
         progress = workdir / "stored"
         publisher = subprocess.Popen(
             [sys.executable, __file__, "--publish", nats_url, "--seconds", str(seconds),
-             "--progress", str(progress), "--backlog", str(40 * BATCH)],
+             "--progress", str(progress), "--backlog", str(300 * BATCH)],
             stdout=subprocess.PIPE,
             text=True,
         )  # fmt: skip

@@ -51,7 +51,7 @@ class IngestSettings(BaseModel):
     """Consume the JetStream stream (``events.nats_*`` settings) with a durable consumer."""
     nats_durable: str = "monitor"
     """Name of the durable consumer; every monitor instance of a mesh shares it."""
-    fetch_batch: int = Field(64, ge=1, le=10_000)
+    fetch_batch: int = Field(128, ge=1, le=10_000)
     """Queue messages (event batches) pulled per fetch and stored in one insert."""
     fetch_timeout_s: float = Field(1.0, gt=0)
     """Longest a fetch waits for messages."""
