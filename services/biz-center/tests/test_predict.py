@@ -13,8 +13,10 @@ from bizcenter_support import (
     OTHER_KEY,
     Doubles,
     Harness,
+    biz_settings,
     churn_probability,
     churn_request,
+    run_biz,
     scoring,
 )
 
@@ -155,3 +157,26 @@ async def test_a_disabled_scene_is_failed_precondition(biz: Harness):
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await biz.predict.Predict(churn_request(1), metadata=scoring())
     assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def _events(doubles: Doubles, kind: str, count: int) -> list:
+    for _ in range(200):
+        if len(doubles.monitor.payloads(kind)) >= count:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # and nothing more arrives
+    return doubles.monitor.payloads(kind)
+
+
+async def test_a_units_exposure_is_reported_once_per_window(biz: Harness, doubles: Doubles):
+    for _ in range(3):
+        await biz.predict.Predict(churn_request(2), metadata=scoring())
+    assert len(await _events(doubles, "inference", 3)) == 3  # every prediction
+    assert len(doubles.monitor.payloads("exposure")) == 2  # the unit's first exposure in each layer
+
+
+async def test_every_exposure_is_reported_without_a_window(tmp_path, doubles: Doubles):
+    async with run_biz(biz_settings(tmp_path, doubles.static(), predict={"exposure_dedup_s": 0})) as biz:
+        for _ in range(3):
+            await biz.predict.Predict(churn_request(2), metadata=scoring())
+        assert len(await _events(doubles, "exposure", 6)) == 6
