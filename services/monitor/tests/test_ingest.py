@@ -12,7 +12,7 @@ from infermesh.common.v1 import common_pb2
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import batch_id, encode_batch
 from infermesh_monitor.ingest import delimited_events
-from infermesh_monitor.schema import INGEST_SETTINGS, PREDICTED_LABEL, PREDICTION_NAMES, PREDICTION_VALUES
+from infermesh_monitor.schema import PREDICTED_LABEL, PREDICTION_NAMES, PREDICTION_VALUES, ingest_settings
 
 from .conftest import MonitorThread, inference_event, number, rows_written, stored_count
 
@@ -63,7 +63,7 @@ async def test_an_insert_cut_short_is_redone_exactly_once(stub, monitor: Monitor
         )
     )
     partial = b"".join(delimited_events(payload)[:25])
-    settings = {**INGEST_SETTINGS, "insert_deduplication_token": crashed_insert}
+    settings = {**ingest_settings(store), "insert_deduplication_token": crashed_insert}
     await monitor.call(store.insert("events_in_inference", partial, "Protobuf", settings))
     assert await rows_written(stub, model) == 25
 

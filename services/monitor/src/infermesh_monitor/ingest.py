@@ -35,7 +35,7 @@ from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import EVENT_SCHEMA_VERSION, batch_id
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
-from infermesh_monitor.schema import EVENT_TABLES, INGEST_SETTINGS
+from infermesh_monitor.schema import EVENT_TABLES, ingest_settings
 from infermesh_monitor.settings import IngestSettings
 from infermesh_monitor.store import Store, json_rows
 
@@ -160,6 +160,7 @@ class Ingestor:
     def __init__(self, store: Store, settings: IngestSettings, metrics: Metrics) -> None:
         self._store = store
         self._settings = settings
+        self._insert_settings = ingest_settings(store)
         self._lock = asyncio.Lock()
         self._recent_events = RecentIds(settings.recent_event_ids)
         self._recent_batches = RecentIds(max(10_000, settings.recent_event_ids // 10))
@@ -258,7 +259,7 @@ class Ingestor:
                 f"events_in_{kind}",
                 b"".join(frames),
                 "Protobuf",
-                {**INGEST_SETTINGS, "insert_deduplication_token": insert_id},
+                {**self._insert_settings, "insert_deduplication_token": insert_id},
             )
         await self._store.insert(
             "ingested_batches", json_rows([{**row, "state": "done"} for row in ledger]), "JSONEachRow"

@@ -31,13 +31,14 @@ from infermesh_monitor.settings import StorageSettings
 from infermesh_monitor.store import Store
 
 __all__ = [
+    "EVENT_SCHEMA",
     "EVENT_TABLES",
-    "INGEST_SETTINGS",
     "PAYLOAD_KINDS",
     "PREDICTED_LABEL",
     "PREDICTION_NAMES",
     "PREDICTION_VALUES",
     "SchemaManager",
+    "ingest_settings",
     "protobuf_schema",
 ]
 
@@ -119,13 +120,14 @@ EVENT_MESSAGE = monitor_pb2.Event.DESCRIPTOR.full_name.replace(".", "_")
 PAYLOAD_KINDS = ("inference", "shadow", "exposure", "audit", "feedback")
 """The fields of ``Event.payload``; events of kind K are inserted into the Null table ``events_in_K``."""
 
-INGEST_SETTINGS: dict[str, object] = {
-    "format_schema_source": "string",
-    "format_schema": protobuf_schema(monitor_pb2.Event.DESCRIPTOR),
-    "format_schema_message_name": EVENT_MESSAGE,
-    "input_format_protobuf_oneof_presence": 1,
-}
-"""Settings of every insert into an ``events_in_<kind>`` table (format ``Protobuf``)."""
+EVENT_SCHEMA = protobuf_schema(monitor_pb2.Event.DESCRIPTOR)
+"""The ``Event`` message and everything it uses, as one proto file for ClickHouse."""
+
+
+def ingest_settings(store: Store) -> dict[str, object]:
+    """Settings of every insert into an ``events_in_<kind>`` table (format ``Protobuf``)."""
+    return {**store.protobuf_settings(EVENT_SCHEMA, EVENT_MESSAGE), "input_format_protobuf_oneof_presence": 1}
+
 
 _VALUE_KIND = (
     "Enum8('unset' = 0, 'null_value' = 1, 'double_value' = 2, 'int64_value' = 3, 'string_value' = 4, "

@@ -10,6 +10,7 @@ the event loop keeps serving. chdb allows one session per data path and per proc
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,10 @@ class Store(Protocol):
 
     async def read_file(self, path: Path, fmt: str, limit: int) -> tuple[list[str], list[str], list[list[Any]]]:
         """Column names, ClickHouse types and up to ``limit`` uniformly sampled rows of a local file."""
+        ...
+
+    def protobuf_settings(self, schema: str, message: str) -> dict[str, Any]:
+        """Insert settings that make ClickHouse read ``Protobuf`` data as ``message`` of ``schema`` (proto text)."""
         ...
 
     async def close(self) -> None:
@@ -125,7 +130,8 @@ class ChdbStore(_Threaded):
         from chdb import session  # noqa: PLC0415  (only the embedded backend needs it)
 
         settings.chdb_path.mkdir(parents=True, exist_ok=True)
-        self._session = session.Session(str(settings.chdb_path))
+        self._path = settings.chdb_path.resolve()
+        self._session = session.Session(str(self._path))
         self._session.query(f"CREATE DATABASE IF NOT EXISTS {settings.database}")
         self._session.query(f"USE {settings.database}")
         self._session.query("SET output_format_json_quote_64bit_integers = 0")
@@ -155,6 +161,21 @@ class ChdbStore(_Threaded):
                 inserter.finish()
 
         await self._run(insert)
+
+    def protobuf_settings(self, schema: str, message: str) -> dict[str, Any]:
+        """See :meth:`Store.protobuf_settings`: the schema as a file in the data directory.
+
+        (Embedded ClickHouse would otherwise cache an inline schema under the process's working
+        directory, which it takes as its ``format_schema_path``; an absolute file path avoids that.)
+        """
+        directory = self._path / "format_schemas"
+        directory.mkdir(exist_ok=True)
+        path = directory / f"{hashlib.sha256(schema.encode()).hexdigest()[:16]}.proto"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(schema)
+            tmp.rename(path)
+        return {"format_schema": f"{path}:{message}"}
 
     async def read_file(self, path: Path, fmt: str, limit: int) -> tuple[list[str], list[str], list[list[Any]]]:
         """See :meth:`Store.read_file`."""
@@ -217,6 +238,10 @@ class ClickHouseStore(_Threaded):
         await self._run(
             lambda: self._client.raw_insert(table, insert_block=data, settings=dict(settings or {}), fmt=fmt)
         )
+
+    def protobuf_settings(self, schema: str, message: str) -> dict[str, Any]:
+        """See :meth:`Store.protobuf_settings`: the schema travels with each insert."""
+        return {"format_schema_source": "string", "format_schema": schema, "format_schema_message_name": message}
 
     async def read_file(self, path: Path, fmt: str, limit: int) -> tuple[list[str], list[str], list[list[Any]]]:
         """See :meth:`Store.read_file`; parsed by an in-memory chdb (the file is local, not the server's)."""
