@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import grpc
@@ -135,3 +137,53 @@ async def test_the_example_loads_materializes_and_serves(tmp_path: Path, gateway
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await running.stub.GetFeatures(pb.GetFeaturesRequest(feature_service="churn", entities=[pb.EntityRow()]))
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+RELOADABLE = """\
+project: {version: "%s"}
+entities: {customer: {keys: {customer_id: INT64}}}
+sources:
+  caller: {kind: request}
+  gone: {kind: redis, url: "redis://127.0.0.1:1/0", timeout: 100ms}
+feature_views:
+  basket: {entities: [customer], fields: {amount: FP64}, source: caller}
+  lost: {entities: [customer], fields: {x: FP64}, source: gone, unavailable: default}
+feature_services:
+  svc:
+    entities: [customer]
+    features:
+      - {name: amount, dtype: FP64, expr: "%s", default: 0}
+      - {name: x, dtype: FP64, field: lost.x, default: -1}
+"""
+
+
+def _request(version: str = "") -> pb.GetFeaturesRequest:
+    return pb.GetFeaturesRequest(
+        feature_service="svc",
+        definition_version=version,
+        entities=[
+            pb.EntityRow(
+                keys={"customer_id": common_pb2.Value(int64_value=1)},
+                request_values={"amount": common_pb2.Value(double_value=3.0)},
+            )
+        ],
+    )
+
+
+async def test_reload_keeps_old_versions_and_refuses_broken_files(tmp_path: Path, gateway_factory):
+    path = tmp_path / "defs.yaml"
+    path.write_text(RELOADABLE % ("1", "basket.amount"))
+    running = await gateway_factory(tmp_path)
+    first = await running.stub.GetFeatures(_request())
+    assert first.definition_version == "1" and first.rows[0].values[0].double_value == 3.0
+    # Every source of `lost` is down, and the view says to serve defaults then.
+    assert (first.rows[0].values[1].double_value, first.rows[0].statuses[1]) == (-1.0, pb.FEATURE_STATUS_DEFAULT)
+    path.write_text(RELOADABLE % ("2", "basket.amount * 10"))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert await running.gateway.reload()
+    assert (await running.stub.GetFeatures(_request())).rows[0].values[0].double_value == 30.0
+    assert (await running.stub.GetFeatures(_request("1"))).rows[0].values[0].double_value == 3.0
+    path.write_text(RELOADABLE % ("3", "basket.nope"))
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    assert not await running.gateway.reload()
+    assert (await running.stub.GetFeatures(_request())).definition_version == "2"

@@ -156,6 +156,9 @@ class DataGateway:
             "features_served", "Feature values served, by feature service and status.", ("service", "status")
         )
         self._versions_gauge = metrics.gauge("definition_versions", "Definition versions loaded.")
+        self._fallbacks = metrics.counter(
+            "fallback_reads", "Entities of a view served by a fallback source.", ("view", "source")
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -201,7 +204,7 @@ class DataGateway:
             sources[name] = source
         self._versions[definitions.version] = definitions
         self._by_version[definitions.version] = sources
-        self._readers[definitions.version] = FeatureReader(sources, self.cache, self.metrics)
+        self._readers[definitions.version] = FeatureReader(sources, self.cache, self._fallbacks)
         self._current = definitions
         while len(self._versions) > self.settings.keep_versions:
             oldest = next(iter(self._versions))
@@ -325,6 +328,20 @@ class DataGateway:
             values[request.name] = value
         return values
 
+    @staticmethod
+    def _check_request_fields(view: ViewDef, sources: Mapping[str, Source], entities: Sequence[EntityInput]) -> None:
+        """Request values a request-kind source of ``view`` will read must have the field's type."""
+        chains = [view.chain, *(route.chain for route in view.routes)]
+        for name in {s for chain in chains for s in chain if sources[s].kind == "request"}:
+            renames = view.binding(name).get("columns", {}) or {}
+            for index, entity in enumerate(entities):
+                for field_name, dtype in view.fields.items():
+                    column = str(renames.get(field_name, field_name))
+                    try:
+                        coerce(dtype, entity.request.get(column))
+                    except ValueError as exc:
+                        raise InvalidArgument(f"entities[{index}].request_values.{column}: {exc}") from None
+
     async def get_features(
         self,
         name: str,
@@ -351,8 +368,11 @@ class DataGateway:
         reader = self._readers[definitions.version]
         views = [definitions.views[v] for v in service.views]
 
+        sources = self._by_version[definitions.version]
+        for view in views:
+            self._check_request_fields(view, sources, entities)
         items = [
-            [ReadItem(tuple(k[key.name] for key in view.keys), r) for k, r in zip(keys, requests, strict=True)]
+            [ReadItem(tuple(k[key.name] for key in view.keys), e.request) for k, e in zip(keys, entities, strict=True)]
             for view in views
         ]
         try:

@@ -5,8 +5,10 @@ matches the request's routing attributes and the entity's keys, else the view's 
 chain). Entities sharing a chain are read together; chains are read concurrently. Each
 source gets its own timeout; a source that fails or times out hands the remaining entities
 to the next one in the chain, and a source known to be down is skipped while another can
-answer. When a view has a cache, fresh entries (records and known absences) are served
-from it and fill it.
+answer. When a view has a cache, fresh entries (records and known absences) are served from
+it; answers of the chain's first source fill it (a fallback's are not kept, so the primary
+is used again as soon as it recovers). Views without routes or cache whose first source is
+the same share one call to it (one MGET for Redis).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
@@ -94,15 +96,21 @@ class ReadCache:
         return hits / (hits + misses) if hits + misses else 0.0
 
 
+class LabelledCounter(Protocol):
+    """A Prometheus counter with labels (what :meth:`Metrics.counter` returns)."""
+
+    def labels(self, *values: str) -> Any:
+        """The child counter of these label values."""
+
+
 class FeatureReader:
     """Reads feature views through routing, fallback chains and the cache."""
 
-    def __init__(self, sources: Mapping[str, Source], cache: ReadCache, metrics: Metrics) -> None:
+    def __init__(self, sources: Mapping[str, Source], cache: ReadCache, fallbacks: LabelledCounter) -> None:
         self.sources = sources
         self.cache = cache
-        self._fallbacks = metrics.counter(
-            "fallback_reads", "Entities of a view served by a fallback source.", ("view", "source")
-        )
+        self._fallbacks = fallbacks
+        """Counter of entities served by a fallback, by view and source (shared by every version's reader)."""
 
     async def read(
         self,
