@@ -10,8 +10,10 @@ the event loop keeps serving. chdb allows one session per data path and per proc
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,6 +133,14 @@ class ChdbStore(_Threaded):
 
         settings.chdb_path.mkdir(parents=True, exist_ok=True)
         self._path = settings.chdb_path.resolve()
+        self._lock = os.open(self._path / ".monitor.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise StoreError(
+                f"{self._path} is used by another monitor process: give each one its own storage.chdb_path"
+            ) from None
         self._session = session.Session(str(self._path))
         self._session.query(f"CREATE DATABASE IF NOT EXISTS {settings.database}")
         self._session.query(f"USE {settings.database}")
@@ -191,6 +201,7 @@ class ChdbStore(_Threaded):
         self._closed = True
         await asyncio.to_thread(self._shutdown)
         self._session.close()
+        os.close(self._lock)
 
 
 class ClickHouseStore(_Threaded):
