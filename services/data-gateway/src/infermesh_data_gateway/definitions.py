@@ -465,6 +465,19 @@ def _source(item: _Section, base_dir: Path) -> SourceDef:
     )
 
 
+def _entity_keys(
+    raw: Mapping[str, Any], at: _At, entities: Mapping[str, EntityDef]
+) -> tuple[tuple[str, ...], list[KeyDef]]:
+    """The ``entities`` a view or a service names, and their key columns in order."""
+    names = _names(raw["entities"], at.key(raw, "entities"))
+    keys: list[KeyDef] = []
+    for index, name in enumerate(names):
+        if name not in entities:
+            raise at.key(raw, "entities").key(raw["entities"], index).error(f"unknown entity {name!r}")
+        keys.extend(entities[name].keys)
+    return names, keys
+
+
 _VIEW_KEYS = (
     "entities", "fields", "ttl", "owner", "description", "source", "fallbacks", "routes", "offline", "online_store",
     "timestamp_field", "bindings", "cache", "unavailable",
@@ -486,12 +499,7 @@ def _view(
     for key in ("entities", "fields", "source"):
         if key not in raw:
             raise at.error(f"{key} is required")
-    view_entities = _names(raw["entities"], at.key(raw, "entities"))
-    keys: list[KeyDef] = []
-    for index, name in enumerate(view_entities):
-        if name not in entities:
-            raise at.key(raw, "entities").key(raw["entities"], index).error(f"unknown entity {name!r}")
-        keys.extend(entities[name].keys)
+    view_entities, keys = _entity_keys(raw, at, entities)
     fields = _fields(raw["fields"], at.key(raw, "fields"), keys)
     primary = known_source(raw["source"], at.key(raw, "source"))
     fallbacks = _names(raw.get("fallbacks", []), at.key(raw, "fallbacks"))
@@ -639,12 +647,7 @@ def _service(
     for key in ("entities", "features"):
         if key not in raw:
             raise at.error(f"{key} is required")
-    service_entities = _names(raw["entities"], at.key(raw, "entities"))
-    keys: list[KeyDef] = []
-    for index, name in enumerate(service_entities):
-        if name not in entities:
-            raise at.key(raw, "entities").key(raw["entities"], index).error(f"unknown entity {name!r}")
-        keys.extend(entities[name].keys)
+    service_entities, keys = _entity_keys(raw, at, entities)
     request_values = _request_values(raw.get("request_values", {}) or {}, at.key(raw, "request_values"))
     by_name = {r.name: r for r in request_values}
     features_raw = raw["features"]

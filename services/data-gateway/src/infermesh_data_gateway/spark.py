@@ -90,12 +90,7 @@ def _compute_partition(
         names = [ROW_COLUMN]
         for index, feature in enumerate(service.features):
             col = result.columns[feature.name]
-            if feature.shape:
-                values: Any = [list(map(float, row)) for row in col.values]
-            elif col.values.dtype == object:
-                values = col.values.tolist()
-            else:
-                values = col.values.tolist()
+            values: Any = [list(map(float, row)) for row in col.values] if feature.shape else col.values.tolist()
             arrays += [pa.array(values, mask=~col.valid), pa.array(col.valid), pa.array(result.statuses[:, index])]
             names += [f"f{index}", f"f{index}_valid", f"f{index}_status"]
         yield pa.RecordBatch.from_arrays(arrays, names=names)
