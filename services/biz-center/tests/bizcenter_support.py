@@ -132,7 +132,9 @@ class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):
             feature_service="churn",
             definition_version="2026.11.1",
             fields=[
-                dg.FeatureField(name=name, dtype="INT64" if isinstance(default, int) else "FP32")
+                dg.FeatureField(
+                    name=name, dtype="INT64" if isinstance(default, int) else "FP32", feature_view="customer_activity"
+                )
                 for name, default in zip(self.names, self.defaults, strict=True)
             ],
         )

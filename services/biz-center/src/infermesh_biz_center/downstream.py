@@ -114,16 +114,19 @@ class FeatureVector:
     """One entity's feature vector, in model input order."""
 
     names: tuple[str, ...]
+    views: tuple[str, ...]
+    """The feature view of each feature ("" for one computed from request values only)."""
     values: tuple[common_pb2.Value, ...]
     statuses: tuple[int, ...]
     lineage: common_pb2.FeatureLineage
 
     def incomplete(self) -> str:
-        """Which features did not come from their primary source ("" when all did)."""
+        """Which features did not come from their primary source ("" when all did). A request-only
+        feature at its default is complete: the caller did not send an optional value."""
         odd = [
             f"{name} ({_DEGRADED_STATUSES[status]})"
-            for name, status in zip(self.names, self.statuses, strict=False)
-            if status in _DEGRADED_STATUSES
+            for name, view, status in zip(self.names, self.views, self.statuses, strict=False)
+            if status in _DEGRADED_STATUSES and (view or status != dg.FEATURE_STATUS_DEFAULT)
         ]
         return ", ".join(odd)
 
@@ -204,8 +207,9 @@ class FeatureClient:
         if len(reply.rows) != len(rows):
             raise Unavailable(f"data gateway returned {len(reply.rows)} rows for {len(rows)} entities")
         names = tuple(f.name for f in reply.fields)
+        views = tuple(f.feature_view for f in reply.fields)
         return [
-            FeatureVector(names=names, values=tuple(r.values), statuses=tuple(r.statuses), lineage=r.lineage)
+            FeatureVector(names, views, values=tuple(r.values), statuses=tuple(r.statuses), lineage=r.lineage)
             for r in reply.rows
         ]
 
