@@ -181,7 +181,8 @@ async def test_concurrent_requests_through_the_real_mesh_answer_the_same(mesh: M
     for i, reply in enumerate(together):
         expected = alone[1 + i % 8]
         assert (reply.variant, reply.model_version) == (expected.variant, expected.model_version)
-        assert reply.prediction.scores["churn"] == pytest.approx(expected.prediction.scores["churn"], rel=1e-5)
+        # onnxruntime's batch kernels may differ from single-row ones in the last float digits
+        assert reply.prediction.scores["churn"] == pytest.approx(expected.prediction.scores["churn"], rel=1e-4)
         assert not reply.degradation.degraded
 
 
