@@ -1,8 +1,11 @@
-"""``infermesh``: run and inspect the local mesh.
+"""``infermesh``: run the local mesh and manage what it serves.
 
 Subcommands: ``demo`` (start the mesh, run the demo workload, print a summary, stop),
 ``up`` (start the mesh and keep it serving until Ctrl-C), ``status`` and ``down`` (for a
-mesh started by ``up`` in another terminal). Errors print one line and exit non-zero.
+mesh started by ``up`` in another terminal), and the management groups of
+:mod:`infermesh_cli.commands` (``models``, ``rollouts``, ``scenes``, ``experiments``,
+``features``, ``events``, ``predict``, ``infer``, ``batch-score``). Errors print one line and
+exit non-zero.
 """
 
 from __future__ import annotations
@@ -16,20 +19,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from infermesh_cli.demo import ServiceReport, run_workload
+from infermesh_cli.commands import EXIT_CODES, add_commands, add_global_options
+from infermesh_cli.commands._output import print_table
 from infermesh_cli.stack import LocalStack, StackError, health_status
 
+if TYPE_CHECKING:
+    from infermesh_cli.demo import ServiceReport
+
 DEFAULT_WORKDIR = Path("var/stack")
-
-
-def _print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    print(line)
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def _report_rows(reports: list[ServiceReport]) -> list[list[str]]:
@@ -52,6 +51,8 @@ def _report_rows(reports: list[ServiceReport]) -> list[list[str]]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the mesh, run the workload, print the summary, stop, and check nothing is left."""
+    from infermesh_cli.demo import run_workload  # noqa: PLC0415  (the workload's imports serve only the demo)
+
     stack = LocalStack(args.workdir)
     print(f"starting the local mesh under {args.workdir} ...", file=sys.stderr)
     stack.start()
@@ -81,7 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         )
     else:
-        _print_table(headers, _report_rows(reports))
+        print_table(headers, _report_rows(reports))
         print(f"\nstopped: {', '.join(f'{n} exit {c}' for n, c in codes.items())}")
     failed = [r.name for r in reports if r.health != "SERVING" or r.errors or not r.metrics_ok]
     unclean = [n for n, c in codes.items() if c != 0]
@@ -98,7 +99,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    _print_table(
+    print_table(
         ["service", "address", "metrics", "pid", "log"],
         [[p.name, p.address, f"127.0.0.1:{p.metrics_port}", str(p.pid), p.log] for p in stack.processes],
     )
@@ -120,7 +121,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dict(zip(["service", "address", "health", "pid"], r, strict=True)) for r in rows]))
     else:
-        _print_table(["service", "address", "health", "pid"], rows)
+        print_table(["service", "address", "health", "pid"], rows)
     return 0 if all(r[2] == "SERVING" for r in rows) else 1
 
 
@@ -136,18 +137,25 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``infermesh`` command."""
-    parser = argparse.ArgumentParser(prog="infermesh", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="infermesh",
+        description=__doc__.splitlines()[0],
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--workdir", type=Path, default=DEFAULT_WORKDIR, help="where the stack keeps settings, logs and state"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--requests", type=int, default=200, help="calls per service in the workload")
     demo.set_defaults(run=cmd_demo)
     sub.add_parser("up", help=cmd_up.__doc__).set_defaults(run=cmd_up)
     sub.add_parser("status", help=cmd_status.__doc__).set_defaults(run=cmd_status)
     sub.add_parser("down", help=cmd_down.__doc__).set_defaults(run=cmd_down)
+    add_commands(sub)
     args = parser.parse_args(argv)
     try:
         code = args.run(args)
