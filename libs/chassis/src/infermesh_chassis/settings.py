@@ -113,7 +113,7 @@ class EventSettings(BaseModel):
     """Subject prefix: a service publishes on ``<prefix>.<service>``; the stream takes ``<prefix>.>``."""
     nats_connect_timeout_s: float = Field(2.0, gt=0)
     """How long a connection attempt to NATS may take before the batch goes to the spool."""
-    nats_publish_timeout_s: float = Field(5.0, gt=0)
+    nats_publish_timeout_s: float = Field(2.0, gt=0)
     """How long to wait for JetStream to confirm a batch (its PubAck) before counting it as failed."""
     stream_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
     """Events older than this leave the stream even if nobody consumed them."""
