@@ -534,10 +534,20 @@ class DataGateway:
             stamps.append(stamp)
         frame[EVENT_COLUMN] = np.array(stamps, dtype=np.int64)
         for request in service.request_values:
-            if request.name in entities:
-                frame[f"request.{request.name}"] = entities[request.name].to_numpy()
-            elif request.required:
-                raise InvalidArgument(f"entities: request value column {request.name!r} is required")
+            if request.name not in entities:
+                if request.required:
+                    raise InvalidArgument(f"entities: request value column {request.name!r} is required")
+                continue
+            values = []  # read as GetFeatures reads them (an integer TIMESTAMP is epoch seconds)
+            for index, raw in enumerate(entities[request.name].tolist()):
+                try:
+                    value = None if raw is None or (isinstance(raw, float) and np.isnan(raw)) else raw
+                    values.append(None if value is None else coerce(request.dtype, value))
+                except ValueError as exc:
+                    raise InvalidArgument(f"entities[{index}].{request.name}: {exc}") from None
+                if values[-1] is None and request.required:
+                    raise InvalidArgument(f"entities[{index}].{request.name} is required ({request.dtype.name})")
+            frame[f"request.{request.name}"] = pd.Series(values, dtype=object)
         taken = {*(k.name for k in service.keys), "event_time", *(r.name for r in service.request_values)}
         passthrough = [c for c in entities.columns if c not in taken]
         for column in passthrough:
