@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -186,4 +187,26 @@ async def test_reload_keeps_old_versions_and_refuses_broken_files(tmp_path: Path
     path.write_text(RELOADABLE % ("3", "basket.nope"))
     os.utime(path, (time.time() + 10, time.time() + 10))
     assert not await running.gateway.reload()
+    assert (await running.stub.GetFeatures(_request())).definition_version == "2"
+
+
+async def test_versions_beyond_keep_versions_are_dropped_with_their_sources(tmp_path: Path, gateway_factory):
+    path = tmp_path / "defs.yaml"
+    path.write_text(RELOADABLE % ("1", "basket.amount"))
+    running = await gateway_factory(tmp_path, keep_versions=1)
+    old_redis, caller = running.gateway.sources()["gone"], running.gateway.sources()["caller"]
+    path.write_text((RELOADABLE % ("2", "basket.amount")).replace("127.0.0.1:1/0", "127.0.0.1:2/0"))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert await running.gateway.reload()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await running.stub.GetFeatures(_request("1"))
+    assert (
+        caught.value.code() is grpc.StatusCode.NOT_FOUND and "'1' is not loaded (loaded: 2)" in caught.value.details()
+    )
+    for _ in range(50):  # the source only version 1 configured is closed; the unchanged one is kept
+        if old_redis._probe_task is None:
+            break
+        await asyncio.sleep(0.01)
+    assert old_redis._probe_task is None and running.gateway.sources()["gone"] is not old_redis
+    assert running.gateway.sources()["caller"] is caller and caller._probe_task is not None
     assert (await running.stub.GetFeatures(_request())).definition_version == "2"

@@ -152,6 +152,7 @@ class DataGateway:
         self._mtime = 0.0
         self._locks: dict[str, asyncio.Lock] = {}
         self._spark: Any = None
+        self._closing: set[asyncio.Future[None]] = set()
         self._served = metrics.counter(
             "features_served", "Feature values served, by feature service and status.", ("service", "status")
         )
@@ -186,6 +187,7 @@ class DataGateway:
         for source in self._sources.values():
             await source.close()
         self._sources.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if self._spark is not None:
             await asyncio.to_thread(self._spark.stop)
             self._spark = None
@@ -209,6 +211,13 @@ class DataGateway:
         while len(self._versions) > self.settings.keep_versions:
             oldest = next(iter(self._versions))
             del self._versions[oldest], self._by_version[oldest], self._readers[oldest]
+            self._executors = {k: v for k, v in self._executors.items() if k[0] != oldest}
+        in_use = {id(source) for sources_of in self._by_version.values() for source in sources_of.values()}
+        for signature, source in list(self._sources.items()):
+            if id(source) not in in_use:  # no loaded version configures it any more
+                del self._sources[signature]
+                self._closing.add(asyncio.ensure_future(source.close()))
+                self._closing = {task for task in self._closing if not task.done()}
         self._versions_gauge.set(len(self._versions))
         _log.info(
             "definitions_loaded",
