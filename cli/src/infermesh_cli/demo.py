@@ -1,111 +1,338 @@
-"""The demo workload: what the mesh can do today, run against the local stack.
+"""The demo: churn scoring through the whole mesh, from training to a summary of what happened.
 
-It resolves every service through the chassis' discovery and client (the same path the
-services use to call each other), sends a workload of health checks to each instance,
-lists each instance's services through server reflection, reads each /metrics endpoint,
-and reports latency figures and the memory of each process.
+:func:`deploy_churn_models` reads a point-in-time training set of the churn feature service from
+the data gateway (the same definitions that serve online), labels it with a known synthetic churn
+rule, trains a logistic regression (version 1) and gradient-boosted trees (version 2), converts
+both to ONNX, registers and deploys them on the model gateway (Triton), makes version 1
+``production``, points ``canary`` at version 2 and mirrors half of version 1's traffic to
+version 2 as a shadow. The business center's churn scene splits customers between the two
+versions in an A/B experiment.
+
+:func:`run_workload` then sends Predict calls for random customers to the business center, with
+a progress bar, and :func:`summarize` reports the requests, the split per variant, p50/p99 per
+hop, errors, degraded answers, and the shadow agreement the monitor computed from the events it
+received through NATS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
+import signal
 import sys
+import threading
 import time
-import urllib.request
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+import grpc
+import numpy as np
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from tqdm import tqdm
 
-from infermesh_chassis.client import ChannelPool, ServiceClient
-from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
-from infermesh_chassis.metrics import Metrics
-from infermesh_chassis.settings import ClientSettings
-from infermesh_cli.stack import ServiceProcess
+from infermesh.bizcenter.v1 import biz_center_pb2 as biz
+from infermesh.bizcenter.v1 import biz_center_pb2_grpc as biz_grpc
+from infermesh.common.v1 import common_pb2
+from infermesh.datagateway.v1 import data_gateway_pb2 as dg
+from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
+from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
+from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as mg_grpc
+from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from infermesh_cli.commands._output import ms, percent, print_fields, print_json, print_table
+from infermesh_cli.stack import DEMO_API_KEY, LocalStack
+from infermesh_model_gateway.testing import TrainedModel, to_onnx_file
 
-__all__ = ["ServiceReport", "run_workload"]
+__all__ = [
+    "DemoSummary",
+    "demo_command",
+    "deploy_churn_models",
+    "print_summary",
+    "run_workload",
+    "summarize",
+    "up_command",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class ServiceReport:
-    """What the workload saw of one service."""
-
-    name: str
-    address: str
-    health: str
-    services: tuple[str, ...]
-    requests: int
-    errors: int
-    p50_ms: float
-    p99_ms: float
-    metrics_ok: bool
-    rss_mib: float | None
-
-
-def _quantile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def _metrics_ok(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            return b"infermesh_" in reply.read()
-    except OSError:
-        return False
+MODEL = "churn"
+SCENE = "churn-score"
+FEATURE_SERVICE = "churn"
+CUSTOMERS = range(1, 201)
 
 
-async def _probe(
-    process: ServiceProcess, pool: ChannelPool, discovery: StaticDiscovery, requests: int
-) -> ServiceReport:
-    settings = ClientSettings(default_timeout_s=2.0)
-    health = ServiceClient(
-        process.name,
-        health_pb2_grpc.HealthStub,
-        discovery=discovery,
-        channels=pool,
-        settings=settings,
-        idempotent={"Check"},
+def _values(value: common_pb2.Value) -> list[float]:
+    """A feature as the numbers it contributes to the model's input (a one-hot vector gives several)."""
+    kind = value.WhichOneof("kind")
+    if kind in ("double_list", "int64_list"):
+        return [float(v) for v in getattr(value, kind).values]
+    raw = getattr(value, kind) if kind is not None else None
+    return [float(raw) if isinstance(raw, int | float | bool) else float("nan")]
+
+
+async def _training_set(channel: grpc.aio.Channel) -> tuple[list[str], np.ndarray]:
+    stub = dg_grpc.DataGatewayServiceStub(channel)
+    rows = dg.TrainingEntityRows()
+    now = datetime.now(UTC)
+    for customer in CUSTOMERS:
+        row = rows.rows.add()
+        row.keys["customer_id"].int64_value = customer
+        row.event_time.FromDatetime(now)
+    request = dg.GetTrainingSetRequest(feature_service=FEATURE_SERVICE, rows=rows, format=dg.TRAINING_SET_FORMAT_ROWS)
+    names: list[str] = []
+    matrix: list[list[float]] = []
+    async for chunk in stub.GetTrainingSet(request, timeout=60):
+        if chunk.fields:
+            names = [f.name for f in chunk.fields]
+        matrix.extend([x for v in row.values for x in _values(v)] for row in chunk.rows.rows)
+    return names, np.nan_to_num(np.asarray(matrix, dtype=np.float32))
+
+
+def churn_labels(x: np.ndarray, seed: int = 11) -> np.ndarray:
+    """The synthetic ground truth: support tickets, recent logins and low spend drive churn."""
+    rng = np.random.default_rng(seed)
+    z = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
+    logits = 1.2 * z[:, -3] + 0.9 * z[:, -2] - 0.8 * z[:, 4] - 0.6 * z[:, 3] + 0.4 * rng.normal(size=len(x))
+    return (logits > 0).astype(np.int64)
+
+
+def _train(x: np.ndarray, y: np.ndarray, models_dir: Path) -> list[TrainedModel]:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    lr = LogisticRegression(max_iter=1000).fit(x, y)
+    gb = GradientBoostingClassifier(n_estimators=40, max_depth=3, random_state=0).fit(x, y)
+    return [to_onnx_file(lr, x, models_dir / "churn_lr.onnx"), to_onnx_file(gb, x, models_dir / "churn_gb.onnx")]
+
+
+async def deploy_churn_models(stack: LocalStack, models_dir: Path) -> dict[str, Any]:
+    """Train, register and deploy the two churn models and set their traffic (see the module docstring)."""
+    async with (
+        grpc.aio.insecure_channel(stack.process("data-gateway").address) as data,
+        grpc.aio.insecure_channel(stack.process("model-gateway").address) as models,
+    ):
+        names, x = await _training_set(data)
+        y = churn_labels(x)
+        trained = await asyncio.to_thread(_train, x, y, models_dir)
+        control = mg_grpc.ModelControlServiceStub(models)
+        existing = await control.ListModels(mg.ListModelsRequest(name_prefix=MODEL))
+        if not any(m.name == MODEL and m.serving_versions for m in existing.models):
+            for model in trained:
+                registered = await control.RegisterModelVersion(
+                    mg.RegisterModelVersionRequest(
+                        model=MODEL,
+                        format=mg.MODEL_FORMAT_ONNX,
+                        artifact=mg.Artifact(uri=str(model.path), sha256=model.sha256),
+                        inputs=[common_pb2.TensorSpec(name="X", datatype="FP32", shape=[x.shape[1]])],
+                        outputs=[
+                            common_pb2.TensorSpec(name="label", datatype="INT64", shape=[1]),
+                            common_pb2.TensorSpec(name="probabilities", datatype="FP32", shape=[2]),
+                        ],
+                        deployment=mg.DeploymentConfig(
+                            max_batch_size=64, dynamic_batching=mg.DynamicBatching(enabled=True)
+                        ),
+                        owner="churn-model@example.com",
+                        description=f"{model.name}: trained on {len(x)} rows of feature service '{FEATURE_SERVICE}'",
+                        actor="infermesh-demo",
+                    )
+                )
+                version = registered.model_version.version
+                await control.DeployModelVersion(
+                    mg.DeployModelVersionRequest(model=MODEL, version=version, actor="infermesh-demo"), timeout=180
+                )
+            await control.PromoteModelVersion(
+                mg.PromoteModelVersionRequest(model=MODEL, version=1, actor="infermesh-demo")
+            )
+            await control.SetAlias(mg.SetAliasRequest(model=MODEL, alias="canary", version=2, actor="infermesh-demo"))
+            await control.SetTrafficPolicy(
+                mg.SetTrafficPolicyRequest(
+                    model=MODEL,
+                    policy=mg.TrafficPolicy(mirror=mg.Mirror(shadow_version=2, fraction=0.5)),
+                    actor="infermesh-demo",
+                    reason="shadow the gradient-boosted model on half of version 1's traffic",
+                )
+            )
+        return {"features": names, "rows": len(x), "churn_rate": float(y.mean())}
+
+
+@dataclass
+class DemoSummary:
+    """What the demo workload saw, and what the monitor made of it."""
+
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    degraded: dict[str, int] = field(default_factory=dict)
+    variants: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    total_ms: dict[str, float] = field(default_factory=dict)
+    shadow: dict[str, float] = field(default_factory=dict)
+    events_stored: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    rss_mib: dict[str, float] = field(default_factory=dict)
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p99": 0.0}
+    array = np.asarray(values)
+    return {"p50": round(float(np.percentile(array, 50)), 3), "p99": round(float(np.percentile(array, 99)), 3)}
+
+
+async def run_workload(stack: LocalStack, requests: int, concurrency: int = 8, seed: int = 3) -> DemoSummary:
+    """Send ``requests`` Predict calls for random customers to the business center."""
+    rng = random.Random(seed)
+    summary = DemoSummary()
+    hops: dict[str, list[float]] = {}
+    totals: list[float] = []
+    errors: Counter[str] = Counter()
+    degraded: Counter[str] = Counter()
+    variants: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    metadata = (("x-api-key", DEMO_API_KEY),)
+    progress = tqdm(total=requests, desc="demo workload", unit="req", leave=True)
+    remaining = requests
+    async with grpc.aio.insecure_channel(stack.process("biz-center").address) as channel:
+        predict = biz_grpc.BizCenterServiceStub(channel).Predict
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                customer = rng.choice(CUSTOMERS)
+                request = biz.PredictRequest(scene=SCENE, unit_id=str(customer))
+                request.attributes["region"] = rng.choice(["eu-west", "us-east", "ap-south"])
+                started = time.perf_counter()
+                try:
+                    response = await predict(request, metadata=metadata, timeout=5)
+                except grpc.aio.AioRpcError as exc:
+                    errors[exc.code().name] += 1
+                else:
+                    totals.append((time.perf_counter() - started) * 1000)
+                    variants[response.variant or "(none)"] += 1
+                    versions[str(response.model_version) if response.model_version else "(fallback)"] += 1
+                    if response.degradation.degraded:
+                        degraded[common_pb2.DegradationReason.Name(response.degradation.reason)] += 1
+                    for hop in response.latencies:
+                        hops.setdefault(hop.hop, []).append(hop.latency_ms)
+                progress.update(1)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    progress.close()
+    summary.requests = requests
+    summary.errors, summary.degraded = dict(errors), dict(degraded)
+    summary.variants, summary.versions = dict(variants), dict(versions)
+    summary.hops_ms = {hop: _quantiles(values) for hop, values in hops.items()}
+    summary.total_ms = _quantiles(totals)
+    return summary
+
+
+async def summarize(stack: LocalStack, summary: DemoSummary, wait_s: float = 20.0) -> DemoSummary:
+    """Add what the monitor stored (events, shadow agreement) once the events have arrived."""
+    async with grpc.aio.insecure_channel(stack.process("monitor").address) as channel:
+        monitor = monitor_pb2_grpc.MonitorServiceStub(channel)
+        deadline = time.monotonic() + wait_s
+        while True:
+            stats = await monitor.QueryStats(
+                monitor_pb2.QueryStatsRequest(
+                    window=monitor_pb2.STATS_WINDOW_1H,
+                    filter=monitor_pb2.StatsFilter(scene=SCENE, source_service="biz-center"),
+                ),
+                timeout=10,
+            )
+            stored = sum(row.count for row in stats.rows)
+            if stored >= summary.requests - sum(summary.errors.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        summary.events_stored = stored
+        report = await monitor.GetShadowReport(
+            monitor_pb2.GetShadowReportRequest(model=MODEL, score_tolerance=0.05), timeout=10
+        )
+        for pair in report.comparisons:
+            key = f"v{pair.primary_version}->v{pair.shadow_version}"
+            summary.shadow[f"{key} pairs"] = pair.pairs
+            summary.shadow[f"{key} agreement"] = round(pair.agreement_rate, 3)
+            summary.shadow[f"{key} mean |score diff|"] = round(pair.mean_abs_score_diff, 4)
+    summary.rss_mib = {p.name: round(p.rss_mib() or 0.0) for p in stack.processes}
+    return summary
+
+
+def print_summary(summary: DemoSummary) -> None:
+    """The demo's summary as tables."""
+    ok = summary.requests - sum(summary.errors.values())
+    training = f"{summary.training.get('rows')} rows, churn rate {summary.training.get('churn_rate', 0):.2f}"
+    print_fields(
+        [
+            ("requests", summary.requests),
+            ("answered", ok),
+            ("errors", summary.errors or 0),
+            ("degraded", summary.degraded or 0),
+            ("end-to-end p50 / p99 ms", f"{ms(summary.total_ms.get('p50'))} / {ms(summary.total_ms.get('p99'))}"),
+            ("events stored by the monitor", summary.events_stored),
+            ("training set", training),
+        ]
     )
-    latencies: list[float] = []
-    errors = 0
-    status = "UNREACHABLE"
-    for _ in range(requests):
-        began = time.perf_counter()
-        try:
-            reply = await health.call("Check", health_pb2.HealthCheckRequest())
-        except Exception:
-            errors += 1
-            continue
-        latencies.append((time.perf_counter() - began) * 1000)
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    reflection = reflection_pb2_grpc.ServerReflectionStub(pool.get(process.address))
-    listing = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-    names = tuple(sorted([s.name async for r in listing for s in r.list_services_response.service]))
-    return ServiceReport(
-        name=process.name,
-        address=process.address,
-        health=status,
-        services=names,
-        requests=requests,
-        errors=errors,
-        p50_ms=_quantile(latencies, 0.5),
-        p99_ms=_quantile(latencies, 0.99),
-        metrics_ok=await asyncio.to_thread(_metrics_ok, process.metrics_port),
-        rss_mib=process.rss_mib(),
+    print()
+    print_table(
+        ["variant", "requests", "share"],
+        [[v, n, percent(n / max(ok, 1))] for v, n in sorted(summary.variants.items())],
     )
+    print()
+    print_table(["model version", "requests"], sorted(summary.versions.items()))
+    print()
+    print_table(["hop", "p50 ms", "p99 ms"], [[h, ms(q["p50"]), ms(q["p99"])] for h, q in summary.hops_ms.items()])
+    print()
+    print_table(["shadow", "value"], sorted(summary.shadow.items()))
+    print()
+    print_table(["process", "RSS MiB"], sorted(summary.rss_mib.items()))
 
 
-async def run_workload(processes: list[ServiceProcess], requests: int = 200) -> list[ServiceReport]:
-    """Probe every service of the stack with ``requests`` health checks through the chassis client."""
-    discovery = StaticDiscovery(DiscoverySettings(static={p.name: [p.address] for p in processes}))
-    pool = ChannelPool(Metrics("infermesh-cli"))
+def demo_command(workdir: Path, requests: int, as_json: bool) -> int:
+    """Start the mesh, deploy the models, run the workload, print the summary, stop; 0 when all went well."""
+    stack = LocalStack(workdir)
+    print(f"starting the local mesh under {workdir} ...", file=sys.stderr)
+    stack.start()
     try:
-        reports = []
-        for index, process in enumerate(processes, 1):
-            print(f"  [{index}/{len(processes)}] {process.name}: {requests} calls", file=sys.stderr, flush=True)
-            reports.append(await _probe(process, pool, discovery, requests))
-        return reports
+        print("training and deploying the churn models ...", file=sys.stderr)
+        training = asyncio.run(deploy_churn_models(stack, workdir / "models"))
+        summary = asyncio.run(run_workload(stack, requests))
+        summary.training = training
+        summary = asyncio.run(summarize(stack, summary))
     finally:
-        await pool.close()
-        await discovery.close()
+        codes = stack.stop()
+    if as_json:
+        print_json({"summary": dataclasses.asdict(summary), "exit_codes": codes})
+    else:
+        print_summary(summary)
+        print(f"\nstopped: {', '.join(f'{n} exit {c}' for n, c in codes.items())}")
+    unclean = [n for n, c in codes.items() if c != 0]
+    if summary.errors or unclean:
+        print(f"demo failed: errors {summary.errors}, unclean exits {unclean}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def up_command(workdir: Path) -> int:
+    """Start the mesh with the churn models deployed and serve until SIGINT/SIGTERM, then stop cleanly."""
+    stack = LocalStack(workdir)
+    stack.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        asyncio.run(deploy_churn_models(stack, workdir / "models"))
+        print_table(
+            ["process", "address", "metrics", "pid", "log"],
+            [[p.name, p.address, f"127.0.0.1:{p.metrics_port}", p.pid, p.log] for p in stack.processes],
+        )
+        print(f"\nserving the '{SCENE}' scene (API key {DEMO_API_KEY}); Ctrl-C or `infermesh down` stops the mesh")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            dead = [p.name for p in stack.processes if not p.alive()]
+            if dead:
+                print(f"stopping: {', '.join(dead)} exited", file=sys.stderr)
+                break
+    finally:
+        codes = stack.stop()
+    print(f"stopped: {', '.join(f'{n} exit {c}' for n, c in codes.items())}")
+    return 0 if all(c == 0 for c in codes.values()) else 1
