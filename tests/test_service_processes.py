@@ -58,6 +58,7 @@ def test_service_process_lifecycle(tmp_path: Path, module: str, name: str, prefi
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--config", str(config)],
         env=env,
+        cwd=tmp_path,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
