@@ -455,3 +455,26 @@ async def test_list_and_describe(world):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await running.stub.DescribeFeatureService(pb.DescribeFeatureServiceRequest(name="nope"))
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_concurrent_reads_share_redis_round_trips_and_get_their_own_values(world):
+    import redis as redis_sync  # noqa: PLC0415
+
+    from infermesh_data_gateway.gateway import EntityInput  # noqa: PLC0415
+
+    running, redis, _ = world
+    for customer in range(100, 120):
+        await _push(running, customer, "pro", customer * 3, NOW - timedelta(minutes=customer))
+    running.gateway.cache.invalidate(running.gateway.view("profile")[1], [(c,) for c in range(100, 120)])
+    stats = redis_sync.Redis.from_url(redis.url)
+
+    def mget_calls() -> int:
+        return int(stats.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+    before = mget_calls()
+    results = await asyncio.gather(
+        *(running.gateway.get_features("strict", [EntityInput({"customer_id": c})]) for c in range(100, 120))
+    )
+    assert [r.vectors[0].values[0] for r in results] == [c * 3 for c in range(100, 120)]
+    assert mget_calls() - before < 20  # twenty concurrent reads, fewer round trips
+    stats.close()

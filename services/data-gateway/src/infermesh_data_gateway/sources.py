@@ -12,6 +12,7 @@ Layouts:
 - Redis: one string per (view, entity), key ``<prefix><view>:<key1>|<key2>``, value
   ``<event time µs>|<JSON of the fields>``; a Lua script writes only when not older, and the
   key expires when the view's TTL runs out. Watermarks live in the hash ``<prefix>__watermarks``.
+  Reads issued in the same event-loop turn (concurrent requests) share one MGET.
 - SQL: table ``binding.table`` (default: the view's name) with the key columns, the field
   columns (``binding.columns`` renames them) and the view's timestamp column; the latest row
   per key is the record. Online-store tables are created with the keys as primary key.
@@ -315,6 +316,8 @@ class RedisSource(Source):
             retry_on_error=[aioredis.ConnectionError],
         )
         self.client = aioredis.Redis(connection_pool=pool)
+        self._pending: list[tuple[list[str], asyncio.Future[list[bytes | None]]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
         self._script = self.client.register_script(_WRITE_IF_NEWER)
 
     def _prefix(self, view: ViewDef) -> str:
@@ -330,10 +333,7 @@ class RedisSource(Source):
         self, requests: Sequence[tuple[ViewDef, Sequence[ReadItem]]]
     ) -> list[list[Record | None]]:
         keys = [redis_key(self._prefix(view), view.name, item.key) for view, items in requests for item in items]
-        try:
-            raw = await self.client.mget(keys)
-        except aioredis.RedisError as exc:
-            raise SourceError(f"redis {self.name}: {exc}") from exc
+        raw = await self._mget(keys)
         out: list[list[Record | None]] = []
         position = 0
         for view, items in requests:
@@ -343,6 +343,37 @@ class RedisSource(Source):
             position += len(items)
             out.append(records)
         return out
+
+    async def _mget(self, keys: list[str]) -> list[bytes | None]:
+        """MGET ``keys``, coalesced with the other reads issued in the same event-loop turn (one round trip)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[bytes | None]] = loop.create_future()
+        self._pending.append((keys, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], asyncio.Future[list[bytes | None]]]]) -> None:
+        keys = [key for keys, _ in batch for key in keys]
+        try:
+            values = await self.client.mget(keys)
+        except (aioredis.RedisError, OSError) as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(SourceError(f"redis {self.name}: {exc}"))
+            return
+        position = 0
+        for wanted, future in batch:
+            if not future.done():  # its caller may have timed out
+                future.set_result(values[position : position + len(wanted)])
+            position += len(wanted)
 
     def _decode(self, view: ViewDef, value: bytes) -> Record | None:
         stamp, _, payload = value.partition(b"|")
