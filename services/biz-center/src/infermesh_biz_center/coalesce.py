@@ -3,10 +3,12 @@
 Every hop of the mesh is a Python gRPC service, and a gRPC call costs far more CPU than the
 work it carries, so under load the business center merges the feature fetches of concurrent
 requests (one ``GetFeatures`` with many entities) and their model calls (one ``ModelInfer`` with
-a batch tensor). Nothing waits on purpose: a call goes out at once when fewer than
-``max_in_flight`` calls with its key are running; otherwise it joins the next batch, which
-leaves as soon as one of the running calls returns. At low load every call goes alone; under
-load batches form by themselves.
+a batch tensor). A call goes out at once when fewer than ``max_in_flight`` calls with its key
+are running and no other call of that key arrived within the last ``window_s``; otherwise it
+joins the next batch, which leaves when one of the running calls returns, when the window
+closes, or when it is full, whichever comes first. So a lone caller never waits, and under
+concurrent traffic a short window (like Triton's dynamic-batching queue delay) gathers batches
+that cut the gRPC calls, and their CPU, of every hop behind.
 
 Each member keeps its own deadline: a batch runs until the latest of its members' deadlines
 (bound as the call context's deadline, with the first member's request id), and a member whose
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -50,16 +53,24 @@ class _Member(Generic[I, R]):
 class _Lane(Generic[I, R]):
     pending: list[_Member[I, R]] = field(default_factory=list)
     in_flight: int = 0
+    last_seen: float = float("-inf")
+    """When the key's previous call arrived (monotonic): a recent one means concurrent traffic."""
+    timer: asyncio.TimerHandle | None = None
+    """The pending batch's departure when it waits for the window to close."""
 
 
 class Coalescer(Generic[I, R]):
     """Merges concurrent calls with equal keys (see the module docstring)."""
 
-    def __init__(self, call: BatchCall[I, R], *, max_batch: int, max_in_flight: int) -> None:
+    def __init__(
+        self, call: BatchCall[I, R], *, max_batch: int, max_in_flight: int, window_s: float = 0.0, max_keys: int = 4096
+    ) -> None:
         self._call = call
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._lanes: dict[Hashable, _Lane[I, R]] = {}
+        self._window_s = window_s
+        self._max_keys = max_keys
+        self._lanes: OrderedDict[Hashable, _Lane[I, R]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         """Batches running (held so that they are not garbage-collected while they run)."""
         self.batches = 0
@@ -70,14 +81,20 @@ class Coalescer(Generic[I, R]):
         if not batchable or self._max_batch <= 1:
             self.batches += 1
             return (await self._call(key, [item], timeout_s))[0]
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = _Lane()
-        if lane.in_flight < self._max_in_flight and not lane.pending:
+        lane = self._lane(key)
+        now = time.monotonic()
+        busy = now - lane.last_seen < self._window_s
+        lane.last_seen = now
+        if lane.in_flight < self._max_in_flight and not lane.pending and not busy:
             return await self._alone(key, lane, item, timeout_s)
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        member = _Member(item, time.monotonic() + timeout_s, future, ctx.current_request_id() or "")
+        loop = asyncio.get_running_loop()
+        member = _Member(item, now + timeout_s, loop.create_future(), ctx.current_request_id() or "")
         lane.pending.append(member)
+        if lane.in_flight < self._max_in_flight:
+            if len(lane.pending) >= self._max_batch:
+                self._launch(key, lane)
+            elif lane.timer is None:  # concurrent traffic: let the window gather the batch
+                lane.timer = loop.call_later(self._window_s, self._launch, key, lane)
         try:
             async with asyncio.timeout(timeout_s):
                 return await member.future  # a timeout cancels the future: its batch then skips it
@@ -93,7 +110,23 @@ class Coalescer(Generic[I, R]):
         finally:
             self._done(key, lane)
 
+    def _lane(self, key: Hashable) -> _Lane[I, R]:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+            if len(self._lanes) > self._max_keys:  # forget the least recently used idle key
+                for old, idle in self._lanes.items():
+                    if idle.in_flight == 0 and not idle.pending:
+                        del self._lanes[old]
+                        break
+        else:
+            self._lanes.move_to_end(key)
+        return lane
+
     def _launch(self, key: Hashable, lane: _Lane[I, R]) -> None:
+        if lane.timer is not None:
+            lane.timer.cancel()
+            lane.timer = None
         lane.pending = [m for m in lane.pending if not m.future.done()]
         batch, lane.pending = lane.pending[: self._max_batch], lane.pending[self._max_batch :]
         if not batch:
@@ -110,12 +143,10 @@ class Coalescer(Generic[I, R]):
             self._done(key, lane)
 
     def _done(self, key: Hashable, lane: _Lane[I, R]) -> None:
-        """A call of ``key`` ended: send what waits for it, or forget an idle key."""
+        """A call of ``key`` ended: send what waits for it (it has waited long enough)."""
         lane.in_flight -= 1
         if lane.pending:
             self._launch(key, lane)
-        elif lane.in_flight == 0 and self._lanes.get(key) is lane:
-            del self._lanes[key]
 
     async def _settle(self, key: Hashable, batch: list[_Member[I, R]]) -> None:
         batch = [m for m in batch if not m.future.done()]

@@ -116,6 +116,8 @@ class _Attempt:
     reason: int = Reason.NONE
     failures: list[str] = field(default_factory=list)
     deadline_hit: bool = False
+    reserve_s: float = 0.0
+    """Time kept back from downstream calls for a local fallback step to answer in."""
 
     def failed(self, what: str, error: InfermeshError, reason: int) -> None:
         if self.reason == Reason.NONE:
@@ -171,7 +173,11 @@ class Predictor:
         self._clock = clock
         self._breakers: dict[str, AsyncCircuitBreaker] = {}
         self._exposures: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
-        batching = {"max_batch": predict.coalesce_max_batch, "max_in_flight": predict.coalesce_in_flight}
+        batching = {
+            "max_batch": predict.coalesce_max_batch,
+            "max_in_flight": predict.coalesce_in_flight,
+            "window_s": predict.coalesce_window_ms / 1000,
+        }
         self._feature_batches: Coalescer[dg.EntityRow, FeatureVector] = Coalescer(self._fetch_batch, **batching)
         self._model_batches: Coalescer[bytes, InferResult] = Coalescer(self._infer_batch, **batching)
         scene_label = ("scene",)
@@ -309,11 +315,10 @@ class Predictor:
 
     # -- serving ----------------------------------------------------------------------------
 
-    def _budget(self, scene: CompiledScene, cap_s: float | None = None) -> float:
+    @staticmethod
+    def _budget(attempt: _Attempt, cap_s: float | None = None) -> float:
         """Seconds a downstream call may take now (the deadline minus the fallback reserve)."""
-        remaining = ctx.remaining_time() or 0.0
-        if scene.local_fallback:
-            remaining -= self._resilience.fallback_reserve_ms / 1000
+        remaining = (ctx.remaining_time() or 0.0) - attempt.reserve_s
         if cap_s is not None:
             remaining = min(remaining, cap_s)
         if remaining <= 0:
@@ -342,11 +347,11 @@ class Predictor:
     async def _fetch(self, scene: CompiledScene, inp: PredictInput, attempt: _Attempt) -> FeatureVector | None:
         began = time.perf_counter()
         try:
-            budget = self._budget(scene)
+            budget = self._budget(attempt)
             guard = self._guard(DATA_GATEWAY_BREAKER)
             row = await self._features.entity_row(scene, inp, guard=guard, timeout_s=budget)
             key = (scene.feature_service, scene.feature_definition_version, tuple(sorted(inp.attributes.items())))
-            return await self._feature_batches.submit(key, row, self._budget(scene))
+            return await self._feature_batches.submit(key, row, self._budget(attempt))
         except InvalidArgument:
             raise
         except InfermeshError as exc:
@@ -367,15 +372,15 @@ class Predictor:
     ) -> tuple[Prediction, str, int] | None:
         began = time.perf_counter()
         try:
-            budget = self._budget(scene, cap_s)
+            budget = self._budget(attempt, cap_s)
             guard = self._guard(f"model:{target}")
             spec = await self._models.input_spec(target, scene.input_name, guard=guard, timeout_s=budget)
             row, count = pack_row(vector.names, vector.values, spec.datatype)
             key = (target, spec, count, tuple(sorted(plan.model_parameters.items())))
-            result = await self._model_batches.submit(key, row, self._budget(scene, cap_s), batchable=spec.batchable)
+            result = await self._model_batches.submit(key, row, self._budget(attempt, cap_s), batchable=spec.batchable)
             labels: Mapping[str, tuple[str, ...]] = {}
             if needs_class_labels(plan.mapping):
-                labels = await self._models.labels(result.model, result.version, timeout_s=self._budget(scene))
+                labels = await self._models.labels(result.model, result.version, timeout_s=self._budget(attempt))
             return map_outputs(result.outputs, plan.mapping, labels), result.model, result.version
         except InfermeshError as exc:
             attempt.failed(f"model {target}", exc, _reason(exc, features=False))
@@ -387,6 +392,10 @@ class Predictor:
         facts = Facts(inp.unit_id, inp.attributes, inp.features)
         plan = self._plan(scene, facts, self._clock())
         attempt = _Attempt()
+        if scene.local_fallback:
+            settings = self._resilience
+            total = ctx.remaining_time() or 0.0
+            attempt.reserve_s = max(settings.fallback_reserve_ms / 1000, settings.fallback_reserve_fraction * total)
 
         def outcome(
             prediction: Prediction, model: str, version: int, degradation: Degradation, route: int

@@ -136,6 +136,8 @@ class ResilienceSettings(BaseModel):
     """How long a breaker stays open before one trial call."""
     fallback_reserve_ms: float = Field(5.0, ge=0)
     """Time kept back from downstream calls so a local fallback (cached score, default) still answers in time."""
+    fallback_reserve_fraction: float = Field(0.1, ge=0, lt=1)
+    """The same reserve as a fraction of the request's deadline, when that is more (10% of 250 ms: 25 ms)."""
     score_cache_size: int = Field(100_000, ge=0)
     """Recent scores remembered per instance for the cached-score fallback (0 disables it)."""
     score_cache_ttl_s: float = Field(3600.0, gt=0)
@@ -166,8 +168,11 @@ class PredictSettings(BaseModel):
     """Items of one PredictBatch in flight at once."""
     coalesce_max_batch: int = Field(32, ge=1)
     """Most concurrent requests merged into one GetFeatures / ModelInfer (1 turns coalescing off)."""
-    coalesce_in_flight: int = Field(2, ge=1)
+    coalesce_in_flight: int = Field(1, ge=1)
     """Downstream calls with the same key running at once before new requests wait for the next batch."""
+    coalesce_window_ms: float = Field(1.0, ge=0)
+    """Under concurrent traffic (another call of the key within this window), how long a batch may wait to
+    fill; a lone caller never waits. 0 batches only behind calls in flight."""
     exposure_dedup_s: float = Field(300.0, ge=0)
     """A unit's exposure to a variant is reported once per this many seconds per instance; 0 reports every answer."""
     exposure_dedup_size: int = Field(200_000, ge=1)

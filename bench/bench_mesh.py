@@ -1,0 +1,376 @@
+"""The whole mesh against direct Triton: Predict through biz-center → data gateway → model gateway →
+Triton, beside ModelInfer straight to the Triton worker on the same model, same run.
+
+Each service runs as its own process, as in production: the data gateway serves the churn example
+(services/data-gateway/examples/churn, data made fresh in a copy, materialized into an SQLite
+online store at start); the model gateway runs one embedded ``tritonserver``; the business center
+serves the example scene (services/biz-center/examples/churn.yaml) with its A/B experiment paused,
+so every request is served by the production version, the same model the direct run calls. The
+model (a logistic regression over the feature service's 10 values, ONNX) is trained on the vectors
+the data gateway serves and deployed through the model gateway's control plane with dynamic
+batching. Events are off in every process (no monitor runs).
+
+One grpc.aio client in this process drives each target in turn at concurrency 1 and 16, batch 1:
+direct Triton with the customers' vectors, then the mesh with the customers' ids. Prints both with
+the ratio, latency quantiles, the CPU each process spent per mesh request at concurrency 16 (what
+costs the throughput), the peak RSS (VmHWM) of every process, and ends with one JSON line
+``{"bench": "mesh_e2e", ...}``. Goal: the mesh keeps at least half of direct Triton's throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sklearn.linear_model import LogisticRegression
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from infermesh.bizcenter.v1 import biz_center_pb2 as bz
+from infermesh.bizcenter.v1 import biz_center_pb2_grpc as bz_grpc
+from infermesh.common.v1 import common_pb2
+from infermesh.datagateway.v1 import data_gateway_pb2 as dg
+from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
+from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
+from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as mg_grpc
+from infermesh_model_gateway.testing import register_request, to_onnx_file
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_FEATURES = ROOT / "services" / "data-gateway" / "examples" / "churn"
+EXAMPLE_SCENES = ROOT / "services" / "biz-center" / "examples" / "churn.yaml"
+CUSTOMERS = list(range(1, 201))
+API_KEY = "bench-key-0123456789abcdef"
+CONCURRENCIES = (1, 16)
+DURATION_S = 4.0
+WARMUP_S = 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _proc_status(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _name(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+class Service:
+    """One service process of the mesh, started from a settings file, with its log."""
+
+    def __init__(
+        self, name: str, module: str, workdir: Path, settings: dict[str, object], env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.port = _free_port()
+        settings = {
+            "grpc": {"host": "127.0.0.1", "port": self.port, "grace_period_s": 2},
+            "metrics": {"enabled": False},
+            "events": {"enabled": False},
+            "logging": {"level": "WARNING"},
+            **settings,
+        }
+        config = workdir / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(settings))
+        self.log = workdir / f"{name}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, "--config", str(config)],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_serving(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"{self.name} exited: {self.log.read_text()[-3000:]}")
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{self.name} did not become SERVING: {self.log.read_text()[-3000:]}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _vector(row: dg.FeatureRow) -> np.ndarray:
+    flat: list[float] = []
+    for value in row.values:
+        kind = value.WhichOneof("kind")
+        flat.extend(value.double_list.values if kind == "double_list" else [float(getattr(value, kind))])
+    return np.asarray(flat, dtype=np.float32)
+
+
+async def _vectors(data_address: str) -> dict[int, np.ndarray]:
+    async with grpc.aio.insecure_channel(data_address) as channel:
+        reply = await dg_grpc.DataGatewayServiceStub(channel).GetFeatures(
+            dg.GetFeaturesRequest(
+                feature_service="churn",
+                entities=[dg.EntityRow(keys={"customer_id": common_pb2.Value(int64_value=c)}) for c in CUSTOMERS],
+            )
+        )
+    return {c: _vector(row) for c, row in zip(CUSTOMERS, reply.rows, strict=True)}
+
+
+async def _deploy(model_address: str, vectors: dict[int, np.ndarray], workdir: Path) -> None:
+    x = np.stack([vectors[c] for c in CUSTOMERS])
+    rng = np.random.default_rng(3)
+    logits = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6) @ rng.normal(size=x.shape[1])
+    y = (logits + 0.3 * rng.normal(size=len(x)) > 0).astype(np.int64)
+    trained = to_onnx_file(LogisticRegression(max_iter=1000).fit(x, y), x, workdir / "churn_lr.onnx")
+    async with grpc.aio.insecure_channel(model_address) as channel:
+        control = mg_grpc.ModelControlServiceStub(channel)
+        await control.RegisterModelVersion(register_request("churn", trained, features=x.shape[1]))
+        await control.DeployModelVersion(mg.DeployModelVersionRequest(model="churn", version=1))
+        await control.PromoteModelVersion(mg.PromoteModelVersionRequest(model="churn", version=1))
+
+
+def _scenes(workdir: Path) -> Path:
+    """The example scenes with the experiment paused and the gray release off: production serves all."""
+    data = yaml.safe_load(EXAMPLE_SCENES.read_text())
+    for experiment in data["experiments"]:
+        experiment["status"] = "EXPERIMENT_STATUS_PAUSED"
+    data["scenes"][0]["gray_release"]["enabled"] = False
+    path = workdir / "scenes.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _triton_address(log: Path) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and (entry := json.loads(line)).get("event") == "triton_started":
+                return str(entry["address"])
+        time.sleep(0.2)
+    raise SystemExit("no triton_started line in the model gateway's log")
+
+
+async def _drive(call: Callable[[int], Awaitable[object]], concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    stop_at = time.monotonic() + WARMUP_S + DURATION_S
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        n = offset
+        while time.monotonic() < stop_at:
+            n += concurrency
+            began = time.perf_counter()
+            try:
+                await call(n)
+            except grpc.RpcError:
+                errors += 1
+                continue
+            if measuring:
+                latencies.append(time.perf_counter() - began)
+
+    workers = [asyncio.ensure_future(worker(i)) for i in range(concurrency)]
+    await asyncio.sleep(WARMUP_S)
+    measuring = True
+    began = time.monotonic()
+    await asyncio.gather(*workers)
+    elapsed = time.monotonic() - began
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "errors": errors,
+    }
+
+
+async def _measure(
+    triton: str, biz: str, vectors: dict[int, np.ndarray], pids: dict[str, int]
+) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, float], int]:
+    figures: dict[str, dict[int, dict[str, float]]] = {"direct": {}, "mesh": {}}
+    requests = {c: bz.PredictRequest(scene="churn-score", unit_id=str(c)) for c in CUSTOMERS}
+    direct_requests = {}
+    for c in CUSTOMERS:
+        request = service_pb2.ModelInferRequest(model_name="churn__1")
+        request.inputs.add(name="X", datatype="FP32", shape=[1, len(vectors[c])])
+        request.raw_input_contents.append(vectors[c].tobytes())
+        direct_requests[c] = request
+    metadata = (("x-api-key", API_KEY),)
+    cpu_per_request: dict[str, float] = {}
+    degraded = 0
+    async with grpc.aio.insecure_channel(triton) as direct_channel, grpc.aio.insecure_channel(biz) as mesh_channel:
+        infer = service_pb2_grpc.GRPCInferenceServiceStub(direct_channel).ModelInfer
+        predict = bz_grpc.BizCenterServiceStub(mesh_channel).Predict
+
+        async def direct_call(n: int) -> object:
+            return await infer(direct_requests[CUSTOMERS[n % len(CUSTOMERS)]], timeout=5)
+
+        async def mesh_call(n: int) -> object:
+            nonlocal degraded
+            reply = await predict(requests[CUSTOMERS[n % len(CUSTOMERS)]], metadata=metadata, timeout=5)
+            degraded += reply.degradation.degraded
+            return reply
+
+        for concurrency in CONCURRENCIES:
+            figures["direct"][concurrency] = await _drive(direct_call, concurrency)
+        for concurrency in CONCURRENCIES:
+            before = {name: _cpu_s(pid) for name, pid in pids.items()}
+            figures["mesh"][concurrency] = result = await _drive(mesh_call, concurrency)
+            if concurrency == max(CONCURRENCIES):
+                served = result["rps"] * (DURATION_S + WARMUP_S)
+                cpu_per_request = {n: (_cpu_s(p) - before[n]) / served * 1000 for n, p in pids.items()}
+    return figures, cpu_per_request, degraded
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
+    services: list[Service] = []
+    try:
+        features = workdir / "churn"
+        shutil.copytree(EXAMPLE_FEATURES, features)
+        subprocess.run([sys.executable, str(features / "make_data.py")], check=True)
+        data = Service(
+            "data-gateway",
+            "infermesh_data_gateway",
+            workdir,
+            {
+                "definitions": str(features / "definitions.yaml"),
+                "materialize_on_start": ["customer_profile", "customer_activity"],
+                "definitions_reload_s": 0,
+            },
+            env={"DATA_GATEWAY_EXAMPLE_ONLINE_DB": str(workdir / "churn-online.db")},
+        )
+        model = Service(
+            "model-gateway",
+            "infermesh_model_gateway",
+            workdir,
+            {
+                "data_dir": str(workdir / "models"),
+                "workers": {"embedded": 1},
+                "deploy": {"propagation_s": 0},
+                "logging": {"level": "INFO"},  # its triton_started line names the worker's address
+            },
+        )
+        services += [data, model]
+        data.wait_serving()
+        model.wait_serving()
+        vectors = asyncio.run(_vectors(data.address))
+        asyncio.run(_deploy(model.address, vectors, workdir))
+        triton = _triton_address(model.log)
+        biz = Service(
+            "biz-center",
+            "infermesh_biz_center",
+            workdir,
+            {
+                "discovery": {"static": {"data-gateway": [data.address], "model-gateway": [model.address]}},
+                "config": {"store_path": str(workdir / "biz.db"), "seed_file": str(_scenes(workdir))},
+                "auth": {
+                    "api_keys": [
+                        {
+                            "name": "bench",
+                            "sha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
+                            "scenes": ["churn-score"],
+                        }
+                    ]
+                },
+                "thrift": {"enabled": False},
+            },
+        )
+        services.append(biz)
+        biz.wait_serving()
+        triton_pid = next(p for p in _children(model.process.pid) if _name(p) == "tritonserver")
+        pids = {s.name: s.process.pid for s in services} | {"tritonserver": triton_pid}
+        for stub in _children(triton_pid):
+            pids[f"triton stub {stub}"] = stub
+        figures, cpu_ms, degraded = asyncio.run(_measure(triton, biz.address, vectors, pids))
+        rss = {name: _proc_status(pid, "VmHWM") for name, pid in pids.items()}
+        rss["client"] = _proc_status(os.getpid(), "VmHWM")
+    finally:
+        for service in reversed(services):
+            service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"{'target':8} {'conc':>4} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for target, by_conc in figures.items():
+        for conc, f in by_conc.items():
+            print(f"{target:8} {conc:>4} {f['rps']:>8.0f} {f['p50_ms']:>8.2f} {f['p99_ms']:>8.2f} {f['errors']:>6.0f}")
+    c_hi = max(CONCURRENCIES)
+    ratio = figures["mesh"][c_hi]["rps"] / figures["direct"][c_hi]["rps"]
+    print(f"mesh/direct throughput at c{c_hi}: {ratio:.2f}; degraded mesh answers: {degraded}")
+    print("CPU ms per mesh request at c16: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ms.items()))
+    print("peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    stubs = [v for k, v in cpu_ms.items() if k.startswith("triton stub")]
+    result = {
+        "bench": "mesh_e2e",
+        "direct_rps": round(figures["direct"][c_hi]["rps"]),
+        "mesh_rps": round(figures["mesh"][c_hi]["rps"]),
+        "ratio": round(ratio, 3),
+        "mesh_p99_ms_c16": round(figures["mesh"][c_hi]["p99_ms"], 2),
+        "direct_p99_ms_c16": round(figures["direct"][c_hi]["p99_ms"], 2),
+        "direct_rps_c1": round(figures["direct"][1]["rps"]),
+        "mesh_rps_c1": round(figures["mesh"][1]["rps"]),
+        "mesh_p50_ms_c1": round(figures["mesh"][1]["p50_ms"], 2),
+        "direct_p50_ms_c1": round(figures["direct"][1]["p50_ms"], 2),
+        "mesh_degraded": degraded,
+        "cpu_ms_per_request_biz_center": round(cpu_ms["biz-center"], 3),
+        "cpu_ms_per_request_data_gateway": round(cpu_ms["data-gateway"], 3),
+        "cpu_ms_per_request_model_gateway": round(cpu_ms["model-gateway"], 3),
+        "cpu_ms_per_request_triton": round(cpu_ms["tritonserver"] + sum(stubs), 3),
+        "biz_center_peak_rss_mib": round(rss["biz-center"]),
+        "data_gateway_peak_rss_mib": round(rss["data-gateway"]),
+        "model_gateway_peak_rss_mib": round(rss["model-gateway"]),
+        "tritonserver_peak_rss_mib": round(rss["tritonserver"]),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
