@@ -38,6 +38,7 @@ from infermesh.datagateway.v1 import data_gateway_pb2 as dg
 from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
 from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from infermesh_chassis.logs import configure_logging
 from infermesh_cli.__main__ import main
 from infermesh_model_gateway.testing import ChurnModels, GatewayHarness, start_gateway, train_churn_models
 
@@ -297,7 +298,12 @@ def _biz_settings(root: Path, static: dict[str, list[str]]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_mesh(root: Path) -> Iterator[Mesh]:
-    """Train the models, start every service, deploy churn v1 (production) and v2 (canary), materialize."""
+    """Train the models, start every service, deploy churn v1 (production) and v2 (canary), materialize.
+
+    The in-process gateway logs warnings and errors to the real stderr: ``Mesh.cli`` captures
+    ``sys.stdout``/``sys.stderr`` (for every thread), which must hold only what the CLI printed.
+    """
+    configure_logging("cli-tests", "WARNING", stream=sys.__stderr__)
     models = train_churn_models(root / "models", rows=max(2000, CUSTOMERS))
     definitions = write_features(root / "features", models)
     monitor = ServiceProcess(

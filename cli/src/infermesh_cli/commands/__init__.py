@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from infermesh_cli.commands import models, rollouts, scenes
-from infermesh_cli.commands._context import add_global_options, leaf_options
+from infermesh_cli.commands import batch, events, features, inference, models, rollouts, scenes
+from infermesh_cli.commands._context import Parser, add_global_options, leaf_options
 from infermesh_cli.commands._errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 
-__all__ = ["EXIT_CODES", "add_commands", "add_global_options"]
+__all__ = ["EXIT_CODES", "Parser", "add_commands", "add_global_options"]
 
-GROUPS = (models, rollouts, scenes)
+GROUPS = (models, rollouts, scenes, features, events, inference, batch)
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  done

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -25,13 +25,14 @@ from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
 from infermesh_chassis.errors import InfermeshError, Unavailable, from_rpc_error
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import ClientSettings
-from infermesh_cli.commands._errors import error_line
+from infermesh_cli.commands._errors import EXIT_USAGE, error_line
 from infermesh_cli.commands._output import print_json
 from infermesh_cli.commands._targets import SERVICES, Target, Targets, env_var, option
 
 __all__ = [
     "Context",
     "Handler",
+    "Parser",
     "Remote",
     "add_global_options",
     "all_pages",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 30.0
+"""Deadline of a call when ``--timeout`` is not given."""
+BATCH_TIMEOUT_S = 600.0
+"""Deadline of long work (deployments, materialization, training sets) when ``--timeout`` is not given."""
 
 Handler = Callable[["Context", argparse.Namespace], Awaitable[int | None]]
 
@@ -52,6 +56,14 @@ GLOBAL_OPTIONS_NOTE = (
 
 _IDEMPOTENT_PREFIXES = ("Get", "List", "Describe", "Query", "Check", "Model", "Server")
 """Reads (and the KServe v2 calls, ModelInfer included: scoring has no side effect) may be retried."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit code 2 (its subparsers too)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` in one line with where to find help, and exit with the usage code."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
@@ -83,8 +95,11 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         "--timeout",
         type=float,
         metavar="SECONDS",
-        default=default(DEFAULT_TIMEOUT_S),
-        help=described(f"deadline of each call (default {DEFAULT_TIMEOUT_S:.0f})"),
+        default=default(None),
+        help=described(
+            f"deadline of each call (default {DEFAULT_TIMEOUT_S:.0f}; {BATCH_TIMEOUT_S:.0f} for deployments, "
+            "materialization and training sets)"
+        ),
     )
     parser.add_argument(
         "--api-key",
@@ -102,7 +117,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
 
 def leaf_options() -> argparse.ArgumentParser:
     """A parent parser giving a subcommand the global options (see :func:`add_global_options`)."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = Parser(add_help=False)
     add_global_options(parent, suppress=True)
     return parent
 
@@ -146,10 +161,21 @@ class Remote:
         except InfermeshError as error:
             raise self._located(error) from None
 
-    async def stream(self, method: str, request: Any) -> AsyncIterator[Any]:
-        """The messages of a server-streaming call, with the same error conversion."""
+    async def call_with_trailers(self, method: str, request: Any) -> tuple[Any, dict[str, str]]:
+        """One unary call (not retried) and its trailing metadata, with the same error conversion."""
         stub = self._stub_factory(self._pool.get(self.target.address))
         call = getattr(stub, method)(request, timeout=self._timeout_s, metadata=self._metadata)
+        try:
+            response = await call
+        except grpc.RpcError as exc:
+            where = f"{self.target.service}/{method} at {self.target.address}"
+            raise self._located(from_rpc_error(exc, where)) from None
+        return response, {key: str(value) for key, value in await call.trailing_metadata() or ()}
+
+    async def stream(self, method: str, request: Any, *, timeout_s: float | None = None) -> AsyncIterator[Any]:
+        """The messages of a server-streaming call, with the same error conversion."""
+        stub = self._stub_factory(self._pool.get(self.target.address))
+        call = getattr(stub, method)(request, timeout=timeout_s or self._timeout_s, metadata=self._metadata)
         where = f"{self.target.service}/{method} at {self.target.address}"
         try:
             async for message in call:
@@ -191,7 +217,9 @@ class Context:
         self.args = args
         self.json: bool = args.json
         self.targets = Targets({s: getattr(args, s.replace("-", "_")) for s in SERVICES}, args.workdir)
-        self._settings = ClientSettings(default_timeout_s=args.timeout)
+        self._settings = ClientSettings(default_timeout_s=args.timeout or DEFAULT_TIMEOUT_S)
+        self.batch_timeout_s: float = args.timeout or BATCH_TIMEOUT_S
+        """Deadline of long work: deployments, materialization, training sets."""
         self._pool = ChannelPool(Metrics("infermesh-cli"))
         self._remotes: dict[str, Remote] = {}
 
@@ -219,6 +247,11 @@ class Context:
             print_json(data)
         else:
             render()
+
+    @staticmethod
+    def warn(line: str) -> None:
+        """A warning for the user, on stderr (stdout stays parseable)."""
+        print(line, file=sys.stderr)
 
     async def close(self) -> None:
         """Close every channel opened."""

@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_CHAIN = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
@@ -50,10 +51,9 @@ def parse_duration(text: str, what: str = "duration") -> float:
         return float(text)
     except ValueError:
         pass
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
+    if not _DURATION_CHAIN.fullmatch(text):
         raise UsageError(f"{what}: {text!r} is not a duration (e.g. 30s, 250ms, 5m, 1h30m, 7d)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
 
 
 def to_duration(seconds: float) -> duration_pb2.Duration:
@@ -64,17 +64,18 @@ def to_duration(seconds: float) -> duration_pb2.Duration:
 
 
 def parse_time(text: str, what: str = "time") -> datetime:
-    """A point in time: ``now``, ``-1h`` (relative to now), or ISO 8601 (UTC when no offset is given)."""
+    """A point in time: ``now``, ``1h`` or ``-1h`` (that long ago), or ISO 8601 (UTC when no offset is given)."""
     text = text.strip()
     if text == "now":
         return datetime.now(UTC)
-    if text.startswith("-"):
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text[1:], what))
+    ago = text.removeprefix("-")
+    if _DURATION_CHAIN.fullmatch(ago):
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(ago, what))
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
-            f"{what}: {text!r} is not a time (now, -1h, or ISO 8601 such as 2026-11-01T12:00:00Z)"
+            f"{what}: {text!r} is not a time (now, 1h for an hour ago, or ISO 8601 such as 2026-11-01T12:00:00Z)"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

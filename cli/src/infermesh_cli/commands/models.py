@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +217,8 @@ def _print_version(view: dict[str, Any]) -> None:
     print()
     print_table(
         ["tensor", "direction", "datatype", "shape", "class labels"],
-        [[t["name"], "input", t["datatype"], t["shape"], t["class_labels"]] for t in view["inputs"]]
-        + [[t["name"], "output", t["datatype"], t["shape"], t["class_labels"]] for t in view["outputs"]],
+        [[t["name"], "input", t["datatype"], json.dumps(t["shape"]), t["class_labels"]] for t in view["inputs"]]
+        + [[t["name"], "output", t["datatype"], json.dumps(t["shape"]), t["class_labels"]] for t in view["outputs"]],
     )
     if view["replicas"]:
         print()
@@ -326,12 +327,13 @@ def register_request(ctx: Context, args: argparse.Namespace) -> pb.RegisterModel
 async def register(ctx: Context, args: argparse.Namespace) -> None:
     """Register a new version of a model (and deploy it with --deploy)."""
     request = register_request(ctx, args)
-    version = (await control(ctx).call("RegisterModelVersion", request)).model_version
+    version = (await control(ctx).call("RegisterModelVersion", request, timeout_s=ctx.batch_timeout_s)).model_version
     if args.deploy:
         deploy_request = pb.DeployModelVersionRequest(
             model=version.model, version=version.version, actor=ctx.actor, reason=args.reason
         )
-        version = (await control(ctx).call("DeployModelVersion", deploy_request)).model_version
+        reply = await control(ctx).call("DeployModelVersion", deploy_request, timeout_s=ctx.batch_timeout_s)
+        version = reply.model_version
     view = version_view(version)
     ctx.emit(view, lambda: _print_version(view))
 
@@ -392,7 +394,8 @@ async def deploy(ctx: Context, args: argparse.Namespace) -> None:
         actor=ctx.actor,
         reason=args.reason,
     )
-    view = version_view((await control(ctx).call("DeployModelVersion", request)).model_version)
+    reply = await control(ctx).call("DeployModelVersion", request, timeout_s=ctx.batch_timeout_s)
+    view = version_view(reply.model_version)
     ctx.emit(view, lambda: _print_versions([view]))
 
 
@@ -401,7 +404,8 @@ async def undeploy(ctx: Context, args: argparse.Namespace) -> None:
     request = pb.UndeployModelVersionRequest(model=args.name, version=args.version, actor=ctx.actor, reason=args.reason)
     if args.drain_timeout is not None:
         request.drain_timeout.CopyFrom(to_duration(parse_duration(args.drain_timeout, "--drain-timeout")))
-    view = version_view((await control(ctx).call("UndeployModelVersion", request)).model_version)
+    reply = await control(ctx).call("UndeployModelVersion", request, timeout_s=ctx.batch_timeout_s)
+    view = version_view(reply.model_version)
     ctx.emit(view, lambda: _print_versions([view]))
 
 
