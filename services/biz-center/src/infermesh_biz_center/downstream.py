@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import triton_to_np_dtype
 
 from infermesh.common.v1 import common_pb2
 from infermesh.datagateway.v1 import data_gateway_pb2 as dg
@@ -60,20 +61,12 @@ INFERENCE_IDEMPOTENT = ("ModelInfer", "ModelMetadata")
 MODEL_CONTROL_STUB = mg_grpc.ModelControlServiceStub
 MODEL_CONTROL_IDEMPOTENT = ("GetModelVersion",)
 
-_NUMERIC = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
+
+def _numpy_dtype(datatype: str) -> Any:
+    """The numpy type of a numeric KServe v2 datatype (tritonclient's table), None for BYTES, BF16, unknown."""
+    return None if datatype in ("BYTES", "BF16") else triton_to_np_dtype(datatype)
+
+
 _DEGRADED_STATUSES = {
     dg.FEATURE_STATUS_FALLBACK: "fallback source",
     dg.FEATURE_STATUS_DEFAULT: "default value",
@@ -261,7 +254,8 @@ def _flatten(name: str, value: common_pb2.Value, numeric: bool) -> list[Any]:
 
 def pack_row(names: Sequence[str], values: Sequence[common_pb2.Value], datatype: str) -> tuple[bytes, int]:
     """A feature vector as KServe v2 raw bytes of ``datatype``, and its element count."""
-    numeric = datatype in _NUMERIC
+    dtype = _numpy_dtype(datatype)
+    numeric = dtype is not None
     flat: list[Any] = []
     for name, value in zip(names, values, strict=False):
         flat.extend(_flatten(name, value, numeric))
@@ -269,10 +263,9 @@ def pack_row(names: Sequence[str], values: Sequence[common_pb2.Value], datatype:
         if datatype != "BYTES":
             raise FailedPrecondition(f"model input datatype {datatype} is not supported")
         return b"".join(struct.pack("<I", len(item)) + item for item in flat), len(flat)
-    dtype = _NUMERIC[datatype]
     if np.issubdtype(dtype, np.integer) and any(isinstance(v, float) and v != v for v in flat):  # noqa: PLR0124
         raise FailedPrecondition(f"a feature is missing and the model input {datatype} has no NaN")
-    return np.asarray(flat, dtype=np.float64 if dtype is np.bool_ else None).astype(dtype).tobytes(), len(flat)
+    return np.asarray(flat).astype(dtype).tobytes(), len(flat)
 
 
 def _bytes_elements(raw: bytes) -> list[bytes]:
@@ -311,7 +304,7 @@ def decode_tensor(tensor: RawTensor) -> np.ndarray[Any, Any]:
     """A raw output tensor as a flat numpy array (BYTES as Python bytes objects)."""
     if tensor.datatype == "BYTES":
         return np.asarray(_bytes_elements(tensor.raw), dtype=object)
-    dtype = _NUMERIC.get(tensor.datatype)
+    dtype = _numpy_dtype(tensor.datatype)
     if dtype is None:
         raise FailedPrecondition(f"output '{tensor.name}' has unsupported datatype {tensor.datatype}")
     return np.frombuffer(tensor.raw, dtype=dtype)
@@ -331,7 +324,7 @@ def _contents_bytes(output: service_pb2.ModelInferResponse.InferOutputTensor) ->
     ):
         values = getattr(contents, field)
         if len(values):
-            dtype = _NUMERIC.get(output.datatype, dtypes)
+            dtype = _numpy_dtype(output.datatype) or dtypes
             return np.asarray(list(values)).astype(dtype).tobytes()
     if len(contents.bytes_contents):
         return b"".join(struct.pack("<I", len(b)) + b for b in contents.bytes_contents)
