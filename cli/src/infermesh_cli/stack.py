@@ -138,6 +138,7 @@ class _Layout:
     workdir: Path
     nats_url: str
     hash_key: str
+    thrift_port: int
 
     def data(self, service: str) -> Path:
         return self.workdir / "data" / service
@@ -164,6 +165,8 @@ def _data_gateway(layout: _Layout) -> dict[str, Any]:
     definitions = layout.data("data-gateway") / "churn"
     if not definitions.exists():
         shutil.copytree(REPO / "services" / "data-gateway" / "examples" / "churn", definitions)
+    # fresh offline data, so the views' TTLs hold however long ago the example was written
+    subprocess.run([sys.executable, str(definitions / "make_data.py")], check=True, timeout=60)
     return {
         "definitions": str(definitions / "definitions.yaml"),
         "materialize_on_start": ["customer_profile", "customer_activity"],
@@ -173,6 +176,7 @@ def _data_gateway(layout: _Layout) -> dict[str, Any]:
 
 def _biz_center(layout: _Layout) -> dict[str, Any]:
     return {
+        "thrift": {"port": layout.thrift_port},
         "config": {
             "store_path": str(layout.data("biz-center") / "config.db"),
             "seed_file": str(REPO / "services" / "biz-center" / "examples" / "churn.yaml"),
@@ -212,6 +216,8 @@ class LocalStack:
         self.services = services
         self.state_file = self.workdir / "state.json"
         self.processes: list[ServiceProcess] = []
+        self.thrift_port = 0
+        """The business center's Thrift port (chosen at start)."""
         self._popen: dict[str, subprocess.Popen[bytes]] = {}
 
     @classmethod
@@ -220,7 +226,9 @@ class LocalStack:
         stack = cls(workdir)
         if not stack.state_file.exists():
             raise StackError(f"no local stack is running (no {stack.state_file}); start one with `infermesh up`")
-        stack.processes = [ServiceProcess(**p) for p in json.loads(stack.state_file.read_text())["processes"]]
+        state = json.loads(stack.state_file.read_text())
+        stack.processes = [ServiceProcess(**p) for p in state["processes"]]
+        stack.thrift_port = int(state.get("thrift_port", 0))
         return stack
 
     def process(self, name: str) -> ServiceProcess:
@@ -246,10 +254,11 @@ class LocalStack:
             self.state_file.unlink()
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         ports = {spec.name: (free_port(), free_port()) for spec in self.services}
+        self.thrift_port = free_port()
         static = {name: [f"127.0.0.1:{grpc_port}"] for name, (grpc_port, _) in ports.items()}
         try:
-            nats = self._start_nats()
-            layout = _Layout(self.workdir, f"nats://127.0.0.1:{nats.port}", self._hash_key())
+            self._start_nats()
+            layout = self._layout()
             for spec in self.services:
                 self._spawn(spec, *ports[spec.name], static, layout)
                 self._write_state()
@@ -257,6 +266,41 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+
+    def restart(self, name: str, *, kill: bool = False, timeout_s: float = 120.0) -> ServiceProcess:
+        """Stop one service (SIGTERM, or SIGKILL when ``kill``) and start it again on the same port."""
+        index, process = next((i, p) for i, p in enumerate(self.processes) if p.name == name)
+        spec = next(s for s in self.services if s.name == name)
+        self.halt(name, kill=kill)
+        config = self.workdir / f"{name}.yaml"
+        popen = self._launch(spec, config, Path(process.log), self._layout())
+        self._popen[name] = popen
+        self.processes[index] = ServiceProcess(name, popen.pid, process.port, process.metrics_port, process.log)
+        self._write_state()
+        self._wait_serving(self.processes[index], timeout_s)
+        return self.processes[index]
+
+    def halt(self, name: str, *, kill: bool = False, grace_s: float = 20.0) -> int | None:
+        """Stop one process (SIGTERM, or SIGKILL with its children when ``kill``); its exit code."""
+        process = self.process(name)
+        popen = self._popen.get(name)
+        if process.alive():
+            if kill:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while process.alive() and time.monotonic() < deadline:
+            if popen is not None and popen.poll() is not None:
+                break
+            time.sleep(0.05)
+        if process.alive() and (popen is None or popen.poll() is None):
+            os.killpg(process.pid, signal.SIGKILL)
+        return popen.wait(timeout=5) if popen is not None else None
+
+    def _layout(self) -> _Layout:
+        nats = self.process("nats")
+        return _Layout(self.workdir, f"nats://127.0.0.1:{nats.port}", self._hash_key(), self.thrift_port)
 
     def _hash_key(self) -> str:
         """The unit-id hash key every service shares, kept with the stack's data across runs."""
@@ -307,10 +351,15 @@ class LocalStack:
         }
         config.write_text(yaml.safe_dump(settings, sort_keys=False))
         log = self.workdir / "logs" / f"{spec.name}.log"
+        popen = self._launch(spec, config, log, layout)
+        self._popen[spec.name] = popen
+        self.processes.append(ServiceProcess(spec.name, popen.pid, port, metrics_port, str(log)))
+
+    def _launch(self, spec: ServiceSpec, config: Path, log: Path, layout: _Layout) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(spec.env_prefix)}
         env |= _SERVICE_ENV.get(spec.name, lambda _: {})(layout)
         with log.open("ab") as out:
-            popen = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", spec.module, "--config", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -319,11 +368,10 @@ class LocalStack:
                 cwd=self.workdir,
                 start_new_session=True,
             )
-        self._popen[spec.name] = popen
-        self.processes.append(ServiceProcess(spec.name, popen.pid, port, metrics_port, str(log)))
 
     def _write_state(self) -> None:
-        self.state_file.write_text(json.dumps({"processes": [asdict(p) for p in self.processes]}, indent=2))
+        state = {"processes": [asdict(p) for p in self.processes], "thrift_port": self.thrift_port}
+        self.state_file.write_text(json.dumps(state, indent=2))
 
     def _wait_serving(self, process: ServiceProcess, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -341,19 +389,7 @@ class LocalStack:
         return " | ".join(text[-lines:]) or f"(nothing logged; see {process.log})"
 
     def stop(self, grace_s: float = 20.0) -> dict[str, int | None]:
-        """SIGTERM every process (in reverse start order), SIGKILL after ``grace_s``; exit codes by name."""
-        codes: dict[str, int | None] = {}
-        for process in reversed(self.processes):
-            if process.alive():
-                os.kill(process.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            popen = self._popen.get(process.name)
-            while process.alive() and time.monotonic() < deadline:
-                if popen is not None and popen.poll() is not None:
-                    break
-                time.sleep(0.05)
-            if process.alive() and (popen is None or popen.poll() is None):
-                os.killpg(process.pid, signal.SIGKILL)
-            codes[process.name] = popen.wait(timeout=5) if popen is not None else None
+        """Stop every process in reverse start order (SIGTERM, SIGKILL after ``grace_s``); exit codes by name."""
+        codes = {process.name: self.halt(process.name, grace_s=grace_s) for process in reversed(self.processes)}
         self.state_file.unlink(missing_ok=True)
         return codes

@@ -27,12 +27,20 @@ from infermesh_chassis.interceptors import client_interceptors
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import ClientSettings
 
-__all__ = ["RETRYABLE_CODES", "ChannelPool", "ServiceClient"]
+__all__ = ["RECONNECT_OPTIONS", "RETRYABLE_CODES", "ChannelPool", "ServiceClient"]
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 """Statuses after which an idempotent call is tried again (elsewhere, after a backoff)."""
 
 MiB = 1024 * 1024
+
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+"""A restarted instance is dialled again within about two seconds (gRPC's default backoff grows to
+two minutes, so a service that came back stayed unused long after it was healthy)."""
 
 
 class ChannelPool:
@@ -46,6 +54,7 @@ class ChannelPool:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.enable_retries", 0),
+            *RECONNECT_OPTIONS,
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
 

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from infermesh_chassis.client import RECONNECT_OPTIONS
 from infermesh_chassis.errors import InfermeshError, Unavailable, from_rpc_error
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
@@ -117,6 +118,7 @@ class WorkerPool:
             ("grpc.max_receive_message_length", self._settings.max_message_bytes),
             ("grpc.max_send_message_length", self._settings.max_message_bytes),
             ("grpc.enable_retries", 0),
+            *RECONNECT_OPTIONS,
         ]
         worker = Worker(worker_id, address, grpc.aio.insecure_channel(address, options=options))
         self._workers[worker_id] = worker
