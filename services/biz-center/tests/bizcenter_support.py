@@ -526,3 +526,30 @@ def make_pki(directory: Path) -> Pki:
     )
     client = leaf("client", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("biz-center")])
     return Pki(ca_path, *server, *client)
+
+
+Outcome = pb.PredictResponse | grpc.RpcError
+
+
+async def predict_load(
+    biz: Harness, seconds: float, *, callers: int = 8, customers: int = 4, first: int = 1
+) -> list[tuple[float, Outcome]]:
+    """Predicts for customers ``first .. first + customers - 1`` from ``callers`` concurrent callers for
+    ``seconds``: (monotonic time, answer or error), in completion order."""
+    results: list[tuple[float, Outcome]] = []
+    stop_at = time.monotonic() + seconds
+
+    async def caller(index: int) -> None:
+        n = index
+        while time.monotonic() < stop_at:
+            n += callers
+            try:
+                outcome: Outcome = await biz.predict.Predict(
+                    churn_request(first + n % customers), metadata=scoring(), timeout=2
+                )
+            except grpc.RpcError as exc:
+                outcome = exc
+            results.append((time.monotonic(), outcome))
+
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return results

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import pytest_asyncio
-from bizcenter_support import Harness, biz_settings, churn_request, run_biz, run_doubles, scoring
+from bizcenter_support import Harness, biz_settings, churn_request, predict_load, run_biz, run_doubles, scoring
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
@@ -188,22 +187,10 @@ async def test_concurrent_requests_through_the_real_mesh_answer_the_same(mesh: M
 
 async def test_data_gateway_stopped_mid_load_degrades_without_errors(mesh: Mesh):
     """Runs last: it stops the data gateway's server."""
-    outcomes: list[pb.PredictResponse | grpc.RpcError] = []
-    stop_at = time.monotonic() + 2.0
-
-    async def caller(offset: int) -> None:
-        n = offset
-        while time.monotonic() < stop_at:
-            n += 4
-            try:
-                outcomes.append(await mesh.biz.predict.Predict(churn_request(1 + n % 8), metadata=scoring()))
-            except grpc.RpcError as exc:
-                outcomes.append(exc)
-
-    load = asyncio.gather(*(caller(i) for i in range(4)))
+    load = asyncio.ensure_future(predict_load(mesh.biz, 2.0, callers=4, customers=8))
     await asyncio.sleep(0.6)
     await mesh.data.server.stop(0)
-    await load
+    outcomes = [outcome for _, outcome in await load]
     assert [o for o in outcomes if isinstance(o, grpc.RpcError)] == []
     degraded = [o for o in outcomes if o.degradation.degraded]
     assert degraded

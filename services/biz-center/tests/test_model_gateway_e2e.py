@@ -9,7 +9,6 @@ onnxruntime run locally on the same row. The last test stops the model gateway m
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +19,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import pytest_asyncio
-from bizcenter_support import FakeDataGateway, Harness, biz_settings, churn_request, run_biz, run_doubles, scoring
+from bizcenter_support import (
+    FakeDataGateway,
+    Harness,
+    biz_settings,
+    churn_request,
+    predict_load,
+    run_biz,
+    run_doubles,
+    scoring,
+)
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
@@ -120,22 +128,10 @@ async def test_gray_release_serves_the_canary_alias(mesh: Mesh):
 
 async def test_model_gateway_stopped_mid_load_degrades_without_errors(mesh: Mesh):
     """Runs last: it stops the model gateway's server."""
-    outcomes: list[pb.PredictResponse | grpc.RpcError] = []
-    stop_at = time.monotonic() + 2.5
-
-    async def caller(offset: int) -> None:
-        n = offset
-        while time.monotonic() < stop_at:
-            n += 4
-            try:
-                outcomes.append(await mesh.biz.predict.Predict(churn_request(n % CUSTOMERS), metadata=scoring()))
-            except grpc.RpcError as exc:
-                outcomes.append(exc)
-
-    load = asyncio.gather(*(caller(i) for i in range(4)))
+    load = asyncio.ensure_future(predict_load(mesh.biz, 2.5, callers=4, customers=CUSTOMERS, first=0))
     await asyncio.sleep(0.8)
     await mesh.gateway.runtime.server.stop(0)
-    await load
+    outcomes = [outcome for _, outcome in await load]
     assert [o for o in outcomes if isinstance(o, grpc.RpcError)] == []
     degraded = [o for o in outcomes if o.degradation.degraded]
     assert degraded

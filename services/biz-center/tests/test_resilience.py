@@ -18,6 +18,7 @@ from bizcenter_support import (
     churn_probability,
     churn_request,
     edit_scene,
+    predict_load,
     run_biz,
     scoring,
     set_experiment_status,
@@ -40,37 +41,15 @@ async def quick_breakers(tmp_path: Path, doubles: Doubles):
         yield harness
 
 
-Outcome = pb.PredictResponse | grpc.RpcError
-
-
-async def _load(biz: Harness, seconds: float, concurrency: int = 8) -> list[tuple[float, Outcome]]:
-    """Predicts for customers 1-4 from ``concurrency`` callers for ``seconds``: (monotonic time, answer or error)."""
-    results: list[tuple[float, Outcome]] = []
-    stop_at = time.monotonic() + seconds
-
-    async def caller(index: int) -> None:
-        n = index
-        while time.monotonic() < stop_at:
-            n += concurrency
-            try:
-                outcome: Outcome = await biz.predict.Predict(churn_request(1 + n % 4), metadata=scoring(), timeout=2)
-            except grpc.RpcError as exc:
-                outcome = exc
-            results.append((time.monotonic(), outcome))
-
-    await asyncio.gather(*(caller(i) for i in range(concurrency)))
-    return results
-
-
 async def test_data_gateway_stopped_mid_load_degrades_without_errors_and_recovers(
     quick_breakers: Harness, doubles: Doubles
 ):
     biz = quick_breakers
     breaker = biz.biz.predictor.breaker("data-gateway")
-    warm = await _load(biz, 0.5)
+    warm = await predict_load(biz, 0.5)
     assert all(isinstance(r, pb.PredictResponse) for _, r in warm)
 
-    load = asyncio.ensure_future(_load(biz, 5.0))
+    load = asyncio.ensure_future(predict_load(biz, 5.0))
     await asyncio.sleep(0.5)
     await doubles.data_server.stop()
     await asyncio.sleep(0.3)
