@@ -35,13 +35,14 @@ from infermesh_data_gateway.executor import BatchResult, FeatureVector, OnlineEx
 from infermesh_data_gateway.offline import (
     EVENT_COLUMN,
     ROW_COLUMN,
+    ParquetHistory,
     canonical_rows,
     latest_per_key,
     training_features,
 )
 from infermesh_data_gateway.routing import FeatureReader, ReadCache, ViewUnavailable
 from infermesh_data_gateway.settings import Settings
-from infermesh_data_gateway.sources import ReadItem, Source, SourceError, SourceMetrics, create_source
+from infermesh_data_gateway.sources import FileSource, ReadItem, Source, SourceError, SourceMetrics, create_source
 from infermesh_data_gateway.types import DType, coerce
 
 __all__ = [
@@ -471,12 +472,25 @@ class DataGateway:
             self._spark = SparkEngine(self.settings.spark)
         return self._spark
 
+    def _spark_call(self, method: str, *args: Any) -> Any:
+        """A SparkEngine method (run in a thread); a file Spark cannot read as it is becomes UNAVAILABLE."""
+        try:
+            return getattr(self.spark(), method)(*args)
+        except ValueError as exc:
+            raise Unavailable(f"spark: {exc}") from None
+
     async def _history(
-        self, definitions: Definitions, view: ViewDef, start: int | None, end: int | None
-    ) -> pd.DataFrame:
+        self, definitions: Definitions, view: ViewDef, start: int | None, end: int | None, engine: str = "local"
+    ) -> pd.DataFrame | ParquetHistory:
+        """The view's offline rows in [start, end); for Spark, Parquet files are left for Spark to read."""
         if view.offline_source is None:
             raise FailedPrecondition(f"feature view {view.name!r} has no offline source (set offline:)")
         source = self._by_version[definitions.version][view.offline_source]
+        if engine == "spark" and isinstance(source, FileSource) and source.format == "parquet":
+            path = source.path(view)
+            if not path.exists():
+                raise Unavailable(f"offline source {source.name!r} of view {view.name!r}: {path} does not exist")
+            return ParquetHistory(path, source.columns(view), view.timestamp_field, start, end)
         try:
             return await source.read_offline(view, start, end)
         except SourceError as exc:
@@ -502,11 +516,11 @@ class DataGateway:
                     start = watermark
             if start is not None and start >= end:
                 raise InvalidArgument(f"start_time must be before end_time (got {start} >= {end} µs)")
-            history = await self._history(definitions, view, start, end)
-            if self._engine(engine) == "spark":
-                latest = await asyncio.to_thread(self.spark().latest_per_key, view, history)
-            else:
+            history = await self._history(definitions, view, start, end, self._engine(engine))
+            if isinstance(history, pd.DataFrame) and self._engine(engine) != "spark":
                 latest = latest_per_key(view, history)
+            else:
+                latest = await asyncio.to_thread(self._spark_call, "latest_per_key", view, history)
             rows = canonical_rows(view, latest)
             written = 0
             for chunk in range(0, len(rows), 1000):
@@ -570,12 +584,14 @@ class DataGateway:
             raise InvalidArgument("entities: at least one row is required")
         frame, passthrough = self._entity_frame(service, entities)
         end = int(frame[EVENT_COLUMN].max()) + 1
+        chosen = self._engine(engine)
         histories = {}
         for view_name in service.views:
-            histories[view_name] = await self._history(definitions, definitions.views[view_name], None, end)
-        if self._engine(engine) == "spark":
+            view = definitions.views[view_name]
+            histories[view_name] = await self._history(definitions, view, None, end, chosen)
+        if chosen == "spark":
             joined, result = await asyncio.to_thread(
-                self.spark().training_features, definitions, service, frame, histories
+                self._spark_call, "training_features", definitions, service, frame, histories
             )
         else:
             joined, result = await asyncio.to_thread(training_features, definitions, service, frame, histories)

@@ -8,6 +8,8 @@ after (no leakage); the batch executor then applies TTLs and transforms exactly 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from infermesh_data_gateway.sources import TS_COLUMN
 __all__ = [
     "EVENT_COLUMN",
     "ROW_COLUMN",
+    "ParquetHistory",
     "canonical_rows",
     "latest_per_key",
     "point_in_time_join",
@@ -28,6 +31,18 @@ __all__ = [
 
 ROW_COLUMN = "__row"
 EVENT_COLUMN = "__event_us"
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetHistory:
+    """A view's history in Parquet files, for an engine that reads them itself (Spark) instead of the gateway."""
+
+    path: Path
+    columns: dict[str, str]
+    """Column of each field."""
+    timestamp_field: str
+    start_us: int | None
+    end_us: int | None
 
 
 def _key_series(series: pd.Series, dtype_name: str) -> pd.Series:

@@ -197,7 +197,8 @@ class Source(ABC):
         return values
 
     def _offline_timestamps(self, view: ViewDef, frame: pd.DataFrame) -> pd.DataFrame:
-        """TIMESTAMP fields as nullable int64 microseconds (the batch executor's form)."""
+        """Rows with every key, and TIMESTAMP fields as nullable int64 microseconds (the batch executor's form)."""
+        frame = frame.dropna(subset=[k.name for k in view.keys]).reset_index(drop=True)
         for name, dtype in view.fields.items():
             if dtype.name != "TIMESTAMP":
                 continue
@@ -764,6 +765,11 @@ class FileSource(Source):
             return path if path.is_absolute() else (root if root.is_dir() else root.parent) / path
         return root / f"{view.name}.{self.format}" if root.is_dir() else root
 
+    def columns(self, view: ViewDef) -> dict[str, str]:
+        """Column of each field of ``view`` in the files."""
+        renames = view.binding(self.name).get("columns", {}) or {}
+        return {name: str(renames.get(name, name)) for name in view.fields}
+
     def _read_table(self, path: Path) -> pa.Table:
         if self.format == "csv":
             if path.is_dir():
@@ -776,8 +782,7 @@ class FileSource(Source):
         if not path.exists():
             raise SourceError(f"file source {self.name}: {path} does not exist")
         table = self._read_table(path)
-        renames = view.binding(self.name).get("columns", {}) or {}
-        columns = {name: str(renames.get(name, name)) for name in view.fields}
+        columns = self.columns(view)
         frame = table.to_pandas()
         missing = [c for c in [*(k.name for k in view.keys), *columns.values(), view.timestamp_field] if c not in frame]
         if missing:

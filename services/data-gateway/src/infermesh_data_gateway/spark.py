@@ -1,8 +1,9 @@
 """The batch executor on Spark: point-in-time joins and latest-per-key in Spark, transforms by the same code.
 
-Spark does the distributed part (the range join of entity rows with each view's history, the
-window that keeps the latest record per row or per key); the features are then computed
-inside Spark's Python workers by :class:`~infermesh_data_gateway.executor.BatchExecutor`
+Spark does the distributed part: it reads Parquet histories itself (histories in other
+sources are read by the gateway's connector and handed over), range-joins entity rows with
+each view's history and keeps the latest record per row or per key. The features are then
+computed inside Spark's Python workers by :class:`~infermesh_data_gateway.executor.BatchExecutor`
 itself (``mapInArrow``), so a Spark run gives the same vectors, bit for bit, as the
 in-process engine. Needs the ``spark`` extra (pyspark) and Java 17.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import pyarrow as pa
 from infermesh_data_gateway.definitions import Definitions, ServiceDef, ViewDef
 from infermesh_data_gateway.executor import BatchExecutor, BatchResult, column_from_series, found_column, ts_column
 from infermesh_data_gateway.expressions import Col
-from infermesh_data_gateway.offline import EVENT_COLUMN, ROW_COLUMN
+from infermesh_data_gateway.offline import EVENT_COLUMN, ROW_COLUMN, ParquetHistory
 from infermesh_data_gateway.settings import SparkSettings
 from infermesh_data_gateway.sources import TS_COLUMN
 from infermesh_data_gateway.types import DType
@@ -120,19 +121,66 @@ class SparkEngine:
         """Stop the session."""
         self.session.stop()
 
-    def _history(self, view: ViewDef, history: pd.DataFrame, prefix: bool) -> DataFrame:
+    def _history(self, view: ViewDef, history: pd.DataFrame | ParquetHistory, prefix: bool) -> DataFrame:
+        """The view's history as a Spark frame: keys, raw fields, ``__ts`` (µs), names prefixed for a join."""
+        key_name = (lambda k: f"h__{k}") if prefix else (lambda k: k)
+        field_name = (lambda f: _spark_name(view.name, f)) if prefix else (lambda f: f)
+        if isinstance(history, ParquetHistory):
+            return self._parquet(view, history, key_name, field_name)
         arrays, names = [], []
         for key in view.keys:
             arrays.append(_arrow_column(history[key.name], key.dtype))
-            names.append(f"h__{key.name}" if prefix else key.name)
+            names.append(key_name(key.name))
         for name, dtype in view.fields.items():
             arrays.append(_arrow_column(history[name], dtype))
-            names.append(_spark_name(view.name, name) if prefix else name)
+            names.append(field_name(name))
         arrays.append(pa.array(history[TS_COLUMN].to_numpy(dtype=np.int64)))
-        names.append(_spark_name(view.name, TS_COLUMN) if prefix else TS_COLUMN)
+        names.append(field_name(TS_COLUMN))
         return self.session.createDataFrame(pa.Table.from_arrays(arrays, names=names))
 
-    def latest_per_key(self, view: ViewDef, history: pd.DataFrame) -> pd.DataFrame:
+    def _parquet(
+        self,
+        view: ViewDef,
+        history: ParquetHistory,
+        key_name: Callable[[str], str],
+        field_name: Callable[[str], str],
+    ) -> DataFrame:
+        """Parquet read by Spark itself: only keys and event times are interpreted here, fields stay raw
+        (the batch executor reads them in the workers exactly as in process)."""
+        frame = self.session.read.parquet(str(history.path))
+        types = dict(frame.dtypes)
+        stamp = history.timestamp_field
+        missing = [c for c in [*(k.name for k in view.keys), *history.columns.values(), stamp] if c not in types]
+        if missing:
+            raise ValueError(f"{history.path} lacks columns {', '.join(missing)}")
+        if types.get(stamp) in ("timestamp", "timestamp_ntz"):
+            micros = F.unix_micros(F.col(stamp).cast("timestamp"))
+        elif types.get(stamp) in ("bigint", "int", "smallint", "tinyint"):
+            micros = F.col(stamp).cast("long") * 1_000_000  # integers are epoch seconds, as in process
+        else:
+            raise ValueError(f"{history.path}: event time column {stamp!r} is {types.get(stamp)}, not a timestamp")
+        columns = []
+        for key in view.keys:
+            kind = types.get(key.name)
+            if key.dtype.name == "INT64" and kind not in ("bigint", "int", "smallint", "tinyint"):
+                raise ValueError(f"{history.path}: key {key.name!r} is {kind}, not an integer")
+            if key.dtype.name == "STRING" and kind != "string":
+                raise ValueError(f"{history.path}: key {key.name!r} is {kind}, not text")
+            columns.append(
+                F.col(key.name).cast("long" if key.dtype.name == "INT64" else "string").alias(key_name(key.name))
+            )
+        columns += [F.col(column).alias(field_name(name)) for name, column in history.columns.items()]
+        columns.append(micros.alias(field_name(TS_COLUMN)))
+        selected = frame.select(*columns).where(F.col(field_name(TS_COLUMN)).isNotNull())
+        for key in view.keys:
+            selected = selected.where(F.col(key_name(key.name)).isNotNull())
+        if history.start_us is not None:
+            selected = selected.where(F.col(field_name(TS_COLUMN)) >= history.start_us)
+        if history.end_us is not None:
+            selected = selected.where(F.col(field_name(TS_COLUMN)) < history.end_us)
+        return selected
+
+    def latest_per_key(self, view: ViewDef, history: pd.DataFrame | ParquetHistory) -> pd.DataFrame:
         """The latest row of every key, computed by Spark (same result as the in-process engine)."""
         frame = self._history(view, history, prefix=False)
         keys = [k.name for k in view.keys]
@@ -146,7 +194,7 @@ class SparkEngine:
         definitions: Definitions,
         service: ServiceDef,
         entities: pd.DataFrame,
-        histories: dict[str, pd.DataFrame],
+        histories: Mapping[str, pd.DataFrame | ParquetHistory],
     ) -> tuple[pd.DataFrame, BatchResult]:
         """Point-in-time join in Spark, then the batch executor in Spark's workers."""
         arrays = [pa.array(entities[ROW_COLUMN].to_numpy(dtype=np.int64))]
