@@ -478,3 +478,66 @@ async def test_concurrent_reads_share_redis_round_trips_and_get_their_own_values
     assert [r.vectors[0].values[0] for r in results] == [c * 3 for c in range(100, 120)]
     assert mget_calls() - before < 20  # twenty concurrent reads, fewer round trips
     stats.close()
+
+
+async def test_postgres_as_the_online_store(tmp_path: Path, postgres_server, gateway_factory):
+    table = f"online_{uuid.uuid4().hex[:12]}"
+    folder = tmp_path / "pg"
+    folder.mkdir()
+    (folder / "d.yaml").write_text(
+        f"""
+project: {{online_store: pg}}
+entities: {{account: {{keys: {{tenant: STRING, account_id: INT64}}}}}}
+sources:
+  pg: {{kind: postgres, dsn: "{postgres_server.dsn}"}}
+feature_views:
+  balance:
+    entities: [account]
+    fields: {{amount: FP64, frozen: BOOL, opened_at: TIMESTAMP}}
+    source: pg
+    bindings: {{pg: {{table: {table}}}}}
+feature_services:
+  risk:
+    entities: [account]
+    features:
+      - {{name: amount, dtype: FP64, field: balance.amount}}
+      - {{name: frozen, dtype: BOOL, field: balance.frozen, default: 0}}
+      - {{name: opened_month, dtype: INT64, expr: month(balance.opened_at), default: 0}}
+"""
+    )
+    running = await gateway_factory(folder)
+
+    def row(amount: float, when: datetime) -> pb.PushRow:
+        pushed = pb.PushRow(
+            keys={"tenant": _v("acme"), "account_id": _v(7)},
+            values={"amount": _v(amount), "frozen": _v(True), "opened_at": _v("2024-03-05T10:00:00Z")},
+        )
+        pushed.event_time.FromDatetime(when)
+        return pushed
+
+    first = await running.stub.PushFeatures(
+        pb.PushFeaturesRequest(feature_view="balance", rows=[row(10.5, NOW - timedelta(hours=1))])
+    )
+    stale = await running.stub.PushFeatures(
+        pb.PushFeaturesRequest(feature_view="balance", rows=[row(1.0, NOW - timedelta(hours=2))])
+    )
+    assert (first.rows_written, stale.rows_written, stale.rows_skipped) == (1, 0, 1)
+    reply = await running.stub.GetFeatures(
+        pb.GetFeaturesRequest(
+            feature_service="risk", entities=[pb.EntityRow(keys={"tenant": _v("acme"), "account_id": _v(7)})]
+        )
+    )
+    assert [_py(v) for v in reply.rows[0].values] == [10.5, True, 3]
+    assert reply.rows[0].lineage.views[0].value_time.ToDatetime(tzinfo=UTC) == NOW - timedelta(hours=1)
+    # The same table read in batch (PostgreSQL's native timestamps), as of two instants.
+    entities = []
+    for when in (NOW, NOW - timedelta(minutes=90)):
+        entity = pb.TrainingEntityRow(keys={"tenant": _v("acme"), "account_id": _v(7)})
+        entity.event_time.FromDatetime(when)
+        entities.append(entity)
+    request = pb.GetTrainingSetRequest(
+        feature_service="risk", rows=pb.TrainingEntityRows(rows=entities), format=pb.TRAINING_SET_FORMAT_ROWS
+    )
+    rows = [r async for chunk in running.stub.GetTrainingSet(request) for r in chunk.rows.rows]
+    assert [_py(r.values[0]) for r in rows] == [10.5, None]
+    assert [r.statuses[0] for r in rows] == [F.FEATURE_STATUS_OK, F.FEATURE_STATUS_MISSING]
