@@ -174,7 +174,7 @@ class DataGateway:
         self._mtime = self._definitions_mtime()
         if self.settings.definitions_reload_s > 0:
             self._reload_task = asyncio.create_task(self._reload_loop(), name="definitions-reload")
-        for view in self.settings.materialize_on_start:
+        for view in self.settings.materialize_on_start or ():
             try:
                 await self.materialize(view, None, None, incremental=True)
             except InfermeshError as exc:

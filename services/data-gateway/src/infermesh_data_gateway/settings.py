@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from infermesh_chassis.settings import ServiceSettings
 
 _EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "churn"
+_EXAMPLE_VIEWS = ("customer_profile", "customer_activity")
 
 
 def _default_definitions() -> Path | None:
@@ -56,8 +57,9 @@ class Settings(ServiceSettings):
     """Folder (or file) of feature definitions; default: the bundled churn example; None: serve none."""
     definitions_reload_s: float = Field(5.0, ge=0)
     """How often the definitions are checked for changes (0: never); a new version becomes current."""
-    materialize_on_start: list[str] = Field(default_factory=list)
-    """Feature views materialized incrementally at start (a failure is logged, the start goes on)."""
+    materialize_on_start: list[str] | None = None
+    """Feature views materialized incrementally at start (a failure is logged, the start goes on);
+    unset: the bundled example's views when serving the example, else none."""
     keep_versions: int = Field(5, ge=1)
     """Definition versions kept addressable by ``definition_version``."""
     max_entities: int = Field(1000, ge=1)
@@ -70,3 +72,9 @@ class Settings(ServiceSettings):
     """Rows per streamed training-set chunk when the request does not say."""
     spark: SparkSettings = SparkSettings()
     nats: NatsSettings = NatsSettings()
+
+    @model_validator(mode="after")
+    def _example_views(self) -> Settings:
+        if self.materialize_on_start is None:
+            self.materialize_on_start = list(_EXAMPLE_VIEWS) if self.definitions == _EXAMPLE else []
+        return self
