@@ -63,9 +63,17 @@ class Coalescer(Generic[I, R]):
     """Merges concurrent calls with equal keys (see the module docstring)."""
 
     def __init__(
-        self, call: BatchCall[I, R], *, max_batch: int, max_in_flight: int, window_s: float = 0.0, max_keys: int = 4096
+        self,
+        call: BatchCall[I, R],
+        *,
+        max_batch: int,
+        max_in_flight: int,
+        window_s: float = 0.0,
+        max_keys: int = 4096,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._call = call
+        self._on_batch = on_batch
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._window_s = window_s
@@ -79,7 +87,7 @@ class Coalescer(Generic[I, R]):
     async def submit(self, key: Hashable, item: I, timeout_s: float, *, batchable: bool = True) -> R:
         """The result of ``item``, computed alone or in a batch with others of ``key``."""
         if not batchable or self._max_batch <= 1:
-            self.batches += 1
+            self._count(1)
             return (await self._call(key, [item], timeout_s))[0]
         lane = self._lane(key)
         now = time.monotonic()
@@ -104,11 +112,16 @@ class Coalescer(Generic[I, R]):
     async def _alone(self, key: Hashable, lane: _Lane[I, R], item: I, timeout_s: float) -> R:
         """The fast path of an idle key: call at once in this task, no future, no extra task."""
         lane.in_flight += 1
-        self.batches += 1
+        self._count(1)
         try:
             return (await self._call(key, [item], timeout_s))[0]
         finally:
             self._done(key, lane)
+
+    def _count(self, size: int) -> None:
+        self.batches += 1
+        if self._on_batch is not None:
+            self._on_batch(size)
 
     def _lane(self, key: Hashable) -> _Lane[I, R]:
         lane = self._lanes.get(key)
@@ -160,7 +173,7 @@ class Coalescer(Generic[I, R]):
         try:
             if timeout <= 0:
                 raise DeadlineExceeded("the deadline passed before the call went out")
-            self.batches += 1
+            self._count(len(batch))
             results = await self._call(key, [m.item for m in batch], timeout)
         except _SPLIT_ON as exc:
             if len(batch) == 1:

@@ -173,13 +173,23 @@ class Predictor:
         self._clock = clock
         self._breakers: dict[str, AsyncCircuitBreaker] = {}
         self._exposures: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
-        batching = {
+        batch_sizes = metrics.histogram(
+            "downstream_batch_size",
+            "Requests carried by one downstream call (coalescing), by downstream.",
+            ("downstream",),
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+        batching: dict[str, Any] = {
             "max_batch": predict.coalesce_max_batch,
             "max_in_flight": predict.coalesce_in_flight,
             "window_s": predict.coalesce_window_ms / 1000,
         }
-        self._feature_batches: Coalescer[dg.EntityRow, FeatureVector] = Coalescer(self._fetch_batch, **batching)
-        self._model_batches: Coalescer[bytes, InferResult] = Coalescer(self._infer_batch, **batching)
+        self._feature_batches: Coalescer[dg.EntityRow, FeatureVector] = Coalescer(
+            self._fetch_batch, on_batch=batch_sizes.labels("data_gateway").observe, **batching
+        )
+        self._model_batches: Coalescer[bytes, InferResult] = Coalescer(
+            self._infer_batch, on_batch=batch_sizes.labels("model_gateway").observe, **batching
+        )
         scene_label = ("scene",)
         self._answers = metrics.counter(
             "predictions", "Predict answers, by scene and the step that served.", (*scene_label, "served_by")
