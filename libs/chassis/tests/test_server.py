@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import urllib.request
 
 import grpc
@@ -232,3 +233,12 @@ async def test_registers_on_start_and_deregisters_before_draining(log_stream):
     assert instance.meta["metrics_port"] == str(server.metrics_port)
     await server.stop(0)
     assert discovery.registered == ()
+
+
+def test_a_server_bound_to_every_interface_advertises_its_host_name():
+    anywhere = GrpcServer(ServiceSettings(service_name="svc", grpc={"host": "0.0.0.0"}))
+    assert anywhere.advertised_host == socket.gethostname()
+    named = GrpcServer(ServiceSettings(service_name="svc", grpc={"host": "0.0.0.0", "advertise_host": "svc-1"}))
+    assert named.advertised_host == "svc-1"
+    local = GrpcServer(ServiceSettings(service_name="svc", grpc={"host": "127.0.0.1"}))
+    assert local.advertised_host == "127.0.0.1"

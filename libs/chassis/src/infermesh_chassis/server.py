@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ __all__ = ["GrpcServer", "serve"]
 _log = get_logger("infermesh_chassis.server")
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
+
+_ANY_HOST = frozenset({"0.0.0.0", "::", "[::]", ""})
 
 
 class GrpcServer:
@@ -77,7 +80,16 @@ class GrpcServer:
     @property
     def address(self) -> str:
         """``host:port`` clients dial, once started."""
-        return f"{self.settings.grpc.advertise_host or self.settings.grpc.host}:{self.port}"
+        return f"{self.advertised_host}:{self.port}"
+
+    @property
+    def advertised_host(self) -> str:
+        """The host others dial: ``advertise_host``, else the bound host, else (bound to every
+        interface) this machine's host name, so scaled replicas register distinct addresses."""
+        cfg = self.settings.grpc
+        if cfg.advertise_host:
+            return cfg.advertise_host
+        return socket.gethostname() if cfg.host in _ANY_HOST else cfg.host
 
     @property
     def metrics_port(self) -> int | None:
@@ -110,7 +122,7 @@ class GrpcServer:
         for name in ("", *self._service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self._discovery is not None:
-            host = cfg.advertise_host or cfg.host
+            host = self.advertised_host
             self._instance = Instance(
                 service=self.settings.service_name,
                 instance_id=self.settings.instance_id or f"{self.settings.service_name}-{host}-{self.port}",

@@ -43,7 +43,8 @@ class GrpcServerSettings(BaseModel):
     port: int = Field(0, ge=0, le=65535)
     """Port to bind; 0 picks a free port (read back after start)."""
     advertise_host: str | None = None
-    """Host registered in discovery when it differs from ``host`` (e.g. a container's name)."""
+    """Host registered in discovery when it differs from ``host``; unset with ``host`` 0.0.0.0, the
+    machine's host name (a container's name in compose), so each replica registers its own address."""
     max_receive_message_bytes: int = Field(64 * MiB, gt=0)
     """Largest request message accepted; larger ones are refused with RESOURCE_EXHAUSTED."""
     max_send_message_bytes: int = Field(64 * MiB, gt=0)
