@@ -235,10 +235,12 @@ async def test_registers_on_start_and_deregisters_before_draining(log_stream):
     assert discovery.registered == ()
 
 
-def test_a_server_bound_to_every_interface_advertises_its_host_name():
+async def test_a_server_bound_to_every_interface_advertises_its_host_name():
     anywhere = GrpcServer(ServiceSettings(service_name="svc", grpc={"host": "0.0.0.0"}))
     assert anywhere.advertised_host == socket.gethostname()
     named = GrpcServer(ServiceSettings(service_name="svc", grpc={"host": "0.0.0.0", "advertise_host": "svc-1"}))
     assert named.advertised_host == "svc-1"
     local = GrpcServer(ServiceSettings(service_name="svc", grpc={"host": "127.0.0.1"}))
     assert local.advertised_host == "127.0.0.1"
+    for server in (anywhere, named, local):
+        await server.stop(0)
