@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +40,7 @@ from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.logs import configure_logging
 from infermesh_cli.__main__ import main
+from infermesh_cli.stack import DEMO_API_KEY
 from infermesh_model_gateway.testing import ChurnModels, GatewayHarness, start_gateway, train_churn_models
 
 T = TypeVar("T")
@@ -76,21 +77,21 @@ class LoopThread:
         self._thread.start()
         self._stack = contextlib.AsyncExitStack()
 
-    def run(self, awaitable: Awaitable[T], timeout_s: float = 120.0) -> T:
-        """Await ``awaitable`` (a coroutine, or a grpc.aio call) on the loop and return its result."""
+    def run(self, make: Callable[[], Awaitable[T]], timeout_s: float = 120.0) -> T:
+        """Await what ``make()`` returns, created on the loop (a grpc.aio call binds to the loop it is made on)."""
 
         async def wait() -> T:
-            return await awaitable
+            return await make()
 
         return asyncio.run_coroutine_threadsafe(wait(), self.loop).result(timeout_s)
 
     def enter(self, manager: AbstractAsyncContextManager[T]) -> T:
         """Enter an async context manager on the loop; it is exited by :meth:`close`."""
-        return self.run(self._stack.enter_async_context(manager), timeout_s=300)
+        return self.run(lambda: self._stack.enter_async_context(manager), timeout_s=300)
 
     def close(self) -> None:
         """Exit what was entered, stop the loop and join the thread."""
-        self.run(self._stack.aclose(), timeout_s=120)
+        self.run(self._stack.aclose, timeout_s=120)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
         self.loop.close()
@@ -165,6 +166,19 @@ class Result:
     def json(self) -> Any:
         """Stdout parsed as JSON."""
         return json.loads(self.out)
+
+
+def run_cli(*argv: str) -> Result:
+    """``infermesh <argv>`` in this process, through ``main``, with what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        else:
+            code = 0
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def write_features(root: Path, models: ChurnModels) -> Path:
@@ -242,15 +256,7 @@ class Mesh:
 
     def cli(self, *argv: str) -> Result:
         """``infermesh <addresses> <argv>`` in this process, through ``main``."""
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([*self.addresses, *argv])
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-            else:
-                code = 0
-        return Result(code, out.getvalue(), err.getvalue())
+        return run_cli(*self.addresses, *argv)
 
     def cli_process(self, *argv: str, env: dict[str, str] | None = None, timeout_s: float = 240) -> Result:
         """``python -m infermesh_cli <argv>`` as a real process (addresses from ``env`` when given)."""
@@ -287,6 +293,7 @@ def _biz_settings(root: Path, static: dict[str, list[str]]) -> dict[str, Any]:
             "api_keys": [
                 {"name": "admin", "sha256": digest(ADMIN_KEY), "scenes": ["*"], "admin": True},
                 {"name": "scorer", "sha256": digest(SCORER_KEY), "scenes": ["churn-score"]},
+                {"name": "stack", "sha256": digest(DEMO_API_KEY), "scenes": ["*"], "admin": True},
             ]
         },
         "thrift": {"enabled": False},
@@ -338,9 +345,10 @@ def running_mesh(root: Path) -> Iterator[Mesh]:
             )
         )
         for trained in (models.v1, models.v2):
-            loop.run(gateway.register_and_deploy("churn", trained))
-        loop.run(gateway.control.PromoteModelVersion(mg.PromoteModelVersionRequest(model="churn", version=1)))
-        loop.run(gateway.control.SetAlias(mg.SetAliasRequest(model="churn", alias="canary", version=2)))
+            loop.run(lambda model=trained: gateway.register_and_deploy("churn", model))
+        promote = mg.PromoteModelVersionRequest(model="churn", version=1)
+        loop.run(lambda: gateway.control.PromoteModelVersion(promote))
+        loop.run(lambda: gateway.control.SetAlias(mg.SetAliasRequest(model="churn", alias="canary", version=2)))
         static = {
             "data-gateway": [data_gateway.address],
             "model-gateway": [gateway.address],

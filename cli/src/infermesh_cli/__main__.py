@@ -59,8 +59,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``infermesh`` command."""
+def build_parser() -> Parser:
+    """The ``infermesh`` command line: the stack's commands and every management group."""
     parser = Parser(
         prog="infermesh",
         description=__doc__.splitlines()[0],
@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("status", help=cmd_status.__doc__).set_defaults(run=cmd_status)
     sub.add_parser("down", help=cmd_down.__doc__).set_defaults(run=cmd_down)
     add_commands(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``infermesh`` command."""
+    args = build_parser().parse_args(argv)
     try:
         code = args.run(args)
     except StackError as exc:

@@ -28,6 +28,7 @@ from infermesh_chassis.settings import ClientSettings
 from infermesh_cli.commands._errors import EXIT_USAGE, error_line
 from infermesh_cli.commands._output import print_json
 from infermesh_cli.commands._targets import SERVICES, Target, Targets, env_var, option
+from infermesh_cli.stack import DEMO_API_KEY
 
 __all__ = [
     "Context",
@@ -105,7 +106,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         "--api-key",
         metavar="KEY",
         default=default(None),
-        help=described("API key for the business center (else $INFERMESH_API_KEY)"),
+        help=described("API key for the business center (else $INFERMESH_API_KEY, else the local stack's)"),
     )
     parser.add_argument(
         "--actor",
@@ -234,10 +235,12 @@ class Context:
         remote = self._remotes.get(key)
         if remote is None:
             metadata: tuple[tuple[str, str], ...] = ()
+            target = self.targets.resolve(service)
             api_key = self.args.api_key or os.environ.get("INFERMESH_API_KEY")
+            if api_key is None and target.from_stack:
+                api_key = DEMO_API_KEY
             if service == "biz-center" and api_key:
                 metadata = (("x-api-key", api_key),)
-            target = self.targets.resolve(service)
             remote = self._remotes[key] = Remote(target, stub_factory, self._pool, self._settings, metadata)
         return remote
 

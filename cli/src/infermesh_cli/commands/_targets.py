@@ -40,6 +40,8 @@ class Target:
     service: str
     address: str
     origin: str
+    from_stack: bool = False
+    """Whether the address is the local stack's (whose business center takes the stack's demo API key)."""
 
 
 class Targets:
@@ -73,7 +75,7 @@ class Targets:
             return self._checked(Target(service, from_env, env_var(service)))
         address = self._from_stack().get(service)
         if address:
-            return Target(service, address, f"the local stack in {self._workdir}")
+            return Target(service, address, f"the local stack in {self._workdir}", from_stack=True)
         raise Unreachable(
             f"no address for {service}: pass {option(service)} HOST:PORT, set {env_var(service)}, "
             "or start the local mesh with `infermesh up`"
