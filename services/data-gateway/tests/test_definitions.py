@@ -114,13 +114,12 @@ def test_version_is_declared_or_a_digest_of_the_files(tmp_path: Path):
     assert load_definitions(tmp_path).version not in (first, "7")
 
 
-async def test_the_example_loads_materializes_and_serves(tmp_path: Path, gateway_factory, monkeypatch):
-    definitions = load_definitions(EXAMPLE)
+async def test_the_example_loads_materializes_and_serves(tmp_path: Path, gateway_factory):
+    definitions = load_definitions(EXAMPLE, {"DATA_GATEWAY_STATE_DIR": str(tmp_path)})
+    assert definitions.sources["online"].options["path"] == f"{tmp_path}/churn-online.db"
     churn = definitions.services["churn"]
     assert sum(max(1, *f.shape) if f.shape else 1 for f in churn.features) == 10
-    monkeypatch.setenv("DATA_GATEWAY_EXAMPLE_ONLINE_DB", str(tmp_path / "online.db"))
-
-    running = await gateway_factory(EXAMPLE, materialize_on_start=["customer_profile", "customer_activity"])
+    running = await gateway_factory(EXAMPLE, state_dir=tmp_path)  # the example's views materialize at start
     reply = await running.stub.GetFeatures(
         pb.GetFeaturesRequest(
             feature_service="churn",

@@ -160,7 +160,7 @@ def _names(value: Any, at: _At) -> tuple[str, ...]:
     return tuple(_name(item, at.key(value, i)) for i, item in enumerate(value))
 
 
-def _expand_env(value: Any, at: _At) -> Any:
+def _expand_env(value: Any, at: _At, variables: Mapping[str, str]) -> Any:
     if not isinstance(value, str):
         return value
 
@@ -168,6 +168,8 @@ def _expand_env(value: Any, at: _At) -> Any:
         name, default = match.group(1), match.group(2)
         if name in os.environ:
             return os.environ[name]
+        if name in variables:
+            return variables[name]
         if default is not None:
             return default
         raise at.error(f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
@@ -438,7 +440,7 @@ def _duration(raw: Mapping[str, Any], key: str, at: _At, default: float | None) 
         raise at.key(raw, key).error(str(exc)) from None
 
 
-def _source(item: _Section, base_dir: Path) -> SourceDef:
+def _source(item: _Section, base_dir: Path, variables: Mapping[str, str]) -> SourceDef:
     raw = _mapping(item.raw, item.at)
     kind = raw.get("kind")
     if kind not in SOURCE_KINDS:
@@ -451,7 +453,9 @@ def _source(item: _Section, base_dir: Path) -> SourceDef:
     pool = raw.get("pool_size", 8)
     if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
         raise item.at.key(raw, "pool_size").error("pool_size must be a positive integer")
-    options = {k: _expand_env(v, item.at.key(raw, k)) for k, v in raw.items() if k not in _COMMON_SOURCE_KEYS}
+    options = {
+        k: _expand_env(v, item.at.key(raw, k), variables) for k, v in raw.items() if k not in _COMMON_SOURCE_KEYS
+    }
     if kind == "file" and options.get("format", "parquet") not in ("parquet", "csv"):
         raise item.at.key(raw, "format").error("format is parquet or csv")
     return SourceDef(
@@ -813,8 +817,12 @@ def _statistics(item: _Section) -> tuple[float, float]:
     return mean, std
 
 
-def load_definitions(root: str | Path) -> Definitions:
-    """Load and validate the definitions under ``root`` (a folder of YAML files, or one file)."""
+def load_definitions(root: str | Path, variables: Mapping[str, str] | None = None) -> Definitions:
+    """Load and validate the definitions under ``root`` (a folder of YAML files, or one file).
+
+    ``${NAME}`` in source options reads the environment, then ``variables`` (values the gateway
+    provides, such as ``DATA_GATEWAY_STATE_DIR``), then the ``${NAME:-default}`` default.
+    """
     root = Path(root)
     docs, digest = _read_files(root)
     sections = _collect(docs)
@@ -827,7 +835,7 @@ def load_definitions(root: str | Path) -> Definitions:
         project_at = section.at
     statistics = {name: _statistics(item) for name, item in sections["statistics"].items()}
     entities = {name: _entity(item) for name, item in sections["entities"].items()}
-    sources = {name: _source(item, base_dir) for name, item in sections["sources"].items()}
+    sources = {name: _source(item, base_dir, variables or {}) for name, item in sections["sources"].items()}
     online = project_raw.get("online_store")
     if online is not None and online not in sources:
         raise project_at.key(project_raw, "online_store").error(f"unknown source {online!r}")

@@ -169,7 +169,7 @@ class DataGateway:
         if self.settings.definitions is None:
             _log.warning("no_definitions", hint="set DATA_GATEWAY_DEFINITIONS to a folder of feature definitions")
             return
-        definitions = await asyncio.to_thread(load_definitions, self.settings.definitions)
+        definitions = await asyncio.to_thread(load_definitions, self.settings.definitions, self._variables())
         self._install(definitions)
         self._mtime = self._definitions_mtime()
         if self.settings.definitions_reload_s > 0:
@@ -179,6 +179,10 @@ class DataGateway:
                 await self.materialize(view, None, None, incremental=True)
             except InfermeshError as exc:
                 _log.error("materialize_on_start_failed", view=view, error=exc.message)
+
+    def _variables(self) -> dict[str, str]:
+        """What definitions may name in source options besides the environment."""
+        return {"DATA_GATEWAY_STATE_DIR": str(self.settings.state_dir.resolve())}
 
     async def stop(self) -> None:
         """Stop reloading, close every source, stop Spark."""
@@ -246,7 +250,7 @@ class DataGateway:
             return False
         self._mtime = mtime
         try:
-            definitions = await asyncio.to_thread(load_definitions, self.settings.definitions)
+            definitions = await asyncio.to_thread(load_definitions, self.settings.definitions, self._variables())
         except (DefinitionError, OSError) as exc:
             _log.error("definitions_reload_refused", error=str(exc))
             return False

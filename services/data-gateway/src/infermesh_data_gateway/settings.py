@@ -55,6 +55,8 @@ class Settings(ServiceSettings):
     service_name: str = "data-gateway"
     definitions: Path | None = Field(default_factory=_default_definitions)
     """Folder (or file) of feature definitions; default: the bundled churn example; None: serve none."""
+    state_dir: Path = Path("var/data-gateway")
+    """Local state (the example's SQLite online store); definitions name it ``${DATA_GATEWAY_STATE_DIR}``."""
     definitions_reload_s: float = Field(5.0, ge=0)
     """How often the definitions are checked for changes (0: never); a new version becomes current."""
     materialize_on_start: list[str] | None = None
