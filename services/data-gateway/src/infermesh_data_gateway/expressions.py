@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import bisect
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -726,17 +726,3 @@ def cast_batch(col: Col, kind: str, dtype: str) -> Col:
         rounded = np.rint(np.where(valid, values, 0.0))
     valid &= (rounded >= float(low)) & (rounded < (_TWO_63 if high == 2**63 - 1 else float(high) + 1))
     return Col(np.where(valid, rounded, 0).astype(np.int64), valid)
-
-
-def output_kind(dtype: str) -> str:
-    """The kind of a feature's values once cast to ``dtype``."""
-    if dtype == "BYTES":
-        return STR
-    if dtype.startswith("FP"):
-        return NUM
-    return INT
-
-
-def literal_kinds(values: Sequence[Any]) -> set[str]:
-    """Kinds of literal values (for validating defaults)."""
-    return {STR if isinstance(v, str) else INT if isinstance(v, int) else NUM for v in values}
