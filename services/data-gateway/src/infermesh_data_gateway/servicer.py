@@ -31,6 +31,7 @@ class DataGatewayServicer(data_gateway_pb2_grpc.DataGatewayServiceServicer):
 
     def __init__(self, gateway: DataGateway) -> None:
         self.gateway = gateway
+        self._fields: dict[tuple[str, str], list[pb.FeatureField]] = {}
 
     async def GetFeatures(
         self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext
@@ -41,10 +42,13 @@ class DataGatewayServicer(data_gateway_pb2_grpc.DataGatewayServiceServicer):
             request.routing_attributes,
             request.definition_version,
         )
+        fields = self._fields.get((result.version, result.service.name))
+        if fields is None:  # a version never changes, nor do its fields
+            fields = self._fields[(result.version, result.service.name)] = converters.fields_to_proto(result.service)
         return pb.GetFeaturesResponse(
             feature_service=result.service.name,
             definition_version=result.version,
-            fields=converters.fields_to_proto(result.service),
+            fields=fields,
             rows=converters.rows_to_proto(result.service, result.version, result.vectors),
         )
 
