@@ -169,6 +169,7 @@ def _data_gateway(layout: _Layout) -> dict[str, Any]:
     subprocess.run([sys.executable, str(definitions / "make_data.py")], check=True, timeout=60)
     return {
         "definitions": str(definitions / "definitions.yaml"),
+        "state_dir": str(layout.data("data-gateway") / "state"),
         "materialize_on_start": ["customer_profile", "customer_activity"],
         "nats": {"url": layout.nats_url},
     }

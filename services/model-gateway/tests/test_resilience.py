@@ -11,6 +11,7 @@ import pytest
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh_model_gateway.testing import ChurnModels, infer_request, run_load, start_gateway
+from infermesh_model_gateway.triton import TritonServer
 
 
 def _deadline(seconds: float):
@@ -118,3 +119,23 @@ async def test_registrations_and_deployments_survive_a_restart(churn_models: Chu
         assert pinned.model_version == "1"
         model = (await gw.control.GetModel(pb.GetModelRequest(model="churn"))).model
         assert list(model.serving_versions) == [1, 2]
+
+
+async def test_external_workers_found_through_discovery_serve_like_embedded_ones(churn_models: ChurnModels, tmp_path):
+    external = TritonServer(tmp_path / "repository", tmp_path / "external", "external-triton")
+    (tmp_path / "repository").mkdir()
+    await external.start()
+    try:
+        async with start_gateway(
+            tmp_path,
+            workers=0,
+            discovery={"static": {"triton": [external.grpc_address]}},
+            worker_settings={"discovery_service": "triton", "discovery_interval_s": 0.5},
+        ) as gw:
+            assert [w.id for w in gw.gateway.pool.workers] == [f"external-{external.grpc_address}"]
+            await gw.register_and_deploy("churn", churn_models.v1)
+            await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+            response = await gw.inference.ModelInfer(infer_request("churn", churn_models.x[:2]))
+            assert response.model_version == "1"
+    finally:
+        await external.stop()

@@ -209,17 +209,21 @@ class GatewayHarness:
 
 
 @contextlib.asynccontextmanager
-async def start_gateway(data_dir: Path, *, workers: int = 1, **overrides: Any) -> AsyncIterator[GatewayHarness]:
-    """A gateway as its process runs it, with ``workers`` embedded Triton workers."""
-    settings = load_settings(
-        Settings,
-        data_dir=str(data_dir),
-        workers={"embedded": workers, "pool": {"health_interval_s": 0.2}},
-        deploy={"propagation_s": 0.0, "drain_timeout_s": 10.0},
-        grpc={"grace_period_s": 1.0},
-        metrics={"enabled": False},
-        **overrides,
-    )
+async def start_gateway(
+    data_dir: Path, *, workers: int = 1, worker_settings: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[GatewayHarness]:
+    """A gateway as its process runs it, with ``workers`` embedded Triton workers (and the other
+    ``worker_settings``); ``overrides`` are settings, merged one level deep into the test defaults."""
+    values: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "workers": {"embedded": workers, "pool": {"health_interval_s": 0.2}, **(worker_settings or {})},
+        "deploy": {"propagation_s": 0.0, "drain_timeout_s": 10.0},
+        "grpc": {"grace_period_s": 1.0},
+        "metrics": {"enabled": False},
+    }
+    for key, value in overrides.items():
+        values[key] = {**values[key], **value} if isinstance(value, dict) and key in values else value
+    settings = load_settings(Settings, **values)
     runtime = Runtime.create(settings)
     sink = ListSink()
     emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(sink, EventSettings(flush_interval_s=0.02), runtime.metrics)
