@@ -1,10 +1,16 @@
 """The management subcommands of ``infermesh``, one module per command group.
 
-Each group module has ``add_parser(sub, parent)``; ``parent`` carries the global options
-(addresses, ``--json``, ``--timeout``...) so they may follow the subcommand too. Shared pieces:
-:mod:`._targets` (where the services are), :mod:`._context` (clients, running a handler),
-:mod:`._errors` (exit codes and the one error line), :mod:`._output` (tables and JSON),
-:mod:`._parse` and :mod:`._convert` (command-line text in, protobuf out, at the edge).
+Groups: :mod:`.models` and :mod:`.rollouts` (model gateway control plane), :mod:`.scenes`
+(scenes and experiments of the business center), :mod:`.features` (data gateway),
+:mod:`.events` (monitor), :mod:`.inference` (``predict`` and ``infer``), :mod:`.batch`
+(``batch-score``; its Spark engine in :mod:`._spark`). Each has ``add_parser(sub, parent)``;
+``parent`` carries the global options (addresses, ``--json``, ``--timeout``...) so they may
+follow the subcommand too.
+
+Shared, written once: :mod:`._targets` (where the services are), :mod:`._context` (clients,
+running a handler, pagination), :mod:`._errors` (exit codes and the one error line),
+:mod:`._output` (tables and JSON), :mod:`._parse` (command-line text and files in) and
+:mod:`._convert` / :mod:`._kserve` (protobuf and tensors out, at the edge).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ __all__ = [
     "audit_view",
     "enum_name",
     "evaluation_view",
+    "figures_line",
     "iso",
     "optional",
     "print_audit",

@@ -19,8 +19,18 @@ from infermesh_cli.commands._parse import load_document, parse_duration, parse_m
 
 __all__ = ["add_parser", "control", "model_view", "traffic_view", "version_view"]
 
-FORMATS = {"onnx": 1, "sklearn": 2, "xgboost": 3, "lightgbm": 4, "pmml": 5}
-SERIALIZATIONS = {"native": 1, "pickle": 2, "joblib": 3}
+FORMATS = {
+    "onnx": pb.MODEL_FORMAT_ONNX,
+    "sklearn": pb.MODEL_FORMAT_SKLEARN,
+    "xgboost": pb.MODEL_FORMAT_XGBOOST,
+    "lightgbm": pb.MODEL_FORMAT_LIGHTGBM,
+    "pmml": pb.MODEL_FORMAT_PMML,
+}
+SERIALIZATIONS = {
+    "native": pb.ARTIFACT_SERIALIZATION_NATIVE,
+    "pickle": pb.ARTIFACT_SERIALIZATION_PICKLE,
+    "joblib": pb.ARTIFACT_SERIALIZATION_JOBLIB,
+}
 
 
 def control(ctx: Context) -> Remote:
@@ -278,7 +288,7 @@ def register_request(ctx: Context, args: argparse.Namespace) -> pb.RegisterModel
     if args.reason:
         request.reason = args.reason
     if args.format:
-        request.format = FORMATS[args.format]  # type: ignore[assignment]
+        request.format = FORMATS[args.format]
     artifact = request.artifact
     if args.artifact:
         local = Path(args.artifact.removeprefix("file://"))
@@ -290,7 +300,7 @@ def register_request(ctx: Context, args: argparse.Namespace) -> pb.RegisterModel
     if args.trusted:
         artifact.trusted = True
     if args.serialization:
-        artifact.serialization = SERIALIZATIONS[args.serialization]  # type: ignore[assignment]
+        artifact.serialization = SERIALIZATIONS[args.serialization]
     if args.input:
         del request.inputs[:]
         request.inputs.extend(_tensor_spec(t, "--input") for t in args.input)

@@ -292,7 +292,8 @@ def _which(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     """``infermesh rollouts ...``."""
-    group = sub.add_parser("rollouts", help="SLO-gated canary rollouts: start, status, list, overrides")
+    text = "SLO-gated canary rollouts run by the model gateway: start, status, list, and operator overrides."
+    group = sub.add_parser("rollouts", help=text, description=text)
     rollouts = group.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     p = subcommand(rollouts, "start", start, parent)
