@@ -374,3 +374,34 @@ async def test_list_and_get_describe_the_registry(gw):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gw.control.GetModel(pb.GetModelRequest(model="absent"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_recorded_warmup_samples_are_checked_and_kept(gw, churn_models):
+    sample = pb.WarmupSample(
+        name="typical-customer",
+        count=2,
+        inputs=[
+            common_pb2.Tensor(
+                name="X",
+                datatype="FP32",
+                shape=[1, 6],
+                values=common_pb2.Value(double_list=common_pb2.DoubleList(values=[0.1] * 6)),
+            )
+        ],
+    )
+    request = register_request("warm", churn_models.v1)
+    request.deployment.warmup_samples.append(sample)
+    registered = await gw.control.RegisterModelVersion(request)
+    deployed = await gw.control.DeployModelVersion(
+        pb.DeployModelVersionRequest(model="warm", version=registered.model_version.version)
+    )
+    assert deployed.model_version.state == pb.MODEL_VERSION_STATE_SERVING
+    kept = deployed.model_version.deployment.warmup_samples[0]
+    assert (kept.name, kept.count, list(kept.inputs[0].shape)) == ("typical-customer", 2, [1, 6])
+    bad = register_request("warm", churn_models.v1)
+    sample.inputs[0].shape[:] = [1, 5]
+    bad.deployment.warmup_samples.append(sample)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.control.RegisterModelVersion(bad)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deployment.warmup_samples[0] ('typical-customer'): input 'X'" in caught.value.details()

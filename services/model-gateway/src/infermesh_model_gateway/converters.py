@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import numpy as np
 from google.protobuf import json_format, timestamp_pb2
 
 from infermesh.common.v1 import common_pb2
@@ -23,12 +24,14 @@ from infermesh_model_gateway.domain import (
     Rollout,
     RolloutState,
     RolloutStep,
+    SampleTensor,
     TensorSchema,
     TrafficPolicy,
     VersionState,
+    WarmupSample,
     validate_model_name,
 )
-from infermesh_model_gateway.runtimes import infer_serialization
+from infermesh_model_gateway.runtimes import NUMPY_TYPES, infer_serialization
 
 __all__ = [
     "audit_to_proto",
@@ -97,11 +100,6 @@ def _deployment(config: pb.DeploymentConfig, present: bool) -> DeploymentConfig:
         raise InvalidArgument("deployment.max_batch_size must be >= 0 (0: the model does not batch)")
     if config.instance_count < 0:
         raise InvalidArgument("deployment.instance_count must be >= 0 (0 means 1)")
-    if config.warmup_samples:
-        raise InvalidArgument(
-            "deployment.warmup_samples: recorded warm-up samples are not supported yet; "
-            "the gateway warms every version up with requests built from its schema"
-        )
     if config.placement.worker_selector:
         raise InvalidArgument("deployment.placement.worker_selector is not supported; name worker_ids instead")
     batching = config.dynamic_batching
@@ -113,7 +111,34 @@ def _deployment(config: pb.DeploymentConfig, present: bool) -> DeploymentConfig:
         instance_count=config.instance_count or 1,
         placement=tuple(config.placement.worker_ids),
         backend_parameters=dict(config.backend_parameters),
+        warmup_samples=tuple(
+            _sample(s, f"deployment.warmup_samples[{i}]") for i, s in enumerate(config.warmup_samples)
+        ),
     )
+
+
+def _raw(tensor: common_pb2.Tensor, where: str) -> bytes:
+    if tensor.raw_contents:
+        return tensor.raw_contents
+    kind = tensor.values.WhichOneof("kind")
+    if kind == "string_list":
+        return b"".join(len(s.encode()).to_bytes(4, "little") + s.encode() for s in tensor.values.string_list.values)
+    dtype = NUMPY_TYPES.get(tensor.datatype)
+    if kind not in ("double_list", "int64_list") or dtype is None or tensor.datatype == "BYTES":
+        raise InvalidArgument(f"{where}: give raw_contents, or values as a list matching datatype {tensor.datatype}")
+    return np.asarray(getattr(tensor.values, kind).values, dtype=dtype).tobytes()
+
+
+def _sample(sample: pb.WarmupSample, where: str) -> WarmupSample:
+    if not sample.inputs:
+        raise InvalidArgument(f"{where}.inputs: at least one tensor is required")
+    if sample.count < 0:
+        raise InvalidArgument(f"{where}.count must be >= 0 (0 means once)")
+    inputs = tuple(
+        SampleTensor(t.name, t.datatype, tuple(t.shape), _raw(t, f"{where}.inputs[{i}]"))
+        for i, t in enumerate(sample.inputs)
+    )
+    return WarmupSample(sample.name or where, inputs, sample.count or 1)
 
 
 def version_from_register(request: pb.RegisterModelVersionRequest) -> ModelVersionRecord:
@@ -197,6 +222,15 @@ def version_to_proto(record: ModelVersionRecord, aliases: list[str] | None = Non
         )
     if deployment.dynamic_batching:
         message.deployment.dynamic_batching.max_queue_delay.FromMicroseconds(deployment.max_queue_delay_us)
+    for sample in deployment.warmup_samples:
+        message.deployment.warmup_samples.add(
+            name=sample.name,
+            count=sample.count,
+            inputs=[
+                common_pb2.Tensor(name=i.name, datatype=i.datatype, shape=i.shape, raw_contents=i.raw)
+                for i in sample.inputs
+            ],
+        )
     return message
 
 

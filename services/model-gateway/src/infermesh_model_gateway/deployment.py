@@ -21,36 +21,23 @@ from collections.abc import Awaitable, Callable, Iterable
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from infermesh_chassis.errors import FailedPrecondition, InfermeshError
+from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_model_gateway.artifacts import ArtifactStore
-from infermesh_model_gateway.domain import ModelVersionRecord, TensorSchema, VersionState
+from infermesh_model_gateway.domain import ModelVersionRecord, TensorSchema, VersionState, WarmupSample
 from infermesh_model_gateway.pool import WorkerPool
 from infermesh_model_gateway.registry import Registry
+from infermesh_model_gateway.runtimes import NUMPY_TYPES
 from infermesh_model_gateway.settings import DeploySettings
 from infermesh_model_gateway.triton import ModelRepository
+from infermesh_model_gateway.validation import RequestValidator
 
-__all__ = ["WARMUP_PARAMETER", "Deployer", "warmup_request"]
+__all__ = ["WARMUP_PARAMETER", "Deployer", "sample_request", "warmup_request", "warmup_requests"]
 
 WARMUP_PARAMETER = "infermesh.warmup"
 """Request parameter marking a warm-up request (the model's fault injection leaves it alone)."""
 
 _log = get_logger("infermesh_model_gateway.deployment")
-
-_NUMPY = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
 
 
 def _warmup_tensor(spec: TensorSchema, batching: bool) -> tuple[list[int], bytes]:
@@ -60,7 +47,7 @@ def _warmup_tensor(spec: TensorSchema, batching: bool) -> tuple[list[int], bytes
     count = int(np.prod(shape)) if shape else 1
     if spec.datatype == "BYTES":
         return shape, b"".join(len(b"0").to_bytes(4, "little") + b"0" for _ in range(count))
-    return shape, np.zeros(count, dtype=_NUMPY[spec.datatype]).tobytes()
+    return shape, np.zeros(count, dtype=NUMPY_TYPES[spec.datatype]).tobytes()
 
 
 def warmup_request(record: ModelVersionRecord) -> service_pb2.ModelInferRequest:
@@ -73,6 +60,24 @@ def warmup_request(record: ModelVersionRecord) -> service_pb2.ModelInferRequest:
         request.inputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
         request.raw_input_contents.append(raw)
     return request
+
+
+def sample_request(record: ModelVersionRecord, sample: WarmupSample) -> service_pb2.ModelInferRequest:
+    """The recorded warm-up ``sample`` addressed to ``record``'s Triton model."""
+    request = service_pb2.ModelInferRequest(model_name=record.triton_name)
+    request.parameters[WARMUP_PARAMETER].bool_param = True
+    for tensor in sample.inputs:
+        request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        request.raw_input_contents.append(tensor.raw)
+    return request
+
+
+def warmup_requests(record: ModelVersionRecord) -> list[service_pb2.ModelInferRequest]:
+    """What warms ``record`` up on a worker: its recorded samples, else synthetic requests."""
+    samples = record.deployment.warmup_samples
+    if samples:
+        return [sample_request(record, s) for s in samples for _ in range(s.count)]
+    return [warmup_request(record)] * record.deployment.warmup_requests
 
 
 class Deployer:
@@ -101,6 +106,12 @@ class Deployer:
 
     async def register(self, record: ModelVersionRecord, *, actor: str, reason: str = "") -> ModelVersionRecord:
         """Verify the artifact, then store the version (REGISTERED)."""
+        validator = RequestValidator(record, max_request_bytes=1 << 62)
+        for index, sample in enumerate(record.deployment.warmup_samples):
+            try:
+                validator.validate(sample_request(record, sample))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"deployment.warmup_samples[{index}] ('{sample.name}'): {exc.message}") from None
         await self._artifacts.verify(record)
         stored = await self._registry.register_version(record, actor=actor, reason=reason)
         await self._on_change()
@@ -144,10 +155,10 @@ class Deployer:
         return loaded
 
     async def _warm_up(self, record: ModelVersionRecord, worker_ids: list[str]) -> None:
-        request = warmup_request(record)
+        requests = warmup_requests(record)
         for worker_id in worker_ids:
             worker = self._pool.worker(worker_id)
-            for _ in range(record.deployment.warmup_requests):
+            for request in requests:
                 await self._pool.call(worker, "ModelInfer", request, self._settings.warmup_timeout_s)
 
     async def changed(self) -> None:

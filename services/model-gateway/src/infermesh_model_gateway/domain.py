@@ -27,9 +27,11 @@ __all__ = [
     "RolloutDecision",
     "RolloutState",
     "RolloutStep",
+    "SampleTensor",
     "TensorSchema",
     "TrafficPolicy",
     "VersionState",
+    "WarmupSample",
     "parse_triton_model_name",
     "triton_model_name",
     "validate_model_name",
@@ -97,6 +99,25 @@ class TensorSchema:
 
 
 @dataclass(frozen=True, slots=True)
+class SampleTensor:
+    """One input of a recorded request: KServe v2 raw contents and the full shape (batch included)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSample:
+    """A recorded request sent to every worker before a version serves."""
+
+    name: str
+    inputs: tuple[SampleTensor, ...]
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentConfig:
     """How a version runs on Triton."""
 
@@ -111,7 +132,9 @@ class DeploymentConfig:
     placement: tuple[str, ...] = ()
     """Worker ids (or labels) to load on; empty: every worker."""
     warmup_requests: int = 3
-    """Warm-up requests sent to each worker before the version is marked SERVING."""
+    """Synthetic warm-up requests (built from the schema) sent to each worker when there are no samples."""
+    warmup_samples: tuple[WarmupSample, ...] = ()
+    """Recorded requests sent to each worker (each ``count`` times) before the version is marked SERVING."""
     backend_parameters: dict[str, str] = field(default_factory=dict)
     """Extra ``parameters`` written into config.pbtxt (e.g. ``infermesh.fault.error_rate``)."""
 

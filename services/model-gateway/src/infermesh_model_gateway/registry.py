@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -45,9 +46,11 @@ from infermesh_model_gateway.domain import (
     RolloutDecision,
     RolloutState,
     RolloutStep,
+    SampleTensor,
     TensorSchema,
     TrafficPolicy,
     VersionState,
+    WarmupSample,
 )
 
 __all__ = ["Database", "Registry", "open_registry"]
@@ -249,6 +252,9 @@ def version_doc(record: ModelVersionRecord) -> dict[str, Any]:
     doc["format"] = record.format.value
     doc["state"] = record.state.value
     doc["deployment"]["placement"] = list(record.deployment.placement)
+    for sample in doc["deployment"]["warmup_samples"]:
+        for tensor in sample["inputs"]:
+            tensor["raw"] = base64.b64encode(tensor["raw"]).decode()
     for key in ("created_at", "updated_at", "retired_at", "deprecated_until"):
         doc[key] = _time(getattr(record, key))
     return doc
@@ -257,6 +263,17 @@ def version_doc(record: ModelVersionRecord) -> dict[str, Any]:
 def _version_from(doc: dict[str, Any]) -> ModelVersionRecord:
     deployment = dict(doc["deployment"])
     deployment["placement"] = tuple(deployment.get("placement", ()))
+    deployment["warmup_samples"] = tuple(
+        WarmupSample(
+            s["name"],
+            tuple(
+                SampleTensor(t["name"], t["datatype"], tuple(t["shape"]), base64.b64decode(t["raw"]))
+                for t in s["inputs"]
+            ),
+            int(s["count"]),
+        )
+        for s in deployment.get("warmup_samples", ())
+    )
     return ModelVersionRecord(
         model=doc["model"],
         version=int(doc["version"]),
