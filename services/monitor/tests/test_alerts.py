@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from monitor_support import MonitorThread, inference_event, until
 
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import DiskSpool, EventEmitter, SpoolingSink
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
-
-from .conftest import MonitorThread, inference_event, until
 
 ROOT = Path(__file__).resolve().parents[3]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"

@@ -11,14 +11,13 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from monitor_support import MonitorThread, inference_event, number
 
 from infermesh.common.v1 import common_pb2
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import hash_unit_id
 from infermesh_monitor.drift import Samples, level, psi
 from infermesh_monitor.outcomes import ArmOutcome, compare
-
-from .conftest import MonitorThread, inference_event, number
 
 
 def _model(prefix: str) -> str:

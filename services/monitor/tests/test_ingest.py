@@ -7,14 +7,13 @@ import uuid
 import grpc
 import numpy as np
 import pytest
+from monitor_support import MonitorThread, inference_event, number, rows_written, stored_count
 
 from infermesh.common.v1 import common_pb2
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import batch_id, encode_batch
 from infermesh_monitor.ingest import delimited_events
 from infermesh_monitor.schema import PREDICTED_LABEL, PREDICTION_NAMES, PREDICTION_VALUES, ingest_settings
-
-from .conftest import MonitorThread, inference_event, number, rows_written, stored_count
 
 
 def _model() -> str:

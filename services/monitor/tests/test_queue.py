@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from monitor_support import MonitorProcess, NatsServer, number, rows_written, stored_count, until
 
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis import context as ctx
@@ -16,8 +17,6 @@ from infermesh_chassis.app import Runtime
 from infermesh_chassis.events import EventEmitter, NatsSink, new_event
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings, ServiceSettings
-
-from .conftest import MonitorProcess, NatsServer, number, rows_written, stored_count, until
 
 SERVICE = "test.Scoring"
 

@@ -8,11 +8,10 @@ import uuid
 import numpy as np
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from monitor_support import MonitorThread, inference_event, until
 
 from infermesh.common.v1 import common_pb2
 from infermesh.monitor.v1 import monitor_pb2
-
-from .conftest import MonitorThread, inference_event, until
 
 
 def _model(prefix: str) -> str:
