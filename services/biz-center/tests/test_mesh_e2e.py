@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -136,6 +137,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
                 }
                 settings = biz_settings(root, static, resilience={"breaker_fail_max": 3, "breaker_reset_timeout_s": 60})
                 async with run_biz(settings) as biz:
+                    await _warm_up(biz)
                     yield Mesh(biz, data, vectors, models)
     finally:
         await data.close()
@@ -143,6 +145,15 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
             os.environ.pop("DATA_GATEWAY_EXAMPLE_ONLINE_DB", None)
         else:
             os.environ["DATA_GATEWAY_EXAMPLE_ONLINE_DB"] = previous
+
+
+async def _warm_up(biz: Harness, timeout_s: float = 30.0) -> None:
+    """First calls pay for cold sessions (onnxruntime, channels) and may miss the scene's 250 ms SLO."""
+    deadline = time.monotonic() + timeout_s
+    for customer in range(1, 9):
+        while (await biz.predict.Predict(churn_request(customer), metadata=scoring())).degradation.degraded:
+            assert time.monotonic() < deadline, "the mesh never answered without degradation"
+            await asyncio.sleep(0.2)
 
 
 async def test_a_scene_end_to_end_through_the_real_mesh(mesh: Mesh):

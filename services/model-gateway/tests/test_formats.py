@@ -31,7 +31,7 @@ from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh_model_gateway.runtimes import ArtifactError, TensorInfo, load_runtime
 from infermesh_model_gateway.testing import ChurnModels, GatewayHarness, infer_request, output, sha256, start_gateway
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+ON_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 
 _INPUTS = [common_pb2.TensorSpec(name="X", datatype="FP32", shape=[6])]
 _OUTPUTS = [
@@ -87,6 +87,7 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayH
         yield harness
 
 
+@ON_MODULE_LOOP
 @pytest.mark.parametrize("kind", list(_FORMATS))
 async def test_each_format_serves_what_its_library_predicts(gw, churn_models: ChurnModels, tmp_path, kind):
     fmt, filename, train, trusted = _FORMATS[kind]
@@ -112,6 +113,7 @@ async def test_each_format_serves_what_its_library_predicts(gw, churn_models: Ch
     np.testing.assert_array_equal(output(response, "label").reshape(-1), np.argmax(expected, axis=1))
 
 
+@ON_MODULE_LOOP
 async def test_an_untrusted_joblib_file_is_refused(gw, churn_models: ChurnModels, tmp_path):
     path = tmp_path / "model.joblib"
     _joblib(churn_models.x[:200], churn_models.y[:200], path)
