@@ -319,9 +319,15 @@ class TritonServer:
         return " | ".join(text[-lines:]) or f"(nothing logged; see {self.log_path})"
 
     def kill(self) -> None:
-        """SIGKILL the process at once (a crash, as tests simulate one)."""
+        """SIGKILL the server and its python-backend stubs at once (a crash, as tests simulate one)."""
         if self._process is not None and self._process.returncode is None:
-            self._process.kill()
+            self._kill_group(self._process.pid)
+
+    @staticmethod
+    def _kill_group(pid: int) -> None:
+        """SIGKILL the server's process group: the stubs outlive a dead server otherwise, spinning."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, wait up to ``grace_s`` (Triton unloads its models), then SIGKILL."""
@@ -335,4 +341,5 @@ class TritonServer:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        self._kill_group(process.pid)
         _log.info("triton_stopped", worker=self.worker_id, code=process.returncode)
