@@ -54,6 +54,7 @@ from infermesh_chassis.client import ServiceClient
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
+from infermesh_chassis.tasks import cancel_and_wait
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
@@ -148,9 +149,7 @@ class EventEmitter(Generic[E]):
             await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
         except TimeoutError:
             _log.warning("event_emitter_stop_timeout", unsent=self.buffered)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self._task = None
 
     async def _wait(self) -> None:
@@ -538,11 +537,8 @@ class SpoolingSink:
 
     async def close(self) -> None:
         """Stop replaying (what is left stays on disk for the next start) and close the transport."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._spool.close()
         close = getattr(self._inner, "close", None)
         if close is not None:

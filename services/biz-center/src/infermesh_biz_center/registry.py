@@ -18,7 +18,6 @@ through the admin API. Admin changes are stored, so they survive restarts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 import time
@@ -44,6 +43,7 @@ from infermesh_biz_center.catalog import (
 from infermesh_biz_center.store import AuditRecord, ConfigStore, Stored, decode_token, encode_token
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
+from infermesh_chassis.tasks import cancel_and_wait
 
 __all__ = ["EXPERIMENT", "SCENE", "ConfigRegistry", "SeedFile", "load_seed_file"]
 
@@ -165,11 +165,8 @@ class ConfigRegistry:
 
     async def stop(self) -> None:
         """Stop watching and close the store."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await asyncio.to_thread(self._store.close)
 
     # -- loading ---------------------------------------------------------------------------

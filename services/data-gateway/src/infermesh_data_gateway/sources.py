@@ -47,6 +47,7 @@ from redis.backoff import NoBackoff
 
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_data_gateway.definitions import SourceDef, ViewDef
 from infermesh_data_gateway.types import DType, coerce, micros_to_datetime
 
@@ -177,11 +178,8 @@ class Source(ABC):
 
     async def close(self) -> None:
         """Stop probing and release the pool."""
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-            self._probe_task = None
+        await cancel_and_wait(self._probe_task)
+        self._probe_task = None
 
     def _canonical(
         self, view: ViewDef, raw: Mapping[str, Any], columns: Mapping[str, str] | None = None

@@ -10,12 +10,12 @@ down in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from infermesh_chassis.discovery import Discovery
 from infermesh_chassis.errors import InfermeshError
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_model_gateway.artifacts import ArtifactStore
 from infermesh_model_gateway.deployment import Deployer
 from infermesh_model_gateway.pool import WorkerPool
@@ -128,9 +128,7 @@ class ModelGateway:
     async def stop(self) -> None:
         """Stop watching, stop the pool and the embedded workers, close the registry."""
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
         await self.pool.stop()
         await asyncio.gather(*(s.stop() for s in self.embedded), return_exceptions=True)

@@ -32,6 +32,7 @@ from infermesh_chassis.client import RECONNECT_OPTIONS
 from infermesh_chassis.errors import InfermeshError, Unavailable, from_rpc_error
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_model_gateway.settings import PoolSettings
 
 __all__ = ["Worker", "WorkerPool"]
@@ -140,11 +141,8 @@ class WorkerPool:
 
     async def stop(self) -> None:
         """Stop the health refresh and close every channel."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for worker_id in list(self._workers):
             await self.remove(worker_id)
 

@@ -39,6 +39,7 @@ from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.events import EventEmitter, new_event
 from infermesh_chassis.logs import get_logger
+from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_model_gateway.deployment import Deployer
 from infermesh_model_gateway.domain import (
     Mirror,
@@ -389,11 +390,8 @@ class RolloutController:
 
     async def stop(self) -> None:
         """Stop the loop and give up the leases this instance holds, so another takes over at once."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for name in list(self._held):
             with contextlib.suppress(Exception):
                 await self._registry.release_lease(name, self._instance)

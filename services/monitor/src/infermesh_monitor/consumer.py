@@ -25,6 +25,7 @@ from infermesh_chassis.events import connect_nats, ensure_stream
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
+from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_monitor.ingest import Ingestor
 from infermesh_monitor.settings import IngestSettings
 from infermesh_monitor.store import StoreError
@@ -119,9 +120,7 @@ class JetStreamConsumer:
                 acks.add(ack)
                 ack.add_done_callback(acks.discard)
         finally:
-            fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetcher
+            await cancel_and_wait(fetcher)
             if acks:
                 await asyncio.gather(*acks)
 
@@ -178,8 +177,6 @@ class JetStreamConsumer:
             try:
                 await asyncio.wait_for(self._task, 30)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel_and_wait(self._task)
             self._task = None
         await self._close()

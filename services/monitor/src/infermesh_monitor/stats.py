@@ -12,7 +12,6 @@ Prometheus gauges ``infermesh_monitor_window_*`` (windows start on a 10 s bounda
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_monitor.settings import AnalysisSettings
 from infermesh_monitor.store import Store, StoreError
 
@@ -232,8 +232,5 @@ class WindowExporter(Collector):
 
     async def stop(self) -> None:
         """Stop refreshing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
