@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import grpc
+from benchkit import peak_rss_mib
 
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 1024
@@ -52,13 +53,6 @@ async def _serve(kind: str, port_file: Path) -> None:
         port = chassis.port
     await asyncio.to_thread(port_file.write_text, str(port))
     await asyncio.Event().wait()
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def _drive(address: str, concurrency: int) -> dict[str, float]:
@@ -108,11 +102,11 @@ async def _measure() -> None:
             proc, address = _start(kind, Path(tmp))
             try:
                 figures[kind] = {c: await _drive(address, c) for c in (1, 16)}
-                rss[kind] = _peak_rss_mib(proc.pid)
+                rss[kind] = peak_rss_mib(proc.pid)
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
-    rss["client"] = _peak_rss_mib(os.getpid())
+    rss["client"] = peak_rss_mib(os.getpid())
     print(f"{'server':8} {'conc':>4} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for kind, by_conc in figures.items():
         for conc, f in by_conc.items():

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 import grpc
 import redis
 import redis.asyncio as aioredis
+from benchkit import free_port, peak_rss_mib
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infermesh.common.v1 import common_pb2
@@ -60,19 +60,6 @@ def _definitions(redis_url: str) -> str:
             expr = _EXPRESSIONS[index % len(_EXPRESSIONS)].format(v=view, f=field)
             lines.append(f"      - {{name: {view}_{field}, dtype: FP32, expr: '{expr}', default: 0}}")
     return "\n".join(lines) + "\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -167,7 +154,7 @@ async def _measure(address: str, redis_url: str) -> dict[str, dict[int, dict[str
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        redis_port, grpc_port = _free_port(), _free_port()
+        redis_port, grpc_port = free_port(), free_port()
         redis_proc = subprocess.Popen(
             [str(REDIS_SERVER), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             cwd=workdir,
@@ -192,9 +179,9 @@ def main() -> None:
             _wait_serving(address, gateway)
             figures = asyncio.run(_measure(address, redis_url))
             rss = {
-                "gateway": _peak_rss_mib(gateway.pid),
-                "redis": _peak_rss_mib(redis_proc.pid),
-                "client": _peak_rss_mib(os.getpid()),
+                "gateway": peak_rss_mib(gateway.pid),
+                "redis": peak_rss_mib(redis_proc.pid),
+                "client": peak_rss_mib(os.getpid()),
             }
         finally:
             for proc in (gateway, redis_proc):

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import grpc
+from benchkit import children, process_name, status_mib
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as pb_grpc
@@ -33,25 +34,6 @@ from infermesh_model_gateway.testing import register_request, train_churn_models
 CONCURRENCIES = (1, 8, 32)
 MEASUREMENT_MS = 4000
 EXTRA_VERSIONS = 3
-
-
-def _status(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.extend(int(c) for c in text)
-    return found
-
-
-def _name(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
 def _start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
@@ -115,9 +97,9 @@ async def _deploy_extra(address: str) -> None:
 
 
 def _triton_rss(gateway_pid: int) -> tuple[int, float, list[float]]:
-    triton = next(p for p in _children(gateway_pid) if _name(p) == "tritonserver")
-    stubs = [_status(p, "VmRSS") for p in _children(triton)]
-    return triton, _status(triton, "VmRSS"), stubs
+    triton = next(p for p in children(gateway_pid) if process_name(p) == "tritonserver")
+    stubs = [status_mib(p, "VmRSS") for p in children(triton)]
+    return triton, status_mib(triton, "VmRSS"), stubs
 
 
 def main() -> int:
@@ -138,9 +120,9 @@ def main() -> int:
             asyncio.run(_deploy_extra(address))
             _, triton_rss_more, stubs_more = _triton_rss(process.pid)
             per_version = (triton_rss_more + sum(stubs_more) - before) / EXTRA_VERSIONS
-            gateway_peak = _status(process.pid, "VmHWM")
-            triton_peak = _status(triton_pid, "VmHWM")
-            stub_peak = max(_status(p, "VmHWM") for p in _children(triton_pid))
+            gateway_peak = status_mib(process.pid, "VmHWM")
+            triton_peak = status_mib(triton_pid, "VmHWM")
+            stub_peak = max(status_mib(p, "VmHWM") for p in children(triton_pid))
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import yaml
+from benchkit import children, cpu_s, free_port, process_name, status_mib
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sklearn.linear_model import LogisticRegression
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -58,35 +58,6 @@ DURATION_S = 4.0
 WARMUP_S = 1.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _proc_status(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.extend(int(c) for c in (task / "children").read_text().split())
-    return found
-
-
-def _name(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
-
-
 class Service:
     """One service process of the mesh, started from a settings file, with its log."""
 
@@ -94,7 +65,7 @@ class Service:
         self, name: str, module: str, workdir: Path, settings: dict[str, object], env: dict[str, str] | None = None
     ) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         settings = {
             "grpc": {"host": "127.0.0.1", "port": self.port, "grace_period_s": 2},
             "metrics": {"enabled": False},
@@ -261,11 +232,11 @@ async def _measure(
         for concurrency in CONCURRENCIES:
             figures["direct"][concurrency] = await _drive(direct_call, concurrency)
         for concurrency in CONCURRENCIES:
-            before = {name: _cpu_s(pid) for name, pid in pids.items()}
+            before = {name: cpu_s(pid) for name, pid in pids.items()}
             figures["mesh"][concurrency] = result = await _drive(mesh_call, concurrency)
             if concurrency == max(CONCURRENCIES):
                 served = result["rps"] * (DURATION_S + WARMUP_S)
-                cpu_per_request = {n: (_cpu_s(p) - before[n]) / served * 1000 for n, p in pids.items()}
+                cpu_per_request = {n: (cpu_s(p) - before[n]) / served * 1000 for n, p in pids.items()}
     return figures, cpu_per_request, degraded
 
 
@@ -325,13 +296,13 @@ def main() -> int:
         )
         services.append(biz)
         biz.wait_serving()
-        triton_pid = next(p for p in _children(model.process.pid) if _name(p) == "tritonserver")
+        triton_pid = next(p for p in children(model.process.pid) if process_name(p) == "tritonserver")
         pids = {s.name: s.process.pid for s in services} | {"tritonserver": triton_pid}
-        for stub in _children(triton_pid):
+        for stub in children(triton_pid):
             pids[f"triton stub {stub}"] = stub
         figures, cpu_ms, degraded = asyncio.run(_measure(triton, biz.address, vectors, pids))
-        rss = {name: _proc_status(pid, "VmHWM") for name, pid in pids.items()}
-        rss["client"] = _proc_status(os.getpid(), "VmHWM")
+        rss = {name: status_mib(pid, "VmHWM") for name, pid in pids.items()}
+        rss["client"] = status_mib(os.getpid(), "VmHWM")
     finally:
         for service in reversed(services):
             service.stop()

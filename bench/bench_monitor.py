@@ -31,17 +31,12 @@ import uuid
 from pathlib import Path
 
 import grpc
+from benchkit import cpu_s, free_port, peak_rss_mib, status_mib
 
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 1024
 BATCH = 1000
 MODEL = "bench-churn"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, timeout_s: float = 30.0) -> None:
@@ -54,31 +49,12 @@ def _wait_port(port: int, timeout_s: float = 30.0) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
-def _rss_mib(pid: int, field: str = "VmRSS") -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return float("nan")
-
-
 def _read_int(path: Path) -> int:
     """The integer a file holds (0 when it does not exist yet or is being written)."""
     try:
         return int(path.read_text() or 0)
     except (FileNotFoundError, ValueError):
         return 0
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the publisher ----------------------------------------------------------------------------------
@@ -174,7 +150,7 @@ async def _publish(url: str, seconds: float, max_backlog: int, progress: Path) -
                 "sent": sent,
                 "publish_s": elapsed,
                 "cpu_s": usage.ru_utime + usage.ru_stime,
-                "peak_rss_mib": _rss_mib(os.getpid(), "VmHWM"),
+                "peak_rss_mib": peak_rss_mib(os.getpid()),
             }
         ),
         flush=True,
@@ -246,9 +222,9 @@ async def _drive(address: str, concurrency: int, seconds: float, server_pid: int
         await asyncio.sleep(1.0)
         measuring = True
         began = time.monotonic()
-        cpu_before = _cpu_s(server_pid)
+        cpu_before = cpu_s(server_pid)
         await asyncio.gather(*workers)
-        cpu = _cpu_s(server_pid) - cpu_before
+        cpu = cpu_s(server_pid) - cpu_before
         return done / (time.monotonic() - began), cpu / max(1, done) * 1e6
 
 
@@ -278,7 +254,7 @@ async def _serving_overhead(workdir: Path, nats_url: str, rounds: int, seconds: 
                 rps, cpu_us = await _drive(address, 16, seconds, proc.pid)
                 best[kind] = max(best[kind], rps)
                 cpu[kind] = min(cpu[kind], cpu_us)
-                rss[kind] = max(rss[kind], _rss_mib(proc.pid, "VmHWM"))
+                rss[kind] = max(rss[kind], peak_rss_mib(proc.pid))
             finally:
                 proc.terminate()
                 proc.wait(timeout=20)
@@ -320,7 +296,7 @@ async def _stored_rows(address: str) -> int:
 
 
 def _start_nats(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js",
          "-sd", str(workdir / "js")],
@@ -332,7 +308,7 @@ def _start_nats(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _start_monitor(workdir: Path, nats_url: str) -> tuple[subprocess.Popen[bytes], int, int]:
-    grpc_port, metrics_port = _free_port(), _free_port()
+    grpc_port, metrics_port = free_port(), free_port()
     config = workdir / "monitor.yaml"
     config.write_text(
         json.dumps(
@@ -367,13 +343,13 @@ def _ingest(workdir: Path, nats: subprocess.Popen[bytes], nats_url: str, seconds
             text=True,
         )  # fmt: skip
         began = time.monotonic()
-        cpu_before = {"monitor": _cpu_s(monitor.pid), "nats": _cpu_s(nats.pid)}
+        cpu_before = {"monitor": cpu_s(monitor.pid), "nats": cpu_s(nats.pid)}
         rss: list[tuple[float, float]] = []
         stored = 0.0
         while publisher.poll() is None:
             stored = _scrape(metrics_port, "infermesh_monitor_events_ingested_total")
             progress.write_text(str(int(stored)))
-            rss.append((time.monotonic() - began, _rss_mib(monitor.pid)))
+            rss.append((time.monotonic() - began, status_mib(monitor.pid, "VmRSS")))
             time.sleep(0.25)
         out, _ = publisher.communicate()
         published = json.loads(out.strip().splitlines()[-1])
@@ -381,7 +357,7 @@ def _ingest(workdir: Path, nats: subprocess.Popen[bytes], nats_url: str, seconds
         while stored < published["sent"] and time.monotonic() < deadline:
             time.sleep(0.2)
             stored = _scrape(metrics_port, "infermesh_monitor_events_ingested_total")
-            rss.append((time.monotonic() - began, _rss_mib(monitor.pid)))
+            rss.append((time.monotonic() - began, status_mib(monitor.pid, "VmRSS")))
         ingest_s = time.monotonic() - began
         steady = [value for t, value in rss if t >= 2.0]
         third = max(1, len(steady) // 3)
@@ -391,14 +367,14 @@ def _ingest(workdir: Path, nats: subprocess.Popen[bytes], nats_url: str, seconds
             "rows": asyncio.run(_stored_rows(f"127.0.0.1:{grpc_port}")),
             "ingest_s": ingest_s,
             "publish_s": published["publish_s"],
-            "monitor_cpu_s": _cpu_s(monitor.pid) - cpu_before["monitor"],
-            "nats_cpu_s": _cpu_s(nats.pid) - cpu_before["nats"],
+            "monitor_cpu_s": cpu_s(monitor.pid) - cpu_before["monitor"],
+            "nats_cpu_s": cpu_s(nats.pid) - cpu_before["nats"],
             "publisher_cpu_s": published["cpu_s"],
             "publisher_peak_rss_mib": published["peak_rss_mib"],
             "monitor_rss_start_mib": sum(steady[:third]) / third if steady else float("nan"),
             "monitor_rss_end_mib": sum(steady[-third:]) / third if steady else float("nan"),
-            "monitor_peak_rss_mib": _rss_mib(monitor.pid, "VmHWM"),
-            "nats_peak_rss_mib": _rss_mib(nats.pid, "VmHWM"),
+            "monitor_peak_rss_mib": peak_rss_mib(monitor.pid),
+            "nats_peak_rss_mib": peak_rss_mib(nats.pid),
         }
     finally:
         monitor.send_signal(signal.SIGTERM)
@@ -445,7 +421,7 @@ def _measure(seconds: float, rounds: int, serving_seconds: float) -> None:
         ),
         "serving_plain_peak_rss_mib": round(serving["plain_peak_rss_mib"], 1),
         "serving_emit_peak_rss_mib": round(serving["emit_peak_rss_mib"], 1),
-        "bench_peak_rss_mib": round(_rss_mib(os.getpid(), "VmHWM"), 1),
+        "bench_peak_rss_mib": round(peak_rss_mib(os.getpid()), 1),
     }
     print(f"ingest: {result['sent']} sent, {result['stored']} stored in {result['ingest_s']} s"
           f" = {result['events_per_s']} events/s (publisher {result['publish_events_per_s']}/s),"
