@@ -18,6 +18,7 @@ from infermesh_chassis import errors
 from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
 from infermesh_chassis.server import GrpcServer
 from infermesh_chassis.settings import ServiceSettings
+from infermesh_chassis.tasks import cancel_and_wait
 
 
 async def test_health_reports_serving_per_service(start_server, echo_stub):
@@ -244,3 +245,21 @@ async def test_a_server_bound_to_every_interface_advertises_its_host_name():
     assert local.advertised_host == "127.0.0.1"
     for server in (anywhere, named, local):
         await server.stop(0)
+
+
+async def test_stopping_a_task_that_swallows_its_cancellation_does_not_hang():
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()  # the first cancellation is lost, as some libraries lose it
+
+    task = asyncio.get_running_loop().create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task, recancel_s=0.05), 2)
+    assert task.cancelled() and swallowed.is_set()

@@ -217,6 +217,12 @@ class Running:
         self.stub = data_gateway_pb2_grpc.DataGatewayServiceStub(channel)
         self.metrics = gateway.metrics
 
+    async def stop(self) -> None:
+        """Close the client, stop the server and the gateway (safe to call again)."""
+        await self.channel.close()
+        await self.server.stop(0)
+        await self.gateway.stop()
+
 
 async def start_gateway(definitions: Path, **overrides: object) -> Running:
     """A gateway over ``definitions`` behind a real grpc.aio server on a free port."""
@@ -233,12 +239,6 @@ async def start_gateway(definitions: Path, **overrides: object) -> Running:
     return Running(gateway, server, channel)
 
 
-async def stop_gateway(running: Running) -> None:
-    await running.channel.close()
-    await running.server.stop(0)
-    await running.gateway.stop()
-
-
 @pytest_asyncio.fixture
 async def gateway_factory() -> AsyncIterator[object]:
     """``await factory(definitions_dir, **settings)``; every gateway started is stopped afterwards."""
@@ -251,5 +251,5 @@ async def gateway_factory() -> AsyncIterator[object]:
 
     yield factory
     for running in reversed(started):
-        await stop_gateway(running)
+        await running.stop()
     await asyncio.sleep(0)

@@ -139,7 +139,7 @@ class Api:
 
         app = web.Application()
         app.router.add_get("/risk/{customer_id}", risk)
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
@@ -181,6 +181,7 @@ async def world(tmp_path: Path, postgres_server, make_redis, gateway_factory):
     )
     running = await gateway_factory(folder)
     yield running, redis, api
+    await running.stop()  # its HTTP source's keep-alive connections close before the API server stops
     await api.stop()
 
 

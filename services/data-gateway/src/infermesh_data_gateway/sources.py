@@ -166,6 +166,8 @@ class Source(ABC):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # a probe that turned our cancellation into its error
                 self._failures = max(self._failures, 3)
                 if self.health is not Health.UNHEALTHY:
                     _log.warning("source_probe_failed", source=self.name, error=str(exc) or type(exc).__name__)
