@@ -9,7 +9,7 @@ from collections.abc import Hashable
 
 import grpc
 import pytest
-from bizcenter_support import Doubles, Harness, churn_request, scoring
+from bizcenter_support import Doubles, Harness, churn_request, edit_scene, scoring
 
 from infermesh_biz_center.coalesce import Coalescer
 from infermesh_chassis import context as ctx
@@ -17,6 +17,8 @@ from infermesh_chassis.errors import DeadlineExceeded, InvalidArgument, Unavaila
 
 
 async def test_concurrent_requests_share_downstream_calls_and_answer_the_same(biz: Harness, doubles: Doubles):
+    # what is checked here is coalescing, not the SLO: on a loaded machine 48 requests could miss 250 ms
+    await edit_scene(biz, lambda scene: scene.slo_deadline.FromSeconds(5))
     alone = {u: await biz.predict.Predict(churn_request(u), metadata=scoring()) for u in (1, 2, 3, 4)}
     assert set(doubles.data.batch_sizes) == {1} and set(doubles.models.batch_sizes) == {1}
     doubles.models.delay_s = 0.02  # let requests pile up behind the calls in flight

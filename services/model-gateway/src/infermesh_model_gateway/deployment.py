@@ -183,6 +183,9 @@ class Deployer:
         """Take a version out for good: drain and unload it if it serves, then RETIRED."""
         record = await self._registry.get_version(model, version)
         async with self._lock(record):
+            record = await self._registry.get_version(model, version)  # the controller may have been first
+            if record.state is VersionState.RETIRED:
+                return record
             if record.state is VersionState.SERVING:
                 await self._registry.set_state(model, version, VersionState.DRAINING, actor=actor, reason=reason)
                 await self._on_change()
