@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 
 import grpc
-from benchkit import peak_rss_mib
+from benchkit import drive, peak_rss_mib
 
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 1024
-DURATION_S = 4.0
-WARMUP_S = 1.0
 
 
 async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -55,34 +53,6 @@ async def _serve(kind: str, port_file: Path) -> None:
     await asyncio.Event().wait()
 
 
-async def _drive(address: str, concurrency: int) -> dict[str, float]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        echo = channel.unary_unary(f"/{SERVICE}/Echo")
-        latencies: list[float] = []
-        measuring = False
-        stop_at = time.monotonic() + WARMUP_S + DURATION_S
-
-        async def worker() -> None:
-            while time.monotonic() < stop_at:
-                began = time.perf_counter()
-                await echo(PAYLOAD, timeout=5)
-                if measuring:
-                    latencies.append(time.perf_counter() - began)
-
-        workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-        await asyncio.sleep(WARMUP_S)
-        measuring = True
-        began = time.monotonic()
-        await asyncio.gather(*workers)
-        elapsed = time.monotonic() - began
-    latencies.sort()
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-    }
-
-
 def _start(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port_file = workdir / f"{kind}.port"
     proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port-file", str(port_file)])
@@ -101,7 +71,13 @@ async def _measure() -> None:
         for kind in ("bare", "chassis"):
             proc, address = _start(kind, Path(tmp))
             try:
-                figures[kind] = {c: await _drive(address, c) for c in (1, 16)}
+                async with grpc.aio.insecure_channel(address) as channel:
+                    echo = channel.unary_unary(f"/{SERVICE}/Echo")
+
+                    async def call(_: int, echo: grpc.aio.UnaryUnaryMultiCallable = echo) -> object:
+                        return await echo(PAYLOAD, timeout=5)
+
+                    figures[kind] = {c: await drive(call, c) for c in (1, 16)}
                 rss[kind] = peak_rss_mib(proc.pid)
             finally:
                 proc.terminate()

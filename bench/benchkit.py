@@ -6,11 +6,14 @@ folder. Memory figures come from ``/proc/<pid>/status`` (``VmHWM`` is the peak r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-__all__ = ["children", "cpu_s", "free_port", "peak_rss_mib", "process_name", "status_mib"]
+__all__ = ["children", "cpu_s", "drive", "free_port", "peak_rss_mib", "process_name", "status_mib"]
 
 
 def free_port() -> int:
@@ -56,3 +59,48 @@ def children(pid: int) -> list[int]:
 def process_name(pid: int) -> str:
     """The process' command name (``/proc/<pid>/comm``)."""
     return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+async def drive(
+    call: Callable[[int], Awaitable[object]],
+    concurrency: int,
+    *,
+    warmup_s: float = 1.0,
+    duration_s: float = 4.0,
+    tolerate: tuple[type[BaseException], ...] = (),
+) -> dict[str, float]:
+    """A closed loop: ``concurrency`` callers each call ``call(n)`` (``n`` counts up per caller) back to
+    back for ``warmup_s`` + ``duration_s``; throughput and latency percentiles over the measured part.
+    Exceptions in ``tolerate`` are counted as errors; any other one stops the run."""
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    stop_at = time.monotonic() + warmup_s + duration_s
+
+    async def caller(offset: int) -> None:
+        nonlocal errors
+        n = offset
+        while time.monotonic() < stop_at:
+            n += concurrency
+            began = time.perf_counter()
+            try:
+                await call(n)
+            except tolerate:
+                errors += 1
+                continue
+            if measuring:
+                latencies.append(time.perf_counter() - began)
+
+    callers = [asyncio.ensure_future(caller(i)) for i in range(concurrency)]
+    await asyncio.sleep(warmup_s)
+    measuring = True
+    began = time.monotonic()
+    await asyncio.gather(*callers)
+    elapsed = time.monotonic() - began
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "errors": errors,
+    }
