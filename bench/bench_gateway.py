@@ -6,7 +6,12 @@ delay) is registered and deployed through the control plane. Triton's perf_analy
 the tritonclient wheel) then measures the same model directly on that worker (``churn__1``) and
 through the gateway (``churn``, routed by its traffic policy) at concurrency 1, 8 and 32, batch 1.
 
-Prints both side by side with the ratio and the added latency, the peak RSS (VmHWM) of the gateway,
+Beside them, the floor of any Python gRPC hop: the same calls through a bare grpc.aio pass-through
+proxy (``bare_proxy.py``: no parsing, routing or validation) in front of the same worker. The
+gateway's ratio to direct Triton is the product of what a Python hop costs here (floor / direct)
+and what the gateway's own work costs (gateway / floor).
+
+Prints all three side by side with the ratios and the added latency, the peak RSS (VmHWM) of the gateway,
 of tritonserver and of each python-backend stub, the memory each further loaded version costs,
 and ends with one JSON line ``{"bench": "gateway_overhead", ...}``.
 """
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 
 import grpc
-from benchkit import children, process_name, status_mib
+from benchkit import children, process_name, start_bare_proxies, status_mib, stop_processes
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as pb_grpc
@@ -109,12 +114,19 @@ def main() -> int:
         try:
             asyncio.run(_deploy(address, workdir / "models"))
             triton = f"127.0.0.1:{triton_port}"
+            [(proxy, proxy_address)] = start_bare_proxies(triton)
             direct: dict[int, PerfResult] = {}
+            floor: dict[int, PerfResult] = {}
             through: dict[int, PerfResult] = {}
-            for concurrency in CONCURRENCIES:
-                args = {"concurrency": concurrency, "shapes": {"X": [6]}, "measurement_ms": MEASUREMENT_MS}
-                direct[concurrency] = run_perf_analyzer(triton, "churn__1", **args, workdir=workdir)
-                through[concurrency] = run_perf_analyzer(address, "churn", **args, workdir=workdir)
+            try:
+                for concurrency in CONCURRENCIES:
+                    args = {"concurrency": concurrency, "shapes": {"X": [6]}, "measurement_ms": MEASUREMENT_MS}
+                    direct[concurrency] = run_perf_analyzer(triton, "churn__1", **args, workdir=workdir)
+                    floor[concurrency] = run_perf_analyzer(proxy_address, "churn__1", **args, workdir=workdir)
+                    through[concurrency] = run_perf_analyzer(address, "churn", **args, workdir=workdir)
+                proxy_peak = status_mib(proxy.pid, "VmHWM")
+            finally:
+                stop_processes([proxy])
             triton_pid, triton_rss_one, stubs_one = _triton_rss(process.pid)
             before = triton_rss_one + sum(stubs_one)
             asyncio.run(_deploy_extra(address))
@@ -126,16 +138,20 @@ def main() -> int:
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
-    print(f"{'concurrency':>11} {'direct rps':>11} {'gateway rps':>12} {'ratio':>6} "
-          f"{'direct p50':>10} {'gw p50':>8} {'direct p99':>10} {'gw p99':>8} {'added p99':>9}")  # fmt: skip
+    print(f"{'concurrency':>11} {'direct rps':>11} {'floor rps':>10} {'gateway rps':>12} {'gw/direct':>9} "
+          f"{'floor/direct':>12} {'gw/floor':>8} {'direct p99':>10} {'floor p99':>9} {'gw p99':>8} "
+          f"{'added p99':>9}")  # fmt: skip
     for c in CONCURRENCIES:
-        d, g = direct[c], through[c]
+        d, f, g = direct[c], floor[c], through[c]
         print(
-            f"{c:>11} {d.throughput:>11.0f} {g.throughput:>12.0f} {g.throughput / d.throughput:>6.2f} "
-            f"{d.p50_ms:>10.2f} {g.p50_ms:>8.2f} {d.p99_ms:>10.2f} {g.p99_ms:>8.2f} {g.p99_ms - d.p99_ms:>9.2f}"
+            f"{c:>11} {d.throughput:>11.0f} {f.throughput:>10.0f} {g.throughput:>12.0f} "
+            f"{g.throughput / d.throughput:>9.2f} {f.throughput / d.throughput:>12.2f} "
+            f"{g.throughput / f.throughput:>8.2f} {d.p99_ms:>10.2f} {f.p99_ms:>9.2f} {g.p99_ms:>8.2f} "
+            f"{g.p99_ms - d.p99_ms:>9.2f}"
         )
     print(
-        f"peak RSS: gateway {gateway_peak:.0f} MiB, tritonserver {triton_peak:.0f} MiB, "
+        f"peak RSS: gateway {gateway_peak:.0f} MiB, bare proxy {proxy_peak:.0f} MiB, "
+        f"tritonserver {triton_peak:.0f} MiB, "
         f"python-backend stub {stub_peak:.0f} MiB; each further loaded version costs {per_version:.0f} MiB"
     )
     best = max(CONCURRENCIES, key=lambda c: direct[c].throughput)
@@ -146,15 +162,21 @@ def main() -> int:
         "ratio": round(through[best].throughput / direct[best].throughput, 3),
         "at_concurrency": best,
         "p99_added_ms_c1": round(through[1].p99_ms - direct[1].p99_ms, 3),
+        "floor_rps": round(floor[best].throughput),
+        "floor_ratio": round(floor[best].throughput / direct[best].throughput, 3),
+        "gateway_vs_floor": round(through[best].throughput / floor[best].throughput, 3),
+        "floor_p99_added_ms_c1": round(floor[1].p99_ms - direct[1].p99_ms, 3),
     }
     for c in CONCURRENCIES:
         figures[f"direct_rps_c{c}"] = round(direct[c].throughput)
+        figures[f"floor_rps_c{c}"] = round(floor[c].throughput)
         figures[f"gateway_rps_c{c}"] = round(through[c].throughput)
         figures[f"ratio_c{c}"] = round(through[c].throughput / direct[c].throughput, 3)
         figures[f"direct_p99_ms_c{c}"] = round(direct[c].p99_ms, 3)
         figures[f"gateway_p99_ms_c{c}"] = round(through[c].p99_ms, 3)
     figures |= {
         "gateway_peak_rss_mib": round(gateway_peak),
+        "bare_proxy_peak_rss_mib": round(proxy_peak),
         "tritonserver_peak_rss_mib": round(triton_peak),
         "stub_peak_rss_mib": round(stub_peak),
         "rss_per_extra_version_mib": round(per_version, 1),

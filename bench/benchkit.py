@@ -1,4 +1,5 @@
-"""What every benchmark needs from the machine: free ports, and the CPU and memory of processes.
+"""What every benchmark needs from the machine: free ports, the CPU and memory of processes, a load
+driver, and bare pass-through proxies (the floor of a Python gRPC hop).
 
 Benchmarks run as scripts (``python bench/bench_x.py``), so this module is imported from their own
 folder. Memory figures come from ``/proc/<pid>/status`` (``VmHWM`` is the peak resident set).
@@ -9,11 +10,23 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-__all__ = ["children", "cpu_s", "drive", "free_port", "peak_rss_mib", "process_name", "status_mib"]
+__all__ = [
+    "children",
+    "cpu_s",
+    "drive",
+    "free_port",
+    "peak_rss_mib",
+    "process_name",
+    "start_bare_proxies",
+    "status_mib",
+    "stop_processes",
+]
 
 
 def free_port() -> int:
@@ -104,3 +117,45 @@ async def drive(
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
         "errors": errors,
     }
+
+
+def start_bare_proxies(
+    upstream: str, hops: int = 1, timeout_s: float = 30
+) -> list[tuple[subprocess.Popen[bytes], str]]:
+    """``hops`` bare pass-through proxies (``bare_proxy.py``) chained in front of ``upstream``, each its
+    own process; the last one in the list is the entry. Stop them with :func:`stop_processes`."""
+    chain: list[tuple[subprocess.Popen[bytes], str]] = []
+    target = upstream
+    for _ in range(hops):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("bare_proxy.py")), "--port", str(port), "--upstream", target]
+        )
+        chain.append((process, f"127.0.0.1:{port}"))
+        target = chain[-1][1]
+    deadline = time.monotonic() + timeout_s
+    for process, address in chain:
+        while True:
+            if process.poll() is not None:
+                stop_processes([p for p, _ in chain])
+                raise RuntimeError(f"bare proxy {address} exited with {process.returncode}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", int(address.rsplit(":", 1)[1]))) == 0:
+                    break
+            if time.monotonic() > deadline:
+                stop_processes([p for p, _ in chain])
+                raise RuntimeError(f"bare proxy {address} did not listen within {timeout_s} s")
+            time.sleep(0.1)
+    return chain
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the processes and wait for them (kill after 10 s)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
