@@ -11,7 +11,9 @@ the data gateway serves and deployed through the model gateway's control plane w
 batching. Events are off in every process (no monitor runs).
 
 One grpc.aio client in this process drives each target in turn at concurrency 1 and 16, batch 1:
-direct Triton with the customers' vectors, then the mesh with the customers' ids. Prints both with
+direct Triton with the customers' vectors; the floor of a three-hop Python mesh, the same ModelInfer
+calls through three bare grpc.aio pass-through proxies chained in front of the worker
+(``bare_proxy.py``: no parsing, no work); then the mesh with the customers' ids. Prints both with
 the ratio, latency quantiles, the CPU each process spent per mesh request at concurrency 16 (what
 costs the throughput), the peak RSS (VmHWM) of every process, and ends with one JSON line
 ``{"bench": "mesh_e2e", ...}``. Goal: the mesh keeps at least half of direct Triton's throughput.
@@ -33,7 +35,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import yaml
-from benchkit import children, cpu_s, drive, free_port, process_name, status_mib
+from benchkit import children, cpu_s, drive, free_port, process_name, start_bare_proxies, status_mib, stop_processes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sklearn.linear_model import LogisticRegression
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -168,9 +170,9 @@ def _triton_address(log: Path) -> str:
 
 
 async def _measure(
-    triton: str, biz: str, vectors: dict[int, np.ndarray], pids: dict[str, int]
+    triton: str, floor: str, biz: str, vectors: dict[int, np.ndarray], pids: dict[str, int]
 ) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, float], int]:
-    figures: dict[str, dict[int, dict[str, float]]] = {"direct": {}, "mesh": {}}
+    figures: dict[str, dict[int, dict[str, float]]] = {"direct": {}, "floor": {}, "mesh": {}}
     requests = {c: bz.PredictRequest(scene="churn-score", unit_id=str(c)) for c in CUSTOMERS}
     direct_requests = {}
     for c in CUSTOMERS:
@@ -181,12 +183,20 @@ async def _measure(
     metadata = (("x-api-key", API_KEY),)
     cpu_per_request: dict[str, float] = {}
     degraded = 0
-    async with grpc.aio.insecure_channel(triton) as direct_channel, grpc.aio.insecure_channel(biz) as mesh_channel:
+    async with (
+        grpc.aio.insecure_channel(triton) as direct_channel,
+        grpc.aio.insecure_channel(floor) as floor_channel,
+        grpc.aio.insecure_channel(biz) as mesh_channel,
+    ):
         infer = service_pb2_grpc.GRPCInferenceServiceStub(direct_channel).ModelInfer
+        floor_infer = service_pb2_grpc.GRPCInferenceServiceStub(floor_channel).ModelInfer
         predict = bz_grpc.BizCenterServiceStub(mesh_channel).Predict
 
         async def direct_call(n: int) -> object:
             return await infer(direct_requests[CUSTOMERS[n % len(CUSTOMERS)]], timeout=5)
+
+        async def floor_call(n: int) -> object:
+            return await floor_infer(direct_requests[CUSTOMERS[n % len(CUSTOMERS)]], timeout=5)
 
         async def mesh_call(n: int) -> object:
             nonlocal degraded
@@ -198,6 +208,8 @@ async def _measure(
             figures["direct"][concurrency] = await drive(
                 direct_call, concurrency, warmup_s=WARMUP_S, duration_s=DURATION_S, tolerate=(grpc.RpcError,)
             )
+        for concurrency in CONCURRENCIES:
+            figures["floor"][concurrency] = await drive(floor_call, concurrency, **LOAD)
         for concurrency in CONCURRENCIES:
             before = {name: cpu_s(pid) for name, pid in pids.items()}
             figures["mesh"][concurrency] = result = await drive(mesh_call, concurrency, **LOAD)
@@ -267,9 +279,14 @@ def main() -> int:
         pids = {s.name: s.process.pid for s in services} | {"tritonserver": triton_pid}
         for stub in children(triton_pid):
             pids[f"triton stub {stub}"] = stub
-        figures, cpu_ms, degraded = asyncio.run(_measure(triton, biz.address, vectors, pids))
-        rss = {name: status_mib(pid, "VmHWM") for name, pid in pids.items()}
-        rss["client"] = status_mib(os.getpid(), "VmHWM")
+        chain = start_bare_proxies(triton, hops=3)
+        try:
+            figures, cpu_ms, degraded = asyncio.run(_measure(triton, chain[-1][1], biz.address, vectors, pids))
+            rss = {name: status_mib(pid, "VmHWM") for name, pid in pids.items()}
+            rss["bare proxy"] = max(status_mib(process.pid, "VmHWM") for process, _ in chain)
+            rss["client"] = status_mib(os.getpid(), "VmHWM")
+        finally:
+            stop_processes([process for process, _ in chain])
     finally:
         for service in reversed(services):
             service.stop()
@@ -281,7 +298,12 @@ def main() -> int:
             print(f"{target:8} {conc:>4} {f['rps']:>8.0f} {f['p50_ms']:>8.2f} {f['p99_ms']:>8.2f} {f['errors']:>6.0f}")
     c_hi = max(CONCURRENCIES)
     ratio = figures["mesh"][c_hi]["rps"] / figures["direct"][c_hi]["rps"]
-    print(f"mesh/direct throughput at c{c_hi}: {ratio:.2f}; degraded mesh answers: {degraded}")
+    floor_ratio = figures["floor"][c_hi]["rps"] / figures["direct"][c_hi]["rps"]
+    vs_floor = figures["mesh"][c_hi]["rps"] / figures["floor"][c_hi]["rps"]
+    print(
+        f"at c{c_hi}: mesh/direct {ratio:.2f}; three bare Python hops/direct {floor_ratio:.2f}; "
+        f"mesh/three bare hops {vs_floor:.2f}; degraded mesh answers: {degraded}"
+    )
     print("CPU ms per mesh request at c16: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ms.items()))
     print("peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
     stubs = [v for k, v in cpu_ms.items() if k.startswith("triton stub")]
@@ -291,6 +313,10 @@ def main() -> int:
         "mesh_rps": round(figures["mesh"][c_hi]["rps"]),
         "ratio": round(ratio, 3),
         "mesh_p99_ms_c16": round(figures["mesh"][c_hi]["p99_ms"], 2),
+        "floor_rps": round(figures["floor"][c_hi]["rps"]),
+        "floor_ratio": round(floor_ratio, 3),
+        "mesh_vs_floor": round(vs_floor, 3),
+        "floor_p99_ms_c16": round(figures["floor"][c_hi]["p99_ms"], 2),
         "direct_p99_ms_c16": round(figures["direct"][c_hi]["p99_ms"], 2),
         "direct_rps_c1": round(figures["direct"][1]["rps"]),
         "mesh_rps_c1": round(figures["mesh"][1]["rps"]),
