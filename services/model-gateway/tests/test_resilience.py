@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import grpc
 import numpy as np
 import pytest
 
@@ -139,3 +140,28 @@ async def test_external_workers_found_through_discovery_serve_like_embedded_ones
             assert response.model_version == "1"
     finally:
         await external.stop()
+
+
+async def test_a_version_at_its_in_flight_limit_refuses_more_at_once(churn_models: ChurnModels, tmp_path):
+    async with start_gateway(tmp_path, workers=1, inference={"max_in_flight_per_version": 2}) as gw:
+        await gw.register_and_deploy("churn", churn_models.v1, backend_parameters={"infermesh.fault.delay_ms": "1500"})
+        await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
+        x = churn_models.x[:1]
+        held = [asyncio.ensure_future(gw.inference.ModelInfer(infer_request("churn", x))) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gw.inference.ModelInfer(infer_request("churn", x))
+        assert time.monotonic() - started < 0.5, "refused at once, not queued"
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "version 1 already has 2 inferences in flight" in refused.value.details()
+        assert "max_in_flight_per_version" in refused.value.details()
+        assert dict(refused.value.trailing_metadata() or ())["retry-after-ms"] == "50"
+        answers = await asyncio.gather(*held)
+        assert [a.model_version for a in answers] == ["1", "1"]
+        after = await gw.inference.ModelInfer(infer_request("churn", x))
+        assert after.model_version == "1"
+        refusals = gw.runtime.metrics.registry.get_sample_value(
+            "infermesh_model_gateway_inferences_refused_total", {"model": "churn"}
+        )
+        assert refusals == 1

@@ -49,8 +49,9 @@ class GrpcServerSettings(BaseModel):
     """Largest request message accepted; larger ones are refused with RESOURCE_EXHAUSTED."""
     max_send_message_bytes: int = Field(64 * MiB, gt=0)
     """Largest response message sent."""
-    max_concurrent_rpcs: int | None = Field(None, gt=0)
-    """Calls beyond this many in flight are refused at once with RESOURCE_EXHAUSTED (None: no cap)."""
+    max_concurrent_rpcs: int | None = Field(2048, gt=0)
+    """Calls beyond this many in flight (long-lived streams included) are refused at once with
+    RESOURCE_EXHAUSTED instead of queuing without bound (None: no cap)."""
     keepalive_time_s: float = Field(30.0, gt=0)
     """Interval of server keepalive pings on idle connections."""
     keepalive_timeout_s: float = Field(10.0, gt=0)

@@ -28,7 +28,13 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh.common.v1 import common_pb2
 from infermesh.monitor.v1 import monitor_pb2
-from infermesh_chassis.errors import FailedPrecondition, InfermeshError, Unavailable, Unimplemented
+from infermesh_chassis.errors import (
+    FailedPrecondition,
+    InfermeshError,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
 from infermesh_chassis.events import EventEmitter, new_event
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
@@ -98,6 +104,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             "shadow_skipped", "Mirrored requests skipped because too many were in flight.", ("model",)
         )
         self._shadow_failed = metrics.counter("shadow_failures", "Mirrored requests that failed.", ("model",))
+        self._refused = metrics.counter(
+            "inferences_refused", "Inferences refused because their version had too many in flight.", ("model",)
+        )
 
     def _validator(self, record: ModelVersionRecord) -> RequestValidator:
         cached = self._validators.get(record.triton_name)
@@ -143,6 +152,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
         primary = route.primary
         self._validator(primary).validate(request)
+        limit = self._settings.max_in_flight_per_version
+        if self._pool.in_flight(primary.triton_name) >= limit:
+            self._refused.labels(primary.model).inc()
+            raise ResourceExhausted(
+                f"model '{primary.model}' version {primary.version} already has {limit} inferences in flight "
+                "through this gateway (inference.max_in_flight_per_version); retry after a short backoff",
+                retry_after_s=self._settings.overload_retry_after_s,
+            )
         if route.pinned and primary.deprecated_until is not None:
             context.set_trailing_metadata(((self._settings.deprecation_header, deprecation_warning(primary)),))
         if alias:

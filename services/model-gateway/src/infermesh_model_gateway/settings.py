@@ -56,6 +56,12 @@ class InferenceSettings(BaseModel):
     """Deadline of a forwarded inference when the caller sets none."""
     max_request_bytes: int = Field(32 * MiB, gt=0)
     """Largest total size of a request's input tensors."""
+    max_in_flight_per_version: int = Field(512, ge=1)
+    """Inferences of one version in flight through this gateway at most; beyond it requests are
+    refused at once with RESOURCE_EXHAUSTED instead of queuing (one hot or stuck version cannot
+    take every slot of the gateway)."""
+    overload_retry_after_s: float = Field(0.05, gt=0)
+    """Retry-after hint sent with such a refusal."""
     shadow_max_in_flight: int = Field(32, ge=0)
     """Mirrored requests in flight at most; beyond it mirroring skips (and counts) requests."""
     shadow_timeout_s: float = Field(5.0, gt=0)
