@@ -99,6 +99,7 @@ def churn_labels(x: np.ndarray, seed: int = 11) -> np.ndarray:
 
 
 def _train(x: np.ndarray, y: np.ndarray, models_dir: Path) -> list[TrainedModel]:
+    models_dir = models_dir.resolve()  # the model gateway reads artifacts from its own working directory
     models_dir.mkdir(parents=True, exist_ok=True)
     lr = LogisticRegression(max_iter=1000).fit(x, y)
     gb = GradientBoostingClassifier(n_estimators=40, max_depth=3, random_state=0).fit(x, y)
@@ -294,7 +295,7 @@ def demo_command(workdir: Path, requests: int, as_json: bool) -> int:
     stack.start()
     try:
         print("training and deploying the churn models ...", file=sys.stderr)
-        training = asyncio.run(deploy_churn_models(stack, workdir / "models"))
+        training = asyncio.run(deploy_churn_models(stack, stack.workdir / "models"))
         summary = asyncio.run(run_workload(stack, requests))
         summary.training = training
         summary = asyncio.run(summarize(stack, summary))
@@ -320,7 +321,7 @@ def up_command(workdir: Path) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        asyncio.run(deploy_churn_models(stack, workdir / "models"))
+        asyncio.run(deploy_churn_models(stack, stack.workdir / "models"))
         print_table(
             ["process", "address", "metrics", "pid", "log"],
             [[p.name, p.address, f"127.0.0.1:{p.metrics_port}", p.pid, p.log] for p in stack.processes],
