@@ -376,6 +376,38 @@ async def test_list_and_get_describe_the_registry(gw):
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_version_answers_carry_labels_author_update_time_and_replicas(gw, churn_models):
+    request = register_request("labelled", churn_models.v1)
+    request.actor = "carol"
+    request.outputs[1].class_labels[:] = ["stay", "churn"]
+    registered = (await gw.control.RegisterModelVersion(request)).model_version
+    assert registered.created_by == "carol"
+    assert list(registered.outputs[1].class_labels) == ["stay", "churn"]
+    assert [list(t.class_labels) for t in (*registered.inputs, registered.outputs[0])] == [[], []]
+    assert registered.update_time == registered.create_time
+    assert not registered.replicas
+    deployed = (
+        await gw.control.DeployModelVersion(pb.DeployModelVersionRequest(model="labelled", version=registered.version))
+    ).model_version
+    assert deployed.update_time.ToDatetime() > registered.update_time.ToDatetime()
+    fetched = (
+        await gw.control.GetModelVersion(pb.GetModelVersionRequest(model="labelled", version=registered.version))
+    ).model_version
+    (listed,) = (await gw.control.ListModelVersions(pb.ListModelVersionsRequest(model="labelled"))).model_versions
+    ready = [(w.id, w.address, pb.REPLICA_STATE_READY) for w in gw.gateway.pool.workers]
+    assert len(ready) == 2
+    for answer in (deployed, fetched, listed):
+        assert [(r.worker_id, r.address, r.state) for r in answer.replicas] == ready
+        assert answer.created_by == "carol"
+        assert list(answer.outputs[1].class_labels) == ["stay", "churn"]
+        assert answer.update_time == deployed.update_time
+    await gw.control.SetAlias(pb.SetAliasRequest(model="labelled", alias="canary", version=registered.version))
+    aliased = (
+        await gw.control.GetModelVersion(pb.GetModelVersionRequest(model="labelled", alias="canary"))
+    ).model_version
+    assert aliased.update_time.ToDatetime() > deployed.update_time.ToDatetime()
+
+
 async def test_recorded_warmup_samples_are_checked_and_kept(gw, churn_models):
     sample = pb.WarmupSample(
         name="typical-customer",

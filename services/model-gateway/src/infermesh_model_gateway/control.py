@@ -81,7 +81,7 @@ class ControlServicer(pb_grpc.ModelControlServiceServicer):
     async def _version(self, record: ModelVersionRecord) -> pb.ModelVersion:
         model = await self._registry.get_model(record.model)
         aliases = [alias for alias, version in model.aliases.items() if version == record.version]
-        return version_to_proto(record, aliases)
+        return version_to_proto(record, aliases, self._deployer.replicas(record))
 
     async def RegisterModelVersion(
         self, request: pb.RegisterModelVersionRequest, context: grpc.aio.ServicerContext
@@ -129,7 +129,7 @@ class ControlServicer(pb_grpc.ModelControlServiceServicer):
         )
         model = await self._registry.get_model(request.model)
         versions = [
-            version_to_proto(r, [a for a, v in model.aliases.items() if v == r.version])
+            version_to_proto(r, [a for a, v in model.aliases.items() if v == r.version], self._deployer.replicas(r))
             for r in records
             if not states or r.state in states
         ]

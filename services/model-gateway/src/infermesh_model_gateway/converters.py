@@ -21,6 +21,8 @@ from infermesh_model_gateway.domain import (
     ModelFormat,
     ModelRecord,
     ModelVersionRecord,
+    Replica,
+    ReplicaState,
     Rollout,
     RolloutState,
     RolloutStep,
@@ -69,6 +71,12 @@ _STATES = {
     pb.MODEL_VERSION_STATE_FAILED: VersionState.FAILED,
 }
 _STATES_BACK = {v: k for k, v in _STATES.items()}
+_REPLICA_STATES = {
+    ReplicaState.LOADING: pb.REPLICA_STATE_LOADING,
+    ReplicaState.READY: pb.REPLICA_STATE_READY,
+    ReplicaState.UNLOADING: pb.REPLICA_STATE_UNLOADING,
+    ReplicaState.FAILED: pb.REPLICA_STATE_FAILED,
+}
 
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -87,7 +95,7 @@ def _tensors(specs: list[common_pb2.TensorSpec], field: str) -> tuple[TensorSche
         if not spec.name:
             raise InvalidArgument(f"{field}[{index}].name is required")
         try:
-            tensors.append(TensorSchema(spec.name, spec.datatype, tuple(spec.shape)))
+            tensors.append(TensorSchema(spec.name, spec.datatype, tuple(spec.shape), tuple(spec.class_labels)))
         except InvalidArgument as exc:
             raise InvalidArgument(f"{field}[{index}]: {exc.message}") from None
     return tuple(tensors)
@@ -179,8 +187,16 @@ def state_from_proto(state: int) -> VersionState:
     return found
 
 
-def version_to_proto(record: ModelVersionRecord, aliases: list[str] | None = None) -> pb.ModelVersion:
-    """The contract's ModelVersion for ``record``."""
+def _tensor_spec(tensor: TensorSchema) -> common_pb2.TensorSpec:
+    return common_pb2.TensorSpec(
+        name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, class_labels=tensor.class_labels
+    )
+
+
+def version_to_proto(
+    record: ModelVersionRecord, aliases: list[str] | None = None, replicas: list[Replica] | None = None
+) -> pb.ModelVersion:
+    """The contract's ModelVersion for ``record``, with the aliases pointing at it and its replicas."""
     deployment = record.deployment
     message = pb.ModelVersion(
         model=record.model,
@@ -192,8 +208,8 @@ def version_to_proto(record: ModelVersionRecord, aliases: list[str] | None = Non
             trusted=record.trusted,
             serialization=_SERIALIZATIONS_BACK[record.serialization],
         ),
-        inputs=[common_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in record.inputs],
-        outputs=[common_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in record.outputs],
+        inputs=[_tensor_spec(t) for t in record.inputs],
+        outputs=[_tensor_spec(t) for t in record.outputs],
         deployment=pb.DeploymentConfig(
             max_batch_size=deployment.max_batch_size,
             dynamic_batching=pb.DynamicBatching(enabled=deployment.dynamic_batching),
@@ -207,7 +223,12 @@ def version_to_proto(record: ModelVersionRecord, aliases: list[str] | None = Non
         description=record.description,
         tags=record.tags,
         owner=record.owner,
+        created_by=record.created_by,
         aliases=sorted(aliases or []),
+        replicas=[
+            pb.ReplicaStatus(worker_id=r.worker_id, address=r.address, state=_REPLICA_STATES[r.state], detail=r.detail)
+            for r in replicas or []
+        ],
         create_time=_timestamp(record.created_at),
         update_time=_timestamp(record.updated_at),
     )

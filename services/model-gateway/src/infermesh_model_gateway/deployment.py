@@ -11,11 +11,14 @@
   timeout), then it unloads and goes back to REGISTERED.
 - **reconcile**: after a restart, or when a worker joins, every SERVING version is loaded where
   it belongs; operations a crash interrupted are finished (DRAINING) or failed (DEPLOYING).
+- **replicas**: where a deployed version stands on each worker of its placement, read from the
+  pool's last probes (what the control plane answers; no worker is called).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import numpy as np
@@ -24,8 +27,15 @@ from tritonclient.grpc import service_pb2
 from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_model_gateway.artifacts import ArtifactStore
-from infermesh_model_gateway.domain import ModelVersionRecord, TensorSchema, VersionState, WarmupSample
-from infermesh_model_gateway.pool import WorkerPool
+from infermesh_model_gateway.domain import (
+    ModelVersionRecord,
+    Replica,
+    ReplicaState,
+    TensorSchema,
+    VersionState,
+    WarmupSample,
+)
+from infermesh_model_gateway.pool import Worker, WorkerPool
 from infermesh_model_gateway.registry import Registry
 from infermesh_model_gateway.runtimes import NUMPY_TYPES
 from infermesh_model_gateway.settings import DeploySettings
@@ -38,6 +48,9 @@ WARMUP_PARAMETER = "infermesh.warmup"
 """Request parameter marking a warm-up request (the model's fault injection leaves it alone)."""
 
 _log = get_logger("infermesh_model_gateway.deployment")
+
+_DEPLOYED = frozenset({VersionState.DEPLOYING, VersionState.SERVING, VersionState.DRAINING})
+"""States in which a version belongs on the workers of its placement."""
 
 
 def _warmup_tensor(spec: TensorSchema, batching: bool) -> tuple[list[int], bytes]:
@@ -161,6 +174,16 @@ class Deployer:
             for request in requests:
                 await self._pool.call(worker, "ModelInfer", request, self._settings.warmup_timeout_s)
 
+    def replicas(self, record: ModelVersionRecord) -> list[Replica]:
+        """Where a deployed ``record`` stands on each worker of its placement, from the pool's last
+        probes (no call to any worker); empty for a version that is not deployed."""
+        if record.state not in _DEPLOYED:
+            return []
+        workers = {w.id: w for w in self._pool.workers}
+        placed = record.deployment.placement or tuple(workers)
+        now = time.monotonic()
+        return [_replica(record, worker_id, workers.get(worker_id), now) for worker_id in placed]
+
     async def changed(self) -> None:
         """Tell the gateway that routing state changed (after a traffic, alias or promote call)."""
         await self._on_change()
@@ -238,3 +261,20 @@ class Deployer:
                         reason="undeploy finished after a gateway restart",
                     )
         await self._on_change()
+
+
+def _replica(record: ModelVersionRecord, worker_id: str, worker: Worker | None, now: float) -> Replica:
+    if worker is None:
+        return Replica(worker_id, "", ReplicaState.FAILED, "the worker is not in the pool")
+    if not worker.healthy:
+        return Replica(worker.id, worker.address, ReplicaState.FAILED, "the worker is unhealthy")
+    if not worker.available(now):
+        return Replica(worker.id, worker.address, ReplicaState.FAILED, "the worker is ejected after failures")
+    loaded = record.triton_name in worker.ready_models
+    if record.state is VersionState.DEPLOYING:
+        return Replica(worker.id, worker.address, ReplicaState.LOADING, "warming up" if loaded else "loading")
+    if record.state is VersionState.DRAINING:
+        return Replica(worker.id, worker.address, ReplicaState.UNLOADING, "draining" if loaded else "unloaded")
+    if loaded:
+        return Replica(worker.id, worker.address, ReplicaState.READY)
+    return Replica(worker.id, worker.address, ReplicaState.FAILED, "not loaded on this worker")

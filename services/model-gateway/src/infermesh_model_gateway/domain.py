@@ -23,6 +23,8 @@ __all__ = [
     "ModelFormat",
     "ModelRecord",
     "ModelVersionRecord",
+    "Replica",
+    "ReplicaState",
     "Rollout",
     "RolloutDecision",
     "RolloutState",
@@ -87,6 +89,8 @@ class TensorSchema:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    class_labels: tuple[str, ...] = ()
+    """A classifier output's class names in index order; empty for other tensors."""
 
     def __post_init__(self) -> None:
         if self.datatype not in DATATYPES:
@@ -95,6 +99,10 @@ class TensorSchema:
         if any(d < -1 or d == 0 for d in self.shape):
             raise InvalidArgument(
                 f"tensor '{self.name}': shape {list(self.shape)} has a dimension that is 0 or below -1"
+            )
+        if "" in self.class_labels or len(set(self.class_labels)) != len(self.class_labels):
+            raise InvalidArgument(
+                f"tensor '{self.name}': class_labels {list(self.class_labels)} must be distinct and non-empty"
             )
 
 
@@ -158,11 +166,14 @@ class ModelVersionRecord:
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     deployment: DeploymentConfig = DeploymentConfig()
+    created_by: str = ""
+    """Who registered it (the registration's actor)."""
     state: VersionState = VersionState.REGISTERED
     state_detail: str = ""
     """Why the version is in its state (e.g. the error of a failed deployment)."""
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    """When the version last changed: its state, its retirement or an alias pointing at it."""
     retired_at: datetime | None = None
     successor: int | None = None
     """The version that replaces this one once retired."""
@@ -177,6 +188,25 @@ class ModelVersionRecord:
     def triton_name(self) -> str:
         """The Triton model this version is served as."""
         return triton_model_name(self.model, self.version)
+
+
+class ReplicaState(enum.StrEnum):
+    """State of a version on one worker."""
+
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A deployed version's presence on one worker, as this gateway's worker pool sees it now."""
+
+    worker_id: str
+    address: str
+    state: ReplicaState
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,6 +260,10 @@ def version_doc(record: ModelVersionRecord) -> dict[str, Any]:
     return doc
 
 
+def _tensor_from(doc: dict[str, Any]) -> TensorSchema:
+    return TensorSchema(doc["name"], doc["datatype"], tuple(doc["shape"]), tuple(doc.get("class_labels", ())))
+
+
 def _version_from(doc: dict[str, Any]) -> ModelVersionRecord:
     deployment = dict(doc["deployment"])
     deployment["placement"] = tuple(deployment.get("placement", ()))
@@ -280,14 +284,15 @@ def _version_from(doc: dict[str, Any]) -> ModelVersionRecord:
         format=ModelFormat(doc["format"]),
         artifact_uri=doc["artifact_uri"],
         artifact_sha256=doc["artifact_sha256"],
-        inputs=tuple(TensorSchema(t["name"], t["datatype"], tuple(t["shape"])) for t in doc["inputs"]),
-        outputs=tuple(TensorSchema(t["name"], t["datatype"], tuple(t["shape"])) for t in doc["outputs"]),
+        inputs=tuple(_tensor_from(t) for t in doc["inputs"]),
+        outputs=tuple(_tensor_from(t) for t in doc["outputs"]),
         trusted=bool(doc.get("trusted", False)),
         serialization=doc.get("serialization", "native"),
         owner=doc.get("owner", ""),
         description=doc.get("description", ""),
         tags=dict(doc.get("tags", {})),
         deployment=DeploymentConfig(**deployment),
+        created_by=doc.get("created_by", ""),
         state=VersionState(doc["state"]),
         state_detail=doc.get("state_detail", ""),
         created_at=_parse_time(doc.get("created_at")),
@@ -585,7 +590,12 @@ class Registry:
             highest = await tx.conn.fetch("SELECT MAX(version) FROM versions WHERE model = ?", record.model)
             number = int(highest[0][0] or 0) + 1
             stored = dataclasses.replace(
-                record, version=number, state=VersionState.REGISTERED, created_at=now, updated_at=now
+                record,
+                version=number,
+                state=VersionState.REGISTERED,
+                created_by=actor,
+                created_at=now,
+                updated_at=now,
             )
             await tx.put_version(stored)
             await tx.audit("model_version.register", _version_path(record.model, number), None, version_doc(stored))
@@ -643,6 +653,7 @@ class Registry:
     async def _update_model(self, tx: _Tx, action: str, before: ModelRecord, after: ModelRecord) -> ModelRecord:
         await tx.put_model(after)
         await tx.audit(action, _model_path(before.name), model_doc(before), model_doc(after))
+        await _touch_realiased(tx, before, after)
         return after
 
     async def set_traffic(
@@ -880,6 +891,22 @@ class Registry:
             path = _version_path(model, version)
             await tx.audit("model_version.retire", path, version_doc(before), version_doc(after))
         return after
+
+
+async def _touch_realiased(tx: _Tx, before: ModelRecord, after: ModelRecord) -> None:
+    """Stamp ``updated_at`` on the versions an alias moved onto or away from (the model's audit
+    entry already records the move)."""
+    changed = {
+        version
+        for alias in before.aliases.keys() | after.aliases.keys()
+        if before.aliases.get(alias) != after.aliases.get(alias)
+        for version in (before.aliases.get(alias), after.aliases.get(alias))
+        if version is not None
+    }
+    now = _now()
+    for version in sorted(changed):
+        record = await tx.version(after.name, version)
+        await tx.put_version(dataclasses.replace(record, updated_at=now))
 
 
 def _rollout_path(rollout: Rollout) -> str:
