@@ -162,6 +162,7 @@ def main() -> int:
         "ratio": round(through[best].throughput / direct[best].throughput, 3),
         "at_concurrency": best,
         "p99_added_ms_c1": round(through[1].p99_ms - direct[1].p99_ms, 3),
+        "p50_added_ms_c1": round(through[1].p50_ms - direct[1].p50_ms, 3),
         "floor_rps": round(floor[best].throughput),
         "floor_ratio": round(floor[best].throughput / direct[best].throughput, 3),
         "gateway_vs_floor": round(through[best].throughput / floor[best].throughput, 3),
