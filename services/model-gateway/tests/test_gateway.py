@@ -11,6 +11,7 @@ import dataclasses
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import pytest_asyncio
+from google.protobuf import duration_pb2
 from tritonclient.grpc import service_pb2
 
 from infermesh.common.v1 import common_pb2
@@ -260,6 +262,15 @@ async def test_registration_refuses_bad_artifacts_and_stores_nothing(gw, churn_m
     pickled.write_bytes(b"\x80\x04K\x01.")
     wrong_schema = register_request("churn", churn_models.v1)
     wrong_schema.inputs[0].name = "features"
+    too_large, zero, unbatched = (register_request("churn", churn_models.v1) for _ in range(3))
+    too_large.deployment.dynamic_batching.preferred_batch_sizes[:] = [8, 128]
+    zero.deployment.dynamic_batching.preferred_batch_sizes[:] = [0]
+    unbatched.deployment.dynamic_batching.enabled = False
+    unbatched.deployment.dynamic_batching.preferred_batch_sizes[:] = [8]
+    no_baseline, bad_baseline_digest = (register_request("churn", churn_models.v1) for _ in range(2))
+    no_baseline.drift_baseline.SetInParent()
+    bad_baseline_digest.drift_baseline.uri = "file:///baselines/churn.parquet"
+    bad_baseline_digest.drift_baseline.sha256 = "abc"
     cases = [
         (register_request("churn", tampered), grpc.StatusCode.INVALID_ARGUMENT, "sha256 mismatch"),
         (wrong_schema, grpc.StatusCode.INVALID_ARGUMENT, "input 'features' is not in the ONNX graph"),
@@ -294,6 +305,20 @@ async def test_registration_refuses_bad_artifacts_and_stores_nothing(gw, churn_m
             grpc.StatusCode.INVALID_ARGUMENT,
             "no file at",
         ),
+        (
+            too_large,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "deployment.dynamic_batching.preferred_batch_sizes[1] is 128; each preferred batch size must be "
+            "between 1 and max_batch_size (64)",
+        ),
+        (zero, grpc.StatusCode.INVALID_ARGUMENT, "deployment.dynamic_batching.preferred_batch_sizes[0] is 0"),
+        (
+            unbatched,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "deployment.dynamic_batching.preferred_batch_sizes needs dynamic_batching.enabled",
+        ),
+        (no_baseline, grpc.StatusCode.INVALID_ARGUMENT, "drift_baseline: give its uri or the baseline_id"),
+        (bad_baseline_digest, grpc.StatusCode.INVALID_ARGUMENT, "drift_baseline.sha256 must be"),
     ]
     for request, code, message in cases:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -406,6 +431,63 @@ async def test_version_answers_carry_labels_author_update_time_and_replicas(gw, 
         await gw.control.GetModelVersion(pb.GetModelVersionRequest(model="labelled", alias="canary"))
     ).model_version
     assert aliased.update_time.ToDatetime() > deployed.update_time.ToDatetime()
+
+
+async def test_version_answers_carry_what_the_registration_and_retirement_recorded(gw, churn_models):
+    request = register_request("described", churn_models.v1)
+    request.inputs[0].description = "six scaled customer features"
+    request.outputs[1].description = "P(stay), P(churn)"
+    request.deployment.dynamic_batching.preferred_batch_sizes[:] = [8, 32]
+    request.drift_baseline.uri = "file:///baselines/churn-2026-11.parquet"
+    request.drift_baseline.sha256 = "B" * 64
+    registered = (await gw.control.RegisterModelVersion(request)).model_version
+    created = (await gw.control.GetModel(pb.GetModelRequest(model="described"))).model
+    assert created.update_time == created.create_time == registered.create_time
+    deployed = (
+        await gw.control.DeployModelVersion(pb.DeployModelVersionRequest(model="described", version=1))
+    ).model_version
+    fetched = (await gw.control.GetModelVersion(pb.GetModelVersionRequest(model="described", version=1))).model_version
+    (listed,) = (await gw.control.ListModelVersions(pb.ListModelVersionsRequest(model="described"))).model_versions
+    baseline = pb.DriftBaselineRef(uri="file:///baselines/churn-2026-11.parquet", sha256="b" * 64)
+    for answer in (registered, deployed, fetched, listed):
+        assert answer.artifact.size_bytes == churn_models.v1.path.stat().st_size
+        assert [t.description for t in (*answer.inputs, *answer.outputs)] == [
+            "six scaled customer features",
+            "",
+            "P(stay), P(churn)",
+        ]
+        assert list(answer.deployment.dynamic_batching.preferred_batch_sizes) == [8, 32]
+        assert answer.drift_baseline == baseline
+    assert len(fetched.replicas) == 2
+    for replica in fetched.replicas:
+        assert replica.update_time.ToDatetime() >= deployed.update_time.ToDatetime()
+    served = await gw.inference.ModelConfig(service_pb2.ModelConfigRequest(name="described", version="1"))
+    assert list(served.config.dynamic_batching.preferred_batch_size) == [8, 32]
+    deployed_model = (await gw.control.GetModel(pb.GetModelRequest(model="described"))).model
+    assert deployed_model.update_time.ToDatetime() > created.update_time.ToDatetime()
+
+    asked = registered.create_time.ToDatetime()
+    retiring = (
+        await gw.control.RetireModelVersion(
+            pb.RetireModelVersionRequest(
+                model="described",
+                version=1,
+                deprecation_period=duration_pb2.Duration(seconds=3600),
+                actor="dana",
+                reason="superseded",
+            )
+        )
+    ).model_version
+    retirement = retiring.retirement
+    assert (retirement.actor, retirement.reason) == ("dana", "superseded")
+    assert retirement.deprecate_time.ToDatetime() > asked
+    period = retirement.retire_time.ToDatetime() - retirement.deprecate_time.ToDatetime()
+    assert timedelta(minutes=59) < period <= timedelta(hours=1)
+    assert retirement.deprecate_time == retiring.update_time
+    fetched = (await gw.control.GetModelVersion(pb.GetModelVersionRequest(model="described", version=1))).model_version
+    assert fetched.retirement == retirement
+    retired_model = (await gw.control.GetModel(pb.GetModelRequest(model="described"))).model
+    assert retired_model.update_time == retiring.update_time
 
 
 async def test_recorded_warmup_samples_are_checked_and_kept(gw, churn_models):

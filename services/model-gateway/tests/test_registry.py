@@ -16,8 +16,11 @@ import pytest_asyncio
 
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_model_gateway.domain import (
+    DeploymentConfig,
+    DriftBaseline,
     Mirror,
     ModelFormat,
+    ModelRecord,
     ModelVersionRecord,
     TensorSchema,
     TrafficPolicy,
@@ -105,7 +108,20 @@ _STORED_BEFORE_LABELS: dict[str, Any] = {
     "deprecated_until": None,
     "retire_reason": "",
 }
-"""A version document as the gateway stored it before tensors had class labels and versions an author."""
+"""A version document as the gateway stored it before tensors had class labels and descriptions, and
+versions an author, an artifact size, preferred batch sizes, a drift baseline and a retirement's start
+and actor."""
+
+_MODEL_STORED_BEFORE_UPDATE_TIME: dict[str, Any] = {
+    "name": "churn",
+    "owner": "risk",
+    "description": "",
+    "aliases": {},
+    "traffic": {"weights": {}, "sticky_key": "", "mirror": None, "revision": 0},
+    "production_history": [],
+    "created_at": "2026-11-01T10:00:00+00:00",
+}
+"""A model document as the gateway stored it before models had an update time."""
 
 
 async def _serving(registry: Registry, version: int, model: str = "churn") -> None:
@@ -318,3 +334,138 @@ async def test_update_time_moves_with_state_aliases_and_retirement(registry: Reg
     )
     retiring = await update_times()
     assert retiring[2] > moved[2] and retiring[:2] == moved[:2]
+
+
+def _described() -> ModelVersionRecord:
+    """A version with everything a registration can carry beyond the basics."""
+    return dataclasses.replace(
+        _record(),
+        inputs=(TensorSchema("X", "FP32", (6,), description="six scaled customer features"),),
+        outputs=(TensorSchema("probabilities", "FP32", (2,), ("stay", "churn"), "P(stay), P(churn)"),),
+        artifact_size_bytes=48_213,
+        deployment=DeploymentConfig(max_batch_size=64, preferred_batch_sizes=(8, 32)),
+        drift_baseline=DriftBaseline(uri="file:///baselines/churn-2026-11.parquet", sha256="b" * 64),
+    )
+
+
+async def test_descriptions_size_batch_sizes_and_drift_baseline_are_stored(registry: Registry):
+    registered = await registry.register_version(_described(), actor="alice")
+    by_id = dataclasses.replace(_described(), drift_baseline=DriftBaseline(baseline_id="churn/training-2026-11"))
+    second = await registry.register_version(by_id, actor="alice")
+    assert await registry.get_version("churn", 1) == registered
+    assert await registry.get_version("churn", 2) == second
+    stored = await registry.get_version("churn", 1)
+    assert [t.description for t in (*stored.inputs, *stored.outputs)] == [
+        "six scaled customer features",
+        "P(stay), P(churn)",
+    ]
+    assert stored.artifact_size_bytes == 48_213
+    assert stored.deployment.preferred_batch_sizes == (8, 32)
+    assert stored.drift_baseline == DriftBaseline(uri="file:///baselines/churn-2026-11.parquet", sha256="b" * 64)
+    assert second.drift_baseline == DriftBaseline(baseline_id="churn/training-2026-11")
+    listed, _ = await registry.list_versions("churn", page_size=10)
+    assert listed == [second, registered]
+    [(_, snapshot)] = await registry.snapshot()
+    assert snapshot == [registered, second]
+    entries, _ = await registry.list_audit(target_prefix="models/churn/versions/1", page_size=10)
+    after = json.loads(entries[0].after)
+    assert after["inputs"][0]["description"] == "six scaled customer features"
+    assert after["artifact_size_bytes"] == 48_213
+    assert after["deployment"]["preferred_batch_sizes"] == [8, 32]
+    assert after["drift_baseline"]["uri"] == "file:///baselines/churn-2026-11.parquet"
+
+
+async def test_a_retirement_records_when_it_started_and_who_asked(registry: Registry):
+    await registry.register_version(_record(), actor="t")
+    await registry.register_version(_record(), actor="t")
+    asked = datetime.now(UTC)
+    retire_at = asked + timedelta(hours=1)
+    scheduled = await registry.schedule_retirement(
+        "churn", 1, retire_at=retire_at, successor=2, successor_model="", actor="dana", reason="superseded"
+    )
+    assert scheduled.deprecated_at is not None and asked <= scheduled.deprecated_at <= datetime.now(UTC)
+    assert (scheduled.retired_by, scheduled.deprecated_until) == ("dana", retire_at)
+    assert await registry.get_version("churn", 1) == scheduled
+    rescheduled = await registry.schedule_retirement(
+        "churn", 1, retire_at=asked, successor=2, successor_model="", actor="erin", reason="sooner"
+    )
+    assert (rescheduled.deprecated_at, rescheduled.retired_by) == (scheduled.deprecated_at, "erin")
+    retired = await registry.set_state("churn", 1, VersionState.RETIRED, actor="rollout-controller")
+    assert (retired.deprecated_at, retired.retired_by) == (scheduled.deprecated_at, "erin")
+    assert await registry.get_version("churn", 1) == retired
+    entries, _ = await registry.list_audit(target_prefix="models/churn/versions/1", page_size=10)
+    retire = next(e for e in entries if e.action == "model_version.retire" and e.actor == "dana")
+    assert json.loads(retire.after)["retired_by"] == "dana"
+    assert json.loads(retire.after)["deprecated_at"] == scheduled.deprecated_at.isoformat()
+
+
+def _model_updated(record: ModelRecord) -> datetime:
+    assert record.updated_at is not None
+    return record.updated_at
+
+
+async def test_a_models_update_time_moves_with_its_aliases_policy_and_versions(registry: Registry):
+    created = await registry.get_model((await registry.register_version(_record(), actor="t")).model)
+    assert created.updated_at == created.created_at
+    times = [_model_updated(created)]
+
+    async def moved() -> bool:
+        model = await registry.get_model("churn")
+        [listed], _ = await registry.list_models(page_size=10)
+        [(snapshot, _)] = await registry.snapshot()
+        assert listed == snapshot == model
+        times.append(_model_updated(model))
+        return times[-1] > times[-2]
+
+    await registry.register_version(_record(), actor="t")
+    assert await moved()
+    await registry.set_state("churn", 1, VersionState.DEPLOYING, actor="t")
+    assert await moved()
+    await registry.set_state("churn", 1, VersionState.SERVING, actor="t")
+    assert await moved()
+    await registry.set_alias("churn", "canary", 1, actor="t")
+    assert await moved()
+    await registry.set_alias("churn", "canary", 1, actor="t")
+    assert not await moved()
+    await registry.set_traffic("churn", TrafficPolicy(weights={1: 1}), actor="t")
+    assert await moved()
+    await registry.delete_alias("churn", "canary", actor="t")
+    assert await moved()
+    await registry.schedule_retirement(
+        "churn", 2, retire_at=datetime.now(UTC) + timedelta(hours=1), successor=1, successor_model="", actor="t"
+    )
+    assert await moved()
+    entries, _ = await registry.list_audit(target_prefix="models/churn", page_size=100)
+    assert (
+        json.loads(next(e for e in entries if e.action == "alias.delete").after)["updated_at"] == times[-2].isoformat()
+    )
+
+
+async def test_rows_stored_before_these_fields_still_load_and_gain_them(registry: Registry):
+    await registry.register_version(_record(), actor="t")
+    await registry.register_version(_record(), actor="t")
+    retiring = {
+        **_STORED_BEFORE_LABELS,
+        "version": 2,
+        "deprecated_until": "2026-12-01T10:00:00+00:00",
+        "successor": 1,
+        "retire_reason": "superseded",
+    }
+    async with registry._db.transaction() as conn:
+        await conn.execute("UPDATE versions SET doc = ? WHERE version = 1", json.dumps(_STORED_BEFORE_LABELS))
+        await conn.execute("UPDATE versions SET doc = ? WHERE version = 2", json.dumps(retiring))
+        await conn.execute("UPDATE models SET doc = ?", json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME))
+    old = await registry.get_version("churn", 1)
+    assert [t.description for t in (*old.inputs, *old.outputs)] == ["", ""]
+    assert (old.artifact_size_bytes, old.drift_baseline, old.deployment.preferred_batch_sizes) == (0, None, ())
+    deprecated = await registry.get_version("churn", 2)
+    assert (deprecated.deprecated_at, deprecated.retired_by) == (None, "")
+    assert deprecated.deprecated_until == datetime(2026, 12, 1, 10, tzinfo=UTC)
+    model = await registry.get_model("churn")
+    assert model.updated_at is None and model.created_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
+    await registry.set_state("churn", 1, VersionState.DEPLOYING, actor="t")
+    assert (await registry.get_model("churn")).updated_at is not None
+    rescheduled = await registry.schedule_retirement(
+        "churn", 2, retire_at=datetime.now(UTC), successor=1, successor_model="", actor="frank"
+    )
+    assert rescheduled.deprecated_at is not None and rescheduled.retired_by == "frank"

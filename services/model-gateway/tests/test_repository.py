@@ -26,7 +26,13 @@ def _record(fmt: ModelFormat = ModelFormat.ONNX, **deployment: object) -> ModelV
 
 def test_a_complete_python_backend_config_from_the_schema():
     config = model_config(
-        _record(max_batch_size=16, max_queue_delay_us=250, instance_count=2, backend_parameters={"k": "v"})
+        _record(
+            max_batch_size=16,
+            max_queue_delay_us=250,
+            preferred_batch_sizes=(4, 16),
+            instance_count=2,
+            backend_parameters={"k": "v"},
+        )
     )
     assert config.name == "churn__3"
     assert config.backend == "python"
@@ -36,6 +42,7 @@ def test_a_complete_python_backend_config_from_the_schema():
     assert config.instance_group[0].count == 2
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert config.dynamic_batching.max_queue_delay_microseconds == 250
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 16]
     assert config.version_policy.latest.num_versions == 1
     assert config.parameters["infermesh.format"].string_value == "onnx"
     assert config.parameters["infermesh.artifact"].string_value == "model.onnx"
@@ -46,6 +53,14 @@ def test_no_batching_means_no_dynamic_batching():
     config = model_config(_record(max_batch_size=0))
     assert config.max_batch_size == 0
     assert not config.HasField("dynamic_batching")
+
+
+def test_without_preferred_batch_sizes_triton_decides():
+    config = model_config(_record(max_batch_size=16))
+    assert config.HasField("dynamic_batching") and not config.dynamic_batching.preferred_batch_size
+    assert model_config(
+        _record(preferred_batch_sizes=(4,)), native_onnx=True
+    ).dynamic_batching.preferred_batch_size == [4]
 
 
 def test_native_onnx_uses_tritons_onnxruntime_backend(tmp_path: Path):
@@ -61,10 +76,13 @@ def test_a_python_backend_model_directory_is_self_contained(tmp_path: Path):
     artifact = tmp_path / "churn.onnx"
     artifact.write_bytes(b"onnx")
     repository = ModelRepository(tmp_path / "repo")
-    written = repository.write(_record(), artifact)
+    written = repository.write(_record(preferred_batch_sizes=(8, 32)), artifact)
     assert sorted(p.name for p in (written / "1").iterdir()) == ["infermesh_runtime.py", "model.onnx", "model.py"]
-    parsed = text_format.Parse((written / "config.pbtxt").read_text(), mc.ModelConfig())
+    text = (written / "config.pbtxt").read_text()
+    parsed = text_format.Parse(text, mc.ModelConfig())
     assert parsed.name == "churn__3"
+    assert list(parsed.dynamic_batching.preferred_batch_size) == [8, 32]
+    assert "preferred_batch_size: 8" in text
     assert not list((tmp_path / "repo").glob(".staging-*"))
     repository.remove("churn__3")
     assert not written.exists()

@@ -6,12 +6,14 @@ hashes the cached copy again before every use, so a file changed behind the gate
 caught before Triton loads it. :meth:`ArtifactStore.verify` then loads the artifact with the same
 runtime the Triton model runs (:mod:`.runtimes`), so a corrupt file, an untrusted pickle, an ONNX
 graph whose tensors differ from the registered schema, or outputs the format cannot produce are
-refused at registration, with the reason, and nothing is stored.
+refused at registration, with the reason, and nothing is stored; a verified artifact's size is
+stored with its version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -71,8 +73,9 @@ class ArtifactStore:
             )
         return cached
 
-    async def verify(self, record: ModelVersionRecord) -> Path:
-        """Fetch, then load the artifact as its format against its schema; its local path."""
+    async def verify(self, record: ModelVersionRecord) -> ModelVersionRecord:
+        """Fetch, then load the artifact as its format against its schema; ``record`` with the verified
+        file's size."""
         path = await self.fetch(record)
         batching = record.deployment.max_batch_size > 0
         try:
@@ -89,7 +92,8 @@ class ArtifactStore:
             if record.serialization != "native" and not record.trusted:
                 raise FailedPrecondition(str(exc)) from None
             raise InvalidArgument(f"artifact {record.artifact_uri}: {exc}") from None
-        return path
+        size = (await asyncio.to_thread(path.stat)).st_size
+        return dataclasses.replace(record, artifact_size_bytes=size)
 
     async def _download(self, record: ModelVersionRecord, target: Path) -> None:
         uri = record.artifact_uri

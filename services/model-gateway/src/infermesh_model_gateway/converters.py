@@ -7,6 +7,7 @@ INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from string import hexdigits
 
 import numpy as np
 from google.protobuf import json_format, timestamp_pb2
@@ -17,6 +18,7 @@ from infermesh_chassis.errors import InvalidArgument
 from infermesh_model_gateway.domain import (
     AuditRecord,
     DeploymentConfig,
+    DriftBaseline,
     Mirror,
     ModelFormat,
     ModelRecord,
@@ -95,7 +97,9 @@ def _tensors(specs: list[common_pb2.TensorSpec], field: str) -> tuple[TensorSche
         if not spec.name:
             raise InvalidArgument(f"{field}[{index}].name is required")
         try:
-            tensors.append(TensorSchema(spec.name, spec.datatype, tuple(spec.shape), tuple(spec.class_labels)))
+            tensors.append(
+                TensorSchema(spec.name, spec.datatype, tuple(spec.shape), tuple(spec.class_labels), spec.description)
+            )
         except InvalidArgument as exc:
             raise InvalidArgument(f"{field}[{index}]: {exc.message}") from None
     return tuple(tensors)
@@ -112,10 +116,23 @@ def _deployment(config: pb.DeploymentConfig, present: bool) -> DeploymentConfig:
         raise InvalidArgument("deployment.placement.worker_selector is not supported; name worker_ids instead")
     batching = config.dynamic_batching
     delay_us = batching.max_queue_delay.ToMicroseconds() if batching.HasField("max_queue_delay") else 500
+    dynamic_batching = batching.enabled and config.max_batch_size > 0
+    preferred = tuple(batching.preferred_batch_sizes)
+    if preferred and not dynamic_batching:
+        raise InvalidArgument(
+            "deployment.dynamic_batching.preferred_batch_sizes needs dynamic_batching.enabled and max_batch_size > 0"
+        )
+    for index, size in enumerate(preferred):
+        if not 0 < size <= config.max_batch_size:
+            raise InvalidArgument(
+                f"deployment.dynamic_batching.preferred_batch_sizes[{index}] is {size}; each preferred batch size "
+                f"must be between 1 and max_batch_size ({config.max_batch_size})"
+            )
     return DeploymentConfig(
         max_batch_size=config.max_batch_size,
-        dynamic_batching=batching.enabled and config.max_batch_size > 0,
+        dynamic_batching=dynamic_batching,
         max_queue_delay_us=delay_us,
+        preferred_batch_sizes=preferred,
         instance_count=config.instance_count or 1,
         placement=tuple(config.placement.worker_ids),
         backend_parameters=dict(config.backend_parameters),
@@ -149,6 +166,19 @@ def _sample(sample: pb.WarmupSample, where: str) -> WarmupSample:
     return WarmupSample(sample.name or where, inputs, sample.count or 1)
 
 
+def _is_sha256(digest: str) -> bool:
+    return len(digest) == 64 and all(c in hexdigits for c in digest)
+
+
+def _drift_baseline(ref: pb.DriftBaselineRef) -> DriftBaseline:
+    source = ref.WhichOneof("source")
+    if source is None or not getattr(ref, source):
+        raise InvalidArgument("drift_baseline: give its uri or the baseline_id the monitor stores it under")
+    if ref.sha256 and not _is_sha256(ref.sha256):
+        raise InvalidArgument("drift_baseline.sha256 must be the file's SHA-256 digest as 64 hex characters")
+    return DriftBaseline(uri=ref.uri, baseline_id=ref.baseline_id, sha256=ref.sha256.lower())
+
+
 def version_from_register(request: pb.RegisterModelVersionRequest) -> ModelVersionRecord:
     """The version a registration describes (number 0: the registry assigns the next one)."""
     validate_model_name(request.model)
@@ -159,7 +189,7 @@ def version_from_register(request: pb.RegisterModelVersionRequest) -> ModelVersi
     if not artifact.uri:
         raise InvalidArgument("artifact.uri is required (file:// or http(s)://)")
     sha = artifact.sha256.lower()
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+    if not _is_sha256(sha):
         raise InvalidArgument("artifact.sha256 must be the artifact's SHA-256 digest as 64 hex characters")
     serialization = _SERIALIZATIONS.get(artifact.serialization) or infer_serialization(artifact.uri)
     return ModelVersionRecord(
@@ -176,6 +206,7 @@ def version_from_register(request: pb.RegisterModelVersionRequest) -> ModelVersi
         description=request.description,
         tags=dict(request.tags),
         deployment=_deployment(request.deployment, request.HasField("deployment")),
+        drift_baseline=_drift_baseline(request.drift_baseline) if request.HasField("drift_baseline") else None,
     )
 
 
@@ -189,7 +220,21 @@ def state_from_proto(state: int) -> VersionState:
 
 def _tensor_spec(tensor: TensorSchema) -> common_pb2.TensorSpec:
     return common_pb2.TensorSpec(
-        name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, class_labels=tensor.class_labels
+        name=tensor.name,
+        datatype=tensor.datatype,
+        shape=tensor.shape,
+        description=tensor.description,
+        class_labels=tensor.class_labels,
+    )
+
+
+def _replica_status(replica: Replica) -> pb.ReplicaStatus:
+    return pb.ReplicaStatus(
+        worker_id=replica.worker_id,
+        address=replica.address,
+        state=_REPLICA_STATES[replica.state],
+        detail=replica.detail,
+        update_time=_timestamp(replica.updated_at),
     )
 
 
@@ -207,6 +252,7 @@ def version_to_proto(
             sha256=record.artifact_sha256,
             trusted=record.trusted,
             serialization=_SERIALIZATIONS_BACK[record.serialization],
+            size_bytes=record.artifact_size_bytes,
         ),
         inputs=[_tensor_spec(t) for t in record.inputs],
         outputs=[_tensor_spec(t) for t in record.outputs],
@@ -225,10 +271,7 @@ def version_to_proto(
         owner=record.owner,
         created_by=record.created_by,
         aliases=sorted(aliases or []),
-        replicas=[
-            pb.ReplicaStatus(worker_id=r.worker_id, address=r.address, state=_REPLICA_STATES[r.state], detail=r.detail)
-            for r in replicas or []
-        ],
+        replicas=[_replica_status(r) for r in replicas or []],
         create_time=_timestamp(record.created_at),
         update_time=_timestamp(record.updated_at),
     )
@@ -237,12 +280,22 @@ def version_to_proto(
             pb.Retirement(
                 successor_version=record.successor or 0,
                 successor_model=record.successor_model,
+                deprecate_time=_timestamp(record.deprecated_at),
                 retire_time=_timestamp(record.retired_at or record.deprecated_until),
                 reason=record.retire_reason,
+                actor=record.retired_by,
             )
         )
+    baseline = record.drift_baseline
+    if baseline is not None:
+        if baseline.uri:
+            message.drift_baseline.uri = baseline.uri
+        else:
+            message.drift_baseline.baseline_id = baseline.baseline_id
+        message.drift_baseline.sha256 = baseline.sha256
     if deployment.dynamic_batching:
         message.deployment.dynamic_batching.max_queue_delay.FromMicroseconds(deployment.max_queue_delay_us)
+        message.deployment.dynamic_batching.preferred_batch_sizes.extend(deployment.preferred_batch_sizes)
     for sample in deployment.warmup_samples:
         message.deployment.warmup_samples.add(
             name=sample.name,
@@ -299,6 +352,7 @@ def model_to_proto(record: ModelRecord, versions: list[ModelVersionRecord]) -> p
         latest_version=max((v.version for v in versions), default=0),
         traffic_policy=traffic_to_proto(record.name, record.traffic),
         create_time=_timestamp(record.created_at),
+        update_time=_timestamp(record.updated_at),
         serving_versions=sorted(v.version for v in versions if v.state is VersionState.SERVING),
     )
 

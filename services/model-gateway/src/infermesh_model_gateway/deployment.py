@@ -11,8 +11,8 @@
   timeout), then it unloads and goes back to REGISTERED.
 - **reconcile**: after a restart, or when a worker joins, every SERVING version is loaded where
   it belongs; operations a crash interrupted are finished (DRAINING) or failed (DEPLOYING).
-- **replicas**: where a deployed version stands on each worker of its placement, read from the
-  pool's last probes (what the control plane answers; no worker is called).
+- **replicas**: where a deployed version stands on each worker of its placement, and since when,
+  read from the pool's last probes (what the control plane answers; no worker is called).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -125,8 +126,8 @@ class Deployer:
                 validator.validate(sample_request(record, sample))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"deployment.warmup_samples[{index}] ('{sample.name}'): {exc.message}") from None
-        await self._artifacts.verify(record)
-        stored = await self._registry.register_version(record, actor=actor, reason=reason)
+        verified = await self._artifacts.verify(record)
+        stored = await self._registry.register_version(verified, actor=actor, reason=reason)
         await self._on_change()
         return stored
 
@@ -266,15 +267,23 @@ class Deployer:
 def _replica(record: ModelVersionRecord, worker_id: str, worker: Worker | None, now: float) -> Replica:
     if worker is None:
         return Replica(worker_id, "", ReplicaState.FAILED, "the worker is not in the pool")
+    state, detail = _replica_state(record, worker, now)
+    changed = datetime.fromtimestamp(worker.changed_at, UTC)
+    if record.updated_at is not None:
+        changed = max(changed, record.updated_at)
+    return Replica(worker.id, worker.address, state, detail, changed)
+
+
+def _replica_state(record: ModelVersionRecord, worker: Worker, now: float) -> tuple[ReplicaState, str]:
     if not worker.healthy:
-        return Replica(worker.id, worker.address, ReplicaState.FAILED, "the worker is unhealthy")
+        return ReplicaState.FAILED, "the worker is unhealthy"
     if not worker.available(now):
-        return Replica(worker.id, worker.address, ReplicaState.FAILED, "the worker is ejected after failures")
+        return ReplicaState.FAILED, "the worker is ejected after failures"
     loaded = record.triton_name in worker.ready_models
     if record.state is VersionState.DEPLOYING:
-        return Replica(worker.id, worker.address, ReplicaState.LOADING, "warming up" if loaded else "loading")
+        return ReplicaState.LOADING, "warming up" if loaded else "loading"
     if record.state is VersionState.DRAINING:
-        return Replica(worker.id, worker.address, ReplicaState.UNLOADING, "draining" if loaded else "unloaded")
+        return ReplicaState.UNLOADING, "draining" if loaded else "unloaded"
     if loaded:
-        return Replica(worker.id, worker.address, ReplicaState.READY)
-    return Replica(worker.id, worker.address, ReplicaState.FAILED, "not loaded on this worker")
+        return ReplicaState.READY, ""
+    return ReplicaState.FAILED, "not loaded on this worker"

@@ -19,6 +19,7 @@ __all__ = [
     "MODEL_NAME_PATTERN",
     "AuditRecord",
     "DeploymentConfig",
+    "DriftBaseline",
     "Mirror",
     "ModelFormat",
     "ModelRecord",
@@ -91,6 +92,8 @@ class TensorSchema:
     shape: tuple[int, ...]
     class_labels: tuple[str, ...] = ()
     """A classifier output's class names in index order; empty for other tensors."""
+    description: str = ""
+    """What the tensor holds, for people."""
 
     def __post_init__(self) -> None:
         if self.datatype not in DATATYPES:
@@ -135,6 +138,8 @@ class DeploymentConfig:
     """Let Triton combine concurrent requests into batches."""
     max_queue_delay_us: int = 500
     """How long Triton may hold a request to form a batch."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes Triton's dynamic batcher aims for (each in 1..max_batch_size); empty lets Triton decide."""
     instance_count: int = 1
     """Model instances per worker."""
     placement: tuple[str, ...] = ()
@@ -145,6 +150,18 @@ class DeploymentConfig:
     """Recorded requests sent to each worker (each ``count`` times) before the version is marked SERVING."""
     backend_parameters: dict[str, str] = field(default_factory=dict)
     """Extra ``parameters`` written into config.pbtxt (e.g. ``infermesh.fault.error_rate``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DriftBaseline:
+    """Where a version's drift baseline is (the monitor reads it): a file, or a baseline it stores."""
+
+    uri: str = ""
+    """A file of training rows or histograms; empty when ``baseline_id`` names the baseline."""
+    baseline_id: str = ""
+    """The id of a baseline the monitor already stores; empty when ``uri`` is given."""
+    sha256: str = ""
+    """Expected SHA-256 of the file at ``uri`` (lowercase hex); empty skips the check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +179,14 @@ class ModelVersionRecord:
     """Pickled/joblib artifacts are refused unless the registration marks them trusted."""
     serialization: str = "native"
     """How the artifact file is encoded: ``native``, ``pickle`` or ``joblib``."""
+    artifact_size_bytes: int = 0
+    """Size of the artifact file, measured when it was fetched and verified at registration (0: not known)."""
     owner: str = ""
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     deployment: DeploymentConfig = DeploymentConfig()
+    drift_baseline: DriftBaseline | None = None
+    """The baseline the monitor compares this version's inputs with, when the registration gave one."""
     created_by: str = ""
     """Who registered it (the registration's actor)."""
     state: VersionState = VersionState.REGISTERED
@@ -175,6 +196,10 @@ class ModelVersionRecord:
     updated_at: datetime | None = None
     """When the version last changed: its state, its retirement or an alias pointing at it."""
     retired_at: datetime | None = None
+    deprecated_at: datetime | None = None
+    """When its retirement was scheduled (pinned callers are warned from then on)."""
+    retired_by: str = ""
+    """Who scheduled its retirement (the RetireModelVersion actor)."""
     successor: int | None = None
     """The version that replaces this one once retired."""
     successor_model: str = ""
@@ -207,6 +232,9 @@ class Replica:
     address: str
     state: ReplicaState
     detail: str = ""
+    updated_at: datetime | None = None
+    """When the state may last have changed: the later of the worker's last change of health, ejection or
+    loaded models and the version's own last change (None for a worker the pool no longer has)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +271,9 @@ class ModelRecord:
     production_history: tuple[int, ...] = ()
     """Versions that held ``production``, oldest first (rollback walks back through it)."""
     created_at: datetime | None = None
+    updated_at: datetime | None = None
+    """When its aliases, its traffic policy or one of its versions last changed (None: stored before
+    this was recorded, and unchanged since)."""
 
 
 class RolloutState(enum.StrEnum):

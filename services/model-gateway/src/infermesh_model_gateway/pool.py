@@ -11,7 +11,10 @@ default, or Triton containers found through discovery; the pool does not care wh
   model missing on that worker) once on another worker that has the model;
 - ejects a worker after consecutive failures, for a backoff that doubles on each ejection, and
   takes it back once it answers ready again after that time;
-- counts in-flight requests per model, so a version can drain before it unloads.
+- counts in-flight requests per model, so a version can drain before it unloads;
+- stamps each worker with the time its health, ejection or set of ready models last changed (when
+  a probe, a load, an unload or a worker fault changes them, never on a successful inference), so
+  the control plane can say since when a version is in its state on that worker.
 
 This module is the one place where a Triton ``grpc.RpcError`` becomes the project's error.
 """
@@ -48,10 +51,13 @@ _WORKER_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN
 
 
 class Worker:
-    """One Triton server as the pool sees it."""
+    """One Triton server as the pool sees it. ``changed_at`` (wall-clock seconds) is when its health,
+    its ejection or its set of ready models last changed; change them through :meth:`set_healthy`,
+    :meth:`set_ready_models`, :meth:`eject` and :meth:`readmit`, which keep it."""
 
     __slots__ = (
         "address",
+        "changed_at",
         "channel",
         "ejected_until",
         "ejections",
@@ -76,10 +82,34 @@ class Worker:
         self.probe_failures = 0
         self.ejections = 0
         self.ejected_until = 0.0
+        self.changed_at = time.time()
 
     def available(self, now: float) -> bool:
         """Healthy and not ejected."""
         return self.healthy and now >= self.ejected_until
+
+    def set_healthy(self, healthy: bool) -> None:
+        """Record the worker's health (stamping ``changed_at`` when it differs)."""
+        if healthy != self.healthy:
+            self.healthy = healthy
+            self.changed_at = time.time()
+
+    def set_ready_models(self, models: frozenset[str]) -> None:
+        """Record the models the worker has ready (stamping ``changed_at`` when they differ)."""
+        if models != self.ready_models:
+            self.ready_models = models
+            self.changed_at = time.time()
+
+    def eject(self, until: float) -> None:
+        """Keep requests off the worker until the monotonic time ``until``."""
+        self.ejected_until = until
+        self.changed_at = time.time()
+
+    def readmit(self) -> None:
+        """End an ejection: the worker answered ready after its backoff."""
+        self.ejected_until = 0.0
+        self.failures = 0
+        self.changed_at = time.time()
 
 
 class WorkerPool:
@@ -165,16 +195,15 @@ class WorkerPool:
             unreachable = exc.code() is grpc.StatusCode.UNAVAILABLE
             if worker.healthy and (unreachable or worker.probe_failures >= _PROBE_FAILURES):
                 _log.warning("worker_unhealthy", worker=worker.id, code=exc.code().name, error=exc.details())
-                worker.healthy = False
+                worker.set_healthy(False)
             return
         worker.probe_failures = 0
-        worker.ready_models = frozenset(m.name for m in index.models if m.state == "READY")
+        worker.set_ready_models(frozenset(m.name for m in index.models if m.state == "READY"))
         if ready.ready and not worker.healthy:
             _log.info("worker_healthy", worker=worker.id)
-        worker.healthy = ready.ready
+        worker.set_healthy(ready.ready)
         if ready.ready and worker.ejected_until and time.monotonic() >= worker.ejected_until:
-            worker.ejected_until = 0.0
-            worker.failures = 0
+            worker.readmit()
             _log.info("worker_readmitted", worker=worker.id)
 
     def candidates(self, triton_name: str) -> list[Worker]:
@@ -205,12 +234,12 @@ class WorkerPool:
     def _fault(self, worker: Worker, code: grpc.StatusCode, triton_name: str) -> None:
         self._faults.labels(worker.id, code.name).inc()
         if code is grpc.StatusCode.UNAVAILABLE:
-            worker.healthy = False
+            worker.set_healthy(False)
         worker.failures += 1
         if worker.failures >= self._settings.eject_after_failures and time.monotonic() >= worker.ejected_until:
             length = min(self._settings.max_ejection_s, self._settings.base_ejection_s * 2**worker.ejections)
             worker.ejections += 1
-            worker.ejected_until = time.monotonic() + length
+            worker.eject(time.monotonic() + length)
             self._ejections.labels(worker.id).inc()
             _log.warning("worker_ejected", worker=worker.id, seconds=length, model=triton_name, code=code.name)
 
@@ -238,7 +267,7 @@ class WorkerPool:
                     raise from_rpc_error(exc, f"worker {worker.id}") from None
                 self._fault(worker, code, triton_name)
                 if _model_missing(exc):
-                    worker.ready_models = worker.ready_models - {triton_name}
+                    worker.set_ready_models(worker.ready_models - {triton_name})
                 others = [w for w in self.candidates(triton_name) if w is not worker]
                 remaining = deadline - time.monotonic()
                 if not others or remaining <= 0:
@@ -310,13 +339,13 @@ class WorkerPool:
     async def _load_one(self, worker: Worker, triton_name: str) -> None:
         request = service_pb2.RepositoryModelLoadRequest(model_name=triton_name)
         await self.call(worker, "RepositoryModelLoad", request, self._settings.load_timeout_s)
-        worker.ready_models = worker.ready_models | {triton_name}
+        worker.set_ready_models(worker.ready_models | {triton_name})
 
     async def unload(self, triton_name: str, worker_ids: Iterable[str] | None = None) -> None:
         """Unload ``triton_name`` from the given workers (every worker by default); unreachable ones are skipped."""
         targets = list(self._workers.values()) if worker_ids is None else [self.worker(i) for i in worker_ids]
         for worker in targets:
-            worker.ready_models = worker.ready_models - {triton_name}
+            worker.set_ready_models(worker.ready_models - {triton_name})
             request = service_pb2.RepositoryModelUnloadRequest(model_name=triton_name)
             try:
                 await self.call(worker, "RepositoryModelUnload", request, self._settings.load_timeout_s)

@@ -38,6 +38,7 @@ from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgumen
 from infermesh_model_gateway.domain import (
     AuditRecord,
     DeploymentConfig,
+    DriftBaseline,
     Mirror,
     ModelFormat,
     ModelRecord,
@@ -255,18 +256,29 @@ def version_doc(record: ModelVersionRecord) -> dict[str, Any]:
     for sample in doc["deployment"]["warmup_samples"]:
         for tensor in sample["inputs"]:
             tensor["raw"] = base64.b64encode(tensor["raw"]).decode()
-    for key in ("created_at", "updated_at", "retired_at", "deprecated_until"):
+    for key in ("created_at", "updated_at", "retired_at", "deprecated_at", "deprecated_until"):
         doc[key] = _time(getattr(record, key))
     return doc
 
 
 def _tensor_from(doc: dict[str, Any]) -> TensorSchema:
-    return TensorSchema(doc["name"], doc["datatype"], tuple(doc["shape"]), tuple(doc.get("class_labels", ())))
+    return TensorSchema(
+        doc["name"],
+        doc["datatype"],
+        tuple(doc["shape"]),
+        tuple(doc.get("class_labels", ())),
+        doc.get("description", ""),
+    )
+
+
+def _drift_baseline_from(doc: dict[str, Any] | None) -> DriftBaseline | None:
+    return None if doc is None else DriftBaseline(**doc)
 
 
 def _version_from(doc: dict[str, Any]) -> ModelVersionRecord:
     deployment = dict(doc["deployment"])
     deployment["placement"] = tuple(deployment.get("placement", ()))
+    deployment["preferred_batch_sizes"] = tuple(deployment.get("preferred_batch_sizes", ()))
     deployment["warmup_samples"] = tuple(
         WarmupSample(
             s["name"],
@@ -288,16 +300,20 @@ def _version_from(doc: dict[str, Any]) -> ModelVersionRecord:
         outputs=tuple(_tensor_from(t) for t in doc["outputs"]),
         trusted=bool(doc.get("trusted", False)),
         serialization=doc.get("serialization", "native"),
+        artifact_size_bytes=int(doc.get("artifact_size_bytes", 0)),
         owner=doc.get("owner", ""),
         description=doc.get("description", ""),
         tags=dict(doc.get("tags", {})),
         deployment=DeploymentConfig(**deployment),
+        drift_baseline=_drift_baseline_from(doc.get("drift_baseline")),
         created_by=doc.get("created_by", ""),
         state=VersionState(doc["state"]),
         state_detail=doc.get("state_detail", ""),
         created_at=_parse_time(doc.get("created_at")),
         updated_at=_parse_time(doc.get("updated_at")),
         retired_at=_parse_time(doc.get("retired_at")),
+        deprecated_at=_parse_time(doc.get("deprecated_at")),
+        retired_by=doc.get("retired_by", ""),
         successor=doc.get("successor"),
         successor_model=doc.get("successor_model", ""),
         deprecated_until=_parse_time(doc.get("deprecated_until")),
@@ -359,6 +375,7 @@ def model_doc(record: ModelRecord) -> dict[str, Any]:
         },
         "production_history": list(record.production_history),
         "created_at": _time(record.created_at),
+        "updated_at": _time(record.updated_at),
     }
 
 
@@ -378,6 +395,7 @@ def _model_from(doc: dict[str, Any]) -> ModelRecord:
         ),
         production_history=tuple(doc.get("production_history", ())),
         created_at=_parse_time(doc.get("created_at")),
+        updated_at=_parse_time(doc.get("updated_at")),
     )
 
 
@@ -437,6 +455,10 @@ class _Tx:
             record.name,
             _dumps(model_doc(record)),
         )
+
+    async def touch_model(self, name: str, when: datetime) -> None:
+        """Record that one of the model's versions changed at ``when``."""
+        await self.put_model(dataclasses.replace(await self.model(name), updated_at=when))
 
     async def put_version(self, record: ModelVersionRecord) -> None:
         await self.conn.execute(
@@ -581,9 +603,15 @@ class Registry:
         now = _now()
         async with self._write(actor, reason) as tx:
             rows = await tx.conn.fetch("SELECT doc FROM models WHERE name = ?", record.model)
-            if not rows:
+            if rows:
+                await tx.touch_model(record.model, now)
+            else:
                 model = ModelRecord(
-                    name=record.model, owner=record.owner, description=record.description, created_at=now
+                    name=record.model,
+                    owner=record.owner,
+                    description=record.description,
+                    created_at=now,
+                    updated_at=now,
                 )
                 await tx.put_model(model)
                 await tx.audit("model.create", _model_path(record.model), None, model_doc(model))
@@ -618,10 +646,12 @@ class Registry:
                 raise FailedPrecondition(_transition_refusal(before, state))
             if state is VersionState.DRAINING:
                 _refuse_if_referenced(await tx.model(model), version, "undeploy")
-            after = dataclasses.replace(before, state=state, state_detail=detail, updated_at=_now())
+            now = _now()
+            after = dataclasses.replace(before, state=state, state_detail=detail, updated_at=now)
             if state is VersionState.RETIRED:
-                after = dataclasses.replace(after, retired_at=after.updated_at)
+                after = dataclasses.replace(after, retired_at=now)
             await tx.put_version(after)
+            await tx.touch_model(model, now)
             await tx.audit(
                 f"model_version.{state.value}", _version_path(model, version), version_doc(before), version_doc(after)
             )
@@ -651,9 +681,12 @@ class Registry:
             await self._serving(tx, model.name, version, what)
 
     async def _update_model(self, tx: _Tx, action: str, before: ModelRecord, after: ModelRecord) -> ModelRecord:
+        now = _now()
+        if after != before:
+            after = dataclasses.replace(after, updated_at=now)
         await tx.put_model(after)
         await tx.audit(action, _model_path(before.name), model_doc(before), model_doc(after))
-        await _touch_realiased(tx, before, after)
+        await _touch_realiased(tx, before, after, now)
         return after
 
     async def set_traffic(
@@ -879,21 +912,25 @@ class Registry:
                 await tx.version(target, successor)
             elif successor_model:
                 await tx.model(successor_model)
+            now = _now()
             after = dataclasses.replace(
                 before,
+                deprecated_at=before.deprecated_at or now,
                 deprecated_until=retire_at,
+                retired_by=actor,
                 successor=successor,
                 successor_model=successor_model,
                 retire_reason=reason,
-                updated_at=_now(),
+                updated_at=now,
             )
             await tx.put_version(after)
+            await tx.touch_model(model, now)
             path = _version_path(model, version)
             await tx.audit("model_version.retire", path, version_doc(before), version_doc(after))
         return after
 
 
-async def _touch_realiased(tx: _Tx, before: ModelRecord, after: ModelRecord) -> None:
+async def _touch_realiased(tx: _Tx, before: ModelRecord, after: ModelRecord, now: datetime) -> None:
     """Stamp ``updated_at`` on the versions an alias moved onto or away from (the model's audit
     entry already records the move)."""
     changed = {
@@ -903,7 +940,6 @@ async def _touch_realiased(tx: _Tx, before: ModelRecord, after: ModelRecord) -> 
         for version in (before.aliases.get(alias), after.aliases.get(alias))
         if version is not None
     }
-    now = _now()
     for version in sorted(changed):
         record = await tx.version(after.name, version)
         await tx.put_version(dataclasses.replace(record, updated_at=now))

@@ -120,6 +120,7 @@ def model_config(record: ModelVersionRecord, *, native_onnx: bool = False) -> mc
         config.parameters[key].string_value = value
     if deployment.dynamic_batching and deployment.max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = deployment.max_queue_delay_us
+        config.dynamic_batching.preferred_batch_size.extend(deployment.preferred_batch_sizes)
     return config
 
 
