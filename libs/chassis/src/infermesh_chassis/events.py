@@ -43,13 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-import nats
-import nats.errors
-import nats.js.errors
 from nats.js import api as js_api
 
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis import context as ctx
+from infermesh_chassis import jetstream
 from infermesh_chassis.client import ServiceClient
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
@@ -278,33 +276,12 @@ def stream_config(settings: EventSettings) -> js_api.StreamConfig:
 
 async def ensure_stream(js: Any, settings: EventSettings) -> None:
     """Create the events stream, or bring an existing one to ``settings`` (idempotent)."""
-    config = stream_config(settings)
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:  # it exists with another configuration
-        await js.update_stream(config)
+    await jetstream.ensure_stream(js, stream_config(settings))
 
 
 async def connect_nats(settings: EventSettings, name: str) -> Any:
     """A NATS connection that reconnects by itself, or ConnectionError within the connect timeout."""
-
-    async def quiet(exc: Exception) -> None:
-        _log.debug("nats_error", error=str(exc))
-
-    try:
-        return await asyncio.wait_for(
-            nats.connect(
-                [url.strip() for url in settings.nats_url.split(",")],
-                name=name,
-                connect_timeout=max(1, round(settings.nats_connect_timeout_s)),
-                reconnect_time_wait=0.5,
-                max_reconnect_attempts=-1,
-                error_cb=quiet,
-            ),
-            settings.nats_connect_timeout_s,
-        )
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise ConnectionError(f"NATS at {settings.nats_url} is unreachable: {exc or type(exc).__name__}") from None
+    return await jetstream.connect(settings.nats_url, name, settings.nats_connect_timeout_s)
 
 
 class NatsSink:

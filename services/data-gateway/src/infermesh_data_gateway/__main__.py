@@ -11,13 +11,13 @@ from infermesh_data_gateway.settings import Settings
 
 
 async def build(settings: Settings, runtime: Runtime) -> None:
-    """Load the definitions, open the sources, subscribe to pushes, and add the servicer."""
+    """Load the definitions, open the sources, consume the push stream, and add the servicer."""
     gateway = DataGateway(settings, runtime.metrics)
     runtime.on_stop(gateway.stop)
     await gateway.start()
     if settings.nats.url:
         subscriber = NatsPushSubscriber(gateway, settings.nats, runtime.metrics)
-        await subscriber.start()
+        subscriber.start()
         runtime.on_stop(subscriber.stop)
     runtime.server.add_servicer(
         data_gateway_pb2_grpc.add_DataGatewayServiceServicer_to_server, DataGatewayServicer(gateway), SERVICE_NAME

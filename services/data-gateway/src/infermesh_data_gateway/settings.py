@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from infermesh_chassis.settings import ServiceSettings
@@ -33,14 +33,45 @@ class SparkSettings(BaseModel):
 
 
 class NatsSettings(BaseModel):
-    """Feature rows pushed over NATS (the same validation and writes as PushFeatures)."""
+    """Feature rows pushed over NATS, kept in a JetStream stream until a gateway has written them
+    (the same validation and writes as PushFeatures)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     url: str = ""
-    """NATS server URL (``nats://127.0.0.1:4222``); empty: no subscription."""
-    subject: str = "infermesh.features.push"
-    """Subject of push messages (a PushFeaturesRequest, protobuf or JSON)."""
-    queue_group: str = "data-gateway"
-    """Queue group: each message is handled by one gateway instance."""
+    """NATS server(s) with JetStream, comma-separated (``nats://127.0.0.1:4222``); empty: no push over NATS."""
+    subjects: list[str] = Field(default_factory=lambda: ["infermesh.features.push"], min_length=1)
+    """Subjects of push messages (a PushFeaturesRequest, protobuf or JSON); wildcards allowed. The
+    stream stores whatever is published on them, with or without JetStream's publish acknowledgement."""
+    stream: str = "INFERMESH_FEATURE_PUSH"
+    """JetStream stream holding the pushes (created, or brought to these settings, at every connection)."""
+    stream_retention: Literal["workqueue", "limits"] = "workqueue"
+    """``workqueue``: a push leaves the stream once a gateway has written it; ``limits``: pushes stay
+    until ``stream_max_age_s`` / ``stream_max_bytes`` (a replayable history). Fixed when the stream
+    is created."""
+    stream_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
+    """A push not written within this leaves the stream unwritten (the gateways were away that long)."""
+    stream_max_bytes: int = Field(-1, ge=-1)
+    """Size cap of the stream; when full, new pushes are refused (a JetStream publisher gets an
+    error) rather than older unwritten ones dropped; -1: no cap."""
+    stream_duplicate_window_s: float = Field(120.0, gt=0)
+    """JetStream drops a message published again with the same ``Nats-Msg-Id`` within this window."""
+    durable: str = "data-gateway"
+    """Durable consumer shared by every gateway instance: each push is handled by one of them."""
+    ack_wait_s: float = Field(60.0, gt=0)
+    """A push not acknowledged within this is delivered again (must exceed ``write_timeout_s``)."""
+    retry_delay_s: float = Field(5.0, gt=0)
+    """When the online store cannot take a push, it is delivered again after this."""
+    max_ack_pending: int = Field(1024, ge=1)
+    """Pushes delivered and not yet acknowledged, at most, across every instance."""
+    fetch_batch: int = Field(64, ge=1, le=10_000)
+    """Pushes pulled per fetch (written concurrently)."""
+    fetch_timeout_s: float = Field(1.0, gt=0)
+    """Longest a fetch waits for pushes."""
+    connect_timeout_s: float = Field(2.0, gt=0)
+    """How long a connection attempt may take (the gateway keeps serving and retries in the background)."""
+    request_timeout_s: float = Field(5.0, gt=0)
+    """Deadline of JetStream API calls (ensuring the stream and the consumer)."""
 
 
 class Settings(ServiceSettings):
@@ -79,4 +110,13 @@ class Settings(ServiceSettings):
     def _example_views(self) -> Settings:
         if self.materialize_on_start is None:
             self.materialize_on_start = list(_EXAMPLE_VIEWS) if self.definitions == _EXAMPLE else []
+        return self
+
+    @model_validator(mode="after")
+    def _ack_after_write(self) -> Settings:
+        if self.nats.url and self.nats.ack_wait_s <= self.write_timeout_s:
+            raise ValueError(
+                f"nats.ack_wait_s ({self.nats.ack_wait_s}) must exceed write_timeout_s ({self.write_timeout_s}): "
+                "a push is acknowledged only after its write"
+            )
         return self
