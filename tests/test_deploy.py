@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
 from infermesh_chassis.events import EventEmitter
+from infermesh_chassis.jetstream import CONSUMER_GAUGES
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.server import GrpcServer
 from infermesh_chassis.settings import (
@@ -464,6 +465,9 @@ def known_metrics() -> set[str]:
                 names.add(f"{metrics.prefix}_{name}" + ("_total" if kind == "counter" else ""))
                 if kind == "histogram":
                     names |= {f"{metrics.prefix}_{name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+            # The gauges of the chassis' JetStream consumers, named by the prefix each service gives.
+            for prefix in re.findall(r"DurableConsumer\([^)]*\"(\w+)\"\)", text):
+                names |= {f"{metrics.prefix}_{prefix}_{gauge}" for gauge in CONSUMER_GAUGES}
             # Families a custom collector builds under the service's prefix (the monitor's windows).
             names |= {f"{metrics.prefix}_{name}" for name in re.findall(r"f\"\{[\w.]*prefix\}_(\w+)\"", text)}
         for family in families:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -121,3 +123,24 @@ def test_mirror_share_and_never_to_itself():
     assert mirrored == pytest.approx(0.25, abs=0.02)
     assert all(r.shadow is None for r in routes if r.primary.version == 2)
     assert all(r.shadow.version == 2 for r in from_one if r.shadow is not None)
+
+
+def test_a_version_draining_at_the_end_of_its_deprecation_answers_as_retired():
+    ended = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    router = Router(random.Random(1))
+    versions = [
+        _version(1),
+        _version(2, VersionState.DRAINING, deprecated_until=ended, successor=1),
+        _version(3, VersionState.DRAINING, deprecated_until=ended),
+        _version(4, VersionState.DRAINING, deprecated_until=datetime.now(UTC) + timedelta(hours=1), successor=1),
+        _version(5, VersionState.DRAINING),
+    ]
+    router.load([(ModelRecord("churn", aliases={"production": 1}, traffic=TrafficPolicy()), versions)])
+    being_retired = "version {} of model 'churn' is being retired (its deprecation ended at 2026-01-02T03:04:05+00:00)"
+    with pytest.raises(NotFound, match=re.escape(being_retired.format(2) + "; use version 1")):
+        router.resolve("churn", "2")
+    with pytest.raises(FailedPrecondition, match=re.escape(being_retired.format(3) + " and has no successor")):
+        router.resolve("churn", "3")
+    for still_deprecated_or_undeployed in ("4", "5"):
+        with pytest.raises(FailedPrecondition, match="is draining, not serving"):
+            router.resolve("churn", still_deprecated_or_undeployed)

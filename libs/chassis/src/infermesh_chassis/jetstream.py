@@ -28,9 +28,19 @@ from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.tasks import cancel_and_wait
 
-__all__ = ["ConsumerSpec", "DurableConsumer", "ack_confirmed", "connect", "ensure_stream"]
+__all__ = [
+    "CONSUMER_GAUGES",
+    "ConsumerSpec",
+    "DurableConsumer",
+    "ack_confirmed",
+    "connect",
+    "ensure_stream",
+]
 
 _log = get_logger("infermesh_chassis.jetstream")
+
+CONSUMER_GAUGES = ("connected", "pending_messages")
+"""The gauges of a :class:`DurableConsumer`, each named ``<metric_prefix>_<gauge>``."""
 
 
 async def connect(urls: str, name: str, timeout_s: float) -> Client:
@@ -142,9 +152,10 @@ class DurableConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._nc: Client | None = None
-        self._connected = metrics.gauge(f"{metric_prefix}_connected", "1 while the consumer is connected to NATS.")
+        connected, pending = CONSUMER_GAUGES
+        self._connected = metrics.gauge(f"{metric_prefix}_{connected}", "1 while the consumer is connected to NATS.")
         self._pending = metrics.gauge(
-            f"{metric_prefix}_pending_messages", "Messages in the stream not yet delivered to the consumer."
+            f"{metric_prefix}_{pending}", "Messages in the stream not yet delivered to the consumer."
         )
 
     def start(self) -> None:

@@ -22,6 +22,7 @@ import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from infermesh_chassis.errors import FailedPrecondition, NotFound
 from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, VersionState
@@ -99,6 +100,10 @@ def _successor(record: ModelVersionRecord) -> str:
     return f"version {record.successor}" if record.successor else ""
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _serving(record: ModelVersionRecord) -> ModelVersionRecord:
     if record.state is VersionState.SERVING:
         return record
@@ -109,6 +114,14 @@ def _serving(record: ModelVersionRecord) -> ModelVersionRecord:
         if successor:
             raise NotFound(f"{where} was retired at {when}; use {successor}")
         raise FailedPrecondition(f"{where} was retired at {when} and has no successor")
+    deprecated_until = record.deprecated_until
+    if record.state is VersionState.DRAINING and deprecated_until is not None and deprecated_until <= _now():
+        # its deprecation ended: it drains on the way to RETIRED, and callers hear what they will hear then
+        successor = _successor(record)
+        when = deprecated_until.isoformat(timespec="seconds")
+        if successor:
+            raise NotFound(f"{where} is being retired (its deprecation ended at {when}); use {successor}")
+        raise FailedPrecondition(f"{where} is being retired (its deprecation ended at {when}) and has no successor")
     raise FailedPrecondition(
         f"{where} is {record.state.value}, not serving"
         + ("; deploy it first" if record.state in (VersionState.REGISTERED, VersionState.FAILED) else "")
