@@ -15,9 +15,9 @@ import pytest
 CLI = [sys.executable, "-m", "infermesh_cli"]
 
 
-def _run(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(workdir: Path, *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, "--workdir", str(workdir), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [*CLI, "--workdir", str(workdir), *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
     )
 
 
@@ -41,8 +41,11 @@ def _port_free(port: int) -> bool:
 
 
 def test_demo_runs_the_workload_and_exits_zero(tmp_path: Path):
-    done = _run(tmp_path, "--json", "demo", "--requests", "200", timeout=600)
-    assert done.returncode == 0, done.stderr
+    # as `make demo` runs it: a workdir relative to where it runs (the services run in their own
+    # directories, so a relative path the demo sent them would point nowhere)
+    workdir = Path("var") / "stack"
+    done = _run(workdir, "--json", "demo", "--requests", "200", timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     summary = report["summary"]
     assert summary["requests"] == 200 and summary["errors"] == {} and summary["degraded"] == {}
@@ -53,7 +56,8 @@ def test_demo_runs_the_workload_and_exits_zero(tmp_path: Path):
     assert summary["shadow"]["v1->v2 pairs"] > 0
     assert set(report["exit_codes"]) == {"nats", "monitor", "model-gateway", "data-gateway", "biz-center"}
     assert set(report["exit_codes"].values()) == {0}
-    assert not (tmp_path / "state.json").exists()
+    assert (tmp_path / workdir / "models" / "churn_lr.onnx").is_file()
+    assert not (tmp_path / workdir / "state.json").exists()
 
 
 def _wait_serving(up: subprocess.Popen[str]) -> None:
@@ -75,8 +79,11 @@ def test_up_status_down_leave_no_process_or_port_behind(tmp_path: Path):
         assert {s["health"] for s in status} == {"SERVING"}
         second = _run(tmp_path, "up", timeout=30)
         assert second.returncode == 1 and "already running" in second.stderr
-        assert _run(tmp_path, "down").returncode == 0
-        assert up.wait(timeout=60) == 0
+        down = _run(tmp_path, "down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert f"stopped the mesh of `infermesh up` (pid {up.pid})" in down.stdout
+        code = up.wait(timeout=10)  # `down` returned once `up` had stopped the mesh in order
+        assert code == 0, (up.stdout.read() if up.stdout else "") + (up.stderr.read() if up.stderr else "")
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGINT)
@@ -88,6 +95,21 @@ def test_up_status_down_leave_no_process_or_port_behind(tmp_path: Path):
     assert after.returncode == 1
     state = tmp_path / "state.json"
     assert after.stderr.strip() == f"infermesh: no local stack is running (no {state}); start one with `infermesh up`"
+
+
+def test_down_stops_the_services_itself_when_up_is_gone(tmp_path: Path):
+    up = subprocess.Popen([*CLI, "--workdir", str(tmp_path), "up"], stdout=subprocess.PIPE, text=True)
+    _wait_serving(up)
+    processes = json.loads((tmp_path / "state.json").read_text())["processes"]
+    up.kill()  # the services run in their own sessions: they outlive it
+    up.wait(timeout=10)
+    assert not any(_gone(p["pid"]) for p in processes)
+    down = _run(tmp_path, "down")
+    assert down.returncode == 0, down.stderr
+    names = ", ".join(p["name"] for p in reversed(processes))
+    assert down.stdout.strip() == f"stopped {names} (the `infermesh up` that started them was gone)"
+    assert all(_gone(p["pid"]) for p in processes)
+    assert not (tmp_path / "state.json").exists()
 
 
 def test_ctrl_c_stops_the_mesh(tmp_path: Path):

@@ -15,13 +15,16 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from infermesh_cli.commands import EXIT_CODES, Parser, add_commands, add_global_options
 from infermesh_cli.commands._output import print_table
-from infermesh_cli.stack import LocalStack, StackError
+from infermesh_cli.stack import LocalStack, StackError, pid_alive
 
 DEFAULT_WORKDIR = Path("var/stack")
+DOWN_TIMEOUT_S = 120.0
+"""How long ``down`` waits for ``infermesh up`` to stop its mesh."""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -50,12 +53,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    """Stop a mesh started by ``infermesh up``."""
+    """Stop a mesh started by ``infermesh up``, in order: the last started first, NATS last."""
     stack = LocalStack.attach(args.workdir)
-    for process in reversed(stack.processes):
-        if process.alive():
-            os.kill(process.pid, signal.SIGTERM)
-    print("sent SIGTERM to every service; `infermesh up` finishes the shutdown")
+    supervisor = stack.supervisor_pid
+    if supervisor is not None and pid_alive(supervisor):
+        # `infermesh up` stops its stack in order and reports the exit codes; wait until it has
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + DOWN_TIMEOUT_S
+        while pid_alive(supervisor):
+            if time.monotonic() > deadline:
+                print(f"`infermesh up` (pid {supervisor}) is still stopping the mesh after {DOWN_TIMEOUT_S:.0f} s")
+                return 1
+            time.sleep(0.1)
+        print(f"stopped the mesh of `infermesh up` (pid {supervisor})")
+        return 0
+    codes = stack.stop()  # its supervisor is gone: stop the services here, in the same order
+    print(f"stopped {', '.join(codes)} (the `infermesh up` that started them was gone)")
     return 0
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "StackError",
     "free_port",
     "health_status",
+    "pid_alive",
 ]
 
 REPO = Path(__file__).resolve().parents[3]
@@ -50,6 +51,15 @@ REPO = Path(__file__).resolve().parents[3]
 
 DEMO_API_KEY = "infermesh-demo-key"
 """The business center's API key in the local stack (only its SHA-256 is configured)."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +101,7 @@ class ServiceProcess:
 
     def alive(self) -> bool:
         """Whether the process still exists (and is not a zombie)."""
-        try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, IndexError):
-            return False
-        return state != "Z"
+        return pid_alive(self.pid)
 
     def rss_mib(self) -> float | None:
         """Resident memory in MiB, or None when the process is gone."""
@@ -219,6 +225,8 @@ class LocalStack:
         self.processes: list[ServiceProcess] = []
         self.thrift_port = 0
         """The business center's Thrift port (chosen at start)."""
+        self.supervisor_pid: int | None = None
+        """The process that started the stack and stops it (``infermesh up`` or ``demo``)."""
         self._popen: dict[str, subprocess.Popen[bytes]] = {}
 
     @classmethod
@@ -230,6 +238,7 @@ class LocalStack:
         state = json.loads(stack.state_file.read_text())
         stack.processes = [ServiceProcess(**p) for p in state["processes"]]
         stack.thrift_port = int(state.get("thrift_port", 0))
+        stack.supervisor_pid = state.get("supervisor_pid")
         return stack
 
     def process(self, name: str) -> ServiceProcess:
@@ -256,6 +265,7 @@ class LocalStack:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         ports = {spec.name: (free_port(), free_port()) for spec in self.services}
         self.thrift_port = free_port()
+        self.supervisor_pid = os.getpid()
         static = {name: [f"127.0.0.1:{grpc_port}"] for name, (grpc_port, _) in ports.items()}
         try:
             self._start_nats()
@@ -371,7 +381,11 @@ class LocalStack:
             )
 
     def _write_state(self) -> None:
-        state = {"processes": [asdict(p) for p in self.processes], "thrift_port": self.thrift_port}
+        state = {
+            "processes": [asdict(p) for p in self.processes],
+            "thrift_port": self.thrift_port,
+            "supervisor_pid": self.supervisor_pid,
+        }
         self.state_file.write_text(json.dumps(state, indent=2))
 
     def _wait_serving(self, process: ServiceProcess, timeout_s: float) -> None:
