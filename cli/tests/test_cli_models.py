@@ -42,8 +42,26 @@ def _register(mesh: Mesh, artifact: str, *extra: str) -> dict:
 
 
 def test_register_deploy_list_and_get(mesh: Mesh):
-    first = _register(mesh, str(mesh.models.v1.path), "--deploy", "--reason", "first model")
+    first = _register(
+        mesh,
+        str(mesh.models.v1.path),
+        "--deploy",
+        "--reason",
+        "first model",
+        "--preferred-batch-size",
+        "8",
+        "--preferred-batch-size",
+        "32",
+        "--baseline-uri",
+        "file:///data/fraud/training.parquet",
+    )
     assert (first["model"], first["version"], first["state"]) == ("fraud", 1, "SERVING")
+    assert first["deployment"]["preferred_batch_sizes"] == [8, 32]
+    assert first["drift_baseline"] == {"uri": "file:///data/fraud/training.parquet", "baseline_id": None, "sha256": ""}
+    shown_v1 = mesh.cli("models", "get", "fraud", "1")
+    assert shown_v1.code == 0, shown_v1.err
+    assert "dynamic batching yes (prefers 8, 32)" in shown_v1.out
+    assert "drift baseline  file:///data/fraud/training.parquet" in shown_v1.out
     assert first["artifact"]["sha256"] == mesh.models.v1.sha256  # computed by the CLI from the local file
     assert [(o["name"], o["datatype"], o["shape"]) for o in first["outputs"]] == [
         ("label", "INT64", [1]),

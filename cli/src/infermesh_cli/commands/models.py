@@ -103,7 +103,15 @@ def _tensor(spec: common_pb2.TensorSpec) -> dict[str, Any]:
         "datatype": spec.datatype,
         "shape": list(spec.shape),
         "class_labels": list(spec.class_labels),
+        "description": spec.description,
     }
+
+
+def _drift_baseline(version: pb.ModelVersion) -> dict[str, Any] | None:
+    if not version.HasField("drift_baseline"):
+        return None
+    baseline = version.drift_baseline
+    return {"uri": baseline.uri or None, "baseline_id": baseline.baseline_id or None, "sha256": baseline.sha256}
 
 
 def _retirement(version: pb.ModelVersion) -> dict[str, Any] | None:
@@ -139,8 +147,10 @@ def version_view(version: pb.ModelVersion) -> dict[str, Any]:
         "deployment": {
             "max_batch_size": deployment.max_batch_size,
             "dynamic_batching": deployment.dynamic_batching.enabled,
+            "preferred_batch_sizes": list(deployment.dynamic_batching.preferred_batch_sizes),
             "instance_count": deployment.instance_count or 1,
         },
+        "drift_baseline": _drift_baseline(version),
         "aliases": sorted(version.aliases),
         "owner": version.owner,
         "description": version.description,
@@ -189,6 +199,13 @@ def _retire_text(retirement: dict[str, Any] | None) -> str:
     return f"{text}, use v{successor}" if successor else text
 
 
+def _baseline_text(baseline: dict[str, Any] | None) -> str:
+    if baseline is None:
+        return ""
+    where = baseline["uri"] or f"monitor baseline {baseline['baseline_id']}"
+    return f"{where} (sha256 {baseline['sha256'][:12]}...)" if baseline["sha256"] else where
+
+
 def _print_model(view: dict[str, Any]) -> None:
     print_fields(
         [
@@ -217,8 +234,15 @@ def _print_version(view: dict[str, Any]) -> None:
             (
                 "deployment",
                 f"max batch {deployment['max_batch_size']}, dynamic batching "
-                f"{cell(deployment['dynamic_batching'])}, {deployment['instance_count']} instance(s)",
+                f"{cell(deployment['dynamic_batching'])}"
+                + (
+                    f" (prefers {cell(deployment['preferred_batch_sizes'])})"
+                    if deployment["preferred_batch_sizes"]
+                    else ""
+                )
+                + f", {deployment['instance_count']} instance(s)",
             ),
+            ("drift baseline", _baseline_text(view["drift_baseline"])),
             ("owner", view["owner"]),
             ("created", f"{view['create_time']} by {view['created_by'] or '-'}"),
             ("retirement", _retire_text(view["retirement"])),
@@ -226,9 +250,12 @@ def _print_version(view: dict[str, Any]) -> None:
     )
     print()
     print_table(
-        ["tensor", "direction", "datatype", "shape", "class labels"],
-        [[t["name"], "input", t["datatype"], json.dumps(t["shape"]), t["class_labels"]] for t in view["inputs"]]
-        + [[t["name"], "output", t["datatype"], json.dumps(t["shape"]), t["class_labels"]] for t in view["outputs"]],
+        ["tensor", "direction", "datatype", "shape", "class labels", "description"],
+        [
+            [t["name"], direction, t["datatype"], json.dumps(t["shape"]), t["class_labels"], t["description"]]
+            for direction, tensors in (("input", view["inputs"]), ("output", view["outputs"]))
+            for t in tensors
+        ],
     )
     if view["replicas"]:
         print()
@@ -315,6 +342,8 @@ def register_request(ctx: Context, args: argparse.Namespace) -> pb.RegisterModel
         if args.dynamic_batching:
             delay = parse_duration(args.dynamic_batching, "--dynamic-batching")
             deployment.dynamic_batching.max_queue_delay.CopyFrom(to_duration(delay))
+    if args.preferred_batch_size:
+        deployment.dynamic_batching.preferred_batch_sizes[:] = args.preferred_batch_size
     if args.instance_count is not None:
         deployment.instance_count = args.instance_count
     deployment.backend_parameters.update(parse_pairs(args.param, "--param"))
@@ -601,6 +630,13 @@ def _add_register(models: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, help="largest batch (0: no batching; shapes are then full shapes)")
     p.add_argument(
         "--dynamic-batching", nargs="?", const="", metavar="DELAY", help="turn dynamic batching on (max queue delay)"
+    )
+    p.add_argument(
+        "--preferred-batch-size",
+        action="append",
+        type=int,
+        metavar="N",
+        help="a batch size dynamic batching should prefer (repeatable)",
     )
     p.add_argument("--instance-count", type=int, help="model instances per worker")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="backend parameter")
