@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from infermesh_chassis.errors import InvalidArgument
 
@@ -37,6 +37,7 @@ __all__ = [
     "WarmupSample",
     "parse_triton_model_name",
     "triton_model_name",
+    "utc_now",
     "validate_model_name",
 ]
 
@@ -59,6 +60,11 @@ DATATYPES: dict[str, int] = {
     "BYTES": 0,
 }
 """KServe v2 / Triton tensor datatypes and their element size in bytes (0: variable, BYTES)."""
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC (as every stored time is)."""
+    return datetime.now(UTC)
 
 
 class ModelFormat(enum.StrEnum):

@@ -26,7 +26,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from infermesh_model_gateway.domain import (
     TrafficPolicy,
     VersionState,
     WarmupSample,
+    utc_now,
 )
 
 __all__ = ["Database", "Registry", "open_registry"]
@@ -403,10 +404,6 @@ def _dumps(doc: dict[str, Any] | None) -> str:
     return "" if doc is None else json.dumps(doc, sort_keys=True)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 # --- the registry --------------------------------------------------------------------------------
 
 
@@ -475,7 +472,7 @@ class _Tx:
         await self.conn.execute(
             "INSERT INTO audit (time, actor, action, target, before, after, reason, request_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            _now().isoformat(),
+            utc_now().isoformat(),
             self.actor,
             action,
             target,
@@ -600,7 +597,7 @@ class Registry:
 
     async def register_version(self, record: ModelVersionRecord, *, actor: str, reason: str = "") -> ModelVersionRecord:
         """Store a new version (numbered after the model's highest), creating the model if needed."""
-        now = _now()
+        now = utc_now()
         async with self._write(actor, reason) as tx:
             rows = await tx.conn.fetch("SELECT doc FROM models WHERE name = ?", record.model)
             if rows:
@@ -646,7 +643,7 @@ class Registry:
                 raise FailedPrecondition(_transition_refusal(before, state))
             if state is VersionState.DRAINING:
                 _refuse_if_referenced(await tx.model(model), version, "undeploy")
-            now = _now()
+            now = utc_now()
             after = dataclasses.replace(before, state=state, state_detail=detail, updated_at=now)
             if state is VersionState.RETIRED:
                 after = dataclasses.replace(after, retired_at=now)
@@ -681,7 +678,7 @@ class Registry:
             await self._serving(tx, model.name, version, what)
 
     async def _update_model(self, tx: _Tx, action: str, before: ModelRecord, after: ModelRecord) -> ModelRecord:
-        now = _now()
+        now = utc_now()
         if after != before:
             after = dataclasses.replace(after, updated_at=now)
         await tx.put_model(after)
@@ -790,7 +787,7 @@ class Registry:
                 )
             await self._serving(tx, rollout.model, rollout.candidate, "candidate_version")
             await self._serving(tx, rollout.model, rollout.baseline, "baseline_version")
-            now = _now()
+            now = utc_now()
             stored = dataclasses.replace(rollout, created_by=actor, created_at=now, updated_at=now)
             await tx.put_rollout(stored)
             await tx.audit("rollout.create", _rollout_path(stored), None, rollout_doc(stored))
@@ -835,7 +832,7 @@ class Registry:
             before = await tx.rollout(rollout_id)
             model = await tx.model(before.model)
             after, new_model = change(before, model)
-            after = dataclasses.replace(after, updated_at=_now())
+            after = dataclasses.replace(after, updated_at=utc_now())
             if new_model != model:
                 if new_model.traffic != model.traffic:
                     new_model = dataclasses.replace(
@@ -912,7 +909,7 @@ class Registry:
                 await tx.version(target, successor)
             elif successor_model:
                 await tx.model(successor_model)
-            now = _now()
+            now = utc_now()
             after = dataclasses.replace(
                 before,
                 deprecated_at=before.deprecated_at or now,

@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from google.protobuf import json_format
 
@@ -50,6 +50,7 @@ from infermesh_model_gateway.domain import (
     RolloutStep,
     TrafficPolicy,
     VersionState,
+    utc_now,
 )
 from infermesh_model_gateway.registry import PRODUCTION, Registry
 from infermesh_model_gateway.settings import RolloutSettings
@@ -64,10 +65,6 @@ _WEIGHT_SCALE = 100
 
 GateCheck = Callable[[monitor_pb2.CheckSloRequest], Awaitable[common_pb2.SloEvaluation]]
 """The monitor's CheckSlo (a client call in production)."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_rollout(
@@ -147,7 +144,7 @@ def _decide(
     reason: str,
     evaluation: str = "",
 ) -> Rollout:
-    now = _now()
+    now = utc_now()
     decision = RolloutDecision(
         time=now,
         action=action,
@@ -341,7 +338,7 @@ class RolloutOperations:
 
     async def hold(self, rollout: Rollout, *, evaluation: str) -> None:
         """No decision yet: remember the evaluation and when to look again (not a transition: not audited)."""
-        next_at = _now() + timedelta(seconds=rollout.evaluation_interval_s)
+        next_at = utc_now() + timedelta(seconds=rollout.evaluation_interval_s)
         await self._registry.record_evaluation(rollout.id, evaluation=evaluation, next_decision_at=next_at)
 
     async def fail(self, rollout: Rollout, reason: str) -> Rollout:
@@ -424,7 +421,7 @@ class RolloutController:
                     await self._drive(rollout)
                 except FailedPrecondition as exc:  # an operator changed it meanwhile; the next tick sees it
                     _log.info("rollout_changed_meanwhile", rollout=rollout.id, detail=exc.message)
-        now = _now()
+        now = utc_now()
         for model, versions in await self._registry.snapshot():
             due = [v for v in versions if v.deprecated_until is not None and v.deprecated_until <= now]
             due = [v for v in due if v.state is not VersionState.RETIRED]
@@ -433,7 +430,7 @@ class RolloutController:
                     await self._deployer.retire(model.name, record.version, actor=CONTROLLER_ACTOR)
 
     async def _drive(self, rollout: Rollout) -> None:
-        now = _now()
+        now = utc_now()
         if rollout.next_decision_at is not None and now < rollout.next_decision_at:
             return
         serving = {v.version: v for v in await self._registry.model_versions(rollout.model)}

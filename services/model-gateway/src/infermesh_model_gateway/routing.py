@@ -22,10 +22,9 @@ import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from infermesh_chassis.errors import FailedPrecondition, NotFound
-from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, VersionState
+from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, VersionState, utc_now
 
 __all__ = ["PRODUCTION_ALIAS", "Route", "Router", "deprecation_warning"]
 
@@ -100,10 +99,6 @@ def _successor(record: ModelVersionRecord) -> str:
     return f"version {record.successor}" if record.successor else ""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _serving(record: ModelVersionRecord) -> ModelVersionRecord:
     if record.state is VersionState.SERVING:
         return record
@@ -115,7 +110,7 @@ def _serving(record: ModelVersionRecord) -> ModelVersionRecord:
             raise NotFound(f"{where} was retired at {when}; use {successor}")
         raise FailedPrecondition(f"{where} was retired at {when} and has no successor")
     deprecated_until = record.deprecated_until
-    if record.state is VersionState.DRAINING and deprecated_until is not None and deprecated_until <= _now():
+    if record.state is VersionState.DRAINING and deprecated_until is not None and deprecated_until <= utc_now():
         # its deprecation ended: it drains on the way to RETIRED, and callers hear what they will hear then
         successor = _successor(record)
         when = deprecated_until.isoformat(timespec="seconds")
