@@ -4,7 +4,7 @@ routing by experiment and gray release, response mapping, what every answer name
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -98,6 +98,36 @@ async def test_gray_release_serves_the_canary_to_allowlist_and_rules(biz: Harnes
     assert (staff.route, staff.model_version) == (pb.ROUTE_SOURCE_GRAY_RELEASE, 2)
     customer = await biz.predict.Predict(churn_request(77, channel="web"), metadata=scoring())
     assert customer.route == pb.ROUTE_SOURCE_EXPERIMENT
+
+
+async def test_a_catastrophic_gray_release_regex_cannot_stall_the_event_loop(biz: Harness, doubles: Doubles):
+    def rule(pattern: str) -> Callable[[pb.Scene], None]:
+        def edit(scene: pb.Scene) -> None:
+            del scene.gray_release.rules[:]
+            condition = pb.Condition(attribute="segment", op=pb.CONDITION_OPERATOR_REGEX, values=[pattern])
+            scene.gray_release.rules.add(name="segment", conditions=[condition])
+
+        return edit
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await edit_scene(biz, rule(r"(a)\1"))  # Python's re accepts it, RE2 does not
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "RE2" in (refused.value.details() or "")
+    await edit_scene(biz, rule("(a+)+$"))
+    # with a backtracking matcher these 16 calls would hold the event loop for minutes; each is one RE2 pass
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            *(biz.predict.Predict(churn_request(u, segment="a" * 28 + "!"), metadata=scoring()) for u in range(16))
+        ),
+        30,
+    )
+    assert {a.route for a in answers} == {pb.ROUTE_SOURCE_EXPERIMENT}
+    canary = await biz.predict.Predict(churn_request(5, segment="aaaa"), metadata=scoring())
+    assert canary.route == pb.ROUTE_SOURCE_GRAY_RELEASE
+    with pytest.raises(grpc.aio.AioRpcError) as too_long:
+        await biz.predict.Predict(churn_request(5, segment="a" * 5000), metadata=scoring())
+    assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "attributes.segment: 5000 characters" in (too_long.value.details() or "")
 
 
 async def test_exposure_and_inference_events_reach_the_monitor(biz: Harness, doubles: Doubles):
