@@ -191,6 +191,20 @@ async def test_errors_carry_their_status(biz: Harness, request_, metadata, code,
     assert text in failed.value.details()
 
 
+async def test_an_integer_unit_id_has_one_spelling(biz: Harness, doubles: Doubles):
+    # int() reads every one of these as 42, while the experiment bucket hashes the text: each would have read
+    # customer 42's features from another bucket. They are refused; "42" reads customer 42 as key 42.
+    for unit in (" 42 ", "+42", "\u0664\u0662", "042", "4_2", "-0", "9" * 19):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await biz.predict.Predict(churn_request(unit), metadata=scoring())
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, unit
+        assert f"unit_id: {unit!r} is not an integer in canonical form" in (refused.value.details() or ""), unit
+    answer = await biz.predict.Predict(churn_request("42"), metadata=scoring())
+    assert answer.variant == _variant_of("42")
+    assert doubles.data.last_request is not None
+    assert doubles.data.last_request.entities[0].keys["customer_id"].int64_value == 42
+
+
 async def test_a_disabled_scene_is_failed_precondition(biz: Harness):
     scene = (await biz.admin.GetScene(pb.GetSceneRequest(name="churn-score"), metadata=scoring(ADMIN_KEY))).scene
     scene.enabled = False
