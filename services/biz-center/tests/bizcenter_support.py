@@ -537,11 +537,27 @@ async def predict_load(
     """Predicts for customers ``first .. first + customers - 1`` from ``callers`` concurrent callers for
     ``seconds``: (monotonic time, answer or error), in completion order."""
     results: list[tuple[float, Outcome]] = []
-    stop_at = time.monotonic() + seconds
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(seconds, stop.set)
+    await predict_until(biz, stop, results, callers=callers, customers=customers, first=first)
+    return results
+
+
+async def predict_until(
+    biz: Harness,
+    stop: asyncio.Event,
+    results: list[tuple[float, Outcome]],
+    *,
+    callers: int = 8,
+    customers: int = 4,
+    first: int = 1,
+) -> None:
+    """Like :func:`predict_load` until ``stop`` is set, appending to ``results`` as answers come (a test
+    can wait on what they say while the load runs)."""
 
     async def caller(index: int) -> None:
         n = index
-        while time.monotonic() < stop_at:
+        while not stop.is_set():
             n += callers
             try:
                 outcome: Outcome = await biz.predict.Predict(
@@ -552,4 +568,14 @@ async def predict_load(
             results.append((time.monotonic(), outcome))
 
     await asyncio.gather(*(caller(i) for i in range(callers)))
-    return results
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait until ``condition()`` holds, checking every few milliseconds; fail after ``timeout_s`` (a safety
+    net against a hung test, far beyond what any condition here needs)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition():
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
