@@ -48,6 +48,7 @@ EXAMPLE = HERE.parent / "examples" / "churn.yaml"
 ADMIN_KEY = "im-test-admin-key-0123456789"
 SCORING_KEY = "im-test-scoring-key-0123456789"
 OTHER_KEY = "im-test-other-scene-key-0123456789"
+UNIT_HASH_KEY = "im-test-unit-id-hash-key-0123456789"
 
 FEATURES = ("tenure_years", "spend_30d", "tickets_30d", "orders_bucket")
 CUSTOMERS: dict[int, tuple[float, float, float, int]] = {
@@ -378,7 +379,7 @@ def biz_settings(tmp_path: Path, static: dict[str, list[str]], **overrides: Any)
         "discovery": {"backend": "static", "static": static},
         "metrics": {"enabled": False},
         "grpc": {"grace_period_s": 0.5},
-        "events": {"flush_interval_s": 0.02},
+        "events": {"flush_interval_s": 0.02, "unit_id_hash_key": UNIT_HASH_KEY},
         "config": {"store_path": str(tmp_path / "biz.db"), "seed_file": str(EXAMPLE), "watch_interval_s": 0.1},
         "auth": {"api_keys": api_key_settings()},
         "client": {"max_attempts": 1},

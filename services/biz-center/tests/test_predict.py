@@ -12,6 +12,7 @@ from bizcenter_support import (
     ADMIN_KEY,
     EXAMPLE,
     OTHER_KEY,
+    UNIT_HASH_KEY,
     Doubles,
     Harness,
     biz_settings,
@@ -140,7 +141,8 @@ async def test_exposure_and_inference_events_reach_the_monitor(biz: Harness, dou
     assert {(e.experiment, e.layer, e.variant) for e in exposures} == {
         (a.experiment, a.layer, a.variant) for a in reply.assignments
     }
-    assert {e.unit_id_hash for e in exposures} == {hash_unit_id("2", "")}  # the chassis' keyed hash, never the id
+    # the chassis' keyed hash with the configured key, never the id
+    assert {e.unit_id_hash for e in exposures} == {hash_unit_id("2", UNIT_HASH_KEY)}
     (inference,) = doubles.monitor.payloads("inference")
     assert (inference.scene, inference.variant, inference.model_version) == (
         "churn-score",

@@ -288,4 +288,6 @@ class Settings(ServiceSettings):
             modes += [key.rate_limit.mode for key in self.auth.api_keys]
             if "global" in modes:
                 raise ValueError("a global rate limit needs rate_limit.redis_url")
+        if self.events.enabled:  # events carry the keyed hash of every unit id
+            self.events.check_unit_id_hash_key(str(self.model_config.get("env_prefix", "")))
         return self
