@@ -10,15 +10,17 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bizcenter_support import SCORING_KEY, Doubles, Harness, biz_settings, churn_request, run_biz, scoring
+from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocol
 from thriftpy2.contrib.aio.rpc import make_client
 from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
 from thriftpy2.protocol.binary import VERSION_1
 from thriftpy2.thrift import TMessageType, TType
 
 from infermesh_biz_center.thrift_front import IDL
+from infermesh_biz_center.thrift_wire import Limits, MemoryTransport, Stream, read_message
 
 MiB = 1024 * 1024
 GIVE_UP_S = 10.0
@@ -206,3 +208,43 @@ async def test_framed_transport_calls_and_pipelined_buffered_calls(tmp_path: Pat
         replies = await _closed_by_server(reader)
         assert replies.count(struct.pack("!i", VERSION_1 | TMessageType.REPLY)) == 2
         writer.close()
+
+
+async def test_a_big_request_is_read_and_decoded_in_slices():
+    """A request of many small values (the costliest kind per byte) gives the event loop back as it is read
+    and decoded, so gRPC callers are served meanwhile: counted in turns of the loop, not in seconds."""
+    entries = 50_000
+    request = (
+        _field(TType.MAP, 4)
+        + struct.pack("!bbi", TType.STRING, TType.STRING, entries)
+        + (_string(b"k") + _string(b"v")) * entries
+        + b"\x00"
+    )
+    data = _header() + _field(TType.STRUCT, 1) + request + b"\x00"
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    limits = Limits(max_message_bytes=4 * MiB, max_string_bytes=MiB, idle_timeout_s=60, request_timeout_s=60)
+    stream = Stream(reader, cast(asyncio.StreamWriter, None), limits, framed=False)
+    turns, done = 0, False
+
+    async def other_callers() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    others = asyncio.ensure_future(other_callers())
+    await stream.next_request()
+    message = await read_message(stream, limits)
+    read_turns = turns
+    protocol = TAsyncBinaryProtocol(MemoryTransport(message), strict_decode=True)
+    await protocol.read_message_begin()
+    args = IDL.BizCenter.predict_args()
+    await protocol.read_struct(args)
+    done = True
+    await others
+    assert message == data and len(args.request.attributes) == 1  # equal keys: one entry
+    reads = 4 * entries  # a length and a value per key and per value
+    assert read_turns >= reads // 2048 - 1  # the walk yielded every 2048 reads
+    assert turns - read_turns >= reads // 2048 - 1  # and so did the decoding

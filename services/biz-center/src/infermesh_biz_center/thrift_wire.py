@@ -25,6 +25,9 @@ _FIXED = {TType.BOOL: 1, TType.BYTE: 1, TType.I16: 2, TType.I32: 4, TType.I64: 8
 _TYPES = frozenset({*_FIXED, TType.STRING, TType.STRUCT, TType.MAP, TType.SET, TType.LIST})
 _MAX_DEPTH = 32
 _CHUNK = 64 * 1024
+_READS_PER_TURN = 2048
+"""Reads of buffered bytes between two yields to the event loop: a big request of many small values
+is read and decoded in slices, with gRPC callers served in between."""
 
 
 class Refused(Exception):
@@ -59,6 +62,7 @@ class Stream:
         self._pos = 0
         self._end = 0
         self._deadline = 0.0
+        self._reads = 0
 
     async def next_request(self) -> None:
         """Wait (at most the idle timeout) for the first byte of the next request and start it: its
@@ -102,8 +106,13 @@ class Stream:
         end = self._pos + size
         if end > self._end:
             raise Refused("too_large", f"request exceeds {self._end} bytes")
-        while len(self._buf) < end:
-            await self._fill("slow")
+        if len(self._buf) < end:
+            while len(self._buf) < end:
+                await self._fill("slow")
+        else:
+            self._reads += 1
+            if self._reads % _READS_PER_TURN == 0:
+                await asyncio.sleep(0)
         data = bytes(self._buf[self._pos : end])
         self._pos = end
         return data
@@ -187,7 +196,11 @@ class MemoryTransport:
 
     def __init__(self, data: bytes) -> None:
         self._data = BytesIO(data)
+        self._reads = 0
 
     async def read(self, size: int) -> bytes:
-        """The next ``size`` bytes."""
+        """The next ``size`` bytes (yielding to the event loop now and then, see ``_READS_PER_TURN``)."""
+        self._reads += 1
+        if self._reads % _READS_PER_TURN == 0:
+            await asyncio.sleep(0)
         return self._data.read(size)
