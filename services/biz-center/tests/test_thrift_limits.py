@@ -113,6 +113,7 @@ async def test_oversize_messages_frames_and_containers_are_refused_before_readin
             + _field(TType.STRUCT, 1)
             + _field(TType.LIST, 9)
             + struct.pack("!bi", TType.I64, 2**30),
+            "long method name": _header("p" * 300),
             "negative length": _header() + _field(TType.STRUCT, 1) + _field(TType.STRING, 1) + struct.pack("!i", -5),
             "not thrift": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         }

@@ -24,6 +24,7 @@ __all__ = ["Limits", "MemoryTransport", "Refused", "Stream", "read_message"]
 _FIXED = {TType.BOOL: 1, TType.BYTE: 1, TType.I16: 2, TType.I32: 4, TType.I64: 8, TType.DOUBLE: 8}
 _TYPES = frozenset({*_FIXED, TType.STRING, TType.STRUCT, TType.MAP, TType.SET, TType.LIST})
 _MAX_DEPTH = 32
+_MAX_NAME_BYTES = 256
 _CHUNK = 64 * 1024
 _READS_PER_TURN = 2048
 """Reads of buffered bytes between two yields to the event loop: a big request of many small values
@@ -185,7 +186,10 @@ async def read_message(stream: Stream, limits: Limits) -> bytes:
     version = _i32(await stream.read(4))
     if version >= 0 or version & VERSION_MASK != VERSION_1:
         raise Refused("malformed", "not a strict binary-protocol message")
-    await _walk(stream, limits, TType.STRING, _MAX_DEPTH)  # the method name
+    name_size = _i32(await stream.read(4))
+    if not 0 < name_size <= _MAX_NAME_BYTES:
+        raise Refused("malformed", f"method name of {name_size} bytes (at most {_MAX_NAME_BYTES})")
+    await stream.read(name_size)
     await stream.read(4)  # the sequence id
     await _walk(stream, limits, TType.STRUCT, _MAX_DEPTH)
     return stream.request_bytes()
