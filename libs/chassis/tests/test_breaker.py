@@ -1,4 +1,5 @@
-"""The asyncio circuit breaker really counts async failures and refuses calls while open."""
+"""The asyncio circuit breaker really counts async failures and refuses calls while open. Time is a
+clock the tests move (no sleeps): what is checked holds however slow the machine is."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ import pytest
 
 from infermesh_chassis import errors
 from infermesh_chassis.breaker import AsyncCircuitBreaker, CircuitOpenError
+
+
+class Clock:
+    """A monotonic clock that only moves when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Downstream:
@@ -43,15 +54,17 @@ async def test_opens_after_n_async_failures_and_refuses_without_calling():
 
 
 async def test_closes_after_reset_timeout_on_successful_trial():
-    downstream = Downstream()
-    breaker = AsyncCircuitBreaker("mg", fail_max=2, reset_timeout_s=0.2)
+    downstream, clock = Downstream(), Clock()
+    breaker = AsyncCircuitBreaker("mg", fail_max=2, reset_timeout_s=0.2, clock=clock)
     for _ in range(2):
         with pytest.raises(errors.Unavailable):
             await breaker.call(downstream, 1)
     assert breaker.state == "open"
-    with pytest.raises(CircuitOpenError):
+    clock.now += 0.19
+    with pytest.raises(CircuitOpenError, match=r"next trial in 0\.0s"):
         await breaker.call(downstream, 1)
-    await asyncio.sleep(0.25)
+    assert downstream.calls == 2
+    clock.now += 0.01
     downstream.failing = False
     assert await breaker.call(downstream, 21) == 42
     assert breaker.state == "closed"
@@ -59,31 +72,38 @@ async def test_closes_after_reset_timeout_on_successful_trial():
 
 
 async def test_failed_trial_reopens():
-    downstream = Downstream()
-    breaker = AsyncCircuitBreaker("mg", fail_max=1, reset_timeout_s=0.1)
+    downstream, clock = Downstream(), Clock()
+    breaker = AsyncCircuitBreaker("mg", fail_max=1, reset_timeout_s=10, clock=clock)
     with pytest.raises(errors.Unavailable):
         await breaker.call(downstream, 1)
-    await asyncio.sleep(0.15)
+    clock.now += 10
     with pytest.raises(errors.Unavailable, match="down"):
         await breaker.call(downstream, 1)
     assert breaker.state == "open"
+    clock.now += 9.9  # the reset timeout counts again from the failed trial
     with pytest.raises(CircuitOpenError):
         await breaker.call(downstream, 1)
+    assert downstream.calls == 2
+    clock.now += 0.1
+    downstream.failing = False
+    assert await breaker.call(downstream, 1) == 2
 
 
 async def test_half_open_lets_one_trial_through():
-    breaker = AsyncCircuitBreaker("mg", fail_max=1, reset_timeout_s=0.05)
-    gate = asyncio.Event()
+    clock = Clock()
+    breaker = AsyncCircuitBreaker("mg", fail_max=1, reset_timeout_s=0.05, clock=clock)
+    gate, started = asyncio.Event(), asyncio.Event()
 
     async def slow_ok() -> str:
+        started.set()
         await gate.wait()
         return "ok"
 
     with pytest.raises(errors.Unavailable):
         await breaker.call(Downstream(), 1)
-    await asyncio.sleep(0.1)
+    clock.now += 0.05
     trial = asyncio.ensure_future(breaker.call(slow_ok))
-    await asyncio.sleep(0.01)
+    await started.wait()
     assert breaker.state == "half-open"
     with pytest.raises(CircuitOpenError):
         await breaker.call(slow_ok)
@@ -98,15 +118,19 @@ async def test_client_errors_and_cancellation_do_not_count():
     async def bad_request() -> None:
         raise errors.InvalidArgument("caller's fault")
 
+    started = asyncio.Event()
+
     async def hangs() -> None:
-        await asyncio.sleep(10)
+        started.set()
+        await asyncio.Event().wait()
 
     for _ in range(5):
         with pytest.raises(errors.InvalidArgument):
             await breaker.call(bad_request)
     for _ in range(3):
+        started.clear()
         task = asyncio.ensure_future(breaker.call(hangs))
-        await asyncio.sleep(0.01)
+        await started.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

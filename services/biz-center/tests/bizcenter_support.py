@@ -48,6 +48,7 @@ EXAMPLE = HERE.parent / "examples" / "churn.yaml"
 ADMIN_KEY = "im-test-admin-key-0123456789"
 SCORING_KEY = "im-test-scoring-key-0123456789"
 OTHER_KEY = "im-test-other-scene-key-0123456789"
+UNIT_HASH_KEY = "im-test-unit-id-hash-key-0123456789"
 
 FEATURES = ("tenure_years", "spend_30d", "tickets_30d", "orders_bucket")
 CUSTOMERS: dict[int, tuple[float, float, float, int]] = {
@@ -378,7 +379,7 @@ def biz_settings(tmp_path: Path, static: dict[str, list[str]], **overrides: Any)
         "discovery": {"backend": "static", "static": static},
         "metrics": {"enabled": False},
         "grpc": {"grace_period_s": 0.5},
-        "events": {"flush_interval_s": 0.02},
+        "events": {"flush_interval_s": 0.02, "unit_id_hash_key": UNIT_HASH_KEY},
         "config": {"store_path": str(tmp_path / "biz.db"), "seed_file": str(EXAMPLE), "watch_interval_s": 0.1},
         "auth": {"api_keys": api_key_settings()},
         "client": {"max_attempts": 1},
@@ -537,11 +538,27 @@ async def predict_load(
     """Predicts for customers ``first .. first + customers - 1`` from ``callers`` concurrent callers for
     ``seconds``: (monotonic time, answer or error), in completion order."""
     results: list[tuple[float, Outcome]] = []
-    stop_at = time.monotonic() + seconds
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(seconds, stop.set)
+    await predict_until(biz, stop, results, callers=callers, customers=customers, first=first)
+    return results
+
+
+async def predict_until(
+    biz: Harness,
+    stop: asyncio.Event,
+    results: list[tuple[float, Outcome]],
+    *,
+    callers: int = 8,
+    customers: int = 4,
+    first: int = 1,
+) -> None:
+    """Like :func:`predict_load` until ``stop`` is set, appending to ``results`` as answers come (a test
+    can wait on what they say while the load runs)."""
 
     async def caller(index: int) -> None:
         n = index
-        while time.monotonic() < stop_at:
+        while not stop.is_set():
             n += callers
             try:
                 outcome: Outcome = await biz.predict.Predict(
@@ -552,4 +569,14 @@ async def predict_load(
             results.append((time.monotonic(), outcome))
 
     await asyncio.gather(*(caller(i) for i in range(callers)))
-    return results
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait until ``condition()`` holds, checking every few milliseconds; fail after ``timeout_s`` (a safety
+    net against a hung test, far beyond what any condition here needs)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition():
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)

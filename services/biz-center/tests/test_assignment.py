@@ -3,6 +3,7 @@ orthogonality (chi-square), rule operators, allowlists, percentages and ramps.""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import numpy as np
@@ -13,7 +14,7 @@ from scipy.stats import chi2_contingency
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
 from infermesh_biz_center.catalog import CompiledExperiment, Snapshot, compile_experiment, compile_scene
-from infermesh_biz_center.rules import Facts, compile_conditions, parse_version
+from infermesh_biz_center.rules import MAX_PATTERN_CHARS, MAX_VALUE_CHARS, Facts, compile_conditions, parse_version
 from infermesh_chassis.errors import InvalidArgument
 
 UNITS = [f"user-{i}" for i in range(20_000)]
@@ -172,6 +173,42 @@ def test_condition_operators(op, attribute, values, expected):
 def test_bad_conditions_are_refused(op, values, message):
     with pytest.raises(InvalidArgument, match=message):
         _holds(op, "region", values, _facts())
+
+
+async def test_a_catastrophic_regex_matches_in_linear_time():
+    # Python's backtracking re takes 2^n steps for (a+)+$ against a...a!: seconds at n=28, forever at n=1000.
+    # RE2 is linear: each match below is microseconds, so the generous bound only catches a hang.
+    evil = "a" * (MAX_VALUE_CHARS - 1) + "!"
+    for value in ("a" * 28 + "!", evil):
+        facts = _facts(segment=value)
+        holds = await asyncio.wait_for(
+            asyncio.to_thread(_holds, "CONDITION_OPERATOR_REGEX", "segment", ["(a+)+$"], facts), 10
+        )
+        assert holds is False
+    assert _holds("CONDITION_OPERATOR_REGEX", "segment", ["(a+)+$"], _facts(segment="a" * 28)) is True
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (r"(a)\1", "no backreferences"),  # valid for Python's re, not for RE2
+        (r"(?=a)a", "not a valid regular expression"),
+        ("a" * (MAX_PATTERN_CHARS + 1), f"at most {MAX_PATTERN_CHARS} characters"),
+    ],
+)
+def test_regexes_re2_cannot_run_are_refused(pattern: str, message: str):
+    with pytest.raises(InvalidArgument, match=message):
+        _holds("CONDITION_OPERATOR_REGEX", "segment", [pattern], _facts(segment="a"))
+
+
+@pytest.mark.parametrize(
+    "op", ["CONDITION_OPERATOR_REGEX", "CONDITION_OPERATOR_VERSION_GTE", "CONDITION_OPERATOR_EQUALS"]
+)
+def test_conditions_refuse_values_longer_than_they_read(op: str):
+    operand = "5.1" if op == "CONDITION_OPERATOR_VERSION_GTE" else "x"
+    assert _holds(op, "v", [operand], _facts(v="9" * MAX_VALUE_CHARS)) is (op == "CONDITION_OPERATOR_VERSION_GTE")
+    with pytest.raises(InvalidArgument, match=f"attributes.v: {MAX_VALUE_CHARS + 1} characters"):
+        _holds(op, "v", [operand], _facts(v="9" * (MAX_VALUE_CHARS + 1)))
 
 
 def test_parse_version():

@@ -50,29 +50,38 @@ async def test_one_bad_request_does_not_fail_its_batch(biz: Harness, doubles: Do
 
 
 async def test_members_keep_their_own_deadlines():
+    # Each downstream call waits for the test to release it (no sleeps): what is checked is the order of
+    # events, which a slow machine cannot change.
     calls: list[tuple[list[int], float]] = []
+    released = [asyncio.Event(), asyncio.Event()]
+    called = asyncio.Event()
 
     async def slow(key: Hashable, items: list[int], timeout_s: float) -> list[int]:
         calls.append((items, timeout_s))
         remaining = ctx.remaining_time()  # downstream clients bound their deadline by the call context's
-        assert remaining is not None and remaining == pytest.approx(timeout_s, abs=0.02)
-        await asyncio.sleep(0.2)
+        assert remaining is not None and remaining <= timeout_s and remaining == pytest.approx(timeout_s, abs=1.0)
+        called.set()
+        await released[len(calls) - 1].wait()
         return [i * 10 for i in items]
 
     coalescer: Coalescer[int, int] = Coalescer(slow, max_batch=8, max_in_flight=1)
-    token = ctx.bind(ctx.CallContext("first", time.monotonic() + 1.0))
-    first = asyncio.ensure_future(coalescer.submit("k", 1, 1.0))
+    token = ctx.bind(ctx.CallContext("first", time.monotonic() + 10.0))
+    first = asyncio.ensure_future(coalescer.submit("k", 1, 10.0))
     ctx.unbind(token)
-    await asyncio.sleep(0.01)
-    patient = asyncio.ensure_future(coalescer.submit("k", 2, 1.0))
+    await called.wait()
+    called.clear()
+    patient = asyncio.ensure_future(coalescer.submit("k", 2, 10.0))
     hasty = asyncio.ensure_future(coalescer.submit("k", 3, 0.25))
-    began = time.monotonic()
-    with pytest.raises(DeadlineExceeded):
-        await hasty  # waits behind the first call, then its batch outlives its deadline
-    assert time.monotonic() - began < 0.3
-    assert (await first, await patient) == (10, 20)
+    released[0].set()  # the first call returns: the waiting two leave as one batch
+    assert await first == 10
+    await called.wait()
     assert [items for items, _ in calls] == [[1], [2, 3]]
-    assert calls[1][1] > 0.5  # the batch ran for its most patient member
+    assert calls[1][1] > 5  # the batch runs for its most patient member
+    with pytest.raises(DeadlineExceeded):
+        await hasty  # its own deadline passes while its batch is still running
+    assert not patient.done()
+    released[1].set()
+    assert await patient == 20
 
 
 async def test_a_batch_failure_is_every_members_and_content_errors_are_split():

@@ -4,6 +4,9 @@ changes applied without restart and surviving restarts, and the versioned seed f
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -24,6 +27,7 @@ from google.protobuf import json_format
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
+from infermesh_chassis.settings import SettingsError
 
 ADMIN = scoring(ADMIN_KEY)
 
@@ -258,3 +262,31 @@ def test_seed_file_format_is_the_contract_json():
     data = yaml.safe_load(EXAMPLE.read_text())
     scene = json_format.ParseDict(data["scenes"][0], pb.Scene())
     assert scene.fallback_chain[0].alternate_model.timeout.ToMilliseconds() == 100
+
+
+def test_the_process_refuses_to_start_without_a_unit_id_hash_key(tmp_path: Path):
+    """Without a key the "keyed" hash of unit ids in events would be a plain hash: one clear line, exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIZ_CENTER_")}
+    env |= {"BIZ_CENTER_CONFIG__STORE_PATH": str(tmp_path / "biz.db"), "BIZ_CENTER_METRICS__ENABLED": "false"}
+    for key in ("", "short-key"):
+        env["BIZ_CENTER_EVENTS__UNIT_ID_HASH_KEY"] = key
+        started = subprocess.run(
+            [sys.executable, "-m", "infermesh_biz_center"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert started.returncode == 2, started.stderr
+        lines = started.stderr.strip().splitlines()
+        assert len(lines) == 1 and "BIZ_CENTER_EVENTS__UNIT_ID_HASH_KEY" in lines[0], lines
+        assert "at least 16 characters" in lines[0]
+    assert not (tmp_path / "biz.db").exists()  # refused before anything was created
+
+
+def test_a_unit_id_hash_key_is_only_required_while_events_are_emitted(tmp_path: Path):
+    settings = biz_settings(tmp_path, {}, events={"enabled": False, "unit_id_hash_key": ""})
+    assert settings.events.enabled is False
+    with pytest.raises(SettingsError, match="EVENTS__UNIT_ID_HASH_KEY"):
+        biz_settings(tmp_path, {}, events={"unit_id_hash_key": ""})

@@ -4,7 +4,7 @@ routing by experiment and gray release, response mapping, what every answer name
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -12,6 +12,7 @@ from bizcenter_support import (
     ADMIN_KEY,
     EXAMPLE,
     OTHER_KEY,
+    UNIT_HASH_KEY,
     Doubles,
     Harness,
     biz_settings,
@@ -100,6 +101,36 @@ async def test_gray_release_serves_the_canary_to_allowlist_and_rules(biz: Harnes
     assert customer.route == pb.ROUTE_SOURCE_EXPERIMENT
 
 
+async def test_a_catastrophic_gray_release_regex_cannot_stall_the_event_loop(biz: Harness, doubles: Doubles):
+    def rule(pattern: str) -> Callable[[pb.Scene], None]:
+        def edit(scene: pb.Scene) -> None:
+            del scene.gray_release.rules[:]
+            condition = pb.Condition(attribute="segment", op=pb.CONDITION_OPERATOR_REGEX, values=[pattern])
+            scene.gray_release.rules.add(name="segment", conditions=[condition])
+
+        return edit
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await edit_scene(biz, rule(r"(a)\1"))  # Python's re accepts it, RE2 does not
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "RE2" in (refused.value.details() or "")
+    await edit_scene(biz, rule("(a+)+$"))
+    # with a backtracking matcher these 16 calls would hold the event loop for minutes; each is one RE2 pass
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            *(biz.predict.Predict(churn_request(u, segment="a" * 28 + "!"), metadata=scoring()) for u in range(16))
+        ),
+        30,
+    )
+    assert {a.route for a in answers} == {pb.ROUTE_SOURCE_EXPERIMENT}
+    canary = await biz.predict.Predict(churn_request(5, segment="aaaa"), metadata=scoring())
+    assert canary.route == pb.ROUTE_SOURCE_GRAY_RELEASE
+    with pytest.raises(grpc.aio.AioRpcError) as too_long:
+        await biz.predict.Predict(churn_request(5, segment="a" * 5000), metadata=scoring())
+    assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "attributes.segment: 5000 characters" in (too_long.value.details() or "")
+
+
 async def test_exposure_and_inference_events_reach_the_monitor(biz: Harness, doubles: Doubles):
     reply = await biz.predict.Predict(churn_request(2), metadata=scoring())
     for _ in range(100):
@@ -110,7 +141,8 @@ async def test_exposure_and_inference_events_reach_the_monitor(biz: Harness, dou
     assert {(e.experiment, e.layer, e.variant) for e in exposures} == {
         (a.experiment, a.layer, a.variant) for a in reply.assignments
     }
-    assert {e.unit_id_hash for e in exposures} == {hash_unit_id("2", "")}  # the chassis' keyed hash, never the id
+    # the chassis' keyed hash with the configured key, never the id
+    assert {e.unit_id_hash for e in exposures} == {hash_unit_id("2", UNIT_HASH_KEY)}
     (inference,) = doubles.monitor.payloads("inference")
     assert (inference.scene, inference.variant, inference.model_version) == (
         "churn-score",
@@ -159,6 +191,20 @@ async def test_errors_carry_their_status(biz: Harness, request_, metadata, code,
         await biz.predict.Predict(request_, metadata=metadata)
     assert failed.value.code() == code
     assert text in failed.value.details()
+
+
+async def test_an_integer_unit_id_has_one_spelling(biz: Harness, doubles: Doubles):
+    # int() reads every one of these as 42, while the experiment bucket hashes the text: each would have read
+    # customer 42's features from another bucket. They are refused; "42" reads customer 42 as key 42.
+    for unit in (" 42 ", "+42", "\u0664\u0662", "042", "4_2", "-0", "9" * 19):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await biz.predict.Predict(churn_request(unit), metadata=scoring())
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, unit
+        assert f"unit_id: {unit!r} is not an integer in canonical form" in (refused.value.details() or ""), unit
+    answer = await biz.predict.Predict(churn_request("42"), metadata=scoring())
+    assert answer.variant == _variant_of("42")
+    assert doubles.data.last_request is not None
+    assert doubles.data.last_request.entities[0].keys["customer_id"].int64_value == 42
 
 
 async def test_a_disabled_scene_is_failed_precondition(biz: Harness):

@@ -19,9 +19,11 @@ from bizcenter_support import (
     churn_request,
     edit_scene,
     predict_load,
+    predict_until,
     run_biz,
     scoring,
     set_experiment_status,
+    until,
 )
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
@@ -48,26 +50,27 @@ async def test_data_gateway_stopped_mid_load_degrades_without_errors_and_recover
     breaker = biz.biz.predictor.breaker("data-gateway")
     warm = await predict_load(biz, 0.5)
     assert all(isinstance(r, pb.PredictResponse) for _, r in warm)
+    circuit_open = REASONS.Value("DEGRADATION_REASON_CIRCUIT_OPEN")
 
-    load = asyncio.ensure_future(predict_load(biz, 5.0))
-    await asyncio.sleep(0.5)
+    stop, timed = asyncio.Event(), []
+    load = asyncio.ensure_future(predict_until(biz, stop, timed))
     await doubles.data_server.stop()
-    await asyncio.sleep(0.3)
-    assert breaker.state in ("open", "half-open")
-    await asyncio.sleep(0.9)
+    # every step waits for what it needs (never for a guessed time), so a slow machine only makes it slower
+    await until(lambda: any(getattr(r, "degradation", None) and r.degradation.reason == circuit_open for _, r in timed))
     await doubles.data_server.start()
-    restarted = time.monotonic()
-    timed = await load
+    # recovered: once gRPC has reconnected (its reconnect backoff) a trial call closes the breaker
+    await until(lambda: breaker.state == "closed")
+    stop.set()
+    await load
     results = [r for _, r in timed]
 
     errors = [r for r in results if isinstance(r, grpc.RpcError)]
     assert errors == []
     degraded = [r for r in results if r.degradation.degraded]
-    assert degraded, "no answer was degraded while the data gateway was down"
     reasons = Counter(r.degradation.reason for r in degraded)
-    assert reasons[REASONS.Value("DEGRADATION_REASON_CIRCUIT_OPEN")] > 0
+    assert reasons[circuit_open] > 0
     assert set(reasons) <= {  # refused by an open breaker; or failed (or timed out) reaching a downstream
-        REASONS.Value("DEGRADATION_REASON_CIRCUIT_OPEN"),
+        circuit_open,
         REASONS.Value("DEGRADATION_REASON_FEATURES_UNAVAILABLE"),
         REASONS.Value("DEGRADATION_REASON_DEADLINE_EXCEEDED"),
     }
@@ -75,10 +78,11 @@ async def test_data_gateway_stopped_mid_load_degrades_without_errors_and_recover
         assert answer.degradation.served_by == SERVED.Value("SERVED_BY_CACHED_SCORE")
         assert (answer.model, answer.model_version, answer.route) == ("", 0, pb.ROUTE_SOURCE_FALLBACK)
     assert sum("features" in a.degradation.detail for a in degraded) > len(degraded) / 2
-    # recovered: once gRPC has reconnected (its reconnect backoff) a trial call closes the breaker, and
-    # features flow again (a loaded machine may still miss an SLO now and then: not this test's subject)
-    late = [r for at, r in timed if at > restarted + 2.5]
-    assert late and not any("features" in r.degradation.detail for r in late), [
+    # after the recovery features flow again (a loaded machine may still miss an SLO now and then: not this
+    # test's subject)
+    late = [r for _, r in await predict_load(biz, 1.0)]
+    assert late and not any(isinstance(r, grpc.RpcError) for r in late)
+    assert not any("features" in r.degradation.detail for r in late), [
         r.degradation.detail for r in late if r.degradation.degraded
     ][:2]
     assert sum(r.degradation.degraded for r in late) <= len(late) // 20
@@ -113,37 +117,39 @@ async def test_failing_model_version_falls_back_to_the_alternate_version(quick_b
     assert biz.biz.predictor.breaker("model:churn@production").state == "open"
     assert doubles.models.served[2] == 0
     doubles.models.failing.clear()
-    await asyncio.sleep(0.6)
+    await until(lambda: biz.biz.predictor.breaker("model:churn@production").retry_in_s == 0)
     recovered = await biz.predict.Predict(churn_request(1), metadata=scoring())
     assert (recovered.degradation.degraded, recovered.model_version) == (False, 2)
 
 
+HANG_S = 60.0
+"""A model call that would outlive every test: an answer that comes back did not wait for it."""
+GIVE_UP_S = 10.0
+"""Only a safety net against a hung test, far beyond the deadlines checked (which the doubles measure)."""
+
+
 async def test_deadline_exhaustion_answers_from_the_fallback_in_time(biz: Harness, doubles: Doubles):
-    doubles.models.delay_s = 1.0
-    began = time.monotonic()
-    answer = await biz.predict.Predict(churn_request(3), metadata=scoring())  # scene SLO: 250 ms
-    elapsed = time.monotonic() - began
-    assert elapsed < 0.4
+    doubles.models.delay_s = HANG_S
+    answer = await asyncio.wait_for(biz.predict.Predict(churn_request(3), metadata=scoring()), GIVE_UP_S)
     assert answer.degradation.reason == REASONS.Value("DEGRADATION_REASON_DEADLINE_EXCEEDED")
     assert answer.degradation.served_by == SERVED.Value("SERVED_BY_RULE_DEFAULT")
-    assert doubles.models.time_left[-1] is not None and doubles.models.time_left[-1] <= 0.25 * 0.9  # minus the reserve
-    # the caller's shorter deadline wins over the scene's SLO, for every downstream call
-    began = time.monotonic()
+    # the model call got the scene's SLO (250 ms) minus the fallback's reserve, as its gRPC deadline
+    assert doubles.models.time_left[-1] is not None and doubles.models.time_left[-1] <= 0.25 * 0.9
+    # the caller's shorter deadline wins over the scene's SLO, for every downstream call, and the answer
+    # comes within it (not DEADLINE_EXCEEDED)
     answer = await biz.predict.Predict(churn_request(3), metadata=scoring(), timeout=0.15)
-    assert time.monotonic() - began < 0.2  # answered (not DEADLINE_EXCEEDED): within the caller's deadline
     assert answer.degradation.reason == REASONS.Value("DEGRADATION_REASON_DEADLINE_EXCEEDED")
     assert doubles.models.time_left[-1] is not None and doubles.models.time_left[-1] <= 0.15 * 0.9
 
 
 async def test_deadline_exhaustion_without_fallback_is_deadline_exceeded(biz: Harness, doubles: Doubles):
     await edit_scene(biz, lambda scene: scene.ClearField("fallback_chain"))
-    doubles.models.delay_s = 1.0
-    began = time.monotonic()
+    doubles.models.delay_s = HANG_S
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await biz.predict.Predict(churn_request(3), metadata=scoring())
+        await asyncio.wait_for(biz.predict.Predict(churn_request(3), metadata=scoring()), GIVE_UP_S)
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "no fallback left" in failed.value.details()
-    assert time.monotonic() - began < 0.4
+    assert doubles.models.time_left[-1] is not None and doubles.models.time_left[-1] <= 0.25
     doubles.models.delay_s = 0.0
     doubles.models.failing.update({1, 2})
     with pytest.raises(grpc.aio.AioRpcError) as failed:

@@ -385,6 +385,41 @@ async def test_get_features_errors(world, request_, code, message):
     assert message in caught.value.details()
 
 
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (" 42 ", "' 42 ' is not an integer in canonical form"),
+        ("+42", "'+42' is not an integer in canonical form"),
+        ("\u0664\u0662", "'\u0664\u0662' is not an integer in canonical form"),  # Arabic-Indic 42: int() reads it
+        ("042", "'042' is not an integer in canonical form"),
+        ("4_2", "'4_2' is not an integer in canonical form"),
+        (float("nan"), "nan is not a valid key"),  # refused like 42.5, not read as a missing key
+        (float("inf"), "inf is not a valid key"),
+        (42.5, "42.5 is not an integer"),
+    ],
+)
+async def test_entity_keys_have_one_spelling(world, key: object, message: str):
+    running, _, _ = world
+    for request_ in (
+        pb.GetFeaturesRequest(feature_service="churn", entities=[pb.EntityRow(keys={"customer_id": _v(key)})]),
+        pb.PushFeaturesRequest(
+            feature_view="profile", rows=[pb.PushRow(keys={"customer_id": _v(key)}, values={"plan": _v("pro")})]
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await (
+                running.stub.GetFeatures if isinstance(request_, pb.GetFeaturesRequest) else running.stub.PushFeatures
+            )(request_)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert f"keys.customer_id: {message}" in caught.value.details()
+    canonical = await running.stub.GetFeatures(
+        pb.GetFeaturesRequest(
+            feature_service="churn", entities=[_row(42), pb.EntityRow(keys={"customer_id": _v("42")})]
+        )
+    )
+    assert canonical.rows[0].values == canonical.rows[1].values
+
+
 async def test_push_validates_rows_and_skips_older_values(world):
     running, _, _ = world
     assert (await _push(running, 4, "pro", 50, NOW - timedelta(hours=1))).rows_written == 1

@@ -6,15 +6,16 @@ drives pybreaker's state machine itself: it awaits the call, then reports the ou
 the current state (which counts failures, trips, and closes after a successful trial).
 While the breaker is open, calls are refused at once with :class:`CircuitOpenError` (an
 UNAVAILABLE error); while half-open, one trial call goes through and the others are refused.
-The call that trips the breaker raises its own exception, not pybreaker's.
+The call that trips the breaker raises its own exception, not pybreaker's. The reset timeout is
+measured on ``clock`` (monotonic by default; tests inject their own), not on pybreaker's wall clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pybreaker
@@ -56,8 +57,8 @@ class CircuitOpenError(Unavailable):
 class AsyncCircuitBreaker:
     """A circuit breaker for coroutines (see the module docstring).
 
-    ``fail_max`` consecutive failures open it; after ``reset_timeout_s`` one trial call is
-    let through; ``success_threshold`` successful trials close it again. Exceptions in
+    ``fail_max`` consecutive failures open it; after ``reset_timeout_s`` (on ``clock``) one trial
+    call is let through; ``success_threshold`` successful trials close it again. Exceptions in
     ``exclude`` (by default the client errors) and cancellations never count as failures.
     """
 
@@ -70,8 +71,12 @@ class AsyncCircuitBreaker:
         success_threshold: int = 1,
         exclude: Iterable[type[BaseException]] = CLIENT_ERRORS,
         listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self._clock = clock
+        self._reset_timeout_s = reset_timeout_s
+        self._opened_at = 0.0
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout_s,
@@ -93,12 +98,15 @@ class AsyncCircuitBreaker:
         """Consecutive failures counted so far."""
         return self._breaker.fail_counter
 
-    def _seconds_until_trial(self) -> float:
-        opened_at = self._breaker._state_storage.opened_at
-        if opened_at is None:
+    @property
+    def retry_in_s(self) -> float:
+        """Seconds until an open breaker lets a trial through (0 when it is not open or a trial is due)."""
+        if self._breaker.current_state != pybreaker.STATE_OPEN:
             return 0.0
-        due = opened_at + timedelta(seconds=self._breaker.reset_timeout)
-        return max(0.0, (due - datetime.now(UTC)).total_seconds())
+        return self._seconds_until_trial()
+
+    def _seconds_until_trial(self) -> float:
+        return max(0.0, self._opened_at + self._reset_timeout_s - self._clock())
 
     def _admit(self) -> tuple[pybreaker.CircuitBreakerState, bool]:
         """Decide whether a call may go ahead; returns the state to report to and whether it is a trial."""
@@ -126,6 +134,8 @@ class AsyncCircuitBreaker:
             # the failure threshold is reached, which is not what decides what we raise.
             with contextlib.suppress(BaseException):
                 state._handle_error(exc, reraise=False)
+            if self._breaker.current_state == pybreaker.STATE_OPEN:  # it just opened (or a trial reopened it)
+                self._opened_at = self._clock()
             raise
         else:
             state._handle_success()

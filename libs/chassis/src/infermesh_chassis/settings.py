@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
+MIN_HASH_KEY_CHARS = 16
+"""Shortest unit-id hash key a service accepts."""
 
 
 class GrpcServerSettings(BaseModel):
@@ -133,7 +135,19 @@ class EventSettings(BaseModel):
     """fsync every spooled batch, so it survives a machine crash, not only a process crash."""
     unit_id_hash_key: SecretStr = SecretStr("")
     """Key of the keyed hash (HMAC-SHA256) applied to unit ids before they leave a service; every
-    service of a mesh, the monitor included, must use the same key."""
+    service of a mesh, the monitor included, must use the same key. A service that hashes unit ids
+    refuses to start without one (:meth:`check_unit_id_hash_key`); the local stack generates one per
+    installation and keeps it with its data."""
+
+    def check_unit_id_hash_key(self, env_prefix: str) -> None:
+        """Raise ValueError, saying how to set it, unless a key of at least ``MIN_HASH_KEY_CHARS`` is set:
+        without one the "keyed" hash of unit ids is a plain hash, reversed by hashing candidate ids."""
+        if len(self.unit_id_hash_key.get_secret_value()) < MIN_HASH_KEY_CHARS:
+            raise ValueError(
+                f"events.unit_id_hash_key: a key of at least {MIN_HASH_KEY_CHARS} characters is required, the "
+                f"same for every service of the mesh ({env_prefix}EVENTS__UNIT_ID_HASH_KEY; e.g. `openssl rand "
+                "-hex 32`); without it unit ids in events are hashed without a key"
+            )
 
 
 class ServiceSettings(BaseSettings):

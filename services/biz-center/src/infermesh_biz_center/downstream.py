@@ -36,6 +36,7 @@ from infermesh_biz_center.catalog import CompiledScene
 from infermesh_biz_center.domain import ModelTarget, PredictInput, RawTensor
 from infermesh_chassis.client import ServiceClient
 from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument, Unavailable
+from infermesh_chassis.ids import NOT_CANONICAL, canonical_int64
 
 __all__ = [
     "DATA_GATEWAY_IDEMPOTENT",
@@ -125,11 +126,13 @@ class FeatureVector:
 
 
 def _key_value(unit_id: str, dtype: str, key: str) -> common_pb2.Value:
+    """The unit id as the value of entity key ``key``: for an integer key, only its canonical spelling (the
+    text the experiment buckets hash must name one integer, and the data gateway reads keys by the same rule)."""
     if dtype.startswith(("INT", "UINT")):
-        try:
-            return common_pb2.Value(int64_value=int(unit_id))
-        except ValueError:
-            raise InvalidArgument(f"unit_id: '{unit_id}' is not an integer, as key '{key}' needs") from None
+        number = canonical_int64(unit_id)
+        if number is None:
+            raise InvalidArgument(f"unit_id: {unit_id[:64]!r} {NOT_CANONICAL}, as key '{key}' needs")
+        return common_pb2.Value(int64_value=number)
     return common_pb2.Value(string_value=unit_id)
 
 

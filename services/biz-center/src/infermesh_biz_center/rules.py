@@ -5,6 +5,12 @@ A condition reads ``PredictRequest.attributes[attribute]``, or a caller-sent fea
 biz_center.proto). A condition on an attribute the request does not carry never holds (only
 ``EXISTS`` can tell); numeric and version comparisons on a value that does not parse do not hold
 either. Regular expressions must match the whole value. A rule holds when all its conditions do.
+
+Regular expressions are RE2 (linear time in the value, whatever the pattern; no backreferences or
+lookaround: a pattern RE2 cannot compile is refused with INVALID_ARGUMENT), at most
+``MAX_PATTERN_CHARS`` long. A condition never reads more than ``MAX_VALUE_CHARS`` of a caller's
+value: a longer value refuses the request with INVALID_ARGUMENT, so no caller can make the event
+loop match or parse without bound.
 """
 
 from __future__ import annotations
@@ -14,13 +20,32 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import re2
+
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
 from infermesh_chassis.errors import InvalidArgument
 
-__all__ = ["Facts", "Predicate", "Rule", "compile_conditions", "compile_rule", "parse_version", "value_text"]
+__all__ = [
+    "MAX_PATTERN_CHARS",
+    "MAX_VALUE_CHARS",
+    "Facts",
+    "Predicate",
+    "Rule",
+    "compile_conditions",
+    "compile_rule",
+    "parse_version",
+    "value_text",
+]
 
 FEATURE_PREFIX = "feature."
+MAX_PATTERN_CHARS = 1024
+"""Longest regular expression a condition may have."""
+MAX_VALUE_CHARS = 1024
+"""Longest attribute or feature value a condition reads."""
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is the caller's error, answered, not logged by RE2
 
 Op = pb.ConditionOperator
 
@@ -98,10 +123,16 @@ def _compare(op: int, operands: Sequence[str], field: str) -> Callable[[str], bo
     if op == Op.CONDITION_OPERATOR_PREFIX:
         return lambda v: v.startswith(operand)
     if op == Op.CONDITION_OPERATOR_REGEX:
+        if len(operand) > MAX_PATTERN_CHARS:
+            raise InvalidArgument(f"{field}.values[0]: a regular expression of at most {MAX_PATTERN_CHARS} characters")
         try:
-            pattern = re.compile(operand)
-        except re.error as exc:
-            raise InvalidArgument(f"{field}.values[0]: not a valid regular expression ({exc})") from None
+            pattern = re2.compile(operand, _RE2_OPTIONS)
+        except re2.error as exc:
+            reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+            raise InvalidArgument(
+                f"{field}.values[0]: not a valid regular expression ({reason}; RE2 syntax: no backreferences "
+                "or lookaround)"
+            ) from None
         return lambda v: pattern.fullmatch(v) is not None
     if op in (Op.CONDITION_OPERATOR_GTE, Op.CONDITION_OPERATOR_LT):
         bound = _number(operand)
@@ -130,7 +161,12 @@ def _compile_condition(condition: pb.Condition, field: str) -> Predicate:
 
     def holds(facts: Facts) -> bool:
         value = facts.get(attribute)
-        return value is not None and test(value)
+        if value is None:
+            return False
+        if len(value) > MAX_VALUE_CHARS:
+            where = attribute if attribute.startswith(FEATURE_PREFIX) else f"attributes.{attribute}"
+            raise InvalidArgument(f"{where}: {len(value)} characters, a condition reads at most {MAX_VALUE_CHARS}")
+        return test(value)
 
     return holds
 

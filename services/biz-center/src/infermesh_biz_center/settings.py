@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from infermesh_chassis.settings import ServiceSettings
+from infermesh_chassis.settings import MiB, ServiceSettings
 
 __all__ = [
     "ApiKeySettings",
@@ -238,6 +238,19 @@ class ThriftSettings(BaseModel):
     """Transport clients must use too."""
     tls: TlsSettings | None = None
     """TLS of the Thrift listener (with ``ca_file``: clients must present a certificate)."""
+    max_message_bytes: int = Field(4 * MiB, ge=1024)
+    """Largest request: a framed transport's frame, or one buffered message. A connection that
+    declares or sends a bigger one is closed before the rest is read."""
+    max_string_bytes: int = Field(1 * MiB, ge=256)
+    """Largest string or binary value a request may declare; a bigger declared length closes the
+    connection before any of the value is read."""
+    idle_timeout_s: float = Field(60.0, gt=0)
+    """A connection that starts no request for this long (TLS handshake included) is closed."""
+    request_timeout_s: float = Field(10.0, gt=0)
+    """A request must arrive whole within this long of its first byte, and its answer must be
+    taken within this long; a slower peer is disconnected."""
+    max_connections: int = Field(256, gt=0)
+    """Open connections at most; one more is closed as soon as it is accepted."""
 
     @model_validator(mode="after")
     def _served(self) -> ThriftSettings:
@@ -275,4 +288,6 @@ class Settings(ServiceSettings):
             modes += [key.rate_limit.mode for key in self.auth.api_keys]
             if "global" in modes:
                 raise ValueError("a global rate limit needs rate_limit.redis_url")
+        if self.events.enabled:  # events carry the keyed hash of every unit id
+            self.events.check_unit_id_hash_key(str(self.model_config.get("env_prefix", "")))
         return self

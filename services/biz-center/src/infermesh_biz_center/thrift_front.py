@@ -8,6 +8,13 @@ RateLimited (with retry_after_ms), UNAVAILABLE and DEADLINE_EXCEEDED → Unavail
 else → InternalError. The server runs in the service's event loop (binary protocol; buffered
 or framed transport as configured; TLS, mutual with a CA, when configured) and drains
 in-flight calls on shutdown.
+
+Every connection is bounded (``ThriftSettings``; see :mod:`.thrift_wire`): a request larger than
+``max_message_bytes``, a declared string over ``max_string_bytes``, an unknown type or a
+container larger than its request could hold closes the connection before what it declares is
+read; so does a connection idle for ``idle_timeout_s``, a request not whole within
+``request_timeout_s`` of its first byte, or an answer not taken in that time. Beyond
+``max_connections`` open ones, a new connection is closed at once.
 """
 
 from __future__ import annotations
@@ -21,17 +28,17 @@ from typing import Any, TypeVar
 import grpc
 import thriftpy2
 from thriftpy2.contrib.aio.processor import TAsyncProcessor
-from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
-from thriftpy2.contrib.aio.server import TAsyncServer
-from thriftpy2.contrib.aio.socket import TAsyncServerSocket
-from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
-from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
+from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocol
+from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransport
+from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransport
+from thriftpy2.thrift import TException
 
 from infermesh.common.v1 import common_pb2
 from infermesh_biz_center.auth import Authenticator
 from infermesh_biz_center.domain import PredictInput, PredictOutcome, Principal, error_field
 from infermesh_biz_center.predictor import Predictor
 from infermesh_biz_center.settings import ThriftSettings
+from infermesh_biz_center.thrift_wire import Limits, MemoryTransport, Refused, Stream, read_message
 from infermesh_biz_center.tls import server_ssl_context
 from infermesh_chassis import context as ctx
 from infermesh_chassis.errors import InfermeshError, ResourceExhausted
@@ -213,29 +220,35 @@ class ThriftFront:
     def __init__(self, predictor: Predictor, auth: Authenticator, settings: ThriftSettings, metrics: Metrics) -> None:
         self._settings = settings
         self._handler = _Handler(predictor, auth, metrics)
-        transport = (
-            TAsyncFramedTransportFactory() if settings.transport == "framed" else TAsyncBufferedTransportFactory()
+        self._processor = TAsyncProcessor(IDL.BizCenter, self._handler)
+        self._limits = Limits(
+            max_message_bytes=settings.max_message_bytes,
+            max_string_bytes=settings.max_string_bytes,
+            idle_timeout_s=settings.idle_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
         )
-        self._socket = TAsyncServerSocket(
-            host=settings.host,
-            port=settings.port,
-            client_timeout=None,
-            ssl_context=server_ssl_context(settings.tls) if settings.tls is not None else None,
+        self._ssl = server_ssl_context(settings.tls) if settings.tls is not None else None
+        self._connections: set[Stream] = set()
+        self._open = metrics.gauge("thrift_connections", "Open Thrift connections.")
+        self._closed = metrics.counter(
+            "thrift_connections_closed",
+            "Thrift connections closed, by why: closed (by the peer), idle, slow, too_large, malformed, "
+            "limit (refused: too many open), error.",
+            ("why",),
         )
-        self._server = TAsyncServer(
-            TAsyncProcessor(IDL.BizCenter, self._handler),
-            self._socket,
-            itrans_factory=transport,
-            iprot_factory=TAsyncBinaryProtocolFactory(),
-        )
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: asyncio.Server | None = None
         self.port = 0
 
     async def start(self) -> None:
         """Bind and serve in the running event loop."""
-        self._socket.listen()
-        self.port = int(self._socket.raw_sock.getsockname()[1])
-        self._listener = await self._socket.accept(self._server.handle)
+        self._listener = await asyncio.start_server(
+            self._serve,
+            self._settings.host,
+            self._settings.port,
+            ssl=self._ssl,
+            ssl_handshake_timeout=self._settings.idle_timeout_s if self._ssl is not None else None,
+        )
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         _log.info(
             "thrift_server_started",
             address=f"{self._settings.host}:{self.port}",
@@ -243,8 +256,49 @@ class ThriftFront:
             tls=self._settings.tls is not None,
         )
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._connections)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: requests one after another, each read under the limits, until it ends."""
+        if len(self._connections) >= self._settings.max_connections:
+            writer.close()
+            self._closed.labels("limit").inc()
+            return
+        framed = self._settings.transport == "framed"
+        stream = Stream(reader, writer, self._limits, framed=framed)
+        self._connections.add(stream)
+        self._open.set(len(self._connections))
+        oprot = TAsyncBinaryProtocol(TAsyncFramedTransport(stream) if framed else TAsyncBufferedTransport(stream))
+        why = "closed"
+        try:
+            while True:
+                await stream.next_request()
+                message = await read_message(stream, self._limits)
+                iprot = TAsyncBinaryProtocol(MemoryTransport(message), strict_decode=True)
+                await self._processor.process(iprot, oprot)
+        except EOFError:
+            pass
+        except Refused as exc:
+            why = exc.reason
+            if why != "closed":
+                _log.info("thrift_connection_dropped", why=why, detail=str(exc), peer=_peer(writer))
+        except (TException, UnicodeDecodeError) as exc:
+            why = "malformed"
+            _log.info("thrift_connection_dropped", why=why, detail=str(exc)[:200], peer=_peer(writer))
+        except Exception:
+            why = "error"
+            _log.exception("thrift_connection_error", peer=_peer(writer))
+        finally:
+            self._connections.discard(stream)
+            self._open.set(len(self._connections))
+            self._closed.labels(why).inc()
+            stream.close()
+
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop accepting connections, then let in-flight calls finish within ``grace_s``."""
+        """Stop accepting connections, let in-flight calls finish within ``grace_s``, then close every connection."""
         if self._listener is None:
             return
         self._listener.close()
@@ -253,4 +307,11 @@ class ThriftFront:
             await asyncio.wait_for(self._handler.idle.wait(), grace_s)
         except TimeoutError:
             _log.warning("thrift_drain_timeout", in_flight=self._handler.in_flight)
+        for stream in list(self._connections):
+            stream.close()
         _log.info("thrift_server_stopped")
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)

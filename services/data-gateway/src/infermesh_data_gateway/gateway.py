@@ -11,6 +11,7 @@ feature that has no value and no default FAILED_PRECONDITION.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument, NotFound, Unavailable
+from infermesh_chassis.ids import NOT_CANONICAL, canonical_int64
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_data_gateway.definitions import (
@@ -123,13 +125,27 @@ def _source_signature(source: SourceDef) -> tuple[Any, ...]:
     )
 
 
+def _key_value(dtype: DType, value: Any) -> Any:
+    """An entity key in canonical form, by one rule on every path (reads, pushes, training entities; the
+    business center sends unit ids by the same rule): a non-finite number is refused like 42.5 (it is
+    not missing), and text for an integer key must spell it canonically (``infermesh_chassis.ids``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a valid key")
+    if dtype.is_int and isinstance(value, str):
+        number = canonical_int64(value)
+        if number is None:
+            raise ValueError(f"{value[:64]!r} {NOT_CANONICAL}")
+        value = number
+    return coerce(dtype, value)
+
+
 def _key(keys: Sequence[KeyDef], given: Mapping[str, Any], where: str) -> tuple[Any, ...]:
     out = []
     for key in keys:
         if key.name not in given or given[key.name] is None:
             raise InvalidArgument(f"{where}.keys.{key.name} is required ({key.dtype.name})")
         try:
-            out.append(coerce(key.dtype, given[key.name]))
+            out.append(_key_value(key.dtype, given[key.name]))
         except ValueError as exc:
             raise InvalidArgument(f"{where}.keys.{key.name}: {exc}") from None
     return tuple(out)
