@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHttpServer", "RpcMetrics"]
 
@@ -62,6 +65,13 @@ class Metrics:
         """A counter named ``infermesh_<service>_<name>_total`` in this service's registry."""
         return Counter(f"{self.prefix}_{name}", documentation, labels, registry=self.registry)
 
+    def counter_function(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A counter named ``infermesh_<service>_<name>_total`` whose value ``read()`` returns when scraped.
+
+        For counts kept as plain integers on a hot path: nothing is updated per increment.
+        """
+        self.registry.register(_FunctionCounter(f"{self.prefix}_{name}", documentation, read))
+
     def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
         """A gauge named ``infermesh_<service>_<name>`` in this service's registry."""
         return Gauge(f"{self.prefix}_{name}", documentation, labels, registry=self.registry)
@@ -79,6 +89,21 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return prometheus_client.generate_latest(self.registry)
+
+
+class _FunctionCounter(Collector):
+    """One unlabelled counter read from a function at collection time."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = read
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
 
 
 class MetricsHttpServer:
