@@ -11,7 +11,10 @@ and the serving-path cost of emitting an event per call.
    and once emitting one inference event per call through ``runtime.event_emitter()`` (NATS
    transport), driven by one client process at concurrency 16; the runs alternate, best of each.
    ``serving_cpu_us_per_event`` is the server CPU per call with events minus without (one event
-   per call: recording it, building and encoding its batch, publishing).
+   per call: recording it, building and encoding its batch, publishing). Steadier on a loaded
+   machine: ``emit_cpu_us_per_event`` (what the request path pays per event) and
+   ``batch_cpu_us_per_event`` (building and serializing its batch, off the request path), the
+   process CPU time of emitting and encoding 20,000 such events in this process.
 
 Ends with one JSON line ``{"bench": "monitor_ingest", ...}``.
 """
@@ -281,6 +284,33 @@ async def _serving_overhead(workdir: Path, nats_url: str, rounds: int, seconds: 
     }
 
 
+async def _event_cost(events: int = 20_000) -> dict[str, float]:
+    """CPU per event, in this process, of what the serving code pays (``emit``) and of what the
+    emitter's background task pays (building and serializing the batch), with the echo's payload.
+    Process CPU time of a tight loop: steadier on a loaded machine than the throughput difference."""
+    from infermesh_chassis.events import EventEmitter, EventSource, encode_events  # noqa: PLC0415
+    from infermesh_chassis.metrics import Metrics  # noqa: PLC0415
+    from infermesh_chassis.settings import EventSettings  # noqa: PLC0415
+
+    settings = EventSettings(buffer_size=events)
+    emitter = EventEmitter(sink=None, settings=settings, metrics=Metrics("bench-cost"))  # type: ignore[arg-type]
+    source = EventSource("model-gateway", "bench-1")
+    output = b"\0" * 8
+    began = time.process_time()
+    for i in range(events):
+        emitter.emit(source, _Inference("triton-0", 0.01 * i, output))
+    emitted = time.process_time()
+    records = list(emitter._buffer)  # what the background task takes, batch by batch
+    batch_began = time.process_time()
+    for start in range(0, events, settings.batch_size):
+        await encode_events(records[start : start + settings.batch_size])
+    built = time.process_time()
+    return {
+        "emit_us": (emitted - began) / events * 1e6,
+        "batch_us": (built - batch_began) / events * 1e6,
+    }
+
+
 # --- the ingest measurement ------------------------------------------------------------------------
 
 
@@ -400,6 +430,7 @@ def _measure(seconds: float, rounds: int, serving_seconds: float) -> None:
         try:
             ingest = _ingest(workdir, nats, nats_url, seconds)
             serving = asyncio.run(_serving_overhead(workdir, nats_url, rounds, serving_seconds))
+            cost = asyncio.run(_event_cost())
         finally:
             nats.terminate()
             nats.wait(timeout=20)
@@ -432,6 +463,8 @@ def _measure(seconds: float, rounds: int, serving_seconds: float) -> None:
             (serving["emit_cpu_us_per_call"] / serving["plain_cpu_us_per_call"] - 1) * 100, 2
         ),
         "serving_cpu_us_per_event": round(serving["emit_cpu_us_per_call"] - serving["plain_cpu_us_per_call"], 1),
+        "emit_cpu_us_per_event": round(cost["emit_us"], 2),
+        "batch_cpu_us_per_event": round(cost["batch_us"], 2),
         "serving_plain_peak_rss_mib": round(serving["plain_peak_rss_mib"], 1),
         "serving_emit_peak_rss_mib": round(serving["emit_peak_rss_mib"], 1),
         "bench_peak_rss_mib": round(peak_rss_mib(os.getpid()), 1),
