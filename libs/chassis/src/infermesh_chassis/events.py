@@ -1,18 +1,18 @@
 """Non-blocking event emission for the monitor, through NATS JetStream or the monitor's RPC.
 
 Serving code calls :meth:`EventEmitter.emit` with an :class:`EventSource` and a payload: a
-slotted object of plain values (see :class:`EventPayload`) that knows how to write itself into
-the monitor's ``Event``. ``emit`` stamps the time and the current request id, appends one tuple to
+slotted object of plain values (see :class:`EventPayload`) that returns the fields of its part of
+the monitor's ``Event`` when asked. ``emit`` stamps the time and the current request id, appends one tuple to
 a bounded in-memory buffer and returns at once; it builds no protobuf message, never awaits, never
 blocks and never raises because of the transport. A background task cuts the buffer into batches
 (``batch_size`` events, or whatever is there after ``flush_interval_s``), builds each batch as one
-``EventBatch`` in one pass (``events.add()`` and field assignment, in chunks that yield to the event
-loop between them) and serializes it once into an :class:`EncodedBatch` for the :class:`EventSink`.
-When the buffer is full, new events are dropped and counted (``infermesh_<service>_events_dropped_total``;
-the emitted and dropped counters are read from plain integers when scraped, so emitting costs no
-metric update). A batch the sink refuses is retried as it is (the same bytes), with a growing
-backoff, so a retried batch keeps its id (:func:`batch_id`) and the monitor can drop it whole if an
-earlier attempt did arrive.
+``EventBatch`` in one pass (one ``events.add(...)`` per event, nested messages built in place from
+plain values, in chunks that yield to the event loop between them) and serializes it once into an
+:class:`EncodedBatch` for the :class:`EventSink`. When the buffer is full, new events are dropped
+and counted (``infermesh_<service>_events_dropped_total``; the emitted and dropped counters are
+read from plain integers when scraped, so emitting costs no metric update). A batch the sink
+refuses is retried as it is (the same bytes), with a growing backoff, so a retried batch keeps its
+id (:func:`batch_id`) and the monitor can drop it whole if an earlier attempt did arrive.
 
 Sinks:
 
@@ -26,7 +26,7 @@ Sinks:
   the transport takes batches again, also after a restart of the process.
 
 Delivery is at least once; the monitor de-duplicates by batch id and event id.
-:func:`open_event_sink` builds the sink the settings ask for. :func:`build_batch` stamps the
+:func:`open_event_sink` builds the sink the settings ask for. :func:`encode_events` stamps the
 envelope of each ``Event`` (id, schema version, time, source, request id); :class:`UnitHasher` is
 the keyed hash every service applies to unit ids before they leave it.
 """
@@ -71,6 +71,7 @@ __all__ = [
     "EventSource",
     "MonitorSink",
     "NatsSink",
+    "PendingEvent",
     "SpoolingSink",
     "UnitHasher",
     "batch_id",
