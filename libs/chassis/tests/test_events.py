@@ -127,3 +127,30 @@ async def test_stop_flushes_what_is_buffered():
     await emitter.stop()
     assert sink.events == list(range(10))
     assert not emitter.emit(11)
+
+
+class Unwritable:
+    """A payload whose fields cannot be written (a bug in a service's payload)."""
+
+    __slots__ = ()
+    KIND: ClassVar[str] = "feedback"
+
+    def fields(self) -> Mapping[str, Any]:
+        return {"target_request_id": 5}  # not a string
+
+
+async def test_an_unwritable_event_is_dropped_and_counted_and_the_rest_still_go():
+    sink = RecordingSink()
+    metrics = Metrics("emitter-test")
+    emitter = Emitter(sink, EventSettings(batch_size=10, flush_interval_s=0.01), metrics)
+    emitter.start()
+    for i in range(5):
+        emitter.emit(i)
+    EventEmitter.emit(emitter, SOURCE, Unwritable())
+    for i in range(5, 12):
+        emitter.emit(i)
+    await _until(lambda: len(sink.events) == 12)
+    assert sink.events == list(range(12))
+    assert _metric(metrics, "events_dropped_total") == 1
+    assert _metric(metrics, "events_sent_total") == 12
+    await emitter.stop()

@@ -167,35 +167,41 @@ class EventSink(Protocol):
         ...
 
 
-def _write(add: Callable[..., Any], records: Sequence[PendingEvent], ids: list[str]) -> None:
+def _write(events: Any, records: Sequence[PendingEvent], ids: list[str]) -> None:
+    add = events.add
     for source, payload, request_id, time_ns in records:
         event_id = new_event_id()
-        ids.append(event_id)
         seconds, nanos = divmod(time_ns, 1_000_000_000)
-        add(
-            event_id=event_id,
-            schema_version=EVENT_SCHEMA_VERSION,
-            request_id=request_id,
-            time={"seconds": seconds, "nanos": nanos},
-            source=source.fields,
-            **{payload.KIND: payload.fields()},
-        )
+        try:
+            add(
+                event_id=event_id,
+                schema_version=EVENT_SCHEMA_VERSION,
+                request_id=request_id,
+                time={"seconds": seconds, "nanos": nanos},
+                source=source.fields,
+                **{payload.KIND: payload.fields()},
+            )
+        except Exception:  # a payload that cannot be written loses its event, never the batch or the emitter
+            _log.exception("event_unwritable", kind=payload.KIND, payload=type(payload).__name__)
+            del events[len(ids) :]
+            continue
+        ids.append(event_id)
 
 
 async def encode_events(records: Sequence[PendingEvent], chunk: int = BUILD_CHUNK) -> EncodedBatch:
     """Build ``records`` into one ``EventBatch`` (fresh event ids, in order) and serialize it once.
 
-    Writes ``chunk`` events at a time and yields to the event loop between chunks, so building a
+    A record whose payload cannot be written is logged and left out (the batch's ``events`` says
+    how many went in). Writes ``chunk`` events at a time and yields to the event loop between chunks, so building a
     large batch never holds up the calls being served for long. (Not in a thread: building runs
     Python code under the GIL, and a second thread would only add switching delays to every call.)
     """
     batch = monitor_pb2.EventBatch()
-    add = batch.events.add
     ids: list[str] = []
     for start in range(0, len(records), chunk):
         if start:
             await asyncio.sleep(0)
-        _write(add, records[start : start + chunk], ids)
+        _write(batch.events, records[start : start + chunk], ids)
     return EncodedBatch(batch_id(ids), batch.SerializeToString(), len(ids))
 
 
@@ -222,7 +228,9 @@ class EventEmitter:
         self._dropped = 0
         metrics.counter_function("events_emitted", "Events handed to the emitter.", lambda: self._emitted)
         metrics.counter_function(
-            "events_dropped", "Events dropped because the emitter's buffer was full.", lambda: self._dropped
+            "events_dropped",
+            "Events dropped because the emitter's buffer was full or the event could not be written.",
+            lambda: self._dropped,
         )
         self._sent = metrics.counter("events_sent", "Events delivered to the sink.")
         self._failures = metrics.counter("events_send_failures", "Batches the sink failed to take (retried).")
@@ -286,6 +294,10 @@ class EventEmitter:
                 size = min(self._settings.batch_size, len(self._buffer))
                 buffer = self._buffer
                 self._batch = await encode_events([buffer.popleft() for _ in range(size)])
+                self._dropped += size - self._batch.events
+                if not self._batch.events:
+                    self._batch = None
+                    continue
             try:
                 await self._sink.send(self._batch)
             except Exception as exc:  # the transport is down: keep the batch as it is, back off, try again
