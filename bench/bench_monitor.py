@@ -10,6 +10,11 @@ and the serving-path cost of emitting an event per call.
 2. **Serving overhead.** A chassis gRPC service (echo, 1 KiB) run as its own process, once plain
    and once emitting one inference event per call through ``runtime.event_emitter()`` (NATS
    transport), driven by one client process at concurrency 16; the runs alternate, best of each.
+   ``serving_cpu_us_per_event`` is the server CPU per call with events minus without (one event
+   per call: recording it, building and encoding its batch, publishing). Steadier on a loaded
+   machine: ``emit_cpu_us_per_event`` (what the request path pays per event) and
+   ``batch_cpu_us_per_event`` (building and serializing its batch, off the request path), the
+   process CPU time of emitting and encoding 20,000 such events in this process.
 
 Ends with one JSON line ``{"bench": "monitor_ingest", ...}``.
 """
@@ -64,37 +69,40 @@ def _template() -> tuple[bytes, list[int]]:
     """One serialized EventBatch of BATCH model-gateway inference events, and the offset of each event id."""
     import numpy as np  # noqa: PLC0415
 
-    from infermesh.common.v1 import common_pb2  # noqa: PLC0415
     from infermesh.monitor.v1 import monitor_pb2  # noqa: PLC0415
-    from infermesh_chassis.events import encode_batch, new_event  # noqa: PLC0415
+    from infermesh_chassis.events import EVENT_SCHEMA_VERSION  # noqa: PLC0415
 
     rng = np.random.default_rng(1)
-    events = []
+    batch = monitor_pb2.EventBatch()
+    now = time.time_ns()
     for i in range(BATCH):
-        inference = monitor_pb2.InferenceEvent(
-            model=MODEL,
-            model_version=1 + i % 2,
-            worker=f"triton-{i % 3}",
-            latency_ms=float(rng.lognormal(0.5, 0.4)),
-            status_code=14 if i % 200 == 0 else 0,
-            batch_size=1,
-            hop_latencies=[common_pb2.HopLatency(hop="triton", latency_ms=0.8)],
-            outputs=[
-                common_pb2.Tensor(
-                    name="probabilities",
-                    datatype="FP32",
-                    shape=[1, 2],
-                    raw_contents=np.array([0.3, 0.7], dtype=np.float32).tobytes(),
-                )
-            ],
+        event = batch.events.add(
+            event_id="0" * 32,
+            schema_version=EVENT_SCHEMA_VERSION,
+            request_id=uuid.uuid4().hex,
+            time={"seconds": now // 1_000_000_000, "nanos": now % 1_000_000_000},
+            source={"service": "model-gateway", "instance": "bench-gw"},
+            inference={
+                "model": MODEL,
+                "model_version": 1 + i % 2,
+                "worker": f"triton-{i % 3}",
+                "latency_ms": float(rng.lognormal(0.5, 0.4)),
+                "status_code": 14 if i % 200 == 0 else 0,
+                "batch_size": 1,
+                "hop_latencies": [{"hop": "triton", "latency_ms": 0.8}],
+                "outputs": [
+                    {
+                        "name": "probabilities",
+                        "datatype": "FP32",
+                        "shape": [1, 2],
+                        "raw_contents": np.array([0.3, 0.7], dtype=np.float32).tobytes(),
+                    }
+                ],
+            },
         )
         if i % 100 == 0:
-            inference.sampled_inputs["input"].double_list.values.extend(rng.normal(size=4).tolist())
-        event = new_event("model-gateway", "bench-gw", inference=inference)
-        event.event_id = "0" * 32
-        event.request_id = uuid.uuid4().hex
-        events.append(event)
-    payload = encode_batch(events)
+            event.inference.sampled_inputs["input"].double_list.values.extend(rng.normal(size=4).tolist())
+    payload = batch.SerializeToString()
     offsets, start = [], 0
     marker = b"\n\x20" + b"0" * 32
     while (found := payload.find(marker, start)) >= 0:
@@ -160,11 +168,31 @@ async def _publish(url: str, seconds: float, max_backlog: int, progress: Path) -
 # --- the serving-path measurement ------------------------------------------------------------------
 
 
+class _Inference:
+    """The event payload a gateway records per call (plain values; see infermesh_chassis.events)."""
+
+    __slots__ = ("latency_ms", "output", "worker")
+    KIND = "inference"
+
+    def __init__(self, worker: str, latency_ms: float, output: bytes) -> None:
+        self.worker = worker
+        self.latency_ms = latency_ms
+        self.output = output
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "model": MODEL,
+            "model_version": 1,
+            "worker": self.worker,
+            "latency_ms": self.latency_ms,
+            "batch_size": 1,
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": (1, 2), "raw_contents": self.output}],
+        }
+
+
 async def _serve(kind: str, port_file: Path, nats_url: str) -> None:
-    from infermesh.common.v1 import common_pb2  # noqa: PLC0415
-    from infermesh.monitor.v1 import monitor_pb2  # noqa: PLC0415
     from infermesh_chassis.app import Runtime  # noqa: PLC0415
-    from infermesh_chassis.events import new_event  # noqa: PLC0415
+    from infermesh_chassis.events import EventSource  # noqa: PLC0415
     from infermesh_chassis.logs import configure_logging  # noqa: PLC0415
     from infermesh_chassis.settings import ServiceSettings  # noqa: PLC0415
 
@@ -172,25 +200,12 @@ async def _serve(kind: str, port_file: Path, nats_url: str) -> None:
     settings = ServiceSettings(service_name="bench-serving", events={"transport": "nats", "nats_url": nats_url})
     runtime = Runtime.create(settings)
     emitter = runtime.event_emitter() if kind == "emit" else None
-    outputs = [common_pb2.Tensor(name="probabilities", datatype="FP32", shape=[1, 2], raw_contents=b"\0" * 8)]
+    source = EventSource("model-gateway", "bench-1")
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         began = time.perf_counter()
         if emitter is not None:
-            emitter.emit(
-                new_event(
-                    "model-gateway",
-                    "bench-1",
-                    inference=monitor_pb2.InferenceEvent(
-                        model=MODEL,
-                        model_version=1,
-                        worker="triton-0",
-                        latency_ms=(time.perf_counter() - began) * 1000,
-                        batch_size=1,
-                        outputs=outputs,
-                    ),
-                )
-            )
+            emitter.emit(source, _Inference("triton-0", (time.perf_counter() - began) * 1000, b"\0" * 8))
         return request
 
     handler = grpc.method_handlers_generic_handler(SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
@@ -266,6 +281,33 @@ async def _serving_overhead(workdir: Path, nats_url: str, rounds: int, seconds: 
         "emit_cpu_us_per_call": cpu["emit"],
         "plain_peak_rss_mib": rss["plain"],
         "emit_peak_rss_mib": rss["emit"],
+    }
+
+
+async def _event_cost(events: int = 20_000) -> dict[str, float]:
+    """CPU per event, in this process, of what the serving code pays (``emit``) and of what the
+    emitter's background task pays (building and serializing the batch), with the echo's payload.
+    Process CPU time of a tight loop: steadier on a loaded machine than the throughput difference."""
+    from infermesh_chassis.events import EventEmitter, EventSource, encode_events  # noqa: PLC0415
+    from infermesh_chassis.metrics import Metrics  # noqa: PLC0415
+    from infermesh_chassis.settings import EventSettings  # noqa: PLC0415
+
+    settings = EventSettings(buffer_size=events)
+    emitter = EventEmitter(sink=None, settings=settings, metrics=Metrics("bench-cost"))  # type: ignore[arg-type]
+    source = EventSource("model-gateway", "bench-1")
+    output = b"\0" * 8
+    began = time.process_time()
+    for i in range(events):
+        emitter.emit(source, _Inference("triton-0", 0.01 * i, output))
+    emitted = time.process_time()
+    records = list(emitter._buffer)  # what the background task takes, batch by batch
+    batch_began = time.process_time()
+    for start in range(0, events, settings.batch_size):
+        await encode_events(records[start : start + settings.batch_size])
+    built = time.process_time()
+    return {
+        "emit_us": (emitted - began) / events * 1e6,
+        "batch_us": (built - batch_began) / events * 1e6,
     }
 
 
@@ -388,6 +430,7 @@ def _measure(seconds: float, rounds: int, serving_seconds: float) -> None:
         try:
             ingest = _ingest(workdir, nats, nats_url, seconds)
             serving = asyncio.run(_serving_overhead(workdir, nats_url, rounds, serving_seconds))
+            cost = asyncio.run(_event_cost())
         finally:
             nats.terminate()
             nats.wait(timeout=20)
@@ -419,6 +462,9 @@ def _measure(seconds: float, rounds: int, serving_seconds: float) -> None:
         "serving_cpu_overhead_pct": round(
             (serving["emit_cpu_us_per_call"] / serving["plain_cpu_us_per_call"] - 1) * 100, 2
         ),
+        "serving_cpu_us_per_event": round(serving["emit_cpu_us_per_call"] - serving["plain_cpu_us_per_call"], 1),
+        "emit_cpu_us_per_event": round(cost["emit_us"], 2),
+        "batch_cpu_us_per_event": round(cost["batch_us"], 2),
         "serving_plain_peak_rss_mib": round(serving["plain_peak_rss_mib"], 1),
         "serving_emit_peak_rss_mib": round(serving["emit_peak_rss_mib"], 1),
         "bench_peak_rss_mib": round(peak_rss_mib(os.getpid()), 1),

@@ -9,6 +9,7 @@ import time
 import grpc
 import pytest
 
+from infermesh_chassis import context as ctx
 from infermesh_chassis import errors
 from infermesh_chassis.client import ChannelPool, ServiceClient
 from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
@@ -113,3 +114,16 @@ async def test_client_red_metrics(start_server, echo_stub):
     fail_errors = {**labels, "grpc_method": "Fail", "grpc_code": "NOT_FOUND"}
     assert sample("infermesh_metered_client_grpc_client_errors_total", fail_errors) == 1
     assert sample("infermesh_metered_client_grpc_client_latency_seconds_count", {**labels, "grpc_method": "Echo"}) == 3
+
+
+async def test_the_client_passes_the_current_request_id_unless_the_caller_names_one(start_server, make_client):
+    server, service = await start_server()
+    client = make_client({"svc": [server.address]}, "svc")
+    token = ctx.bind(ctx.CallContext("inbound-rid"))
+    try:
+        passed = json.loads(await client.call("WhoAmI", b""))
+        named = json.loads(await client.call("WhoAmI", b"", metadata=((ctx.REQUEST_ID_METADATA_KEY, "named-rid"),)))
+    finally:
+        ctx.unbind(token)
+    assert (passed["request_id"], named["request_id"]) == ("inbound-rid", "named-rid")
+    assert service.seen_request_ids == ["inbound-rid", "named-rid"]

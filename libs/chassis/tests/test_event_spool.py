@@ -4,29 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import (
     DiskSpool,
+    EncodedBatch,
     EventEmitter,
+    EventSource,
     SpoolingSink,
+    UnitHasher,
     batch_id,
     decode_batch,
-    encode_batch,
+    encode_events,
     hash_unit_id,
-    new_event,
     open_event_sink,
 )
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
 
+SOURCE = EventSource("spool-test", "i-1")
 
-def _event(i: int) -> monitor_pb2.Event:
-    return new_event("spool-test", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id=f"r{i}"))
+
+class Feedback:
+    """A feedback event for request ``r<i>``."""
+
+    __slots__ = ("i",)
+    KIND: ClassVar[str] = "feedback"
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def fields(self) -> Mapping[str, Any]:
+        return {"target_request_id": f"r{self.i}"}
+
+
+def _emit(emitter: EventEmitter, i: int) -> None:
+    emitter.emit(SOURCE, Feedback(i))
+
+
+async def _batch(*numbers: int) -> EncodedBatch:
+    """A batch as the emitter builds it, of feedback events for ``r<number>``."""
+    return await encode_events([(SOURCE, Feedback(i), "", time.time_ns()) for i in numbers])
 
 
 def _ids(events: Sequence[monitor_pb2.Event]) -> list[str]:
@@ -42,11 +65,11 @@ class FlakySink:
         self.attempts: list[str] = []
         self.closed = False
 
-    async def send(self, events: Sequence[monitor_pb2.Event]) -> None:
-        self.attempts.append(batch_id(e.event_id for e in events))
+    async def send(self, batch: EncodedBatch) -> None:
+        self.attempts.append(batch.id)
         if self.down:
             raise ConnectionError("queue unreachable")
-        self.batches.append(list(events))
+        self.batches.append(decode_batch(batch.payload))
 
     async def close(self) -> None:
         self.closed = True
@@ -63,10 +86,10 @@ async def _until(predicate, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_spool_keeps_order_survives_reopen_and_refuses_when_full(tmp_path: Path) -> None:
+async def test_spool_keeps_order_survives_reopen_and_refuses_when_full(tmp_path: Path) -> None:
     spool = DiskSpool(tmp_path, max_bytes=10_000, fsync=True)
     spool.open()
-    payloads = [encode_batch([_event(i)]) for i in range(3)]
+    payloads = [(await _batch(i)).payload for i in range(3)]
     for payload in payloads:
         assert spool.append(payload, 1)
     assert (spool.batches, spool.events) == (3, 3)
@@ -81,7 +104,7 @@ def test_spool_keeps_order_survives_reopen_and_refuses_when_full(tmp_path: Path)
     with pytest.raises(RuntimeError):
         reopened.remove(tmp_path / "0" / "elsewhere.batch")
     reopened.remove(oldest[0])
-    assert reopened.append(encode_batch([_event(3)]), 1)
+    assert reopened.append((await _batch(3)).payload, 1)
     order = []
     while (item := reopened.peek()) is not None:
         order.extend(_ids(decode_batch(item[1])))
@@ -104,16 +127,16 @@ async def test_batches_wait_on_disk_while_the_transport_is_down_and_replay_in_or
     emitter = EventEmitter(sink, EventSettings(batch_size=10, flush_interval_s=0.01), metrics)
     emitter.start()
     for i in range(20):
-        emitter.emit(_event(i))
+        _emit(emitter, i)
     await _until(lambda: len(inner.delivered) == 20)
     inner.down = True
     for i in range(20, 60):
-        emitter.emit(_event(i))
+        _emit(emitter, i)
     await _until(lambda: sink.spooled == 40)
     assert metrics.registry.get_sample_value("infermesh_spool_test_events_spooled") == 40
     inner.down = False
     for i in range(60, 70):
-        emitter.emit(_event(i))
+        _emit(emitter, i)
     await _until(lambda: len(inner.delivered) == 70)
     assert inner.delivered == [f"r{i}" for i in range(70)]
     assert sink.spooled == 0
@@ -130,13 +153,13 @@ async def test_what_a_stopped_process_spooled_is_replayed_by_the_next(tmp_path: 
     first = SpoolingSink(down, DiskSpool(tmp_path, max_bytes=1 << 20, fsync=False), Metrics("first"))
     first.start()
     for i in range(3):
-        await first.send([_event(2 * i), _event(2 * i + 1)])
+        await first.send(await _batch(2 * i, 2 * i + 1))
     await first.close()
 
     up = FlakySink()
     second = SpoolingSink(up, DiskSpool(tmp_path, max_bytes=1 << 20, fsync=False), Metrics("second"))
     second.start()
-    await second.send([_event(6)])
+    await second.send(await _batch(6))
     await _until(lambda: len(up.delivered) == 7)
     assert up.delivered == [f"r{i}" for i in range(7)]
     await second.close()
@@ -149,7 +172,7 @@ async def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
     sink = SpoolingSink(inner, DiskSpool(tmp_path, max_bytes=600, fsync=False), metrics, max_backoff_s=0.05)
     sink.start()
     for i in range(20):
-        await sink.send([_event(i)])
+        await sink.send(await _batch(i))
     dropped = metrics.registry.get_sample_value("infermesh_full_events_spool_dropped_total")
     assert dropped and dropped + sink.spooled == 20
     await sink.close()
@@ -163,10 +186,10 @@ async def test_a_failed_batch_is_retried_unchanged() -> None:
     )
     emitter.start()
     for i in range(3):
-        emitter.emit(_event(i))
+        _emit(emitter, i)
     await _until(lambda: len(inner.attempts) >= 2)
     for i in range(3, 8):
-        emitter.emit(_event(i))
+        _emit(emitter, i)
     await asyncio.sleep(0.05)
     inner.down = False
     await _until(lambda: len(inner.delivered) == 8)
@@ -201,3 +224,5 @@ def test_batch_id_and_unit_hash_are_stable() -> None:
     assert len(batch_id([])) == 32
     assert hash_unit_id("user-1", "k") == hash_unit_id("user-1", "k") != hash_unit_id("user-1", "other")
     assert len(hash_unit_id("user-1", "")) == 32
+    hasher = UnitHasher("k")
+    assert hasher("user-1") == hasher("user-1") == hash_unit_id("user-1", "k") != hasher("user-2")

@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import grpc
 
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis import context as ctx
 from infermesh_chassis.app import Runtime
-from infermesh_chassis.events import new_event
+from infermesh_chassis.events import EventSource
 from infermesh_chassis.settings import ServiceSettings
+
+SOURCE = EventSource("emitting-svc", "i-1")
+
+
+class Feedback:
+    """A feedback event labelling request ``target``."""
+
+    __slots__ = ("target",)
+    KIND: ClassVar[str] = "feedback"
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def fields(self) -> Mapping[str, Any]:
+        return {"target_request_id": self.target}
 
 
 class RecordingMonitor(monitor_pb2_grpc.MonitorServiceServicer):
@@ -51,7 +68,7 @@ async def test_events_reach_the_monitor_and_survive_an_outage():
     emitter = runtime.event_emitter()
     token = ctx.bind(ctx.CallContext("req-7"))
     try:
-        emitter.emit(new_event("emitting-svc", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id="req-6")))
+        emitter.emit(SOURCE, Feedback("req-6"))
     finally:
         ctx.unbind(token)
     await _until(lambda: len(monitor.events) == 1)
@@ -63,7 +80,7 @@ async def test_events_reach_the_monitor_and_survive_an_outage():
 
     await server.stop(0)
     for i in range(20):
-        emitter.emit(new_event("emitting-svc", "i-1", feedback=monitor_pb2.FeedbackEvent(target_request_id=f"r{i}")))
+        emitter.emit(SOURCE, Feedback(f"r{i}"))
     await asyncio.sleep(0.5)
     server, _, monitor = await _start_monitor(port)
     await _until(lambda: len(monitor.events) == 20)

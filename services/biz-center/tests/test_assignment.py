@@ -4,6 +4,7 @@ orthogonality (chi-square), rule operators, allowlists, percentages and ramps.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
 
 import numpy as np
@@ -13,7 +14,15 @@ from scipy.stats import chi2_contingency
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
-from infermesh_biz_center.catalog import CompiledExperiment, Snapshot, compile_experiment, compile_scene
+from infermesh_biz_center.catalog import (
+    CompiledExperiment,
+    SaltedHash,
+    Snapshot,
+    bucket_of,
+    compile_experiment,
+    compile_scene,
+    unit_fraction,
+)
 from infermesh_biz_center.rules import MAX_PATTERN_CHARS, MAX_VALUE_CHARS, Facts, compile_conditions, parse_version
 from infermesh_chassis.errors import InvalidArgument
 
@@ -40,6 +49,16 @@ def _layer(name: str, salt: str, shares: list[int], bucket_count: int = 1000) ->
 def _tolerance(p: float, n: int) -> float:
     """Four standard deviations of a binomial share."""
     return 4 * (p * (1 - p) / n) ** 0.5
+
+
+def test_salted_hash_is_blake2b_of_salt_and_unit_id():
+    """Buckets must never move between releases: the salted state gives the one-shot digest."""
+    for salt, unit in (("exp/layer", "user-1"), ("", ""), ("gray/churn", "ünïcode-7")):
+        whole = hashlib.blake2b(f"{salt}\0{unit}".encode(), digest_size=8).digest()
+        assert SaltedHash(salt)(unit) == int.from_bytes(whole, "big")
+        assert bucket_of(salt, unit, 1000) == int.from_bytes(whole, "big") % 1000
+        gray = hashlib.blake2b(f"{salt}\0{unit}".encode(), digest_size=8, person=b"gray").digest()
+        assert unit_fraction(salt, unit) == int.from_bytes(gray, "big") / 2**64 * 100
 
 
 def test_split_proportions_within_tolerance():

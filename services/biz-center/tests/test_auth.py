@@ -58,6 +58,17 @@ def _token(key, *, kid: str = "rsa-1", algorithm: str = "RS256", **claims) -> st
     return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=algorithm, headers={"kid": kid})
 
 
+def test_matched_api_keys_are_remembered_and_refused_ones_are_not(rsa_keys):
+    auth = Authenticator(_settings(rsa_keys[1]))
+    first = auth.authenticate("k-123", None)
+    assert auth.authenticate("k-123", None) is first
+    for i in range(50):
+        with pytest.raises(Unauthenticated, match="the API key is not valid"):
+            auth.authenticate(f"guess-{i}", None)
+    assert auth.authenticate("k-ops", None).name == "api-key:ops"
+    assert set(auth._presented) == {"k-123", "k-ops"}, "only keys that matched are remembered"
+
+
 def test_api_keys_are_matched_by_hash(rsa_keys):
     auth = Authenticator(_settings(rsa_keys[1]))
     principal = auth.authenticate("k-123", None)

@@ -173,6 +173,10 @@ async def test_predict_batch_answers_each_item_on_its_own(biz: Harness, doubles:
     assert reply.results[2].error.details["field"] == "unit_id"
     assert reply.results[3].response.request_id == "caller-rid-3"
     assert reply.results[0].response.prediction.scores["churn"] > 0
+    first = reply.results[0].response
+    assert first.feature_lineage.definition_version == "2026.11.1"
+    assert [h.hop for h in first.latencies] == ["data_gateway", "model_gateway"]
+    assert first.degradation.served_by == common_pb2.SERVED_BY_PRIMARY
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -14,11 +16,33 @@ from monitor_support import MonitorProcess, NatsServer, number, rows_written, st
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis import context as ctx
 from infermesh_chassis.app import Runtime
-from infermesh_chassis.events import EventEmitter, NatsSink, new_event
+from infermesh_chassis.events import EventEmitter, EventSource, NatsSink
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings, ServiceSettings
 
 SERVICE = "test.Scoring"
+
+
+class Inference:
+    """An inference event of version 1 of ``model``, with one sampled input ``x``."""
+
+    __slots__ = ("latency_ms", "model", "scores", "x")
+    KIND: ClassVar[str] = "inference"
+
+    def __init__(self, model: str, latency_ms: float, x: float, scores: Mapping[str, float] | None = None) -> None:
+        self.model = model
+        self.latency_ms = latency_ms
+        self.x = x
+        self.scores = scores
+
+    def fields(self) -> Mapping[str, Any]:
+        return {
+            "model": self.model,
+            "model_version": 1,
+            "latency_ms": self.latency_ms,
+            "scores": self.scores,
+            "sampled_inputs": {"x": number(self.x)},
+        }
 
 
 class ScoringService:
@@ -27,6 +51,7 @@ class ScoringService:
     def __init__(self, runtime: Runtime, model: str) -> None:
         self._emitter = runtime.event_emitter()
         self._model = model
+        self._source = EventSource("model-gateway", "scoring-1")
         self.latencies: list[float] = []
         self.request_ids: list[str] = []
 
@@ -36,19 +61,7 @@ class ScoringService:
         latency_ms = (time.perf_counter() - began) * 1000 + value
         self.latencies.append(latency_ms)
         self.request_ids.append(ctx.current_request_id() or "")
-        self._emitter.emit(
-            new_event(
-                "model-gateway",
-                "scoring-1",
-                inference=monitor_pb2.InferenceEvent(
-                    model=self._model,
-                    model_version=1,
-                    latency_ms=latency_ms,
-                    scores={"value": value},
-                    sampled_inputs={"x": number(value)},
-                ),
-            )
-        )
+        self._emitter.emit(self._source, Inference(self._model, latency_ms, value, {"value": value}))
         return request
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -115,17 +128,11 @@ async def test_queue_outage_every_event_arrives_exactly_once(stub, nats_server: 
     runtime = Runtime.create(settings)
     emitter = runtime.event_emitter()
 
+    source = EventSource("model-gateway", "outage-1")
+
     def emit(n: int) -> None:
         for i in range(n):
-            emitter.emit(
-                new_event(
-                    "model-gateway",
-                    "outage-1",
-                    inference=monitor_pb2.InferenceEvent(
-                        model=model, model_version=1, latency_ms=1.0 + i, sampled_inputs={"x": number(i)}
-                    ),
-                )
-            )
+            emitter.emit(source, Inference(model, 1.0 + i, i))
 
     try:
         emit(300)
@@ -165,7 +172,8 @@ async def test_monitor_killed_mid_stream_loses_nothing(nats_server: NatsServer, 
     process.start()
     model = f"restart-{uuid.uuid4().hex[:8]}"
     sink = NatsSink(EventSettings(**events), "restart-publisher")
-    emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(
+    source = EventSource("model-gateway", "restart-1")
+    emitter = EventEmitter(
         sink, EventSettings(batch_size=100, flush_interval_s=0.02, buffer_size=100_000), Metrics("restart-publisher")
     )
     emitter.start()
@@ -173,15 +181,7 @@ async def test_monitor_killed_mid_stream_loses_nothing(nats_server: NatsServer, 
     try:
         for step in range(60):
             for _ in range(100):
-                emitter.emit(
-                    new_event(
-                        "model-gateway",
-                        "restart-1",
-                        inference=monitor_pb2.InferenceEvent(
-                            model=model, model_version=1, latency_ms=2.0, sampled_inputs={"x": number(sent)}
-                        ),
-                    )
-                )
+                emitter.emit(source, Inference(model, 2.0, sent))
                 sent += 1
             if step == 20:
                 process.kill()

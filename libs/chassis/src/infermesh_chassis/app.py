@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import grpc
 import uvloop
 
-from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.client import ChannelPool, ServiceClient
 from infermesh_chassis.discovery import Discovery, create_discovery
 from infermesh_chassis.events import EventEmitter, MonitorSink, open_event_sink
@@ -69,7 +68,7 @@ class Runtime:
             idempotent=idempotent,
         )
 
-    def event_emitter(self, monitor_service: str = "monitor") -> EventEmitter[monitor_pb2.Event]:
+    def event_emitter(self, monitor_service: str = "monitor") -> EventEmitter:
         """A started emitter that reports to the monitor, flushed and stopped at shutdown.
 
         The transport comes from ``settings.events``: NATS JetStream, or the monitor's
@@ -85,7 +84,7 @@ class Runtime:
         close = getattr(sink, "close", None)
         if close is not None:
             self.on_stop(close)
-        emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(sink, self.settings.events, self.metrics)
+        emitter = EventEmitter(sink, self.settings.events, self.metrics)
         emitter.start()
         self.on_stop(emitter.stop)
         return emitter

@@ -1,20 +1,23 @@
 """The client side of the chassis: reused channels, deadlines, idempotent retries, one error boundary.
 
 - :class:`ChannelPool` keeps one ``grpc.aio.Channel`` per target for the life of the
-  process, built with the chassis client interceptor (request id, RED metrics).
-- :class:`ServiceClient` calls one logical service found through discovery: it picks an
-  instance (power of two choices on in-flight calls), puts a deadline on every call (the
-  smaller of the call's own timeout and what is left of the inbound request's deadline),
-  retries with exponential backoff and jitter only for methods declared idempotent and
-  only on retryable statuses (preferring another instance each time), and converts every
-  ``grpc.RpcError`` into the project's error type in :meth:`ServiceClient.call`, the one
-  place where that happens.
+  process (plain channels: no client interceptor, which would cost every call an extra task and
+  new call details).
+- :class:`ServiceClient` is the one client boundary. It calls one logical service found through
+  discovery: it picks an instance (power of two choices on in-flight calls), passes the current
+  request id on (``x-request-id`` in ``metadata=``), puts a deadline on every call (``timeout=``,
+  the smaller of the call's own timeout and what is left of the inbound request's deadline),
+  records the client-side RED metrics per method (metric children looked up once), retries with
+  exponential backoff and jitter only for methods declared idempotent and only on retryable
+  statuses (preferring another instance each time), and converts every ``grpc.RpcError`` into the
+  project's error type in :meth:`ServiceClient.call`, the one place where that happens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,8 +26,8 @@ import grpc
 from infermesh_chassis import context as ctx
 from infermesh_chassis.discovery import Balancer, Discovery, Instance
 from infermesh_chassis.errors import DeadlineExceeded, from_rpc_error
-from infermesh_chassis.interceptors import client_interceptors
-from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.interceptors import CallRecorder
+from infermesh_chassis.metrics import Metrics, RpcMetrics
 from infermesh_chassis.settings import ClientSettings
 
 __all__ = ["RECONNECT_OPTIONS", "RETRYABLE_CODES", "ChannelPool", "ServiceClient"]
@@ -47,7 +50,8 @@ class ChannelPool:
     """One channel per target, created on first use and kept until :meth:`close`."""
 
     def __init__(self, metrics: Metrics, *, max_message_bytes: int = 64 * MiB) -> None:
-        self._interceptors = client_interceptors(metrics.client)
+        self.metrics: RpcMetrics = metrics.client
+        """The client-side RED metrics of the calls made through these channels."""
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -62,7 +66,7 @@ class ChannelPool:
         """The channel to ``target`` (``host:port``)."""
         channel = self._channels.get(target)
         if channel is None:
-            channel = grpc.aio.insecure_channel(target, options=self._options, interceptors=self._interceptors)
+            channel = grpc.aio.insecure_channel(target, options=self._options)
             self._channels[target] = channel
         return channel
 
@@ -99,12 +103,23 @@ class ServiceClient:
         self._idempotent = frozenset(idempotent)
         self._balancer = balancer or Balancer()
         self._stubs: dict[str, Any] = {}
+        self._recorders: dict[str, CallRecorder] = {}
 
     def _stub(self, instance: Instance) -> Any:
         stub = self._stubs.get(instance.address)
         if stub is None:
-            stub = self._stubs[instance.address] = self._stub_factory(self._channels.get(instance.address))
+            channel = _NamingChannel(self._channels.get(instance.address))
+            stub = self._stubs[instance.address] = self._stub_factory(channel)
+            for name, full_method in channel.methods.items():
+                if name not in self._recorders:
+                    self._recorders[name] = CallRecorder(self._channels.metrics, full_method)
         return stub
+
+    def _metadata(self, metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        rid = ctx.current_request_id()
+        if rid is None or any(key == ctx.REQUEST_ID_METADATA_KEY for key, _ in metadata):
+            return metadata
+        return ((ctx.REQUEST_ID_METADATA_KEY, rid), *metadata)
 
     def _timeout(self, timeout_s: float | None) -> float:
         own = self._settings.default_timeout_s if timeout_s is None else timeout_s
@@ -125,6 +140,7 @@ class ServiceClient:
     ) -> Any:
         """Call ``method`` with ``request`` and return its response, or raise an InfermeshError."""
         attempts = self._settings.max_attempts if method in self._idempotent else 1
+        metadata = self._metadata(metadata)
         failed: set[str] = set()
         backoff = self._settings.initial_backoff_s
         attempt = 1
@@ -133,14 +149,27 @@ class ServiceClient:
             instances = await self._discovery.resolve(self.service)
             fresh = [i for i in instances if i.address not in failed] or instances
             instance = self._balancer.pick(fresh)
+            call = getattr(self._stub(instance), method)
+            recorder = self._recorders.get(method)
+            started = time.perf_counter()
             try:
                 with self._balancer.track(instance):
-                    return await getattr(self._stub(instance), method)(request, timeout=timeout, metadata=metadata)
+                    response = await call(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as exc:
+                if recorder is not None:
+                    recorder.record(exc.code(), started)
                 error = from_rpc_error(exc, f"{self.service}/{method} at {instance.address}")
                 if exc.code() not in RETRYABLE_CODES or attempt >= attempts:
                     raise error from None
                 failed.add(instance.address)
+            except asyncio.CancelledError:
+                if recorder is not None:
+                    recorder.record(grpc.StatusCode.CANCELLED, started)
+                raise
+            else:
+                if recorder is not None:
+                    recorder.record(grpc.StatusCode.OK, started)
+                return response
             delay = min(self._settings.max_backoff_s, backoff) * random.uniform(0.5, 1.0)
             remaining = ctx.remaining_time()
             if remaining is not None and delay >= remaining:
@@ -148,3 +177,31 @@ class ServiceClient:
             await asyncio.sleep(delay)
             backoff *= 2
             attempt += 1
+
+
+class _NamingChannel:
+    """A channel handed to a stub factory: builds the stub's callables and notes each method's full name."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self.methods: dict[str, str] = {}
+        """Method name → full method name (``/pkg.Service/Method``)."""
+
+    def _note(self, method: str) -> None:
+        self.methods[method.rpartition("/")[2]] = method
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._note(method)
+        return self._channel.unary_unary(method, *args, **kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._note(method)
+        return self._channel.unary_stream(method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._note(method)
+        return self._channel.stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._note(method)
+        return self._channel.stream_stream(method, *args, **kwargs)

@@ -1,13 +1,18 @@
 """Non-blocking event emission for the monitor, through NATS JetStream or the monitor's RPC.
 
-Serving code calls :meth:`EventEmitter.emit`, which only appends to a bounded in-memory
-buffer and returns at once; it never awaits, never blocks and never raises because of the
-transport. A background task cuts the buffer into batches (``batch_size`` events, or whatever
-is there after ``flush_interval_s``) and hands each to an :class:`EventSink`. When the buffer
-is full, new events are dropped and counted (``infermesh_<service>_events_dropped_total``). A
-batch the sink refuses is retried as it is (same events, same order) with a growing backoff, so
-a retried batch keeps its id (:func:`batch_id`) and the monitor can drop it whole if an earlier
-attempt did arrive.
+Serving code calls :meth:`EventEmitter.emit` with an :class:`EventSource` and a payload: a
+slotted object of plain values (see :class:`EventPayload`) that returns the fields of its part of
+the monitor's ``Event`` when asked. ``emit`` stamps the time and the current request id, appends one tuple to
+a bounded in-memory buffer and returns at once; it builds no protobuf message, never awaits, never
+blocks and never raises because of the transport. A background task cuts the buffer into batches
+(``batch_size`` events, or whatever is there after ``flush_interval_s``), builds each batch as one
+``EventBatch`` in one pass (one ``events.add(...)`` per event, nested messages built in place from
+plain values, in chunks that yield to the event loop between them) and serializes it once into an
+:class:`EncodedBatch` for the :class:`EventSink`. When the buffer is full, new events are dropped
+and counted (``infermesh_<service>_events_dropped_total``; the emitted and dropped counters are
+read from plain integers when scraped, so emitting costs no metric update). A batch the sink
+refuses is retried as it is (the same bytes), with a growing backoff, so a retried batch keeps its
+id (:func:`batch_id`) and the monitor can drop it whole if an earlier attempt did arrive.
 
 Sinks:
 
@@ -21,9 +26,9 @@ Sinks:
   the transport takes batches again, also after a restart of the process.
 
 Delivery is at least once; the monitor de-duplicates by batch id and event id.
-:func:`open_event_sink` builds the sink the settings ask for. :func:`new_event` stamps the
-envelope of the monitor's ``Event`` (id, time, source, request id); :func:`hash_unit_id` is the
-keyed hash every service applies to unit ids before they leave it.
+:func:`open_event_sink` builds the sink the settings ask for. :func:`encode_events` stamps the
+envelope of each ``Event`` (id, schema version, time, source, request id); :class:`UnitHasher` is
+the keyed hash every service applies to unit ids before they leave it.
 """
 
 from __future__ import annotations
@@ -38,13 +43,14 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol
 
 from nats.js import api as js_api
 
+from infermesh.common.v1 import common_pb2
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis import context as ctx
 from infermesh_chassis import jetstream
@@ -56,18 +62,24 @@ from infermesh_chassis.tasks import cancel_and_wait
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
+    "AuditPayload",
     "DiskSpool",
+    "EncodedBatch",
     "EventEmitter",
+    "EventPayload",
     "EventSink",
+    "EventSource",
     "MonitorSink",
     "NatsSink",
+    "PendingEvent",
     "SpoolingSink",
+    "UnitHasher",
     "batch_id",
     "decode_batch",
     "encode_batch",
+    "encode_events",
     "ensure_stream",
     "hash_unit_id",
-    "new_event",
     "new_event_id",
     "open_event_sink",
 ]
@@ -75,28 +87,130 @@ __all__ = [
 EVENT_SCHEMA_VERSION = 1
 """Version of the event schema in protos/infermesh/monitor/v1/monitor.proto."""
 
-E = TypeVar("E")
-E_contra = TypeVar("E_contra", contravariant=True)
+BUILD_CHUNK = 128
+"""Events written into a batch between two yields to the event loop (a few hundred microseconds)."""
 
 Event = monitor_pb2.Event
 
 _log = get_logger("infermesh_chassis.events")
 
 
-class EventSink(Protocol[E_contra]):
-    """Where batches of events go (the monitor's ReportEvents, NATS JetStream, ...)."""
+class EventPayload(Protocol):
+    """What one event says, kept as plain values until its batch is built.
 
-    async def send(self, events: Sequence[E_contra]) -> None:
-        """Deliver ``events`` durably or raise; a raise means none of them counts as sent."""
+    ``KIND`` names the ``Event`` oneof field it fills (``"inference"``, ``"shadow"``, ...);
+    :meth:`fields` returns that message's fields as keyword values (nested messages as dicts,
+    repeated fields as sequences, maps as dicts), which protobuf writes in place in one call.
+    Implementations are slotted classes built on the request path without touching protobuf.
+    """
+
+    KIND: ClassVar[str]
+
+    def fields(self) -> Mapping[str, Any]:
+        """The payload message's fields (called once, when the batch is built)."""
         ...
 
 
-class EventEmitter(Generic[E]):
-    """Buffers events and sends them in batches in the background (see the module docstring)."""
+class EventSource:
+    """The service instance that emits (one per emitting component, built once)."""
+
+    __slots__ = ("fields", "instance", "service")
+
+    def __init__(self, service: str, instance: str) -> None:
+        self.service = service
+        self.instance = instance
+        self.fields = {"service": service, "instance": instance}
+
+
+class AuditPayload:
+    """An audit entry of a service (control plane: the entry is already a message)."""
+
+    __slots__ = ("entry", "service")
+    KIND: ClassVar[str] = "audit"
+
+    def __init__(self, service: str, entry: common_pb2.AuditEntry) -> None:
+        self.service = service
+        self.entry = entry
+
+    def fields(self) -> Mapping[str, Any]:
+        """The ``AuditEvent`` fields."""
+        return {"service": self.service, "entry": self.entry}
+
+
+PendingEvent = tuple[EventSource, EventPayload, str, int]
+"""What :meth:`EventEmitter.emit` records: source, payload, request id ("" when none), time in ns."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """One serialized ``EventBatch``: a queue message, a spool record, a ``ReportEvents`` request."""
+
+    id: str
+    """The batch id (:func:`batch_id` of its event ids)."""
+    payload: bytes
+    """The serialized ``EventBatch`` (the same bytes as a ``ReportEventsRequest``: both are field 1)."""
+    events: int
+    """Events in the batch."""
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> EncodedBatch:
+        """The batch a serialized ``EventBatch`` is (its id recomputed from its event ids)."""
+        events = monitor_pb2.EventBatch.FromString(payload).events
+        return cls(batch_id(e.event_id for e in events), payload, len(events))
+
+
+class EventSink(Protocol):
+    """Where batches of events go (the monitor's ReportEvents, NATS JetStream, ...)."""
+
+    async def send(self, batch: EncodedBatch) -> None:
+        """Deliver ``batch`` durably or raise; a raise means none of its events counts as sent."""
+        ...
+
+
+def _write(events: Any, records: Sequence[PendingEvent], ids: list[str]) -> None:
+    add = events.add
+    for source, payload, request_id, time_ns in records:
+        event_id = new_event_id()
+        seconds, nanos = divmod(time_ns, 1_000_000_000)
+        try:
+            add(
+                event_id=event_id,
+                schema_version=EVENT_SCHEMA_VERSION,
+                request_id=request_id,
+                time={"seconds": seconds, "nanos": nanos},
+                source=source.fields,
+                **{payload.KIND: payload.fields()},
+            )
+        except Exception:  # a payload that cannot be written loses its event, never the batch or the emitter
+            _log.exception("event_unwritable", kind=payload.KIND, payload=type(payload).__name__)
+            del events[len(ids) :]
+            continue
+        ids.append(event_id)
+
+
+async def encode_events(records: Sequence[PendingEvent], chunk: int = BUILD_CHUNK) -> EncodedBatch:
+    """Build ``records`` into one ``EventBatch`` (fresh event ids, in order) and serialize it once.
+
+    A record whose payload cannot be written is logged and left out (the batch's ``events`` says
+    how many went in). Writes ``chunk`` events at a time and yields to the event loop between chunks, so building a
+    large batch never holds up the calls being served for long. (Not in a thread: building runs
+    Python code under the GIL, and a second thread would only add switching delays to every call.)
+    """
+    batch = monitor_pb2.EventBatch()
+    ids: list[str] = []
+    for start in range(0, len(records), chunk):
+        if start:
+            await asyncio.sleep(0)
+        _write(batch.events, records[start : start + chunk], ids)
+    return EncodedBatch(batch_id(ids), batch.SerializeToString(), len(ids))
+
+
+class EventEmitter:
+    """Records events and sends them in batches in the background (see the module docstring)."""
 
     def __init__(
         self,
-        sink: EventSink[E],
+        sink: EventSink,
         settings: EventSettings,
         metrics: Metrics,
         *,
@@ -105,13 +219,19 @@ class EventEmitter(Generic[E]):
         self._sink = sink
         self._settings = settings
         self._max_backoff_s = max_backoff_s
-        self._buffer: deque[E] = deque()
-        self._batch: list[E] | None = None
+        self._buffer: deque[PendingEvent] = deque()
+        self._batch: EncodedBatch | None = None
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._emitted = metrics.counter("events_emitted", "Events handed to the emitter.")
-        self._dropped = metrics.counter("events_dropped", "Events dropped because the emitter's buffer was full.")
+        self._emitted = 0
+        self._dropped = 0
+        metrics.counter_function("events_emitted", "Events handed to the emitter.", lambda: self._emitted)
+        metrics.counter_function(
+            "events_dropped",
+            "Events dropped because the emitter's buffer was full or the event could not be written.",
+            lambda: self._dropped,
+        )
         self._sent = metrics.counter("events_sent", "Events delivered to the sink.")
         self._failures = metrics.counter("events_send_failures", "Batches the sink failed to take (retried).")
         metrics.gauge("events_buffered", "Events waiting in the emitter's buffer.").set_function(lambda: self.buffered)
@@ -119,16 +239,21 @@ class EventEmitter(Generic[E]):
     @property
     def buffered(self) -> int:
         """Events waiting to be sent (the batch being sent included)."""
-        return len(self._buffer) + (len(self._batch) if self._batch is not None else 0)
+        return len(self._buffer) + (self._batch.events if self._batch is not None else 0)
 
-    def emit(self, event: E) -> bool:
-        """Queue ``event`` without blocking; False (and a counted drop) when the buffer is full."""
-        self._emitted.inc()
-        if self._closing or len(self._buffer) >= self._settings.buffer_size:
-            self._dropped.inc()
+    def emit(self, source: EventSource, payload: EventPayload) -> bool:
+        """Record ``payload`` with the time and the current request id, without blocking.
+
+        False (and a counted drop) when the buffer is full or the emitter is stopping.
+        """
+        self._emitted += 1
+        buffer = self._buffer
+        if self._closing or len(buffer) >= self._settings.buffer_size:
+            self._dropped += 1
             return False
-        self._buffer.append(event)
-        if len(self._buffer) >= self._settings.batch_size:
+        call = ctx.current()
+        buffer.append((source, payload, "" if call is None else call.request_id, time.time_ns()))
+        if len(buffer) == self._settings.batch_size:
             self._wakeup.set()
         return True
 
@@ -167,19 +292,24 @@ class EventEmitter(Generic[E]):
                 if len(self._buffer) < self._settings.batch_size and not self._closing:
                     await self._wait()
                 size = min(self._settings.batch_size, len(self._buffer))
-                self._batch = [self._buffer.popleft() for _ in range(size)]
+                buffer = self._buffer
+                self._batch = await encode_events([buffer.popleft() for _ in range(size)])
+                self._dropped += size - self._batch.events
+                if not self._batch.events:
+                    self._batch = None
+                    continue
             try:
                 await self._sink.send(self._batch)
             except Exception as exc:  # the transport is down: keep the batch as it is, back off, try again
                 self._failures.inc()
                 backoff = min(self._max_backoff_s, max(0.05, backoff * 2))
-                _log.warning("event_send_failed", error=str(exc), batch=len(self._batch), retry_in_s=backoff)
+                _log.warning("event_send_failed", error=str(exc), batch=self._batch.events, retry_in_s=backoff)
                 if self._closing:
                     return
                 await asyncio.sleep(backoff)
                 continue
             backoff = 0.0
-            self._sent.inc(len(self._batch))
+            self._sent.inc(self._batch.events)
             self._batch = None
 
 
@@ -195,31 +325,27 @@ def new_event_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-def new_event(service: str, instance: str, **payload: object) -> monitor_pb2.Event:
-    """An ``Event`` with a fresh id, the current time, its source and the current request id.
+class UnitHasher:
+    """The keyed hash of unit ids (HMAC-SHA256, first 16 bytes as hex): what events carry instead of them.
 
-    ``payload`` is one of the envelope's oneof fields, e.g. ``inference=InferenceEvent(...)``.
-    Built field by field (a few microseconds): it runs on the serving path of every request.
+    The key is encoded and the HMAC keyed once; each hash copies that keyed state.
     """
-    event = monitor_pb2.Event(
-        event_id=new_event_id(),
-        schema_version=EVENT_SCHEMA_VERSION,
-        request_id=ctx.current_request_id() or "",
-        **payload,  # type: ignore[arg-type]
-    )
-    source = event.source
-    source.service = service
-    source.instance = instance
-    now = time.time_ns()
-    stamp = event.time
-    stamp.seconds = now // 1_000_000_000
-    stamp.nanos = now % 1_000_000_000
-    return event
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, key: str) -> None:
+        self._keyed = hmac.new(key.encode(), digestmod=hashlib.sha256)
+
+    def __call__(self, unit_id: str) -> str:
+        """The hash of ``unit_id``."""
+        keyed = self._keyed.copy()
+        keyed.update(unit_id.encode())
+        return keyed.hexdigest()[:32]
 
 
 def hash_unit_id(unit_id: str, key: str) -> str:
-    """The keyed hash of a unit id (HMAC-SHA256, first 16 bytes as hex): what events carry instead of it."""
-    return hmac.new(key.encode(), unit_id.encode(), hashlib.sha256).hexdigest()[:32]
+    """The keyed hash of one unit id (see :class:`UnitHasher`, which serving code keeps per key)."""
+    return UnitHasher(key)(unit_id)
 
 
 def batch_id(event_ids: Iterable[str]) -> str:
@@ -229,7 +355,7 @@ def batch_id(event_ids: Iterable[str]) -> str:
 
 
 def encode_batch(events: Sequence[monitor_pb2.Event]) -> bytes:
-    """``events`` as one serialized ``EventBatch`` (a queue message, a spool record)."""
+    """Built ``events`` as one serialized ``EventBatch`` (the monitor's own RPC ingest)."""
     return monitor_pb2.EventBatch(events=events).SerializeToString()  # type: ignore[no-any-return]
 
 
@@ -253,9 +379,9 @@ class MonitorSink:
     def __init__(self, client: ServiceClient) -> None:
         self._client = client
 
-    async def send(self, events: Sequence[monitor_pb2.Event]) -> None:
-        """Report ``events``; raises (and the emitter retries) when the monitor cannot take them."""
-        await self._client.call("ReportEvents", monitor_pb2.ReportEventsRequest(events=events))
+    async def send(self, batch: EncodedBatch) -> None:
+        """Report ``batch``; raises (and the emitter retries) when the monitor cannot take it."""
+        await self._client.call("ReportEvents", monitor_pb2.ReportEventsRequest.FromString(batch.payload))
 
 
 _SUBJECT_SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -310,14 +436,14 @@ class NatsSink:
                 self._nc, self._js = nc, js
             return self._js
 
-    async def send(self, events: Sequence[monitor_pb2.Event]) -> None:
-        """Publish ``events`` as one message; raises unless JetStream confirmed it."""
+    async def send(self, batch: EncodedBatch) -> None:
+        """Publish ``batch`` as one message; raises unless JetStream confirmed it."""
         js = await self._jetstream()
         await js.publish(
             self.subject,
-            encode_batch(events),
+            batch.payload,
             timeout=self._settings.nats_publish_timeout_s,
-            headers={"Nats-Msg-Id": batch_id(e.event_id for e in events)},
+            headers={"Nats-Msg-Id": batch.id},
         )
 
     async def close(self) -> None:
@@ -444,9 +570,7 @@ class DiskSpool:
 class SpoolingSink:
     """Sends through ``inner``; while it fails, batches wait in ``spool`` and are replayed in order."""
 
-    def __init__(
-        self, inner: EventSink[Event], spool: DiskSpool, metrics: Metrics, *, max_backoff_s: float = 5.0
-    ) -> None:
+    def __init__(self, inner: EventSink, spool: DiskSpool, metrics: Metrics, *, max_backoff_s: float = 5.0) -> None:
         self._inner = inner
         self._spool = spool
         self._max_backoff_s = max_backoff_s
@@ -471,23 +595,22 @@ class SpoolingSink:
             self._task = asyncio.get_running_loop().create_task(self._replay(), name="event-spool-replay")
             self._wakeup.set()
 
-    async def send(self, events: Sequence[Event]) -> None:
+    async def send(self, batch: EncodedBatch) -> None:
         """Deliver now when nothing waits and the transport works; otherwise spool behind the rest.
 
         Raises only when the spool cannot be written (the emitter then keeps and retries the batch).
         """
         if self._spool.batches == 0:
             try:
-                await self._inner.send(events)
+                await self._inner.send(batch)
                 return
             except Exception as exc:
-                _log.warning("event_transport_down_spooling", error=str(exc), batch=len(events))
-        payload = encode_batch(events)
-        if await asyncio.to_thread(self._spool.append, payload, len(events)):
+                _log.warning("event_transport_down_spooling", error=str(exc), batch=batch.events)
+        if await asyncio.to_thread(self._spool.append, batch.payload, batch.events):
             self._wakeup.set()
             return
-        self._spool_dropped.inc(len(events))
-        _log.error("event_spool_full", dropped=len(events), spool_bytes=self._spool.size_bytes)
+        self._spool_dropped.inc(batch.events)
+        _log.error("event_spool_full", dropped=batch.events, spool_bytes=self._spool.size_bytes)
 
     async def _replay(self) -> None:
         backoff = 0.0
@@ -498,9 +621,9 @@ class SpoolingSink:
                 await self._wakeup.wait()
                 continue
             path, payload = oldest
-            events = decode_batch(payload)
+            batch = EncodedBatch.from_payload(payload)
             try:
-                await self._inner.send(events)
+                await self._inner.send(batch)
             except Exception as exc:
                 backoff = min(self._max_backoff_s, max(0.05, backoff * 2))
                 _log.info("event_spool_replay_waiting", error=str(exc), spooled=self._spool.events, retry_in_s=backoff)
@@ -508,7 +631,7 @@ class SpoolingSink:
                 continue
             backoff = 0.0
             await asyncio.to_thread(self._spool.remove, path)
-            self._replayed.inc(len(events))
+            self._replayed.inc(batch.events)
             if self._spool.batches == 0:
                 _log.info("event_spool_drained")
 
@@ -527,15 +650,13 @@ def open_event_sink(
     service: str,
     metrics: Metrics,
     monitor_client: Callable[[], ServiceClient],
-) -> EventSink[Event]:
+) -> EventSink:
     """The sink ``settings`` ask for (NATS or the monitor's RPC, spooled when ``spool_dir`` is set), started.
 
     ``monitor_client`` builds the monitor's client (with ``MonitorSink.STUB``/``IDEMPOTENT``) for
     the ``grpc`` transport. A sink with a ``close()`` coroutine must be closed after the emitter stops.
     """
-    inner: EventSink[Event] = (
-        NatsSink(settings, service) if settings.transport == "nats" else MonitorSink(monitor_client())
-    )
+    inner: EventSink = NatsSink(settings, service) if settings.transport == "nats" else MonitorSink(monitor_client())
     if settings.spool_dir is None:
         return inner
     root = settings.spool_dir / _SUBJECT_SAFE.sub("_", service)

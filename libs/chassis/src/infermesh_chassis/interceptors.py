@@ -1,4 +1,4 @@
-"""grpc.aio interceptors: request id, RED metrics, deadline capture and error mapping.
+"""The server interceptor (request id, RED metrics, deadline capture, error mapping) and the RED recorder.
 
 Server side, :class:`ServerInterceptor` wraps every handler once per method (cached) so
 that each call
@@ -10,7 +10,10 @@ that each call
   anything unexpected to INTERNAL with a generic message (the traceback goes to the log);
 - counts requests, errors by status code, and latency.
 
-Client side, the interceptors pass the request id on and record the same RED metrics.
+There is no client interceptor: a grpc.aio client interceptor costs every call an extra task and
+new call details. :class:`~infermesh_chassis.client.ServiceClient`, the one client boundary, passes
+the request id (``metadata=``) and the deadline (``timeout=``) itself and records the same RED
+metrics with a :class:`CallRecorder`.
 """
 
 from __future__ import annotations
@@ -22,14 +25,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from grpc.aio import ClientCallDetails
 
 from infermesh_chassis import context as ctx
 from infermesh_chassis.errors import InfermeshError
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import RpcMetrics
 
-__all__ = ["ClientInterceptor", "ServerInterceptor", "client_interceptors", "split_method"]
+__all__ = ["CallRecorder", "ServerInterceptor", "split_method"]
 
 _log = get_logger("infermesh_chassis.interceptors")
 
@@ -41,22 +43,27 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-class _CallRecorder:
-    """Counts one call's outcome and latency for one method."""
+class CallRecorder:
+    """Counts one method's calls, their latency and their errors (metric children looked up once)."""
 
-    __slots__ = ("_errors", "_labels", "_latency", "_requests")
+    __slots__ = ("_error_children", "_errors", "_labels", "_latency", "_requests")
 
     def __init__(self, metrics: RpcMetrics, full_method: str) -> None:
         self._labels = split_method(full_method)
         self._requests = metrics.requests.labels(*self._labels)
         self._latency = metrics.latency.labels(*self._labels)
         self._errors = metrics.errors
+        self._error_children: dict[grpc.StatusCode, Any] = {}
 
     def record(self, code: grpc.StatusCode, started: float) -> None:
+        """Count one call that ended with ``code``, begun at ``started`` (``time.perf_counter()``)."""
         self._requests.inc()
         self._latency.observe(time.perf_counter() - started)
         if code is not grpc.StatusCode.OK:
-            self._errors.labels(*self._labels, code.name).inc()
+            child = self._error_children.get(code)
+            if child is None:
+                child = self._error_children[code] = self._errors.labels(*self._labels, code.name)
+            child.inc()
 
 
 class _ServerCall:
@@ -115,7 +122,7 @@ class _ServerCall:
 Behavior = Callable[..., Any]
 
 
-def _wrap_unary_response(behavior: Behavior, method: str, recorder: _CallRecorder) -> Behavior:
+def _wrap_unary_response(behavior: Behavior, method: str, recorder: CallRecorder) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _ServerCall(context, method)
         try:
@@ -133,7 +140,7 @@ def _wrap_unary_response(behavior: Behavior, method: str, recorder: _CallRecorde
     return handler
 
 
-def _wrap_stream_response(behavior: Behavior, method: str, recorder: _CallRecorder) -> Behavior:
+def _wrap_stream_response(behavior: Behavior, method: str, recorder: CallRecorder) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = _ServerCall(context, method)
         try:
@@ -177,7 +184,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        recorder = _CallRecorder(self._metrics, method)
+        recorder = CallRecorder(self._metrics, method)
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -197,98 +204,3 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             _wrap_stream_response(handler.stream_stream, method, recorder), **kwargs
         )
-
-
-def _with_request_id(details: ClientCallDetails) -> ClientCallDetails:
-    rid = ctx.current_request_id()
-    if rid is None:
-        return details
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    if ctx.REQUEST_ID_METADATA_KEY not in metadata:
-        metadata.add(ctx.REQUEST_ID_METADATA_KEY, rid)
-    return ClientCallDetails(
-        method=details.method,
-        timeout=details.timeout,
-        metadata=metadata,
-        credentials=details.credentials,
-        wait_for_ready=details.wait_for_ready,
-    )
-
-
-class ClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Passes the current request id downstream and records client-side RED metrics."""
-
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self._metrics = metrics
-        self._recorders: dict[str, _CallRecorder] = {}
-
-    def _recorder(self, method: str | bytes) -> _CallRecorder:
-        name = method.decode() if isinstance(method, bytes) else method
-        recorder = self._recorders.get(name)
-        if recorder is None:
-            recorder = self._recorders[name] = _CallRecorder(self._metrics, name)
-        return recorder
-
-    async def _unary_response(self, continuation: Callable[..., Any], details: ClientCallDetails, req: Any) -> Any:
-        started = time.perf_counter()
-        recorder = self._recorder(details.method)
-        call = await continuation(_with_request_id(details), req)
-        recorder.record(await call.code(), started)
-        return call
-
-    def _stream_response(self, continuation: Callable[..., Any], details: ClientCallDetails, req: Any) -> Any:
-        started = time.perf_counter()
-        recorder = self._recorder(details.method)
-
-        async def invoke() -> Any:
-            call = await continuation(_with_request_id(details), req)
-
-            def done(finished: Any) -> None:
-                code = finished.code()
-                if inspect.isawaitable(code):
-                    task = asyncio.ensure_future(code)
-                    task.add_done_callback(lambda t: recorder.record(_task_code(t), started))
-                else:
-                    recorder.record(code, started)
-
-            call.add_done_callback(done)
-            return call
-
-        return invoke()
-
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request: Any
-    ) -> Any:
-        return await self._unary_response(continuation, client_call_details, request)
-
-    async def intercept_stream_unary(
-        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request_iterator: Any
-    ) -> Any:
-        return await self._unary_response(continuation, client_call_details, request_iterator)
-
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request: Any
-    ) -> Any:
-        return await self._stream_response(continuation, client_call_details, request)
-
-    async def intercept_stream_stream(
-        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request_iterator: Any
-    ) -> Any:
-        return await self._stream_response(continuation, client_call_details, request_iterator)
-
-
-def _task_code(task: asyncio.Future[Any]) -> grpc.StatusCode:
-    if task.cancelled() or task.exception() is not None:
-        return grpc.StatusCode.UNKNOWN
-    code: grpc.StatusCode = task.result()
-    return code
-
-
-def client_interceptors(metrics: RpcMetrics) -> list[grpc.aio.ClientInterceptor]:
-    """The interceptors every channel of a service is built with."""
-    return [ClientInterceptor(metrics)]

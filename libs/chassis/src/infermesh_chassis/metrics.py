@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
+from typing import Any, TypeVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHttpServer", "RpcMetrics"]
 
@@ -60,11 +64,18 @@ class Metrics:
 
     def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
         """A counter named ``infermesh_<service>_<name>_total`` in this service's registry."""
-        return Counter(f"{self.prefix}_{name}", documentation, labels, registry=self.registry)
+        return _cache_children(Counter(f"{self.prefix}_{name}", documentation, labels, registry=self.registry))
+
+    def counter_function(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A counter named ``infermesh_<service>_<name>_total`` whose value ``read()`` returns when scraped.
+
+        For counts kept as plain integers on a hot path: nothing is updated per increment.
+        """
+        self.registry.register(_FunctionCounter(f"{self.prefix}_{name}", documentation, read))
 
     def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
         """A gauge named ``infermesh_<service>_<name>`` in this service's registry."""
-        return Gauge(f"{self.prefix}_{name}", documentation, labels, registry=self.registry)
+        return _cache_children(Gauge(f"{self.prefix}_{name}", documentation, labels, registry=self.registry))
 
     def histogram(
         self,
@@ -74,11 +85,54 @@ class Metrics:
         buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
     ) -> Histogram:
         """A histogram named ``infermesh_<service>_<name>`` in this service's registry."""
-        return Histogram(f"{self.prefix}_{name}", documentation, labels, registry=self.registry, buckets=buckets)
+        metric = Histogram(f"{self.prefix}_{name}", documentation, labels, registry=self.registry, buckets=buckets)
+        return _cache_children(metric)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return prometheus_client.generate_latest(self.registry)
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+def _cache_children(metric: M) -> M:
+    """``metric`` with a ``labels(...)`` that looks each child up once.
+
+    prometheus_client's own ``labels()`` turns the values into strings, hashes them and takes a lock
+    on every call: a cost paid per request on every hot path that counts by label. Children are
+    never removed here, so a child found once stays valid.
+    """
+    if not metric._labelnames:
+        return metric
+    lookup = metric.labels
+    children: dict[tuple[object, ...], Any] = {}
+
+    def labels(*values: object, **by_name: object) -> Any:
+        if by_name:
+            return lookup(*values, **by_name)
+        child = children.get(values)
+        if child is None:
+            child = children[values] = lookup(*values)
+        return child
+
+    metric.labels = labels  # type: ignore[method-assign]
+    return metric
+
+
+class _FunctionCounter(Collector):
+    """One unlabelled counter read from a function at collection time."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = read
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
 
 
 class MetricsHttpServer:

@@ -1,6 +1,8 @@
 """Who is calling: API keys (stored hashed) and JWT bearer tokens (pyjwt).
 
-An API key is looked up by its SHA-256 (the configuration never holds a key itself); a JWT is
+An API key is looked up by its SHA-256 (the configuration never holds a key itself), computed once
+per key: a key that matched is remembered (at most one entry per configured key, so the memory is
+bounded by the configuration and a caller sending random keys fills nothing); a JWT is
 verified with the configured keys (by ``kid`` when the token names one), issuer, audience and
 expiry, and remembered until it expires so that a caller reusing its token pays the signature
 check once. Either way the caller becomes a :class:`~.domain.Principal` naming the scenes it may
@@ -78,15 +80,22 @@ class Authenticator:
             key.sha256: _limited(f"api-key:{key.name}", _scenes(key.scenes), key.admin, key.rate_limit)
             for key in settings.api_keys
         }
+        self._presented: dict[str, Principal] = {}
+        """Keys presented that matched, by the key itself (bounded by the configured keys)."""
         self._jwt_keys = [_JwtKey(spec) for spec in settings.jwt.keys]
         self._tokens: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     def authenticate(self, api_key: str | None, bearer: str | None) -> Principal:
         """The caller presenting ``api_key`` or ``bearer`` (UNAUTHENTICATED when neither is valid)."""
         if api_key:
+            principal = self._presented.get(api_key)
+            if principal is not None:
+                return principal
             principal = self._keys.get(hash_api_key(api_key))
             if principal is None:
                 raise Unauthenticated("the API key is not valid")
+            if len(self._presented) < len(self._keys):
+                self._presented[api_key] = principal
             return principal
         if bearer:
             return self._verify(bearer)

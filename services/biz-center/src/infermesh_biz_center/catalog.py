@@ -42,6 +42,7 @@ __all__ = [
     "GrayPlan",
     "ResponseMap",
     "RuleDefault",
+    "SaltedHash",
     "Snapshot",
     "bucket_of",
     "compile_experiment",
@@ -60,16 +61,32 @@ MODEL_PARAMETERS = "model_parameters"
 """Variant parameter whose entries are passed to the model as inference request parameters."""
 
 
+class SaltedHash:
+    """The first 8 bytes of ``blake2b(salt NUL unit id)`` as an integer, with the salt hashed once.
+
+    Each call copies the state left after the salt and feeds it only the unit id.
+    """
+
+    __slots__ = ("_salted",)
+
+    def __init__(self, salt: str, person: bytes = b"") -> None:
+        self._salted = hashlib.blake2b(f"{salt}\0".encode(), digest_size=8, person=person)
+
+    def __call__(self, unit_id: str) -> int:
+        """The unit's hash."""
+        digest = self._salted.copy()
+        digest.update(unit_id.encode())
+        return int.from_bytes(digest.digest(), "big")
+
+
 def bucket_of(salt: str, unit_id: str, bucket_count: int) -> int:
     """The unit's bucket in a layer (see the module docstring)."""
-    digest = hashlib.blake2b(f"{salt}\0{unit_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % bucket_count
+    return SaltedHash(salt)(unit_id) % bucket_count
 
 
 def unit_fraction(salt: str, unit_id: str) -> float:
     """A uniform number in [0, 100) for the unit, independent of every layer's bucket."""
-    digest = hashlib.blake2b(f"{salt}\0{unit_id}".encode(), digest_size=8, person=b"gray").digest()
-    return int.from_bytes(digest, "big") / 2**64 * 100
+    return SaltedHash(salt, b"gray")(unit_id) / 2**64 * 100
 
 
 def _seconds(ts: Any) -> float:
@@ -176,6 +193,10 @@ class GrayPlan:
     percentage: float
     ramp: tuple[tuple[float, float], ...]
     salt: str
+    _fraction: SaltedHash = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fraction", SaltedHash(self.salt, b"gray"))
 
     def percentage_at(self, now: float) -> float:
         """The percentage in force at ``now`` (epoch seconds): the latest ramp point started, else the base."""
@@ -193,7 +214,7 @@ class GrayPlan:
             if rule.holds(facts):
                 return f"rule:{rule.name}"
         percentage = self.percentage_at(now)
-        if percentage > 0 and unit_fraction(self.salt, facts.unit_id) < percentage:
+        if percentage > 0 and self._fraction(facts.unit_id) / 2**64 * 100 < percentage:
             return "percentage"
         return None
 
@@ -362,10 +383,14 @@ class CompiledLayer:
     salt: str
     bucket_count: int
     variants: tuple[CompiledVariant, ...]
+    _hash: SaltedHash = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", SaltedHash(self.salt))
 
     def assign(self, unit_id: str) -> tuple[int, CompiledVariant | None]:
         """The unit's bucket, and the variant owning it (None: the unit is not in the layer)."""
-        bucket = bucket_of(self.salt, unit_id, self.bucket_count)
+        bucket = self._hash(unit_id) % self.bucket_count
         for variant in self.variants:
             if variant.first <= bucket < variant.end:
                 return bucket, variant

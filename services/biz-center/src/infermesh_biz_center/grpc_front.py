@@ -8,6 +8,8 @@ of RESOURCE_EXHAUSTED).
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
@@ -49,53 +51,57 @@ def decode_request(request: pb.PredictRequest) -> PredictInput:
     )
 
 
-def _prediction(prediction: Prediction) -> pb.Prediction:
-    return pb.Prediction(
-        scores=prediction.scores,
-        label=prediction.label,
-        outputs=[
-            common_pb2.Tensor(name=t.name, datatype=t.datatype, shape=t.shape, raw_contents=t.raw)
+def _prediction(prediction: Prediction) -> dict[str, Any]:
+    return {
+        "scores": prediction.scores,
+        "label": prediction.label,
+        "outputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": t.shape, "raw_contents": t.raw}
             for t in prediction.outputs
         ],
-    )
+    }
+
+
+def _outcome_fields(outcome: PredictOutcome) -> dict[str, Any]:
+    """The PredictResponse fields of ``outcome`` as plain values: protobuf builds nested messages from
+    them in place (a message passed to a constructor or appended would be serialized and parsed again)."""
+    degradation = outcome.degradation
+    return {
+        "request_id": outcome.request_id,
+        "prediction": _prediction(outcome.prediction),
+        "variant": outcome.variant,
+        "assignments": [
+            {"experiment": a.experiment, "layer": a.layer, "variant": a.variant, "bucket": a.bucket}
+            for a in outcome.assignments
+        ],
+        "model": outcome.model,
+        "model_version": outcome.model_version,
+        "degradation": {
+            "degraded": degradation.degraded,
+            "reason": degradation.reason,
+            "detail": degradation.detail,
+            "served_by": degradation.served_by,
+        },
+        "latencies": [{"hop": h.name, "latency_ms": h.latency_ms} for h in outcome.hops],
+        "scene": outcome.scene,
+        "scene_config_version": outcome.scene_config_version,
+        "route": outcome.route,
+        "feature_lineage": outcome.lineage,  # the data gateway's message: copied once, into the answer
+    }
 
 
 def encode_outcome(outcome: PredictOutcome) -> pb.PredictResponse:
     """The core's answer as a PredictResponse."""
-    degradation = outcome.degradation
-    response = pb.PredictResponse(
-        request_id=outcome.request_id,
-        prediction=_prediction(outcome.prediction),
-        variant=outcome.variant,
-        assignments=[
-            pb.ExperimentAssignment(experiment=a.experiment, layer=a.layer, variant=a.variant, bucket=a.bucket)
-            for a in outcome.assignments
-        ],
-        model=outcome.model,
-        model_version=outcome.model_version,
-        degradation=common_pb2.Degradation(
-            degraded=degradation.degraded,
-            reason=degradation.reason,  # type: ignore[arg-type]
-            detail=degradation.detail,
-            served_by=degradation.served_by,  # type: ignore[arg-type]
-        ),
-        latencies=[common_pb2.HopLatency(hop=h.name, latency_ms=h.latency_ms) for h in outcome.hops],
-        scene=outcome.scene,
-        scene_config_version=outcome.scene_config_version,
-        route=outcome.route,  # type: ignore[arg-type]
-    )
-    if outcome.lineage is not None:
-        response.feature_lineage.CopyFrom(outcome.lineage)
-    return response
+    return pb.PredictResponse(**_outcome_fields(outcome))
 
 
-def _error_status(error: InfermeshError) -> common_pb2.ErrorStatus:
-    status = common_pb2.ErrorStatus(code=error.status_code.value[0], message=error.message)
+def _write_error(status: common_pb2.ErrorStatus, error: InfermeshError) -> None:
+    status.code = error.status_code.value[0]
+    status.message = error.message
     if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
         status.retry_after.FromNanoseconds(int(error.retry_after_s * 1e9))
     if field := error_field(error.message):
         status.details["field"] = field
-    return status
 
 
 def _request_id(request_id: str) -> str:
@@ -128,9 +134,9 @@ class PredictServicer(pb_grpc.BizCenterServiceServicer):
         response = pb.PredictBatchResponse()
         for result in results:
             if isinstance(result, InfermeshError):
-                response.results.add(error=_error_status(result))
+                _write_error(response.results.add().error, result)
             else:
-                response.results.add(response=encode_outcome(result))
+                response.results.add(response=_outcome_fields(result))
         return response
 
 

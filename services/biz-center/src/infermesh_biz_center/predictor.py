@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 
 from infermesh.common.v1 import common_pb2
 from infermesh.datagateway.v1 import data_gateway_pb2 as dg
-from infermesh.monitor.v1 import monitor_pb2
 from infermesh_biz_center.auth import Authenticator
 from infermesh_biz_center.catalog import (
     MODEL_PARAMETERS,
@@ -63,6 +62,7 @@ from infermesh_biz_center.domain import (
     ServedBy,
 )
 from infermesh_biz_center.downstream import FeatureClient, FeatureVector, Guard, InferResult, ModelClient, pack_row
+from infermesh_biz_center.events import AnswerPayload, ExposurePayload, FailurePayload
 from infermesh_biz_center.limits import RateLimits, SceneGate
 from infermesh_biz_center.mapping import map_outputs, needs_class_labels
 from infermesh_biz_center.registry import ConfigRegistry
@@ -80,7 +80,7 @@ from infermesh_chassis.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from infermesh_chassis.events import EventEmitter, hash_unit_id, new_event
+from infermesh_chassis.events import EventEmitter, EventSource, UnitHasher
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 
@@ -154,7 +154,7 @@ class Predictor:
         predict: PredictSettings,
         resilience: ResilienceSettings,
         metrics: Metrics,
-        emitter: EventEmitter[monitor_pb2.Event] | None = None,
+        emitter: EventEmitter | None = None,
         instance: str = "",
         unit_hash_key: str = "",
         clock: Callable[[], float] = time.time,
@@ -168,8 +168,8 @@ class Predictor:
         self._predict = predict
         self._resilience = resilience
         self._emitter = emitter
-        self._instance = instance
-        self._unit_hash_key = unit_hash_key
+        self._source = EventSource("biz-center", instance)
+        self._hash_unit = UnitHasher(unit_hash_key)
         self._clock = clock
         self._breakers: dict[str, AsyncCircuitBreaker] = {}
         self._exposures: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
@@ -501,49 +501,18 @@ class Predictor:
             self._answers.labels(scene.name, common_pb2.ServedBy.Name(degradation.served_by)).inc()
             if degradation.degraded:
                 self._degraded.labels(scene.name, common_pb2.DegradationReason.Name(degradation.reason)).inc()
-        if self._emitter is None:
+        emitter = self._emitter
+        if emitter is None:
             return
-        unit = hash_unit_id(inp.unit_id, self._unit_hash_key)
+        unit = self._hash_unit(inp.unit_id)
         latency_ms = elapsed_s * 1000
         if outcome is None:
             assert error is not None
-            event = monitor_pb2.InferenceEvent(
-                scene=scene.name,
-                unit_id_hash=unit,
-                latency_ms=latency_ms,
-                status_code=error.status_code.value[0],
-                error_message=error.message,
-            )
-            self._emitter.emit(new_event("biz-center", self._instance, inference=event))
+            failure = FailurePayload(scene.name, unit, latency_ms, error.status_code.value[0], error.message)
+            emitter.emit(self._source, failure)
             return
         now = time.monotonic()
         for a in outcome.assignments:
             if not self._exposed_recently((a.experiment, a.layer, a.variant, unit), now):
-                exposure = monitor_pb2.ExposureEvent(
-                    scene=scene.name, experiment=a.experiment, layer=a.layer, variant=a.variant, unit_id_hash=unit
-                )
-                self._emitter.emit(new_event("biz-center", self._instance, exposure=exposure))
-        degradation = outcome.degradation
-        event = monitor_pb2.InferenceEvent(
-            scene=scene.name,
-            unit_id_hash=unit,
-            variant=outcome.variant,
-            model=outcome.model,
-            model_version=outcome.model_version,
-            hop_latencies=[
-                *(common_pb2.HopLatency(hop=h.name, latency_ms=h.latency_ms) for h in outcome.hops),
-                common_pb2.HopLatency(hop="biz_center", latency_ms=latency_ms),
-            ],
-            latency_ms=latency_ms,
-            degradation=common_pb2.Degradation(
-                degraded=degradation.degraded,
-                reason=degradation.reason,  # type: ignore[arg-type]
-                detail=degradation.detail,
-                served_by=degradation.served_by,  # type: ignore[arg-type]
-            ),
-            scores=outcome.prediction.scores,
-            label=outcome.prediction.label,
-            feature_lineage=outcome.lineage,
-            batch_size=1,
-        )
-        self._emitter.emit(new_event("biz-center", self._instance, inference=event))
+                emitter.emit(self._source, ExposurePayload(scene.name, a.experiment, a.layer, a.variant, unit))
+        emitter.emit(self._source, AnswerPayload(outcome, unit, latency_ms))

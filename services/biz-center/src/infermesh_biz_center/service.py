@@ -16,7 +16,6 @@ import grpc
 
 from infermesh.bizcenter.v1 import biz_center_pb2, biz_center_pb2_grpc
 from infermesh.common.v1 import common_pb2
-from infermesh.monitor.v1 import monitor_pb2
 from infermesh_biz_center.auth import Authenticator
 from infermesh_biz_center.downstream import (
     DATA_GATEWAY_IDEMPOTENT,
@@ -38,7 +37,7 @@ from infermesh_biz_center.thrift_front import ThriftFront
 from infermesh_biz_center.tls import SecureChannelPool, server_credentials
 from infermesh_chassis.app import Runtime
 from infermesh_chassis.client import ChannelPool, ServiceClient
-from infermesh_chassis.events import EventEmitter, MonitorSink, new_event, open_event_sink
+from infermesh_chassis.events import AuditPayload, EventEmitter, EventSource, MonitorSink, open_event_sink
 from infermesh_chassis.logs import get_logger
 
 __all__ = ["BizCenter", "create"]
@@ -82,7 +81,7 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
             idempotent=idempotent,
         )
 
-    emitter: EventEmitter[monitor_pb2.Event] | None = None
+    emitter: EventEmitter | None = None
     if settings.events.enabled:
         # the chassis' sink (NATS or the monitor's RPC, spooled as configured), with a client that
         # speaks TLS when client_tls is set
@@ -99,10 +98,11 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
         emitter.start()
         runtime.on_stop(emitter.stop)
 
+    audit_source = EventSource(settings.service_name, instance)
+
     def on_audit(entry: common_pb2.AuditEntry) -> None:
         if emitter is not None:
-            audit = monitor_pb2.AuditEvent(service=settings.service_name, entry=entry)
-            emitter.emit(new_event(settings.service_name, instance, audit=audit))
+            emitter.emit(audit_source, AuditPayload(settings.service_name, entry))
 
     redis = None
     if settings.rate_limit.redis_url is not None:

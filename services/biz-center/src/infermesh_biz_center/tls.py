@@ -51,7 +51,7 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
 
 
 class SecureChannelPool(ChannelPool):
-    """The chassis' channel pool with TLS channels (same options and interceptors)."""
+    """The chassis' channel pool with TLS channels (same options)."""
 
     def __init__(self, metrics: Metrics, tls: TlsSettings, *, max_message_bytes: int) -> None:
         super().__init__(metrics, max_message_bytes=max_message_bytes)
@@ -63,8 +63,6 @@ class SecureChannelPool(ChannelPool):
         """The TLS channel to ``target`` (``host:port``)."""
         channel = self._channels.get(target)
         if channel is None:
-            channel = grpc.aio.secure_channel(
-                target, self._credentials, options=self._options, interceptors=self._interceptors
-            )
+            channel = grpc.aio.secure_channel(target, self._credentials, options=self._options)
             self._channels[target] = channel
         return channel

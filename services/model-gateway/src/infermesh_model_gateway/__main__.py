@@ -21,9 +21,7 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 CONTROL_SERVICE = "infermesh.modelgateway.v1.ModelControlService"
 
 
-async def assemble(
-    settings: Settings, runtime: Runtime, emitter: EventEmitter[monitor_pb2.Event] | None
-) -> ModelGateway:
+async def assemble(settings: Settings, runtime: Runtime, emitter: EventEmitter | None) -> ModelGateway:
     """Start the registry and the Triton workers, then add the data and control planes to the server."""
     gateway = ModelGateway(settings, runtime.metrics, runtime.discovery)
     runtime.on_stop(gateway.stop)

@@ -23,11 +23,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from infermesh.common.v1 import common_pb2
-from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.errors import (
     FailedPrecondition,
     InfermeshError,
@@ -35,45 +32,19 @@ from infermesh_chassis.errors import (
     Unavailable,
     Unimplemented,
 )
-from infermesh_chassis.events import EventEmitter, new_event
+from infermesh_chassis.events import EventEmitter, EventSource
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_model_gateway.domain import ModelVersionRecord, VersionState
+from infermesh_model_gateway.events import InferencePayload, ShadowPayload
 from infermesh_model_gateway.pool import WorkerPool
 from infermesh_model_gateway.routing import Router, deprecation_warning
 from infermesh_model_gateway.settings import InferenceSettings
-from infermesh_model_gateway.validation import RequestValidator, batch_size
+from infermesh_model_gateway.validation import RequestValidator
 
 __all__ = ["InferenceServicer"]
 
 _log = get_logger("infermesh_model_gateway.dataplane")
-
-_NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "FP16": np.float16}
-"""Datatypes decoded into sampled event inputs (others are reported as raw tensors only)."""
-
-
-def _tensors(response: service_pb2.ModelInferResponse) -> list[common_pb2.Tensor]:
-    raw = response.raw_output_contents
-    return [
-        common_pb2.Tensor(
-            name=output.name,
-            datatype=output.datatype,
-            shape=output.shape,
-            raw_contents=raw[i] if i < len(raw) else b"",
-        )
-        for i, output in enumerate(response.outputs)
-    ]
-
-
-def _sampled_inputs(request: service_pb2.ModelInferRequest) -> dict[str, common_pb2.Value]:
-    values: dict[str, common_pb2.Value] = {}
-    for i, tensor in enumerate(request.inputs):
-        dtype = _NUMPY.get(tensor.datatype)
-        if dtype is None or i >= len(request.raw_input_contents):
-            continue
-        array = np.frombuffer(request.raw_input_contents[i], dtype=dtype).astype(np.float64)
-        values[tensor.name] = common_pb2.Value(double_list=common_pb2.DoubleList(values=array.tolist()))
-    return values
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -86,7 +57,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         settings: InferenceSettings,
         metrics: Metrics,
         *,
-        emitter: EventEmitter[monitor_pb2.Event] | None = None,
+        emitter: EventEmitter | None = None,
         instance: str = "",
         rng: random.Random | None = None,
     ) -> None:
@@ -94,7 +65,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._pool = pool
         self._settings = settings
         self._emitter = emitter
-        self._instance = instance
+        self._source = EventSource("model-gateway", instance)
         self._rng = rng or random.Random()
         self._validators: dict[str, tuple[ModelVersionRecord, RequestValidator]] = {}
         self._shadows: set[asyncio.Task[None]] = set()
@@ -194,19 +165,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         if self._emitter is None:
             return
-        event = monitor_pb2.InferenceEvent(
-            model=record.model,
-            model_version=record.version,
+        payload = InferencePayload(
+            record,
+            request,
+            response,
             latency_ms=(time.perf_counter() - started) * 1000,
-            status_code=(error.status_code.value[0] if error is not None else 0),
+            status_code=error.status_code.value[0] if error is not None else 0,
             error_message=error.message if error is not None else "",
-            batch_size=batch_size(request, record),
-            outputs=_tensors(response) if response is not None else (),
+            sample=self._rng.random() < self._settings.event_input_sample_rate,
         )
-        if self._rng.random() < self._settings.event_input_sample_rate:
-            for name, value in _sampled_inputs(request).items():
-                event.sampled_inputs[name].CopyFrom(value)
-        self._emitter.emit(new_event("model-gateway", self._instance, inference=event))
+        self._emitter.emit(self._source, payload)
 
     def _mirror(
         self,
@@ -235,31 +203,32 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         primary_latency_ms: float,
     ) -> None:
         started = time.perf_counter()
-        event = monitor_pb2.ShadowEvent(
-            model=primary.model,
-            primary_version=primary.version,
-            primary_outputs=_tensors(primary_response),
-            primary_latency_ms=primary_latency_ms,
-            shadow_version=shadow.version,
-        )
+        response: service_pb2.ModelInferResponse | None = None
+        error: tuple[int, str] | None = None
         try:
             self._validator(shadow).validate(request)
             request.model_name = shadow.triton_name
             request.model_version = ""
             response = await self._pool.infer(shadow.triton_name, request, timeout_s=self._settings.shadow_timeout_s)
-            event.shadow_outputs.extend(_tensors(response))
         except InfermeshError as exc:
             self._shadow_failed.labels(primary.model).inc()
-            event.shadow_error.code = exc.status_code.value[0]
-            event.shadow_error.message = exc.message
+            error = (exc.status_code.value[0], exc.message)
         except Exception as exc:  # a shadow must never take anything down with it
             self._shadow_failed.labels(primary.model).inc()
             _log.exception("shadow_failed", model=primary.model, shadow_version=shadow.version)
-            event.shadow_error.code = grpc.StatusCode.INTERNAL.value[0]
-            event.shadow_error.message = str(exc)
-        event.shadow_latency_ms = (time.perf_counter() - started) * 1000
+            error = (grpc.StatusCode.INTERNAL.value[0], str(exc))
         if self._emitter is not None:
-            self._emitter.emit(new_event("model-gateway", self._instance, shadow=event))
+            latency_ms = (time.perf_counter() - started) * 1000
+            payload = ShadowPayload(
+                primary,
+                primary_response,
+                primary_latency_ms=primary_latency_ms,
+                shadow=shadow,
+                shadow_response=response,
+                shadow_latency_ms=latency_ms,
+                error=error,
+            )
+            self._emitter.emit(self._source, payload)
 
     async def drain_shadows(self) -> None:
         """Wait for mirrored requests still in flight (at shutdown)."""

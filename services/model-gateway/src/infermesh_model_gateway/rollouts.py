@@ -37,7 +37,7 @@ from google.protobuf import json_format
 from infermesh.common.v1 import common_pb2
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument
-from infermesh_chassis.events import EventEmitter, new_event
+from infermesh_chassis.events import AuditPayload, EventEmitter, EventSource
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_model_gateway.deployment import Deployer
@@ -176,13 +176,13 @@ class RolloutOperations:
         self,
         registry: Registry,
         on_change: Callable[[], Awaitable[None]],
-        emitter: EventEmitter[monitor_pb2.Event] | None = None,
+        emitter: EventEmitter | None = None,
         instance: str = "",
     ) -> None:
         self._registry = registry
         self._on_change = on_change
         self._emitter = emitter
-        self._instance = instance
+        self._source = EventSource("model-gateway", instance)
 
     async def transition(
         self,
@@ -213,8 +213,7 @@ class RolloutOperations:
                 reason=reason,
             )
             entry.time.GetCurrentTime()
-            event = monitor_pb2.AuditEvent(service="model-gateway", entry=entry)
-            self._emitter.emit(new_event("model-gateway", self._instance, audit=event))
+            self._emitter.emit(self._source, AuditPayload("model-gateway", entry))
         return rollout
 
     @staticmethod

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as pb_grpc
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.app import Runtime
-from infermesh_chassis.events import EventEmitter
+from infermesh_chassis.events import EncodedBatch, EventEmitter, decode_batch
 from infermesh_chassis.settings import EventSettings, load_settings
 from infermesh_model_gateway.__main__ import assemble
 from infermesh_model_gateway.gateway import ModelGateway
@@ -172,8 +172,8 @@ class ListSink:
     def __init__(self) -> None:
         self.events: list[monitor_pb2.Event] = []
 
-    async def send(self, events: Sequence[monitor_pb2.Event]) -> None:
-        self.events.extend(events)
+    async def send(self, batch: EncodedBatch) -> None:
+        self.events.extend(decode_batch(batch.payload))
 
 
 @dataclass
@@ -226,7 +226,7 @@ async def start_gateway(
     settings = load_settings(Settings, **values)
     runtime = Runtime.create(settings)
     sink = ListSink()
-    emitter: EventEmitter[monitor_pb2.Event] = EventEmitter(sink, EventSettings(flush_interval_s=0.02), runtime.metrics)
+    emitter = EventEmitter(sink, EventSettings(flush_interval_s=0.02), runtime.metrics)
     emitter.start()
     runtime.on_stop(emitter.stop)
     try:
