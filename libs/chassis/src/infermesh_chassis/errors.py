@@ -8,6 +8,7 @@ INTERNAL with a generic message while the traceback goes to the log.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import grpc
@@ -95,7 +96,9 @@ class ResourceExhausted(InfermeshError):
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        hint = () if retry_after_s is None else (("retry-after-ms", str(max(1, round(retry_after_s * 1000)))),)
+        if retry_after_s is not None and not math.isfinite(retry_after_s):
+            retry_after_s = None  # no wait helps: no hint rather than an unbounded one
+        hint = () if retry_after_s is None else (("retry-after-ms", str(max(1, math.ceil(retry_after_s * 1000)))),)
         super().__init__(message, metadata=hint)
         self.retry_after_s = retry_after_s
 
