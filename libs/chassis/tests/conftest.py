@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ class EchoStub:
     """What a generated stub looks like, for the raw test service."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        for name in ("Echo", "Fail", "Crash", "Slow", "WhoAmI", "Forward", "Unimplemented", "Lookup", "Hold"):
+        for name in ("Echo", "Fail", "Crash", "Slow", "WhoAmI", "Forward", "Unimplemented", "Lookup", "Hold", "Freeze"):
             setattr(self, name, channel.unary_unary(f"/{SERVICE}/{name}"))
         self.Count = channel.unary_stream(f"/{SERVICE}/Count")
 
@@ -49,6 +50,10 @@ class EchoService:
         """Set to let every call of Hold finish."""
         self.holding = asyncio.Event()
         """Set once a call of Hold is in its handler."""
+        self.frozen = threading.Event()
+        """Set once Freeze holds the event loop."""
+        self.thaw = threading.Event()
+        """Set (from another thread) to let Freeze give the event loop back."""
 
     async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.seen_request_ids.append(ctx.current_request_id())
@@ -88,6 +93,12 @@ class EchoService:
         """Echoes the caller's name whole in its error, as a careless NOT_FOUND would."""
         raise errors.NotFound(f"model '{request.decode()}' is not registered")
 
+    async def freeze(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Blocks the whole event loop (as a burst of CPU-bound calls does) until :attr:`thaw`."""
+        self.frozen.set()
+        self.thaw.wait(30)
+        return b"thawed"
+
     async def hold(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.holding.set()
         await self.held.wait()
@@ -111,6 +122,7 @@ class EchoService:
                 "Unimplemented": unary(self.unimplemented),
                 "Lookup": unary(self.lookup),
                 "Hold": unary(self.hold),
+                "Freeze": unary(self.freeze),
                 "Count": grpc.unary_stream_rpc_method_handler(self.count),
             },
         )
