@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2
 
 from infermesh.common.v1 import common_pb2
@@ -182,3 +184,63 @@ async def test_a_bad_stream_item_is_answered_and_the_stream_goes_on(gw, churn_mo
     assert "model_version" in errors[1] and "model_version" in errors[2] and "model_version" in errors[4]
     assert "model_name: 20000 characters" in errors[3]
     assert all(len(e) < 300 for e in errors)
+
+
+ODD_TEXT = ["\u00b2", "9" * 30, "\u0661", "-1", "", "x" * 256, "\x00", "1"]
+ODD_NUMBERS = [-1, 0, 2**63 - 1]
+
+
+def _fill(message: Message, text: str, number: int, depth: int = 0) -> None:
+    """Every singular scalar field of ``message`` (and of its nested messages) set to odd values."""
+    for field in message.DESCRIPTOR.fields:
+        if field.label == FieldDescriptor.LABEL_REPEATED:
+            continue
+        kind = field.type
+        if kind == FieldDescriptor.TYPE_STRING:
+            setattr(message, field.name, text)
+        elif kind in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32):
+            bound = 2**31 - 1 if kind == FieldDescriptor.TYPE_INT32 else 2**63 - 1
+            setattr(message, field.name, max(-bound - 1, min(bound, number)))
+        elif kind in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64):
+            setattr(message, field.name, min(abs(number), 2**32 - 1))
+        elif kind == FieldDescriptor.TYPE_ENUM:
+            setattr(message, field.name, 99)
+        elif kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            setattr(message, field.name, float("nan"))
+        elif (
+            kind == FieldDescriptor.TYPE_MESSAGE
+            and depth < 2
+            and not field.message_type.full_name.startswith("google.protobuf.")
+        ):
+            _fill(getattr(message, field.name), text, number, depth + 1)
+
+
+@pytest.mark.parametrize(
+    ("service", "module"),
+    [
+        pytest.param(pb.DESCRIPTOR.services_by_name["ModelControlService"], pb, id="control"),
+        pytest.param(service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"], service_pb2, id="inference"),
+    ],
+)
+async def test_no_odd_request_answers_internal_or_unknown(gw, service, module):
+    """A sweep of every unary RPC with odd strings and numbers: each answers a status the caller can
+    act on (mutations included: no odd value names the module's model, so nothing it serves changes)."""
+    unexpected = []
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            continue
+        call = gw.channel.unary_unary(
+            f"/{service.full_name}/{method.name}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=None,
+        )
+        for text in ODD_TEXT:
+            for number in ODD_NUMBERS:
+                request = getattr(module, method.input_type.name)()
+                _fill(request, text, number)
+                try:
+                    await call(request, timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                        unexpected.append((method.name, text[:12], number, exc.details()))
+    assert not unexpected
