@@ -177,9 +177,11 @@ async def test_cancelled_calls_are_counted_and_logged(start_server, echo_stub, l
             await asyncio.wait_for(service.holding.wait(), 10)
             call.cancel()
             expected = "CANCELLED"
-        else:
+        else:  # the deadline passes while the handler holds (it is long enough to get there when loaded)
+            call = stub.Hold(b"", timeout=3)
+            await asyncio.wait_for(service.holding.wait(), 10)
             with pytest.raises(grpc.aio.AioRpcError) as late:
-                await stub.Hold(b"", timeout=0.05)
+                await call
             assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             expected = "DEADLINE_EXCEEDED"
         await _eventually(lambda: bool(_events(log_events, "rpc_cancelled")))
