@@ -74,6 +74,7 @@ async def test_enforce_raises_resource_exhausted_with_retry_hint():
         (1000, 0.0, 1),
         (2, 0.0, 500),
         (2, 0.1, 400),
+        (1 / 2.007, 0.0, 2007),  # 2007 / 1000 * 1000 is 2007.0000000000002: still 2007, not 2008
     ],
 )
 async def test_enforce_hint_is_positive_whole_milliseconds_in_message_and_trailer(rate, advance_s, hint_ms):

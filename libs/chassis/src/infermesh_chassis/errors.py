@@ -30,6 +30,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "from_rpc_error",
+    "retry_after_ms",
 ]
 
 
@@ -90,6 +91,11 @@ class Unauthenticated(InfermeshError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
 
 
+def retry_after_ms(seconds: float) -> int:
+    """A retry hint in whole milliseconds: rounded up (float dust aside), at least 1."""
+    return max(1, math.ceil(seconds * 1000 - 1e-6))
+
+
 class ResourceExhausted(InfermeshError):
     """Refused early because of overload or a rate limit; ``retry_after_s`` says when to try again."""
 
@@ -98,7 +104,7 @@ class ResourceExhausted(InfermeshError):
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         if retry_after_s is not None and not math.isfinite(retry_after_s):
             retry_after_s = None  # no wait helps: no hint rather than an unbounded one
-        hint = () if retry_after_s is None else (("retry-after-ms", str(max(1, math.ceil(retry_after_s * 1000)))),)
+        hint = () if retry_after_s is None else (("retry-after-ms", str(retry_after_ms(retry_after_s))),)
         super().__init__(message, metadata=hint)
         self.retry_after_s = retry_after_s
 

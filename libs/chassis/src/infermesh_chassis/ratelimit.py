@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from infermesh_chassis.errors import ResourceExhausted
+from infermesh_chassis.errors import ResourceExhausted, retry_after_ms
 from infermesh_chassis.logs import get_logger
 
 if TYPE_CHECKING:
@@ -208,5 +208,5 @@ async def enforce(limiter: Limiter, key: str, what: str, tokens: float = 1.0) ->
         raise ResourceExhausted(
             f"rate limit exceeded for {what}: a call of {tokens:g} tokens is larger than the limit's burst"
         )
-    retry_ms = max(1, math.ceil(decision.retry_after_s * 1000 - 1e-6))  # float dust is no extra ms
+    retry_ms = retry_after_ms(decision.retry_after_s)
     raise ResourceExhausted(f"rate limit exceeded for {what}; retry in {retry_ms} ms", retry_after_s=retry_ms / 1000)
