@@ -135,6 +135,18 @@ class _ServerCall:
     def finish(self) -> None:
         ctx.unbind(self._token)
 
+    def admit(self, request_or_iterator: Any, *, streaming_request: bool) -> Any:
+        """The request (or request stream) once checked: INVALID_ARGUMENT for a bad request id, and
+        for undecodable bytes or oversize fields of a unary request. A request stream is checked for
+        undecodable items as they are read; its servicer checks each item's fields itself (with
+        :func:`~infermesh_chassis.validation.check_fields`), so a bad item can be answered on its own."""
+        if self.refusal is not None:
+            raise self.refusal
+        if streaming_request:
+            return _checked_stream(request_or_iterator)
+        _checked_request(request_or_iterator)
+        return request_or_iterator
+
     def cancelled(self) -> None:
         """Count and log a call that ends because the caller went away or its deadline passed."""
         remaining = self.context.time_remaining()
@@ -187,12 +199,7 @@ def _wrap_unary_response(
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _ServerCall(context, method)
         try:
-            if call.refusal is not None:
-                raise call.refusal
-            if streaming_request:
-                request_or_iterator = _checked_stream(request_or_iterator)
-            else:
-                _checked_request(request_or_iterator)
+            request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             result = behavior(request_or_iterator, context)
             if inspect.isawaitable(result):
                 result = await result
@@ -213,12 +220,7 @@ def _wrap_stream_response(
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = _ServerCall(context, method)
         try:
-            if call.refusal is not None:
-                raise call.refusal
-            if streaming_request:
-                request_or_iterator = _checked_stream(request_or_iterator)
-            else:
-                _checked_request(request_or_iterator)
+            request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             produced = behavior(request_or_iterator, context)
             if inspect.isawaitable(produced):  # a behavior that writes with context.write()
                 await produced
