@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ class EchoStub:
     """What a generated stub looks like, for the raw test service."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        for name in ("Echo", "Fail", "Crash", "Slow", "WhoAmI", "Forward", "Unimplemented"):
+        for name in ("Echo", "Fail", "Crash", "Slow", "WhoAmI", "Forward", "Unimplemented", "Lookup", "Hold", "Freeze"):
             setattr(self, name, channel.unary_unary(f"/{SERVICE}/{name}"))
         self.Count = channel.unary_stream(f"/{SERVICE}/Count")
 
@@ -45,6 +46,14 @@ class EchoService:
         self.seen_request_ids: list[str | None] = []
         self.unavailable_left = 0
         self.log = get_logger("echo")
+        self.held = asyncio.Event()
+        """Set to let every call of Hold finish."""
+        self.holding = asyncio.Event()
+        """Set once a call of Hold is in its handler."""
+        self.frozen = threading.Event()
+        """Set once Freeze holds the event loop."""
+        self.thaw = threading.Event()
+        """Set (from another thread) to let Freeze give the event loop back."""
 
     async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.seen_request_ids.append(ctx.current_request_id())
@@ -80,6 +89,21 @@ class EchoService:
     def unimplemented(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise NotImplementedError
 
+    async def lookup(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Echoes the caller's name whole in its error, as a careless NOT_FOUND would."""
+        raise errors.NotFound(f"model '{request.decode()}' is not registered")
+
+    async def freeze(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Blocks the whole event loop (as a burst of CPU-bound calls does) until :attr:`thaw`."""
+        self.frozen.set()
+        self.thaw.wait(30)
+        return b"thawed"
+
+    async def hold(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        self.holding.set()
+        await self.held.wait()
+        return b"released"
+
     async def count(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         for i in range(int(request.decode())):
             yield str(i).encode()
@@ -96,6 +120,9 @@ class EchoService:
                 "WhoAmI": unary(self.who_am_i),
                 "Forward": unary(self.forward),
                 "Unimplemented": unary(self.unimplemented),
+                "Lookup": unary(self.lookup),
+                "Hold": unary(self.hold),
+                "Freeze": unary(self.freeze),
                 "Count": grpc.unary_stream_rpc_method_handler(self.count),
             },
         )

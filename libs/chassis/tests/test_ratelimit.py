@@ -66,6 +66,36 @@ async def test_enforce_raises_resource_exhausted_with_retry_hint():
     assert refused.value.metadata[0][0] == "retry-after-ms"
 
 
+@pytest.mark.parametrize(
+    ("rate", "advance_s", "hint_ms"),
+    [
+        (1000, 1e-3 - 1e-7, 1),  # a token due in 0.1 us: once "retry in 0.000s"
+        (1000, 4e-4, 1),
+        (1000, 0.0, 1),
+        (2, 0.0, 500),
+        (2, 0.1, 400),
+        (1 / 2.007, 0.0, 2007),  # 2007 / 1000 * 1000 is 2007.0000000000002: still 2007, not 2008
+    ],
+)
+async def test_enforce_hint_is_positive_whole_milliseconds_in_message_and_trailer(rate, advance_s, hint_ms):
+    clock = FakeClock()
+    limiter = RateLimiter(rate=rate, burst=1, clock=clock)
+    await enforce(limiter, "k", "scene s")
+    clock.now += advance_s
+    with pytest.raises(errors.ResourceExhausted) as refused:
+        await enforce(limiter, "k", "scene s")
+    assert refused.value.message == f"rate limit exceeded for scene s; retry in {hint_ms} ms"
+    assert refused.value.metadata == (("retry-after-ms", str(hint_ms)),)
+    assert refused.value.retry_after_s == hint_ms / 1000
+
+
+async def test_enforce_refuses_a_call_larger_than_the_burst_without_a_hint():
+    limiter = RateLimiter(rate=10, burst=2)
+    with pytest.raises(errors.ResourceExhausted, match="larger than the limit's burst") as refused:
+        await enforce(limiter, "k", "scene s", tokens=3)
+    assert refused.value.retry_after_s is None and refused.value.metadata == ()
+
+
 @pytest.mark.parametrize("rate", [50.0, 400.0])
 async def test_measured_rate_within_five_percent(rate):
     """Callers hammering one key for a measured interval get the configured rate, +-5%.

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import socket
+import threading
 import urllib.request
 
 import grpc
@@ -213,6 +214,39 @@ async def test_max_concurrent_rpcs_refuses_with_resource_exhausted(start_server,
             await stub.Echo(b"one too many")
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert await asyncio.gather(*slow) == [b"done", b"done"]
+
+
+def _burst_while_frozen(address: str, service, calls: int, refusals: int) -> tuple[list, list]:
+    """From a thread: freeze the server's event loop, send ``calls`` more, wait until ``refusals``
+    of them are answered while no Python runs in the server (their codes), then thaw and collect
+    every code."""
+    answered = threading.Semaphore(0)
+    with grpc.insecure_channel(address) as channel:
+        frozen = channel.unary_unary("/test.Echo/Freeze").future(b"", timeout=30)
+        assert service.frozen.wait(20)
+        echo = channel.unary_unary("/test.Echo/Echo")
+        futures = [echo.future(b"x", timeout=30) for _ in range(calls)]
+        for future in futures:
+            future.add_done_callback(lambda _: answered.release())
+        for _ in range(refusals):
+            assert answered.acquire(timeout=20), "gRPC core did not refuse the burst while the loop was busy"
+        while_frozen = [f.code() for f in futures if f.done()]
+        service.thaw.set()
+        assert frozen.result() == b"thawed"
+        after = [f.code() for f in futures]
+    return while_frozen, after
+
+
+async def test_a_burst_beyond_the_pending_bound_is_refused_while_the_loop_is_busy(start_server):
+    """Under a burst the queue forms in gRPC core, where no handler can refuse: core refuses the
+    calls beyond ``max_pending_calls`` itself, at once, even while the event loop is stuck."""
+    pending, calls = 4, 24
+    server, service = await start_server(grpc={"max_pending_calls": pending})
+    while_frozen, after = await asyncio.get_running_loop().run_in_executor(
+        None, _burst_while_frozen, server.address, service, calls, calls - pending - 2
+    )
+    assert set(while_frozen) == {grpc.StatusCode.CANCELLED}
+    assert after.count(grpc.StatusCode.OK) == calls - len(while_frozen)
 
 
 async def test_oversize_message_is_refused(start_server, echo_stub):

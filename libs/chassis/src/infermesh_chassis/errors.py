@@ -8,6 +8,7 @@ INTERNAL with a generic message while the traceback goes to the log.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import grpc
@@ -29,6 +30,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "from_rpc_error",
+    "retry_after_ms",
 ]
 
 
@@ -89,13 +91,20 @@ class Unauthenticated(InfermeshError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
 
 
+def retry_after_ms(seconds: float) -> int:
+    """A retry hint in whole milliseconds: rounded up (float dust aside), at least 1."""
+    return max(1, math.ceil(seconds * 1000 - 1e-6))
+
+
 class ResourceExhausted(InfermeshError):
     """Refused early because of overload or a rate limit; ``retry_after_s`` says when to try again."""
 
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        hint = () if retry_after_s is None else (("retry-after-ms", str(max(1, round(retry_after_s * 1000)))),)
+        if retry_after_s is not None and not math.isfinite(retry_after_s):
+            retry_after_s = None  # no wait helps: no hint rather than an unbounded one
+        hint = () if retry_after_s is None else (("retry-after-ms", str(retry_after_ms(retry_after_s))),)
         super().__init__(message, metadata=hint)
         self.retry_after_s = retry_after_s
 

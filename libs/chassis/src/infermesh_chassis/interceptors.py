@@ -5,10 +5,15 @@ that each call
 
 - takes the request id from ``x-request-id`` metadata (or creates one), makes it current for
   the call (every log line carries it, see :mod:`.logs`) and returns it in trailing metadata;
+  an oversize or malformed request id is refused with INVALID_ARGUMENT;
+- refuses a request that is not a valid protobuf of the method's type, and one with oversize
+  identifier fields (:func:`~infermesh_chassis.validation.check_fields`), with INVALID_ARGUMENT;
 - records the caller's deadline so downstream calls can be bounded by it;
-- maps :class:`~infermesh_chassis.errors.InfermeshError` to its status and message, and
-  anything unexpected to INTERNAL with a generic message (the traceback goes to the log);
-- counts requests, errors by status code, and latency.
+- maps :class:`~infermesh_chassis.errors.InfermeshError` to its status and a message bounded to
+  what gRPC metadata carries, and anything unexpected to INTERNAL with a generic message (the
+  traceback goes to the log);
+- counts requests, errors by status code, and latency; a call the caller cancelled (or whose
+  deadline passed) is counted as CANCELLED (DEADLINE_EXCEEDED) and logged.
 
 There is no client interceptor: a grpc.aio client interceptor costs every call an extra task and
 new call details. :class:`~infermesh_chassis.client.ServiceClient`, the one client boundary, passes
@@ -27,9 +32,10 @@ from typing import Any
 import grpc
 
 from infermesh_chassis import context as ctx
-from infermesh_chassis.errors import InfermeshError
+from infermesh_chassis.errors import InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import RpcMetrics
+from infermesh_chassis.validation import bound_message, check_fields, check_request_id
 
 __all__ = ["CallRecorder", "ServerInterceptor", "split_method"]
 
@@ -66,20 +72,68 @@ class CallRecorder:
             child.inc()
 
 
+class _Undecodable:
+    """What the request deserializer yields for bytes that are not a valid request message."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserialize`` that yields an :class:`_Undecodable` instead of raising (grpc.aio would
+    answer UNKNOWN naming the Python exception); the handler refuses it with INVALID_ARGUMENT."""
+    if deserialize is None:
+        return None
+    message_type = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    name = getattr(message_type, "full_name", "") or "request message"
+    refusal = f"the request is not a valid {name} (protobuf encoding); check the client's contract version"
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception:  # any failure to decode is the caller's bytes, never a server fault
+            return _Undecodable(refusal)
+
+    return parse
+
+
+def _checked_request(request: Any) -> None:
+    """INVALID_ARGUMENT for an undecodable request or one with oversize identifier fields."""
+    if type(request) is _Undecodable:
+        raise InvalidArgument(request.message)
+    check_fields(request)
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if type(request) is _Undecodable:
+            raise InvalidArgument(request.message)
+        yield request
+
+
 class _ServerCall:
     """Everything the wrapped handler does around the servicer's behavior for one call."""
 
-    __slots__ = ("_token", "code", "context", "request_id", "started")
+    __slots__ = ("_token", "code", "context", "method", "refusal", "request_id", "started")
 
     def __init__(self, context: grpc.aio.ServicerContext, method: str) -> None:
         self.context = context
+        self.method = method
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
+        self.refusal: InvalidArgument | None = None
         rid = None
         for key, value in context.invocation_metadata() or ():
             if key == ctx.REQUEST_ID_METADATA_KEY:
-                rid = value if isinstance(value, str) else value.decode()
+                rid = value if isinstance(value, str) else value.decode(errors="replace")
                 break
+        if rid is not None:
+            try:
+                check_request_id(rid, f"metadata {ctx.REQUEST_ID_METADATA_KEY}")
+            except InvalidArgument as exc:
+                self.refusal, rid = exc, None
         self.request_id = rid or ctx.new_request_id()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -87,6 +141,30 @@ class _ServerCall:
 
     def finish(self) -> None:
         ctx.unbind(self._token)
+
+    def admit(self, request_or_iterator: Any, *, streaming_request: bool) -> Any:
+        """The request (or request stream) once checked: INVALID_ARGUMENT for a bad request id, and
+        for undecodable bytes or oversize fields of a unary request. A request stream is checked for
+        undecodable items as they are read; its servicer checks each item's fields itself (with
+        :func:`~infermesh_chassis.validation.check_fields`), so a bad item can be answered on its own."""
+        if self.refusal is not None:
+            raise self.refusal
+        if streaming_request:
+            return _checked_stream(request_or_iterator)
+        _checked_request(request_or_iterator)
+        return request_or_iterator
+
+    def cancelled(self) -> None:
+        """Count and log a call that ends because the caller went away or its deadline passed."""
+        remaining = self.context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        _log.info(
+            "rpc_cancelled",
+            rpc=self.method,
+            code=self.code.name,
+            elapsed_ms=round((time.perf_counter() - self.started) * 1000, 3),
+        )
 
     def trailing(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
         return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), *extra)
@@ -99,8 +177,8 @@ class _ServerCall:
 
     async def fail(self, exc: BaseException) -> None:
         """Turn an exception from the behavior into the call's status (always raises)."""
-        if isinstance(exc, asyncio.CancelledError):
-            self.code = grpc.StatusCode.CANCELLED
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.cancelled()
             raise exc
         if isinstance(exc, grpc.aio.AbortError):
             code = self.context.code()
@@ -110,7 +188,7 @@ class _ServerCall:
             self.code = exc.status_code
             if exc.status_code is grpc.StatusCode.INTERNAL:
                 _log.error("rpc_internal_error", error=exc.message)
-            await self.context.abort(exc.status_code, exc.message, self.trailing(exc.metadata))
+            await self.context.abort(exc.status_code, bound_message(exc.message), self.trailing(exc.metadata))
         if isinstance(exc, NotImplementedError):
             self.code = grpc.StatusCode.UNIMPLEMENTED
             await self.context.abort(self.code, "method not implemented by this service", self.trailing())
@@ -122,10 +200,13 @@ class _ServerCall:
 Behavior = Callable[..., Any]
 
 
-def _wrap_unary_response(behavior: Behavior, method: str, recorder: CallRecorder) -> Behavior:
+def _wrap_unary_response(
+    behavior: Behavior, method: str, recorder: CallRecorder, *, streaming_request: bool
+) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _ServerCall(context, method)
         try:
+            request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             result = behavior(request_or_iterator, context)
             if inspect.isawaitable(result):
                 result = await result
@@ -140,10 +221,13 @@ def _wrap_unary_response(behavior: Behavior, method: str, recorder: CallRecorder
     return handler
 
 
-def _wrap_stream_response(behavior: Behavior, method: str, recorder: CallRecorder) -> Behavior:
+def _wrap_stream_response(
+    behavior: Behavior, method: str, recorder: CallRecorder, *, streaming_request: bool
+) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = _ServerCall(context, method)
         try:
+            request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             produced = behavior(request_or_iterator, context)
             if inspect.isawaitable(produced):  # a behavior that writes with context.write()
                 await produced
@@ -186,21 +270,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         recorder = CallRecorder(self._metrics, method)
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, method, recorder), **kwargs
+                _wrap_unary_response(handler.unary_unary, method, recorder, streaming_request=False), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, method, recorder), **kwargs
+                _wrap_unary_response(handler.stream_unary, method, recorder, streaming_request=True), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, method, recorder), **kwargs
+                _wrap_stream_response(handler.unary_stream, method, recorder, streaming_request=False), **kwargs
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(handler.stream_stream, method, recorder), **kwargs
+            _wrap_stream_response(handler.stream_stream, method, recorder, streaming_request=True), **kwargs
         )

@@ -11,13 +11,14 @@ own) rather than failing the call. Both provide the :class:`Limiter` protocol.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from infermesh_chassis.errors import ResourceExhausted
+from infermesh_chassis.errors import ResourceExhausted, retry_after_ms
 from infermesh_chassis.logs import get_logger
 
 if TYPE_CHECKING:
@@ -194,10 +195,18 @@ class RedisRateLimiter:
 
 
 async def enforce(limiter: Limiter, key: str, what: str, tokens: float = 1.0) -> None:
-    """Take ``tokens`` from ``key`` or raise RESOURCE_EXHAUSTED with a retry-after hint naming ``what``."""
+    """Take ``tokens`` from ``key`` or raise RESOURCE_EXHAUSTED with a retry-after hint naming ``what``.
+
+    The hint is whole milliseconds, at least 1 (a token due in a few microseconds is still "retry
+    in 1 ms", never "0"), the same in the message and in ``retry-after-ms``; a call larger than
+    the bucket's burst, which no wait can admit, is refused without a hint.
+    """
     decision = await limiter.acquire(key, tokens)
-    if not decision.allowed:
+    if decision.allowed:
+        return
+    if not math.isfinite(decision.retry_after_s):
         raise ResourceExhausted(
-            f"rate limit exceeded for {what}; retry in {decision.retry_after_s:.3f}s",
-            retry_after_s=decision.retry_after_s,
+            f"rate limit exceeded for {what}: a call of {tokens:g} tokens is larger than the limit's burst"
         )
+    retry_ms = retry_after_ms(decision.retry_after_s)
+    raise ResourceExhausted(f"rate limit exceeded for {what}; retry in {retry_ms} ms", retry_after_s=retry_ms / 1000)

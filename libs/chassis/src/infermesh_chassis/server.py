@@ -58,6 +58,8 @@ class GrpcServer:
             ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", cfg.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ]
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.metrics.server), *interceptors],

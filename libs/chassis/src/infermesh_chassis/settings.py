@@ -54,6 +54,12 @@ class GrpcServerSettings(BaseModel):
     max_concurrent_rpcs: int | None = Field(2048, gt=0)
     """Calls beyond this many in flight (long-lived streams included) are refused at once with
     RESOURCE_EXHAUSTED instead of queuing without bound (None: no cap)."""
+    max_pending_calls: int = Field(1024, gt=0)
+    """Calls that have arrived but that the event loop has not yet taken up, beyond which gRPC core
+    refuses new ones at once, without any Python running (the caller sees CANCELLED). Under a burst
+    the queue forms there, before any handler or interceptor can refuse: this bounds the wait of
+    every admitted call and makes the refusal of the rest immediate. At about 1 ms of event-loop time
+    per call the default bounds that wait near a second; a front door with a tight SLO sets less."""
     keepalive_time_s: float = Field(30.0, gt=0)
     """Interval of server keepalive pings on idle connections."""
     keepalive_timeout_s: float = Field(10.0, gt=0)

@@ -83,6 +83,7 @@ from infermesh_chassis.errors import (
 from infermesh_chassis.events import EventEmitter, EventSource, UnitHasher
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.validation import check_request_id
 
 __all__ = ["Predictor"]
 
@@ -253,6 +254,8 @@ class Predictor:
 
     async def predict(self, principal: Principal, inp: PredictInput, request_id: str) -> PredictOutcome:
         """Answer one request (see the module docstring)."""
+        if inp.request_id:  # it travels in every downstream call's metadata: bounded like the chassis' own
+            check_request_id(inp.request_id, "request_id")
         scene = self._scene(inp, principal)
         try:
             await self._limits.admit(principal, scene)

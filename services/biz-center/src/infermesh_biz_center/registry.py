@@ -44,6 +44,7 @@ from infermesh_biz_center.store import AuditRecord, ConfigStore, Stored, decode_
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.tasks import cancel_and_wait
+from infermesh_chassis.validation import parse_uint
 
 __all__ = ["EXPERIMENT", "SCENE", "ConfigRegistry", "SeedFile", "load_seed_file"]
 
@@ -434,7 +435,6 @@ class ConfigRegistry:
     ) -> tuple[list[common_pb2.AuditEntry], str]:
         """A page of audit entries, newest first."""
         size, after = _page(page)
-        if after and not after.isdigit():
-            raise InvalidArgument("page.page_token: not a token this service issued")
-        entries, next_seq = await asyncio.to_thread(self._store.audit, query, size, int(after) if after else None)
+        seq = parse_uint(after, "page.page_token", what="a token this service issued") if after else None
+        entries, next_seq = await asyncio.to_thread(self._store.audit, query, size, seq)
         return entries, encode_token(str(next_seq)) if next_seq is not None else ""

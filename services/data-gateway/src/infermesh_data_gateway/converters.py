@@ -23,6 +23,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from infermesh.common.v1 import common_pb2
 from infermesh.datagateway.v1 import data_gateway_pb2 as pb
 from infermesh_chassis.errors import InvalidArgument
+from infermesh_chassis.validation import shown
 from infermesh_data_gateway.definitions import Definitions, ServiceDef
 from infermesh_data_gateway.executor import FeatureVector, ViewLineage
 from infermesh_data_gateway.gateway import EntityInput, PushInput, TrainingSet
@@ -257,8 +258,12 @@ def _read_uri(uri: str) -> pd.DataFrame:
     if parsed.scheme not in ("", "file"):
         raise InvalidArgument(f"uri: only local files are readable (file:// or a path), not {parsed.scheme}://")
     path = Path(parsed.path if parsed.scheme == "file" else uri)
-    if not path.exists():
-        raise InvalidArgument(f"uri: {path} does not exist")
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a component too long, a NUL byte: no such file can exist
+        exists = False
+    if not exists:
+        raise InvalidArgument(f"uri: {shown(str(path))} does not exist")
     try:
         if path.suffix == ".csv":
             return pa_csv.read_csv(path).to_pandas()

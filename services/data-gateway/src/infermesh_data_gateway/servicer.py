@@ -10,6 +10,7 @@ from infermesh.common.v1 import common_pb2
 from infermesh.datagateway.v1 import data_gateway_pb2 as pb
 from infermesh.datagateway.v1 import data_gateway_pb2_grpc
 from infermesh_chassis.errors import InvalidArgument
+from infermesh_chassis.validation import parse_uint
 from infermesh_data_gateway import converters
 from infermesh_data_gateway.gateway import DataGateway
 
@@ -60,9 +61,7 @@ class DataGatewayServicer(data_gateway_pb2_grpc.DataGatewayServiceServicer):
             raise InvalidArgument("page.page_size must be >= 0")
         size = min(size, _MAX_PAGE)
         token = request.page.page_token
-        if token and not token.isdigit():
-            raise InvalidArgument("page.page_token is not a token this server returned")
-        offset = int(token or 0)
+        offset = parse_uint(token, "page.page_token", what="a token this server returned") if token else 0
         services = self.gateway.list_services(request.name_prefix)
         page = services[offset : offset + size]
         next_token = str(offset + size) if offset + size < len(services) else ""

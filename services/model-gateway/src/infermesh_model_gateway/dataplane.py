@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from infermesh_chassis import context as ctx
 from infermesh_chassis.errors import (
     FailedPrecondition,
     InfermeshError,
@@ -35,6 +36,7 @@ from infermesh_chassis.errors import (
 from infermesh_chassis.events import EventEmitter, EventSource
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.validation import bound_message, check_fields, shown
 from infermesh_model_gateway.domain import ModelVersionRecord, VersionState
 from infermesh_model_gateway.events import InferencePayload, ShadowPayload
 from infermesh_model_gateway.pool import WorkerPool
@@ -249,9 +251,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         async for request in request_iterator:
             try:
+                check_fields(request)
                 response = await self.infer(request, context)
             except InfermeshError as exc:
-                yield service_pb2.ModelStreamInferResponse(error_message=exc.message)
+                yield service_pb2.ModelStreamInferResponse(error_message=bound_message(exc.message))
+                continue
+            except Exception:  # one bad item answers with an error; the stream goes on
+                _log.exception("stream_item_failed", model=shown(request.model_name))
+                yield service_pb2.ModelStreamInferResponse(
+                    error_message=f"internal error (request id {ctx.current_request_id()})"
+                )
                 continue
             yield service_pb2.ModelStreamInferResponse(infer_response=response)
 

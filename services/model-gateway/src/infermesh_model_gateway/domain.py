@@ -407,6 +407,6 @@ def triton_model_name(model: str, version: int) -> str:
 def parse_triton_model_name(name: str) -> tuple[str, int] | None:
     """``(model, version)`` from a Triton model name made by :func:`triton_model_name`, else None."""
     model, sep, version = name.rpartition("__")
-    if not sep or not version.isdigit():
+    if not sep or not (version.isascii() and version.isdigit()):
         return None
     return model, int(version)

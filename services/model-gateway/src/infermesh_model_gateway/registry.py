@@ -35,6 +35,7 @@ import asyncpg
 
 from infermesh_chassis import context as ctx
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from infermesh_chassis.validation import parse_uint
 from infermesh_model_gateway.domain import (
     AuditRecord,
     DeploymentConfig,
@@ -995,8 +996,4 @@ def _transition_refusal(record: ModelVersionRecord, state: VersionState) -> str:
 
 
 def _token_int(token: str, field: str) -> int:
-    if not token:
-        return 0
-    if not token.isdigit():
-        raise InvalidArgument(f"{field} '{token}' is not a token this API returned")
-    return int(token)
+    return parse_uint(token, field, what="a token this API returned") if token else 0

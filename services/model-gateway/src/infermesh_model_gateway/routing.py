@@ -23,8 +23,10 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from infermesh_chassis.errors import FailedPrecondition, NotFound
+from infermesh_chassis.errors import FailedPrecondition, InvalidArgument, NotFound
+from infermesh_chassis.validation import parse_uint, shown
 from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, VersionState, utc_now
+from infermesh_model_gateway.registry import ALIAS_PATTERN
 
 __all__ = ["PRODUCTION_ALIAS", "Route", "Router", "deprecation_warning"]
 
@@ -72,8 +74,16 @@ class _ModelView:
         version = self.aliases.get(alias)
         if version is None:
             known = ", ".join(sorted(self.aliases)) or "none"
-            raise NotFound(f"model '{self.name}' has no alias '{alias}' (aliases: {known})")
+            raise NotFound(f"model '{self.name}' has no alias {shown(alias)} (aliases: {known})")
         return self.by_number(version)
+
+    def by_text(self, version: str, field: str) -> ModelVersionRecord:
+        """The version a request's version string names: a number (ASCII digits) or an alias."""
+        if version[:1].isdigit():  # aliases start with a letter: this is meant as a number
+            return self.by_number(parse_uint(version, field, what="a version number (ASCII digits)"))
+        if not ALIAS_PATTERN.match(version):
+            raise InvalidArgument(f"{field}: {shown(version)} is neither a version number nor an alias")
+        return self.by_alias(version)
 
     def by_policy(self, routing_key: str | None, rng: random.Random) -> ModelVersionRecord:
         if not self.weighted:
@@ -162,7 +172,7 @@ class Router:
         if alias:
             return view.by_alias(alias)
         if version:
-            return view.by_number(int(version)) if version.isdigit() else view.by_alias(version)
+            return view.by_text(version, "version")
         return view.by_policy(None, self._rng)
 
     def serving_versions(self, model: str) -> list[ModelVersionRecord]:
@@ -178,8 +188,7 @@ class Router:
         if pin:
             primary, pinned = view.by_alias(pin), True
         elif version:
-            primary = view.by_number(int(version)) if version.isdigit() else view.by_alias(version)
-            pinned = True
+            primary, pinned = view.by_text(version, "model_version"), True
         else:
             primary, pinned = view.by_policy(routing_key, self._rng), False
         primary = _serving(primary)
