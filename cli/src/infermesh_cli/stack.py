@@ -198,6 +198,9 @@ def _data_gateway(layout: _Layout) -> dict[str, Any]:
 def _biz_center(layout: _Layout) -> dict[str, Any]:
     return {
         "thrift": {"port": 0},
+        # the stack restarts a dead process within seconds: a breaker tries it again after 2 s (the
+        # default 10 s would keep answers degraded up to that long after it is back)
+        "resilience": {"breaker_reset_timeout_s": 2.0},
         "config": {
             "store_path": str(layout.data("biz-center") / "config.db"),
             "seed_file": str(REPO / "services" / "biz-center" / "examples" / "churn.yaml"),
