@@ -412,6 +412,8 @@ class LocalStack:
     # supervision
 
     def _supervise(self) -> None:
+        """Poll every 0.1 s and recover what exited, one process at a time: a restart returns once the
+        process is ready, and one that dies meanwhile is restarted next."""
         while not self._stopping.wait(0.1):
             for name in [p.name for p in self.processes]:
                 with self._lock:
