@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import yaml
-from benchkit import children, cpu_s, drive, free_port, process_name, start_bare_proxies, status_mib, stop_processes
+from benchkit import children, cpu_s, drive, process_name, start_bare_proxies, status_mib, stop_processes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sklearn.linear_model import LogisticRegression
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -47,6 +47,7 @@ from infermesh.datagateway.v1 import data_gateway_pb2 as dg
 from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
 from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as mg_grpc
+from infermesh_chassis.ready import wait_ready
 from infermesh_model_gateway.testing import register_request, to_onnx_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,9 +68,11 @@ class Service:
         self, name: str, module: str, workdir: Path, settings: dict[str, object], env: dict[str, str] | None = None
     ) -> None:
         self.name = name
-        self.port = free_port()
+        self.port = 0
+        """Its gRPC port, from its ready file once it serves."""
+        self.ready_file = workdir / f"{name}.ready"
         settings = {
-            "grpc": {"host": "127.0.0.1", "port": self.port, "grace_period_s": 2},
+            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 2},
             "metrics": {"enabled": False},
             "events": {"enabled": False},
             "logging": {"level": "WARNING"},
@@ -79,7 +82,7 @@ class Service:
         config.write_text(yaml.safe_dump(settings))
         self.log = workdir / f"{name}.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(config)],
+            [sys.executable, "-m", module, "--config", str(config), "--ready-file", str(self.ready_file)],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -92,6 +95,10 @@ class Service:
 
     def wait_serving(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
+        try:
+            self.port = wait_ready(self.ready_file, self.process.pid, timeout_s, exited=self.process.poll).grpc_port
+        except (ChildProcessError, TimeoutError) as exc:
+            raise SystemExit(f"{self.name} {exc}: {self.log.read_text()[-3000:]}") from None
         with grpc.insecure_channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:

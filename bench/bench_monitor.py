@@ -38,6 +38,8 @@ from pathlib import Path
 import grpc
 from benchkit import cpu_s, free_port, peak_rss_mib, status_mib
 
+from infermesh_chassis.ready import wait_ready
+
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 1024
 BATCH = 1000
@@ -350,13 +352,12 @@ def _start_nats(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _start_monitor(workdir: Path, nats_url: str) -> tuple[subprocess.Popen[bytes], int, int]:
-    grpc_port, metrics_port = free_port(), free_port()
-    config = workdir / "monitor.yaml"
+    config, ready_file = workdir / "monitor.yaml", workdir / "monitor.ready"
     config.write_text(
         json.dumps(
             {
-                "grpc": {"port": grpc_port},
-                "metrics": {"port": metrics_port},
+                "grpc": {"port": 0},
+                "metrics": {"port": 0},
                 "logging": {"level": "WARNING"},
                 "storage": {"chdb_path": str(workdir / "chdb")},
                 "events": {"nats_url": nats_url},
@@ -365,12 +366,10 @@ def _start_monitor(workdir: Path, nats_url: str) -> tuple[subprocess.Popen[bytes
         )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "infermesh_monitor", "--config", str(config)], env=env, stdout=subprocess.DEVNULL
-    )
-    _wait_port(grpc_port, 120)
-    _wait_port(metrics_port, 30)
-    return proc, grpc_port, metrics_port
+    argv = [sys.executable, "-m", "infermesh_monitor", "--config", str(config), "--ready-file", str(ready_file)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    ready = wait_ready(ready_file, proc.pid, 120, exited=proc.poll)
+    return proc, ready.grpc_port, ready.metrics_port or 0
 
 
 def _ingest(workdir: Path, nats: subprocess.Popen[bytes], nats_url: str, seconds: float) -> dict[str, float]:

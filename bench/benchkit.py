@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from infermesh_chassis.testing import free_port
+
 __all__ = [
     "children",
     "cpu_s",
@@ -27,13 +29,6 @@ __all__ = [
     "status_mib",
     "stop_processes",
 ]
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def status_mib(pid: int, field: str) -> float:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     stack = LocalStack(tmp_path_factory.mktemp("mesh"))
     stack.start()
+    stack.supervise()  # as `infermesh up` runs it: a process that dies is restarted
     try:
         asyncio.run(deploy_churn_models(stack, stack.workdir / "models"))
         asyncio.run(_loosen_slo(stack))

@@ -1,5 +1,6 @@
-"""Each service runs as its own process on the chassis: it starts from a settings file, serves
-health, reflection and /metrics, refuses bad settings with one line, and stops cleanly on SIGTERM."""
+"""Each service runs as its own process on the chassis: it starts from a settings file, binds its own
+ports and names them in its ready file, serves health, reflection and /metrics, refuses bad settings
+with one line, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,18 +18,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from infermesh_chassis.ready import wait_ready
+
 SERVICES = [
     ("infermesh_model_gateway", "model-gateway", "MODEL_GATEWAY_"),
     ("infermesh_data_gateway", "data-gateway", "DATA_GATEWAY_"),
     ("infermesh_biz_center", "biz-center", "BIZ_CENTER_"),
     ("infermesh_monitor", "monitor", "MONITOR_"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(prefix: str) -> dict[str, str]:
@@ -51,12 +48,11 @@ def _wait_serving(address: str, timeout_s: float = 30) -> None:
 
 @pytest.mark.parametrize(("module", "name", "prefix"), SERVICES)
 def test_service_process_lifecycle(tmp_path: Path, module: str, name: str, prefix: str):
-    port, metrics_port = _free_port(), _free_port()
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(json.dumps({"grpc": {"port": port, "grace_period_s": 2}, "metrics": {"port": metrics_port}}))
+    config, ready_file = tmp_path / f"{name}.yaml", tmp_path / f"{name}.ready"
+    config.write_text(json.dumps({"grpc": {"port": 0, "grace_period_s": 2}, "metrics": {"port": 0}}))
     env = _env(prefix) | {f"{prefix}LOGGING__LEVEL": "INFO"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--config", str(config)],
+        [sys.executable, "-m", module, "--config", str(config), "--ready-file", str(ready_file)],
         env=env,
         cwd=tmp_path,
         stderr=subprocess.PIPE,
@@ -64,13 +60,19 @@ def test_service_process_lifecycle(tmp_path: Path, module: str, name: str, prefi
         text=True,
     )
     try:
-        _wait_serving(f"127.0.0.1:{port}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        ready = wait_ready(ready_file, proc.pid, 120, exited=proc.poll)
+        assert ready.service == name and ready.grpc_port > 0
+        if name == "biz-center":
+            assert ready.ports["thrift"] > 0
+        port = ready.grpc_port
+        _wait_serving(ready.address)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ready.metrics_port}/metrics", timeout=5) as reply:
             assert "process_resident_memory_bytes" in reply.read().decode()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)  # a repeated signal during the drain changes nothing
         assert proc.wait(timeout=20) == 0
+        assert not ready_file.exists()
     finally:
         if proc.poll() is None:
             proc.kill()

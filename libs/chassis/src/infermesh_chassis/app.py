@@ -1,6 +1,6 @@
 """The one ``main`` every service process runs.
 
-:func:`run_service` parses ``--config``, loads the service's settings (one clear line and
+:func:`run_service` parses ``--config`` (and ``--ready-file``), loads the service's settings (one clear line and
 exit 2 when they are wrong), configures logging, builds the :class:`Runtime` (metrics,
 discovery, a channel pool, the gRPC server), lets the service add its servicers, serves
 until SIGTERM/SIGINT on uvloop (grpc.aio serves about half again as many calls per core on it as
@@ -119,8 +119,12 @@ def run_service(
         prog=settings_cls.model_fields["service_name"].default, description=settings_cls.__doc__
     )
     parser.add_argument("--config", help="YAML settings file (environment variables override it)")
+    parser.add_argument(
+        "--ready-file", help="once serving, write the ports bound here as JSON (overrides the ready_file setting)"
+    )
     args = parser.parse_args(argv)
-    settings = load_settings_or_exit(settings_cls, args.config)
+    overrides = {} if args.ready_file is None else {"ready_file": args.ready_file}
+    settings = load_settings_or_exit(settings_cls, args.config, **overrides)
     configure_logging(settings.service_name, settings.logging.level, json=settings.logging.json_format)
 
     async def main() -> None:

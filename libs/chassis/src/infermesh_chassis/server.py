@@ -3,8 +3,10 @@
 :class:`GrpcServer` builds the server from settings (message size limits, keepalive, a cap
 on concurrent calls), installs the chassis interceptor, the standard health service
 (``grpc.health.v1``, a status per service) and server reflection, and serves /metrics.
-``start()`` binds (a free port when 0 is asked for), serves, marks every service SERVING
-and registers the instance in discovery. ``stop()`` marks everything NOT_SERVING,
+``start()`` binds (a free port when 0 is asked for), serves, marks every service SERVING,
+registers the instance in discovery and, when ``ready_file`` is set, writes the ports it bound
+there (with those the service reported through :meth:`GrpcServer.report_port`; see
+:mod:`infermesh_chassis.ready`). ``stop()`` removes the ready file, marks everything NOT_SERVING,
 deregisters, stops accepting calls and lets in-flight calls finish within the grace period.
 :func:`serve` runs a server until SIGTERM or SIGINT.
 """
@@ -12,6 +14,7 @@ deregisters, stops accepting calls and lets in-flight calls finish within the gr
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +28,7 @@ from infermesh_chassis.discovery import Discovery, Instance
 from infermesh_chassis.interceptors import ServerInterceptor
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer
+from infermesh_chassis.ready import Ready, remove_ready, write_ready
 from infermesh_chassis.settings import ServiceSettings
 
 __all__ = ["GrpcServer", "serve"]
@@ -72,6 +76,7 @@ class GrpcServer:
         self._metrics_http: MetricsHttpServer | None = None
         self._instance: Instance | None = None
         self._stopped = False
+        self._reported: dict[str, int] = {}
         self.port = 0
 
     @property
@@ -97,6 +102,10 @@ class GrpcServer:
     def metrics_port(self) -> int | None:
         """Port of /metrics once started (None when disabled)."""
         return None if self._metrics_http is None else self._metrics_http.port
+
+    def report_port(self, name: str, port: int) -> None:
+        """Name another listener the service bound (reported in the ready file); before :meth:`start`."""
+        self._reported[name] = port
 
     def add_servicer(self, add: AddServicer, servicer: Any, service_name: str) -> None:
         """Register a servicer with its generated ``add_*Servicer_to_server`` and its full name."""
@@ -133,6 +142,16 @@ class GrpcServer:
                 meta={"metrics_port": str(self.metrics_port or "")},
             )
             await self._discovery.register(self._instance)
+        if self.settings.ready_file is not None:
+            ready = Ready(
+                self.settings.service_name,
+                os.getpid(),
+                self.advertised_host,
+                self.port,
+                self.metrics_port,
+                self._reported,
+            )
+            write_ready(self.settings.ready_file, ready)
         _log.info(
             "server_started",
             address=self.address,
@@ -150,6 +169,8 @@ class GrpcServer:
             return
         self._stopped = True
         grace = self.settings.grpc.grace_period_s if grace_s is None else grace_s
+        if self.settings.ready_file is not None:
+            remove_ready(self.settings.ready_file, os.getpid())
         await self.health.enter_graceful_shutdown()
         if self._discovery is not None and self._instance is not None:
             try:

@@ -171,6 +171,10 @@ class ServiceSettings(BaseSettings):
     discovery: DiscoverySettings = DiscoverySettings()
     client: ClientSettings = ClientSettings()
     events: EventSettings = EventSettings()
+    ready_file: Path | None = None
+    """Once serving, the process writes the ports it bound here (JSON, written to a temporary name
+    then renamed, so a reader never sees half of it) and removes it when it stops: whoever started it
+    waits for this file instead of guessing a port (``--ready-file`` sets it too)."""
 
     @classmethod
     def settings_customise_sources(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from infermesh_chassis import testing
 from infermesh_chassis.discovery import ConsulDiscovery, DiscoverySettings
 from infermesh_chassis.errors import InfermeshError
 
@@ -217,12 +217,7 @@ async def make_discovery() -> AsyncIterator[Callable[..., ConsulDiscovery]]:
 
 @pytest.fixture
 def free_port() -> Callable[[], int]:
-    def pick() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-    return pick
+    return testing.free_port
 
 
 @pytest.fixture

@@ -163,9 +163,20 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
         services["BizCenterAdminService"].full_name,
     )
 
-    thrift: ThriftFront | None = None
-    if settings.thrift.enabled:
-        thrift = ThriftFront(predictor, auth, settings.thrift, runtime.metrics)
-        await thrift.start()
-        runtime.on_stop(lambda: thrift.stop(settings.grpc.grace_period_s))  # type: ignore[union-attr]
+    if tls_port is not None:
+        runtime.server.report_port("grpc_tls", tls_port)
+    thrift = await _start_thrift(settings, runtime, predictor, auth)
     return BizCenter(settings, registry, predictor, auth, thrift, tls_port)
+
+
+async def _start_thrift(
+    settings: Settings, runtime: Runtime, predictor: Predictor, auth: Authenticator
+) -> ThriftFront | None:
+    """The Thrift front when enabled: started, its port reported in the ready file, stopped at shutdown."""
+    if not settings.thrift.enabled:
+        return None
+    thrift = ThriftFront(predictor, auth, settings.thrift, runtime.metrics)
+    await thrift.start()
+    runtime.on_stop(lambda: thrift.stop(settings.grpc.grace_period_s))
+    runtime.server.report_port("thrift", thrift.port)
+    return thrift
