@@ -91,12 +91,13 @@ class _Target:
     """What the data plane keeps per version it forwards to: its validator, the bytes that readdress
     a request to its Triton model, and the bytes that name it in an answer."""
 
-    __slots__ = ("answered_by", "record", "to_triton", "validator")
+    __slots__ = ("answered_by", "record", "to_triton", "triton_name", "validator")
 
     def __init__(self, record: ModelVersionRecord, max_request_bytes: int) -> None:
         self.record = record
+        self.triton_name = record.triton_name
         self.validator = RequestValidator(record, max_request_bytes)
-        self.to_triton = string_field(_MODEL_NAME, record.triton_name) + string_field(_MODEL_VERSION, "")
+        self.to_triton = string_field(_MODEL_NAME, self.triton_name) + string_field(_MODEL_VERSION, "")
         self.answered_by = string_field(_MODEL_NAME, record.model) + string_field(_MODEL_VERSION, str(record.version))
 
 
@@ -183,7 +184,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         record = primary.record
         primary.validator.validate(request, payload)
         limit = self._settings.max_in_flight_per_version
-        if self._pool.in_flight(record.triton_name) >= limit:
+        if self._pool.in_flight(primary.triton_name) >= limit:
             self._refused.labels(record.model).inc()
             raise ResourceExhausted(
                 f"model '{record.model}' version {record.version} already has {limit} inferences in flight "
@@ -197,7 +198,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             payload = request.SerializeToString()
         try:
             reply = await self._pool.infer_bytes(
-                record.triton_name, payload + primary.to_triton, timeout_s=self._timeout(context)
+                primary.triton_name, payload + primary.to_triton, timeout_s=self._timeout(context)
             )
         except InfermeshError as exc:
             self._report(record, request, None, started, exc)
@@ -286,7 +287,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             target = self._target(shadow)
             target.validator.validate(request, payload)
             reply = await self._pool.infer_bytes(
-                shadow.triton_name, payload + target.to_triton, timeout_s=self._settings.shadow_timeout_s
+                target.triton_name, payload + target.to_triton, timeout_s=self._settings.shadow_timeout_s
             )
             event.shadow_outputs.extend(_tensors(service_pb2.ModelInferResponse.FromString(reply)))
         except InfermeshError as exc:
