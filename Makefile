@@ -12,7 +12,7 @@ export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV_NO_PROGRESS := 1
 
-.PHONY: setup gen lint fmt test demo up bench clean
+.PHONY: setup gen lint fmt test demo up bench profile clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -55,6 +55,11 @@ up: setup
 ## bench: run every bench/ script
 bench: setup
 	$(PY) bench/run_all.py
+
+## profile: py-spy flame graphs of every mesh service under load, in bench/profiles/$(LABEL)/ (LABEL=after by default)
+LABEL ?= after
+profile: setup
+	$(PY) bench/profile_mesh.py --label $(LABEL)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) var .pytest_cache .ruff_cache

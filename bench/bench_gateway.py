@@ -11,7 +11,9 @@ proxy (``bare_proxy.py``: no parsing, routing or validation) in front of the sam
 gateway's ratio to direct Triton is the product of what a Python hop costs here (floor / direct)
 and what the gateway's own work costs (gateway / floor).
 
-Prints all three side by side with the ratios and the added latency, the peak RSS (VmHWM) of the gateway,
+Prints all three side by side with the ratios and the added latency, the CPU the gateway process
+and the bare proxy spend per request at concurrency 32 (their CPU time over the requests Triton
+counted for that run, from its ModelStatistics), the peak RSS (VmHWM) of the gateway,
 of tritonserver and of each python-backend stub, the memory each further loaded version costs,
 and ends with one JSON line ``{"bench": "gateway_overhead", ...}``.
 """
@@ -26,10 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import grpc
-from benchkit import children, process_name, start_bare_proxies, status_mib, stop_processes
+from benchkit import children, cpu_s, process_name, start_bare_proxies, status_mib, stop_processes
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as pb_grpc
@@ -37,6 +42,8 @@ from infermesh_model_gateway.perf_analyzer import PerfResult, run_perf_analyzer
 from infermesh_model_gateway.testing import register_request, train_churn_models
 
 CONCURRENCIES = (1, 8, 32)
+CPU_AT = 32
+"""The concurrency at which the CPU per request of the gateway and of the bare proxy is measured."""
 MEASUREMENT_MS = 4000
 EXTRA_VERSIONS = 3
 
@@ -101,10 +108,48 @@ async def _deploy_extra(address: str) -> None:
             await control.DeployModelVersion(pb.DeployModelVersionRequest(model="churn", version=version))
 
 
+def _served(triton: str, model: str) -> int:
+    """Inferences of ``model`` Triton has completed so far (its ModelStatistics)."""
+    with grpc.insecure_channel(triton) as channel:
+        reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            service_pb2.ModelStatisticsRequest(name=model), timeout=10
+        )
+    return sum(s.inference_stats.success.count for s in reply.model_stats)
+
+
+def _cpu_ms_per_request(pid: int, triton: str, run: Callable[[], PerfResult]) -> tuple[PerfResult, float]:
+    """``run()``'s result and the CPU ms process ``pid`` spent per inference Triton served meanwhile."""
+    cpu, served = cpu_s(pid), _served(triton, "churn__1")
+    result = run()
+    return result, (cpu_s(pid) - cpu) / max(1, _served(triton, "churn__1") - served) * 1000
+
+
 def _triton_rss(gateway_pid: int) -> tuple[int, float, list[float]]:
     triton = next(p for p in children(gateway_pid) if process_name(p) == "tritonserver")
     stubs = [status_mib(p, "VmRSS") for p in children(triton)]
     return triton, status_mib(triton, "VmRSS"), stubs
+
+
+def _measure(
+    triton: str, proxy_address: str, proxy_pid: int, address: str, gateway_pid: int, *, workdir: Path
+) -> tuple[dict[int, PerfResult], dict[int, PerfResult], dict[int, PerfResult], dict[str, float]]:
+    """perf_analyzer direct, through the bare proxy and through the gateway at each concurrency; and
+    at :data:`CPU_AT` the CPU ms per request of the proxy (``floor``) and of the gateway."""
+    direct: dict[int, PerfResult] = {}
+    floor: dict[int, PerfResult] = {}
+    through: dict[int, PerfResult] = {}
+    cpu_ms: dict[str, float] = {}
+    for concurrency in CONCURRENCIES:
+        args = {"concurrency": concurrency, "shapes": {"X": [6]}, "measurement_ms": MEASUREMENT_MS}
+        direct[concurrency] = run_perf_analyzer(triton, "churn__1", **args, workdir=workdir)
+        floor_run = partial(run_perf_analyzer, proxy_address, "churn__1", **args, workdir=workdir)
+        gateway_run = partial(run_perf_analyzer, address, "churn", **args, workdir=workdir)
+        if concurrency != CPU_AT:
+            floor[concurrency], through[concurrency] = floor_run(), gateway_run()
+            continue
+        floor[concurrency], cpu_ms["floor"] = _cpu_ms_per_request(proxy_pid, triton, floor_run)
+        through[concurrency], cpu_ms["gateway"] = _cpu_ms_per_request(gateway_pid, triton, gateway_run)
+    return direct, floor, through, cpu_ms
 
 
 def main() -> int:
@@ -115,15 +160,10 @@ def main() -> int:
             asyncio.run(_deploy(address, workdir / "models"))
             triton = f"127.0.0.1:{triton_port}"
             [(proxy, proxy_address)] = start_bare_proxies(triton)
-            direct: dict[int, PerfResult] = {}
-            floor: dict[int, PerfResult] = {}
-            through: dict[int, PerfResult] = {}
             try:
-                for concurrency in CONCURRENCIES:
-                    args = {"concurrency": concurrency, "shapes": {"X": [6]}, "measurement_ms": MEASUREMENT_MS}
-                    direct[concurrency] = run_perf_analyzer(triton, "churn__1", **args, workdir=workdir)
-                    floor[concurrency] = run_perf_analyzer(proxy_address, "churn__1", **args, workdir=workdir)
-                    through[concurrency] = run_perf_analyzer(address, "churn", **args, workdir=workdir)
+                direct, floor, through, cpu_ms = _measure(
+                    triton, proxy_address, proxy.pid, address, process.pid, workdir=workdir
+                )
                 proxy_peak = status_mib(proxy.pid, "VmHWM")
             finally:
                 stop_processes([proxy])
@@ -149,6 +189,7 @@ def main() -> int:
             f"{g.throughput / f.throughput:>8.2f} {d.p99_ms:>10.2f} {f.p99_ms:>9.2f} {g.p99_ms:>8.2f} "
             f"{g.p99_ms - d.p99_ms:>9.2f}"
         )
+    print(f"CPU ms per request at c{CPU_AT}: gateway process {cpu_ms['gateway']:.3f}, bare proxy {cpu_ms['floor']:.3f}")
     print(
         f"peak RSS: gateway {gateway_peak:.0f} MiB, bare proxy {proxy_peak:.0f} MiB, "
         f"tritonserver {triton_peak:.0f} MiB, "
@@ -167,6 +208,9 @@ def main() -> int:
         "floor_ratio": round(floor[best].throughput / direct[best].throughput, 3),
         "gateway_vs_floor": round(through[best].throughput / floor[best].throughput, 3),
         "floor_p99_added_ms_c1": round(floor[1].p99_ms - direct[1].p99_ms, 3),
+        "gateway_cpu_ms_per_request": round(cpu_ms["gateway"], 3),
+        "floor_cpu_ms_per_request": round(cpu_ms["floor"], 3),
+        "cpu_at_concurrency": CPU_AT,
     }
     for c in CONCURRENCIES:
         figures[f"direct_rps_c{c}"] = round(direct[c].throughput)

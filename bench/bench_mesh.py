@@ -226,62 +226,70 @@ async def _measure(
     return figures, cpu_per_request, degraded
 
 
+def start_mesh(workdir: Path, services: list[Service]) -> tuple[Service, Service, Service, dict[int, np.ndarray]]:
+    """Start the data gateway, the model gateway (churn model deployed) and the business center in
+    ``workdir``, each appended to ``services`` as it starts (the caller stops them); the three and
+    the customers' feature vectors."""
+    features = workdir / "churn"
+    shutil.copytree(EXAMPLE_FEATURES, features)
+    subprocess.run([sys.executable, str(features / "make_data.py")], check=True)
+    data = Service(
+        "data-gateway",
+        "infermesh_data_gateway",
+        workdir,
+        {
+            "definitions": str(features / "definitions.yaml"),
+            "materialize_on_start": ["customer_profile", "customer_activity"],
+            "definitions_reload_s": 0,
+        },
+        env={"DATA_GATEWAY_EXAMPLE_ONLINE_DB": str(workdir / "churn-online.db")},
+    )
+    model = Service(
+        "model-gateway",
+        "infermesh_model_gateway",
+        workdir,
+        {
+            "data_dir": str(workdir / "models"),
+            "workers": {"embedded": 1},
+            "deploy": {"propagation_s": 0},
+            "logging": {"level": "INFO"},  # its triton_started line names the worker's address
+        },
+    )
+    services += [data, model]
+    data.wait_serving()
+    model.wait_serving()
+    vectors = asyncio.run(_vectors(data.address))
+    asyncio.run(_deploy(model.address, vectors, workdir))
+    biz = Service(
+        "biz-center",
+        "infermesh_biz_center",
+        workdir,
+        {
+            "discovery": {"static": {"data-gateway": [data.address], "model-gateway": [model.address]}},
+            "config": {"store_path": str(workdir / "biz.db"), "seed_file": str(_scenes(workdir))},
+            "auth": {
+                "api_keys": [
+                    {
+                        "name": "bench",
+                        "sha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
+                        "scenes": ["churn-score"],
+                    }
+                ]
+            },
+            "thrift": {"enabled": False},
+        },
+    )
+    services.append(biz)
+    biz.wait_serving()
+    return data, model, biz, vectors
+
+
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
     services: list[Service] = []
     try:
-        features = workdir / "churn"
-        shutil.copytree(EXAMPLE_FEATURES, features)
-        subprocess.run([sys.executable, str(features / "make_data.py")], check=True)
-        data = Service(
-            "data-gateway",
-            "infermesh_data_gateway",
-            workdir,
-            {
-                "definitions": str(features / "definitions.yaml"),
-                "materialize_on_start": ["customer_profile", "customer_activity"],
-                "definitions_reload_s": 0,
-            },
-            env={"DATA_GATEWAY_EXAMPLE_ONLINE_DB": str(workdir / "churn-online.db")},
-        )
-        model = Service(
-            "model-gateway",
-            "infermesh_model_gateway",
-            workdir,
-            {
-                "data_dir": str(workdir / "models"),
-                "workers": {"embedded": 1},
-                "deploy": {"propagation_s": 0},
-                "logging": {"level": "INFO"},  # its triton_started line names the worker's address
-            },
-        )
-        services += [data, model]
-        data.wait_serving()
-        model.wait_serving()
-        vectors = asyncio.run(_vectors(data.address))
-        asyncio.run(_deploy(model.address, vectors, workdir))
+        _, model, biz, vectors = start_mesh(workdir, services)
         triton = _triton_address(model.log)
-        biz = Service(
-            "biz-center",
-            "infermesh_biz_center",
-            workdir,
-            {
-                "discovery": {"static": {"data-gateway": [data.address], "model-gateway": [model.address]}},
-                "config": {"store_path": str(workdir / "biz.db"), "seed_file": str(_scenes(workdir))},
-                "auth": {
-                    "api_keys": [
-                        {
-                            "name": "bench",
-                            "sha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
-                            "scenes": ["churn-score"],
-                        }
-                    ]
-                },
-                "thrift": {"enabled": False},
-            },
-        )
-        services.append(biz)
-        biz.wait_serving()
         triton_pid = next(p for p in children(model.process.pid) if process_name(p) == "tritonserver")
         pids = {s.name: s.process.pid for s in services} | {"tritonserver": triton_pid}
         for stub in children(triton_pid):

@@ -79,10 +79,11 @@ async def test_data_gateway_stopped_mid_load_degrades_without_errors_and_recover
         assert (answer.model, answer.model_version, answer.route) == ("", 0, pb.ROUTE_SOURCE_FALLBACK)
     assert sum("features" in a.degradation.detail for a in degraded) > len(degraded) / 2
     # after the recovery features flow again (a loaded machine may still miss an SLO now and then: not this
-    # test's subject)
+    # test's subject, so a deadline miss is left out)
     late = [r for _, r in await predict_load(biz, 1.0)]
     assert late and not any(isinstance(r, grpc.RpcError) for r in late)
-    assert not any("features" in r.degradation.detail for r in late), [
+    deadline = REASONS.Value("DEGRADATION_REASON_DEADLINE_EXCEEDED")
+    assert not any("features" in r.degradation.detail and r.degradation.reason != deadline for r in late), [
         r.degradation.detail for r in late if r.degradation.degraded
     ][:2]
     assert sum(r.degradation.degraded for r in late) <= len(late) // 20

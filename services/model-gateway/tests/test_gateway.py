@@ -24,6 +24,7 @@ from tritonclient.grpc import service_pb2
 
 from infermesh.common.v1 import common_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
+from infermesh_model_gateway.pool import MODEL_INFER
 from infermesh_model_gateway.testing import (
     ChurnModels,
     GatewayHarness,
@@ -34,6 +35,7 @@ from infermesh_model_gateway.testing import (
     sha256,
     start_gateway,
 )
+from infermesh_model_gateway.wire import string_field
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -88,7 +90,13 @@ async def test_an_alias_in_the_model_name_pins_the_version(gw, churn_models, pro
 async def test_weighted_split_within_tolerance(gw, churn_models, production_only):
     await _set_policy(gw, weights=[pb.VersionWeight(version=1, weight=80), pb.VersionWeight(version=2, weight=20)])
     x = churn_models.x[:1]
-    responses = await asyncio.gather(*(gw.inference.ModelInfer(infer_request("churn", x)) for _ in range(1000)))
+    slots = asyncio.Semaphore(64)  # below the gateway's in-flight cap per version, however fast it forwards
+
+    async def one() -> service_pb2.ModelInferResponse:
+        async with slots:
+            return await gw.inference.ModelInfer(infer_request("churn", x))
+
+    responses = await asyncio.gather(*(one() for _ in range(1000)))
     share = Counter(r.model_version for r in responses)["2"] / len(responses)
     assert abs(share - 0.20) < 0.04, share
 
@@ -144,6 +152,36 @@ async def test_inference_events_name_model_version_and_latency(gw, churn_models,
     assert event.inference.model_version == 2
     assert event.inference.batch_size == 3
     assert event.inference.latency_ms > 0
+
+
+async def test_answers_are_tritons_bytes_with_the_serving_version_appended(gw, churn_models, production_only):
+    """The pass-through: the caller's bytes reach Triton readdressed, Triton's bytes come back unparsed."""
+    request = infer_request("churn", churn_models.x[:4], "2").SerializeToString()
+    through = await gw.channel.unary_unary(MODEL_INFER)(request)
+    record = gw.gateway.router.version("churn", "2")
+    direct = await gw.gateway.pool.workers[0].model_infer(
+        request + string_field(1, record.triton_name) + string_field(2, "")
+    )
+    assert service_pb2.ModelInferResponse.FromString(direct).model_name == record.triton_name
+    assert through == direct + string_field(1, "churn") + string_field(2, "2")
+    answer = service_pb2.ModelInferResponse.FromString(through)
+    assert (answer.model_name, answer.model_version) == ("churn", "2")
+
+
+async def test_bytes_that_are_no_inference_request_are_an_invalid_argument(gw):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.channel.unary_unary(MODEL_INFER)(b"\x0a\xff")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a serialized inference.ModelInferRequest" in caught.value.details()
+
+
+async def test_streaming_inference_answers_each_request_in_order(gw, churn_models, production_only):
+    requests = [infer_request("churn", churn_models.x[:2], "2"), infer_request("nope", churn_models.x[:2])]
+    answers = [a async for a in gw.inference.ModelStreamInfer(iter(requests))]
+    assert len(answers) == 2
+    assert answers[0].infer_response.model_version == "2" and not answers[0].error_message
+    assert answers[0].infer_response.model_name == "churn"
+    assert "model 'nope' is not registered" in answers[1].error_message
 
 
 _BAD_REQUESTS = [

@@ -39,7 +39,17 @@ def _request(batch: int = 2, *, features=None, segment=None, **overrides) -> ser
 
 
 def _check(request, record=None, max_bytes: int = 1 << 20) -> None:
-    RequestValidator(record or _record(), max_bytes).validate(request)
+    """Validate as the data plane does (raw contents measured in the serialized request), and check
+    that the parsed request alone gets the same verdict."""
+    validator = RequestValidator(record or _record(), max_bytes)
+    try:
+        validator.validate(request, request.SerializeToString())
+    except InvalidArgument as exc:
+        with pytest.raises(InvalidArgument) as parsed_only:
+            validator.validate(request)
+        assert parsed_only.value.message == exc.message
+        raise
+    validator.validate(request)
 
 
 def test_a_well_formed_request_passes():

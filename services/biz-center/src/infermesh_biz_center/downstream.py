@@ -8,6 +8,8 @@ core's types:
 - :class:`FeatureClient` learns a feature service's entity keys and request values once
   (``DescribeFeatureService``, cached), splits the caller's values between them, fills the
   scene's unit key from the unit id, and returns the ordered vector with statuses and lineage.
+  An entity stays an :class:`EntityRow` of references and primitives until the one GetFeatures
+  of its batch is built, in place (protobuf copies a message passed whole to a constructor).
 - :class:`ModelClient` calls the Open Inference Protocol with tritonclient's own stubs: it learns
   the model's input tensor (``ModelMetadata``, cached), packs the vector into it, pins a version
   (``version``) or an alias (``model@alias``) when the route names one, and returns the output
@@ -45,6 +47,7 @@ __all__ = [
     "INFERENCE_STUB",
     "MODEL_CONTROL_IDEMPOTENT",
     "MODEL_CONTROL_STUB",
+    "EntityRow",
     "FeatureClient",
     "FeatureVector",
     "Guard",
@@ -125,15 +128,27 @@ class FeatureVector:
         return ", ".join(odd)
 
 
-def _key_value(unit_id: str, dtype: str, key: str) -> common_pb2.Value:
+@dataclass(frozen=True, slots=True)
+class EntityRow:
+    """One entity of a GetFeatures call, until :meth:`FeatureClient.fetch_rows` writes it into the
+    request: the caller's values (references to its request's messages) and the unit's key."""
+
+    keys: tuple[tuple[str, common_pb2.Value], ...] = ()
+    request_values: tuple[tuple[str, common_pb2.Value], ...] = ()
+    unit_key: str = ""
+    """The key the unit id fills ("" when the scene names none)."""
+    unit_value: int | str = ""
+
+
+def _unit_value(unit_id: str, dtype: str, key: str) -> int | str:
     """The unit id as the value of entity key ``key``: for an integer key, only its canonical spelling (the
     text the experiment buckets hash must name one integer, and the data gateway reads keys by the same rule)."""
     if dtype.startswith(("INT", "UINT")):
         number = canonical_int64(unit_id)
         if number is None:
             raise InvalidArgument(f"unit_id: {unit_id[:64]!r} {NOT_CANONICAL}, as key '{key}' needs")
-        return common_pb2.Value(int64_value=number)
-    return common_pb2.Value(string_value=unit_id)
+        return number
+    return unit_id
 
 
 Guard = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -168,37 +183,42 @@ class FeatureClient:
 
     async def entity_row(
         self, scene: CompiledScene, inp: PredictInput, *, guard: Guard, timeout_s: float | None = None
-    ) -> dg.EntityRow:
+    ) -> EntityRow:
         """The entity row of ``inp``'s unit for ``scene``: the unit id in the scene's key, the caller's values
         split between keys and request values (values that are neither are ignored). The description
         of the feature service is cached; fetching it runs under ``guard``."""
         shape = await self._shape(scene.feature_service, scene.feature_definition_version, timeout_s, guard)
-        row = dg.EntityRow()
-        for name, value in inp.features.items():
-            if name in shape.keys:
-                row.keys[name].CopyFrom(value)
-            elif name in shape.request_values:
-                row.request_values[name].CopyFrom(value)
-        if key := scene.unit_id_key:
-            row.keys[key].CopyFrom(_key_value(inp.unit_id, shape.keys.get(key, "BYTES"), key))
-        return row
+        key = scene.unit_id_key
+        keys = tuple((n, v) for n, v in inp.features.items() if n in shape.keys and n != key)
+        values = tuple((n, v) for n, v in inp.features.items() if n in shape.request_values and n not in shape.keys)
+        if not key:
+            return EntityRow(keys, values)
+        return EntityRow(keys, values, key, _unit_value(inp.unit_id, shape.keys.get(key, "BYTES"), key))
 
     async def fetch_rows(
         self,
         feature_service: str,
         definition_version: str,
-        rows: Sequence[dg.EntityRow],
+        rows: Sequence[EntityRow],
         attributes: Mapping[str, str],
         *,
         timeout_s: float | None = None,
     ) -> list[FeatureVector]:
-        """The vectors of ``rows``, in one GetFeatures."""
-        request = dg.GetFeaturesRequest(
-            feature_service=feature_service,
-            definition_version=definition_version,
-            entities=rows,
-            routing_attributes=attributes,
-        )
+        """The vectors of ``rows``, in one GetFeatures (built in place)."""
+        request = dg.GetFeaturesRequest(feature_service=feature_service, definition_version=definition_version)
+        request.routing_attributes.update(attributes)
+        for row in rows:
+            entity = request.entities.add()
+            for name, value in row.keys:
+                entity.keys[name].CopyFrom(value)
+            for name, value in row.request_values:
+                entity.request_values[name].CopyFrom(value)
+            if row.unit_key:
+                unit = entity.keys[row.unit_key]
+                if isinstance(row.unit_value, int):
+                    unit.int64_value = row.unit_value
+                else:
+                    unit.string_value = row.unit_value
         reply = await self._client.call("GetFeatures", request, timeout_s=timeout_s)
         if len(reply.rows) != len(rows):
             raise Unavailable(f"data gateway returned {len(reply.rows)} rows for {len(rows)} entities")

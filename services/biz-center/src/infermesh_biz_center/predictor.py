@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from infermesh.common.v1 import common_pb2
-from infermesh.datagateway.v1 import data_gateway_pb2 as dg
 from infermesh_biz_center.auth import Authenticator
 from infermesh_biz_center.catalog import (
     MODEL_PARAMETERS,
@@ -61,7 +60,15 @@ from infermesh_biz_center.domain import (
     Route,
     ServedBy,
 )
-from infermesh_biz_center.downstream import FeatureClient, FeatureVector, Guard, InferResult, ModelClient, pack_row
+from infermesh_biz_center.downstream import (
+    EntityRow,
+    FeatureClient,
+    FeatureVector,
+    Guard,
+    InferResult,
+    ModelClient,
+    pack_row,
+)
 from infermesh_biz_center.events import AnswerPayload, ExposurePayload, FailurePayload
 from infermesh_biz_center.limits import RateLimits, SceneGate
 from infermesh_biz_center.mapping import map_outputs, needs_class_labels
@@ -185,7 +192,7 @@ class Predictor:
             "max_in_flight": predict.coalesce_in_flight,
             "window_s": predict.coalesce_window_ms / 1000,
         }
-        self._feature_batches: Coalescer[dg.EntityRow, FeatureVector] = Coalescer(
+        self._feature_batches: Coalescer[EntityRow, FeatureVector] = Coalescer(
             self._fetch_batch, on_batch=batch_sizes.labels("data_gateway").observe, **batching
         )
         self._model_batches: Coalescer[bytes, InferResult] = Coalescer(
@@ -341,7 +348,7 @@ class Predictor:
     def _guard(self, name: str) -> Guard:
         return lambda call: self._guarded(name, call)
 
-    async def _fetch_batch(self, key: Hashable, rows: list[dg.EntityRow], timeout_s: float) -> list[FeatureVector]:
+    async def _fetch_batch(self, key: Hashable, rows: list[EntityRow], timeout_s: float) -> list[FeatureVector]:
         feature_service, version, attributes = key  # type: ignore[misc]
         return await self._guarded(
             DATA_GATEWAY_BREAKER,

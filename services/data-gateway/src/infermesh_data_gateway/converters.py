@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from infermesh.common.v1 import common_pb2
 from infermesh.datagateway.v1 import data_gateway_pb2 as pb
@@ -37,13 +38,14 @@ __all__ = [
     "fields_to_proto",
     "micros_of",
     "push_rows_from_proto",
-    "rows_to_proto",
     "summary_to_proto",
     "time_range_to_proto",
     "timestamp_of",
     "training_chunks",
     "training_entities_from_proto",
     "value_from_proto",
+    "write_rows",
+    "write_value",
 ]
 
 _SOURCE_KINDS = {
@@ -125,37 +127,58 @@ def fields_to_proto(service: ServiceDef) -> list[pb.FeatureField]:
     ]
 
 
-def _lineage(entry: ViewLineage) -> common_pb2.FeatureViewLineage:
-    lineage = common_pb2.FeatureViewLineage(
-        feature_view=entry.view,
-        source=entry.source,
-        from_fallback=entry.from_fallback,
-        used_default=entry.used_default,
-        features=entry.features,
-        from_cache=entry.from_cache,
-    )
+def write_value(target: common_pb2.Value, value: Any, dtype: str) -> None:
+    """A feature value of ``dtype`` written into ``target`` in place (null when None)."""
+    if value is None:
+        target.null_value = 0  # google.protobuf.NullValue.NULL_VALUE
+    elif isinstance(value, tuple | list):
+        if dtype.startswith("FP"):
+            target.double_list.values.extend(value)
+        elif dtype == "BOOL":
+            target.int64_list.values.extend([int(bool(v)) for v in value])
+        else:
+            target.int64_list.values.extend([int(v) for v in value])
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, int):
+        target.int64_value = value
+    else:
+        target.string_value = str(value)
+
+
+def _write_lineage(into: common_pb2.FeatureViewLineage, entry: ViewLineage) -> None:
+    into.feature_view = entry.view
+    into.source = entry.source
+    into.from_fallback = entry.from_fallback
+    into.used_default = entry.used_default
+    into.features.extend(entry.features)
+    into.from_cache = entry.from_cache
     if entry.value_time is not None:
-        lineage.value_time.FromMicroseconds(entry.value_time)
-    return lineage
+        into.value_time.FromMicroseconds(entry.value_time)
 
 
-def rows_to_proto(service: ServiceDef, version: str, vectors: Sequence[FeatureVector]) -> list[pb.FeatureRow]:
-    """One FeatureRow per vector, with statuses and lineage."""
+def write_rows(
+    rows: RepeatedCompositeFieldContainer[pb.FeatureRow],
+    service: ServiceDef,
+    version: str,
+    vectors: Sequence[FeatureVector],
+) -> None:
+    """One FeatureRow per vector, with statuses and lineage, added in place to ``rows`` (a response's
+    repeated ``rows``): protobuf copies a message passed whole to a constructor or a list."""
     dtypes = [f.dtype for f in service.features]
-    rows = []
     for vector in vectors:
-        rows.append(
-            pb.FeatureRow(
-                values=[value_to_proto(v, d) for v, d in zip(vector.values, dtypes, strict=True)],
-                statuses=[int(s) for s in vector.statuses],
-                lineage=common_pb2.FeatureLineage(
-                    feature_service=service.name,
-                    definition_version=version,
-                    views=[_lineage(entry) for entry in vector.lineage],
-                ),
-            )
-        )
-    return rows
+        row = rows.add()
+        values = row.values
+        for value, dtype in zip(vector.values, dtypes, strict=True):
+            write_value(values.add(), value, dtype)
+        row.statuses.extend(vector.statuses)
+        lineage = row.lineage
+        lineage.feature_service = service.name
+        lineage.definition_version = version
+        for entry in vector.lineage:
+            _write_lineage(lineage.views.add(), entry)
 
 
 # -- definitions ---------------------------------------------------------------------------------

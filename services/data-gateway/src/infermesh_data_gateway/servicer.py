@@ -32,7 +32,9 @@ class DataGatewayServicer(data_gateway_pb2_grpc.DataGatewayServiceServicer):
 
     def __init__(self, gateway: DataGateway) -> None:
         self.gateway = gateway
-        self._fields: dict[tuple[str, str], list[pb.FeatureField]] = {}
+        self._heads: dict[tuple[str, str], bytes] = {}
+        """Per (version, feature service): a GetFeaturesResponse without rows, serialized (one parse
+        per call instead of a copy of each field message)."""
 
     async def GetFeatures(
         self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext
@@ -43,15 +45,16 @@ class DataGatewayServicer(data_gateway_pb2_grpc.DataGatewayServiceServicer):
             request.routing_attributes,
             request.definition_version,
         )
-        fields = self._fields.get((result.version, result.service.name))
-        if fields is None:  # a version never changes, nor do its fields
-            fields = self._fields[(result.version, result.service.name)] = converters.fields_to_proto(result.service)
-        return pb.GetFeaturesResponse(
-            feature_service=result.service.name,
-            definition_version=result.version,
-            fields=fields,
-            rows=converters.rows_to_proto(result.service, result.version, result.vectors),
-        )
+        head = self._heads.get((result.version, result.service.name))
+        if head is None:  # a version never changes, nor do its fields
+            head = self._heads[(result.version, result.service.name)] = pb.GetFeaturesResponse(
+                feature_service=result.service.name,
+                definition_version=result.version,
+                fields=converters.fields_to_proto(result.service),
+            ).SerializeToString()
+        response = pb.GetFeaturesResponse.FromString(head)
+        converters.write_rows(response.rows, result.service, result.version, result.vectors)
+        return response
 
     async def ListFeatureServices(
         self, request: pb.ListFeatureServicesRequest, context: grpc.aio.ServicerContext

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from tritonclient.grpc import service_pb2_grpc
-
 from infermesh.common.v1 import common_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.app import Runtime, run_service
 from infermesh_chassis.events import EventEmitter
 from infermesh_model_gateway.control import ControlServicer
-from infermesh_model_gateway.dataplane import InferenceServicer
+from infermesh_model_gateway.dataplane import InferenceServicer, add_to_server
 from infermesh_model_gateway.gateway import ModelGateway
 from infermesh_model_gateway.rollouts import RolloutController, RolloutOperations
 from infermesh_model_gateway.settings import Settings
@@ -36,9 +34,7 @@ async def assemble(settings: Settings, runtime: Runtime, emitter: EventEmitter |
         instance=settings.instance_id or settings.service_name,
     )
     runtime.on_stop(inference.drain_shadows)
-    runtime.server.add_servicer(
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, inference, INFERENCE_SERVICE
-    )
+    runtime.server.add_servicer(add_to_server, inference, INFERENCE_SERVICE)
     instance = settings.instance_id or f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
     operations = RolloutOperations(gateway.registry, gateway.refresh, emitter, instance)
     monitor = runtime.client(settings.monitor_service, monitor_pb2_grpc.MonitorServiceStub, idempotent=("CheckSlo",))

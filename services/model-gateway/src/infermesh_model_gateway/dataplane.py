@@ -4,11 +4,15 @@ The servicer implements Triton's ``inference.GRPCInferenceService`` with the gen
 tritonclient ships, so Triton's own clients and perf_analyzer work against the gateway
 unchanged. ``ModelInfer`` resolves the version through the :class:`~.routing.Router` (empty
 version: the traffic policy; a number or an alias pins; ``churn@canary`` or the ``alias``
-parameter too), validates the request against that version's schema, readdresses it to the
-version's Triton model and forwards it through the :class:`~.pool.WorkerPool` with the tensor
-bytes untouched. The response names the model and the version that served it. A mirrored
-request is copied to its shadow version in the background; the shadow's answer is reported,
-never returned, and cannot slow or fail the primary.
+parameter too), validates the request against that version's schema, and forwards it through
+the :class:`~.pool.WorkerPool`. Tensor contents pass through as bytes: ``ModelInfer`` is
+registered without serializers (:func:`add_to_server`), the request is parsed only to read what
+routing and validation need (raw contents are measured in place, never copied or decoded), the
+bytes the caller sent go to Triton readdressed by a field appended to them (:mod:`.wire`), and
+Triton's answer comes back as the bytes Triton sent, with the model and the version that served
+appended the same way. Only a request carrying the gateway's own ``alias`` parameter is
+re-encoded (without it). A mirrored request reuses the same bytes for its shadow version in the
+background; the shadow's answer is reported, never returned, and cannot slow or fail the primary.
 
 Model management through this protocol (RepositoryModelLoad/Unload) is refused: versions are
 deployed through ``infermesh.modelgateway.v1.ModelControlService``.
@@ -23,12 +27,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh_chassis import context as ctx
 from infermesh_chassis.errors import (
     FailedPrecondition,
     InfermeshError,
+    InvalidArgument,
     ResourceExhausted,
     Unavailable,
     Unimplemented,
@@ -43,10 +49,29 @@ from infermesh_model_gateway.pool import WorkerPool
 from infermesh_model_gateway.routing import Router, deprecation_warning
 from infermesh_model_gateway.settings import InferenceSettings
 from infermesh_model_gateway.validation import RequestValidator
+from infermesh_model_gateway.wire import string_field
 
-__all__ = ["InferenceServicer"]
+__all__ = ["InferenceServicer", "add_to_server"]
+
+SERVICE = "inference.GRPCInferenceService"
+_MODEL_NAME, _MODEL_VERSION = 1, 2
+"""The fields that address a ModelInferRequest and name who answered a ModelInferResponse."""
 
 _log = get_logger("infermesh_model_gateway.dataplane")
+
+
+class _Target:
+    """What the data plane keeps per version it forwards to: its validator, the bytes that readdress
+    a request to its Triton model, and the bytes that name it in an answer."""
+
+    __slots__ = ("answered_by", "record", "to_triton", "triton_name", "validator")
+
+    def __init__(self, record: ModelVersionRecord, max_request_bytes: int) -> None:
+        self.record = record
+        self.triton_name = record.triton_name
+        self.validator = RequestValidator(record, max_request_bytes)
+        self.to_triton = string_field(_MODEL_NAME, self.triton_name) + string_field(_MODEL_VERSION, "")
+        self.answered_by = string_field(_MODEL_NAME, record.model) + string_field(_MODEL_VERSION, str(record.version))
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -69,7 +94,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._emitter = emitter
         self._source = EventSource("model-gateway", instance)
         self._rng = rng or random.Random()
-        self._validators: dict[str, tuple[ModelVersionRecord, RequestValidator]] = {}
+        self._targets: dict[str, _Target] = {}
         self._shadows: set[asyncio.Task[None]] = set()
         self._served = metrics.counter("inferences", "Inferences served, by model and version.", ("model", "version"))
         self._shadowed = metrics.counter("shadow_requests", "Mirrored requests sent to a shadow version.", ("model",))
@@ -81,13 +106,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             "inferences_refused", "Inferences refused because their version had too many in flight.", ("model",)
         )
 
-    def _validator(self, record: ModelVersionRecord) -> RequestValidator:
-        cached = self._validators.get(record.triton_name)
-        if cached is not None and cached[0] is record:
-            return cached[1]
-        validator = RequestValidator(record, self._settings.max_request_bytes)
-        self._validators[record.triton_name] = (record, validator)
-        return validator
+    def _target(self, record: ModelVersionRecord) -> _Target:
+        target = self._targets.get(record.triton_name)
+        if target is None or target.record is not record:
+            target = self._targets[record.triton_name] = _Target(record, self._settings.max_request_bytes)
+        return target
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -113,55 +136,66 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 return value if isinstance(value, str) else value.decode()
         return None
 
-    async def infer(
-        self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> service_pb2.ModelInferResponse:
-        """Route, validate, forward, and report one inference (shared by unary and streaming calls)."""
+    async def infer_bytes(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Route, validate, forward, and report one serialized ModelInferRequest; Triton's serialized
+        answer naming the model and the version that served."""
+        try:
+            request = service_pb2.ModelInferRequest.FromString(payload)
+        except DecodeError:
+            raise InvalidArgument("the request is not a serialized inference.ModelInferRequest") from None
+        return await self._infer(request, payload, context)
+
+    async def _infer(
+        self, request: service_pb2.ModelInferRequest, payload: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
         started = time.perf_counter()
-        requested = request.model_name
         alias = self._param(request, "alias")
         route = self._router.resolve(
-            requested, request.model_version, alias=alias, routing_key=self._routing_key(request, context)
+            request.model_name, request.model_version, alias=alias, routing_key=self._routing_key(request, context)
         )
-        primary = route.primary
-        self._validator(primary).validate(request)
+        primary = self._target(route.primary)
+        record = primary.record
+        primary.validator.validate(request, payload)
         limit = self._settings.max_in_flight_per_version
         if self._pool.in_flight(primary.triton_name) >= limit:
-            self._refused.labels(primary.model).inc()
+            self._refused.labels(record.model).inc()
             raise ResourceExhausted(
-                f"model '{primary.model}' version {primary.version} already has {limit} inferences in flight "
+                f"model '{record.model}' version {record.version} already has {limit} inferences in flight "
                 "through this gateway (inference.max_in_flight_per_version); retry after a short backoff",
                 retry_after_s=self._settings.overload_retry_after_s,
             )
-        if route.pinned and primary.deprecated_until is not None:
-            context.set_trailing_metadata(((self._settings.deprecation_header, deprecation_warning(primary)),))
-        if alias:
+        if route.pinned and record.deprecated_until is not None:
+            context.set_trailing_metadata(((self._settings.deprecation_header, deprecation_warning(record)),))
+        if alias:  # the gateway's own parameter is not Triton's: the one case that re-encodes the request
             del request.parameters["alias"]
-        shadow_request = None
-        if route.shadow is not None:
-            shadow_request = service_pb2.ModelInferRequest()
-            shadow_request.CopyFrom(request)
-        request.model_name = primary.triton_name
-        request.model_version = ""
+            payload = request.SerializeToString()
         try:
-            response = await self._pool.infer(primary.triton_name, request, timeout_s=self._timeout(context))
+            reply = await self._pool.infer_bytes(
+                primary.triton_name, payload + primary.to_triton, timeout_s=self._timeout(context)
+            )
         except InfermeshError as exc:
-            self._report(primary, request, None, started, exc)
+            self._report(record, request, None, started, exc)
             raise
-        response.model_name = primary.model
-        response.model_version = str(primary.version)
-        self._served.labels(primary.model, response.model_version).inc()
-        latency_ms = (time.perf_counter() - started) * 1000
-        if shadow_request is not None and route.shadow is not None:
-            self._mirror(route.shadow, shadow_request, primary, response, latency_ms)
-        self._report(primary, request, response, started, None)
-        return response
+        self._served.labels(record.model, str(record.version)).inc()
+        reply += primary.answered_by
+        if route.shadow is not None:
+            self._mirror(
+                route.shadow,
+                request,
+                payload,
+                primary=record,
+                reply=reply,
+                primary_latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        if self._emitter is not None:
+            self._report(record, request, reply, started, None)
+        return reply
 
     def _report(
         self,
         record: ModelVersionRecord,
         request: service_pb2.ModelInferRequest,
-        response: service_pb2.ModelInferResponse | None,
+        response: bytes | None,
         started: float,
         error: InfermeshError | None,
     ) -> None:
@@ -182,8 +216,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self,
         shadow: ModelVersionRecord,
         request: service_pb2.ModelInferRequest,
+        payload: bytes,
+        *,
         primary: ModelVersionRecord,
-        response: service_pb2.ModelInferResponse,
+        reply: bytes,
         primary_latency_ms: float,
     ) -> None:
         if len(self._shadows) >= self._settings.shadow_max_in_flight:
@@ -191,7 +227,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return
         self._shadowed.labels(primary.model).inc()
         task = asyncio.get_running_loop().create_task(
-            self._run_shadow(shadow, request, primary, response, primary_latency_ms)
+            self._run_shadow(
+                shadow, request, payload, primary=primary, primary_reply=reply, primary_latency_ms=primary_latency_ms
+            )
         )
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
@@ -200,18 +238,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self,
         shadow: ModelVersionRecord,
         request: service_pb2.ModelInferRequest,
+        payload: bytes,
+        *,
         primary: ModelVersionRecord,
-        primary_response: service_pb2.ModelInferResponse,
+        primary_reply: bytes,
         primary_latency_ms: float,
     ) -> None:
+        """Send the primary's request bytes, readdressed, to the shadow version and report both answers."""
         started = time.perf_counter()
-        response: service_pb2.ModelInferResponse | None = None
+        response: bytes | None = None
         error: tuple[int, str] | None = None
         try:
-            self._validator(shadow).validate(request)
-            request.model_name = shadow.triton_name
-            request.model_version = ""
-            response = await self._pool.infer(shadow.triton_name, request, timeout_s=self._settings.shadow_timeout_s)
+            target = self._target(shadow)
+            target.validator.validate(request, payload)
+            response = await self._pool.infer_bytes(
+                target.triton_name, payload + target.to_triton, timeout_s=self._settings.shadow_timeout_s
+            )
         except InfermeshError as exc:
             self._shadow_failed.labels(primary.model).inc()
             error = (exc.status_code.value[0], exc.message)
@@ -221,16 +263,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             error = (grpc.StatusCode.INTERNAL.value[0], str(exc))
         if self._emitter is not None:
             latency_ms = (time.perf_counter() - started) * 1000
-            payload = ShadowPayload(
+            event = ShadowPayload(
                 primary,
-                primary_response,
+                primary_reply,
                 primary_latency_ms=primary_latency_ms,
                 shadow=shadow,
                 shadow_response=response,
                 shadow_latency_ms=latency_ms,
                 error=error,
             )
-            self._emitter.emit(self._source, payload)
+            self._emitter.emit(self._source, event)
 
     async def drain_shadows(self) -> None:
         """Wait for mirrored requests still in flight (at shutdown)."""
@@ -239,10 +281,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- KServe v2 RPCs -------------------------------------------------------------------------
 
-    async def ModelInfer(
-        self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> service_pb2.ModelInferResponse:
-        return await self.infer(request, context)
+    async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Registered without serializers by :func:`add_to_server`: the request and the answer are bytes."""
+        return await self.infer_bytes(request, context)
 
     async def ModelStreamInfer(
         self,
@@ -252,7 +293,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async for request in request_iterator:
             try:
                 check_fields(request)
-                response = await self.infer(request, context)
+                reply = await self._infer(request, request.SerializeToString(), context)
             except InfermeshError as exc:
                 yield service_pb2.ModelStreamInferResponse(error_message=bound_message(exc.message))
                 continue
@@ -262,7 +303,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     error_message=f"internal error (request id {ctx.current_request_id()})"
                 )
                 continue
-            yield service_pb2.ModelStreamInferResponse(infer_response=response)
+            answer = service_pb2.ModelStreamInferResponse()
+            answer.infer_response.ParseFromString(reply)
+            yield answer
 
     async def ServerLive(
         self, request: service_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -410,3 +453,29 @@ def _add_statistics(into: service_pb2.ModelStatistics, part: service_pb2.ModelSt
         for field in ("compute_input", "compute_infer", "compute_output"):
             getattr(mine, field).count += getattr(theirs, field).count
             getattr(mine, field).ns += getattr(theirs, field).ns
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as tritonclient's generated ``add_GRPCInferenceServiceServicer_to_server``
+    does, from the same service descriptor, except that ModelInfer has no serializers: it takes and
+    returns serialized messages, so that tensor contents pass through untouched."""
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service_pb2.DESCRIPTOR.services_by_name[SERVICE.rpartition(".")[2]].methods:
+        behavior = getattr(servicer, method.name)
+        factory = factories[(method.client_streaming, method.server_streaming)]
+        if method.name == "ModelInfer":
+            handlers[method.name] = factory(behavior)
+            continue
+        handlers[method.name] = factory(
+            behavior,
+            request_deserializer=getattr(service_pb2, method.input_type.name).FromString,
+            response_serializer=getattr(service_pb2, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)

@@ -1,9 +1,10 @@
 """What the data plane reports to the monitor, as event payloads of the chassis' emitter.
 
-The serving path only records references (the request and response messages it already has) and
-plain values; the ``InferenceEvent``/``ShadowEvent`` fields are read from them when the emitter
-builds its batch, off the request path (see :mod:`infermesh_chassis.events`). Neither message is
-changed after it was answered, so reading it later reads what was served.
+The serving path only records references (the request message it already parsed, Triton's answer
+as the bytes the gateway passed through) and plain values; the ``InferenceEvent``/``ShadowEvent``
+fields are read from them, the answers parsed, when the emitter builds its batch, off the request
+path (see :mod:`infermesh_chassis.events`). Neither is changed after it was answered, so reading it
+later reads what was served.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np
 """Datatypes decoded into sampled event inputs (others are reported as raw tensors only)."""
 
 
-def _tensors(response: service_pb2.ModelInferResponse) -> list[dict[str, Any]]:
+def _tensors(reply: bytes) -> list[dict[str, Any]]:
+    response = service_pb2.ModelInferResponse.FromString(reply)
     raw = response.raw_output_contents
     return [
         {
@@ -59,7 +61,7 @@ class InferencePayload:
         self,
         record: ModelVersionRecord,
         request: service_pb2.ModelInferRequest,
-        response: service_pb2.ModelInferResponse | None,
+        response: bytes | None,
         *,
         latency_ms: float,
         status_code: int,
@@ -111,11 +113,11 @@ class ShadowPayload:
     def __init__(
         self,
         primary: ModelVersionRecord,
-        primary_response: service_pb2.ModelInferResponse,
+        primary_response: bytes,
         *,
         primary_latency_ms: float,
         shadow: ModelVersionRecord,
-        shadow_response: service_pb2.ModelInferResponse | None,
+        shadow_response: bytes | None,
         shadow_latency_ms: float,
         error: tuple[int, str] | None,
     ) -> None:

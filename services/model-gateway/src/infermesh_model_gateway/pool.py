@@ -38,7 +38,9 @@ from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_model_gateway.settings import PoolSettings
 
-__all__ = ["Worker", "WorkerPool"]
+__all__ = ["MODEL_INFER", "Worker", "WorkerPool"]
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 _log = get_logger("infermesh_model_gateway.pool")
 
@@ -65,6 +67,7 @@ class Worker:
         "healthy",
         "id",
         "in_flight",
+        "model_infer",
         "probe_failures",
         "ready_models",
         "stub",
@@ -75,6 +78,8 @@ class Worker:
         self.address = address
         self.channel = channel
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self.model_infer = channel.unary_unary(MODEL_INFER)
+        """ModelInfer taking and returning serialized messages (no serializers: the bytes pass through)."""
         self.in_flight = 0
         self.healthy = False
         self.ready_models: frozenset[str] = frozenset()
@@ -251,7 +256,20 @@ class WorkerPool:
         timeout_s: float,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> service_pb2.ModelInferResponse:
-        """Run ``request`` (already addressed to ``triton_name``) on a worker; retry once elsewhere."""
+        """:meth:`infer_bytes` for a message (serialized here, its answer parsed)."""
+        reply = await self.infer_bytes(triton_name, request.SerializeToString(), timeout_s=timeout_s, metadata=metadata)
+        return service_pb2.ModelInferResponse.FromString(reply)
+
+    async def infer_bytes(
+        self,
+        triton_name: str,
+        request: bytes,
+        *,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> bytes:
+        """Run the serialized ``request`` (already addressed to ``triton_name``) on a worker, retrying
+        once elsewhere; the serialized ModelInferResponse, as the worker sent it."""
         workers = self.candidates(triton_name)
         if not workers:
             raise Unavailable(f"no healthy worker has model '{triton_name}' ready")
@@ -288,16 +306,14 @@ class WorkerPool:
     async def _call(
         self,
         worker: Worker,
-        request: service_pb2.ModelInferRequest,
+        request: bytes,
         timeout_s: float,
         metadata: tuple[tuple[str, str], ...],
-    ) -> service_pb2.ModelInferResponse:
+    ) -> bytes:
         worker.in_flight += 1
         started = time.perf_counter()
         try:
-            response: service_pb2.ModelInferResponse = await worker.stub.ModelInfer(
-                request, timeout=timeout_s, metadata=metadata
-            )
+            response: bytes = await worker.model_infer(request, timeout=timeout_s, metadata=metadata)
         finally:
             worker.in_flight -= 1
         self._latency.labels(worker.id).observe(time.perf_counter() - started)

@@ -1,11 +1,12 @@
 """Validation of an inference request against the schema of the version that will serve it.
 
 Everything is checked before Triton sees the request, from the request's metadata and the
-lengths of its contents, without decoding tensors: input names (unknown, missing, repeated),
-datatypes, shapes (batch dimension first when the version batches, fixed dimensions), the batch
-size against the version's maximum, the byte size of raw contents (or the element count of
-typed contents), requested output names, and a size cap. Each failure is INVALID_ARGUMENT with
-a message naming the tensor and what was expected.
+lengths of its contents, without decoding tensors (given the serialized request, the lengths of
+raw contents are read from its wire format, so the contents are not even copied): input names
+(unknown, missing, repeated), datatypes, shapes (batch dimension first when the version batches,
+fixed dimensions), the batch size against the version's maximum, the byte size of raw contents
+(or the element count of typed contents), requested output names, and a size cap. Each failure
+is INVALID_ARGUMENT with a message naming the tensor and what was expected.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tritonclient.grpc import service_pb2
 
 from infermesh_chassis.errors import InvalidArgument
 from infermesh_model_gateway.domain import DATATYPES, ModelVersionRecord, TensorSchema
+from infermesh_model_gateway.wire import raw_spans
 
 __all__ = ["RequestValidator", "batch_size"]
 
@@ -42,14 +44,19 @@ def _shape_text(spec: TensorSchema, batching: bool) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
-def _bytes_elements(raw: bytes, name: str) -> int:
+_Raw = tuple[bytes, int, int]
+"""Raw contents of one input where they lie: a buffer, their offset in it and their length."""
+
+
+def _bytes_elements(raw: _Raw, name: str) -> int:
     """Number of length-prefixed elements in raw BYTES contents; INVALID_ARGUMENT when malformed."""
-    count, offset, end = 0, 0, len(raw)
+    buffer, offset, length = raw
+    count, end = 0, offset + length
     while offset < end:
         if offset + 4 > end:
             raise InvalidArgument(f"input '{name}': raw BYTES contents are truncated (a 4-byte length prefix is cut)")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4 + length
+        (size,) = struct.unpack_from("<I", buffer, offset)
+        offset += 4 + size
         if offset > end:
             raise InvalidArgument(f"input '{name}': raw BYTES element {count} is longer than the contents")
         count += 1
@@ -66,7 +73,7 @@ def batch_size(request: service_pb2.ModelInferRequest, record: ModelVersionRecor
 class RequestValidator:
     """Checks requests for one model version; built once per version and reused."""
 
-    __slots__ = ("_batching", "_inputs", "_max_batch", "_max_bytes", "_outputs", "_record")
+    __slots__ = ("_batching", "_expected", "_inputs", "_max_batch", "_max_bytes", "_outputs", "_record")
 
     def __init__(self, record: ModelVersionRecord, max_request_bytes: int) -> None:
         self._record = record
@@ -75,13 +82,22 @@ class RequestValidator:
         self._max_batch = record.deployment.max_batch_size
         self._batching = self._max_batch > 0
         self._max_bytes = max_request_bytes
+        self._expected = {t.name: _shape_text(t, self._batching) for t in record.inputs}
+        """Each input's expected shape as error messages write it."""
 
     def _expected_inputs(self) -> str:
         return ", ".join(f"'{t.name}' {t.datatype} {_shape_text(t, self._batching)}" for t in self._inputs.values())
 
-    def validate(self, request: service_pb2.ModelInferRequest) -> None:
-        """Raise INVALID_ARGUMENT describing the first problem found; return when the request fits."""
-        raw = request.raw_input_contents
+    def validate(self, request: service_pb2.ModelInferRequest, serialized: bytes | None = None) -> None:
+        """Raise INVALID_ARGUMENT describing the first problem found; return when the request fits.
+
+        ``serialized``: the bytes ``request`` was parsed from, where the raw contents are measured
+        in place (without it, each entry of ``request.raw_input_contents`` is read once)."""
+        raw: list[_Raw]
+        if serialized is None:
+            raw = [(entry, 0, len(entry)) for entry in request.raw_input_contents]
+        else:
+            raw = [(serialized, offset, length) for offset, length in raw_spans(serialized)]
         if raw and len(raw) != len(request.inputs):
             raise InvalidArgument(
                 f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
@@ -125,7 +141,7 @@ class RequestValidator:
         self, tensor: service_pb2.ModelInferRequest.InferInputTensor, spec: TensorSchema, batch: int | None
     ) -> int | None:
         shape = list(tensor.shape)
-        expected = _shape_text(spec, self._batching)
+        expected = self._expected[spec.name]
         if self._batching:
             if len(shape) != len(spec.shape) + 1:
                 raise InvalidArgument(
@@ -156,22 +172,23 @@ class RequestValidator:
         tensor: service_pb2.ModelInferRequest.InferInputTensor,
         spec: TensorSchema,
         elements: int,
-        raw: bytes | None,
+        raw: _Raw | None,
     ) -> int:
         element_size = DATATYPES[spec.datatype]
         if raw is not None:
+            size = raw[2]
             if spec.datatype == "BYTES":
                 found = _bytes_elements(raw, tensor.name)
                 if found != elements:
                     raise InvalidArgument(
                         f"input '{tensor.name}': raw contents hold {found} BYTES elements, shape needs {elements}"
                     )
-            elif len(raw) != elements * element_size:
+            elif size != elements * element_size:
                 raise InvalidArgument(
-                    f"input '{tensor.name}': {len(raw)} bytes of raw contents, expected {elements * element_size} "
+                    f"input '{tensor.name}': {size} bytes of raw contents, expected {elements * element_size} "
                     f"({elements} {spec.datatype} elements of {element_size} bytes)"
                 )
-            return len(raw)
+            return size
         field = _TYPED_FIELD.get(spec.datatype)
         if field is None:
             raise InvalidArgument(f"input '{tensor.name}': {spec.datatype} must be sent in raw_input_contents")
