@@ -50,7 +50,11 @@ def _wait_serving(address: str, timeout_s: float = 30) -> None:
 def test_service_process_lifecycle(tmp_path: Path, module: str, name: str, prefix: str):
     config, ready_file = tmp_path / f"{name}.yaml", tmp_path / f"{name}.ready"
     config.write_text(json.dumps({"grpc": {"port": 0, "grace_period_s": 2}, "metrics": {"port": 0}}))
-    env = _env(prefix) | {f"{prefix}LOGGING__LEVEL": "INFO"}
+    # a service that hashes unit ids refuses to start without a key
+    env = _env(prefix) | {
+        f"{prefix}LOGGING__LEVEL": "INFO",
+        f"{prefix}EVENTS__UNIT_ID_HASH_KEY": "test-unit-id-hash-key-0123",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--config", str(config), "--ready-file", str(ready_file)],
         env=env,
