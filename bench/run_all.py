@@ -2,7 +2,8 @@
 
 Each script prints its own table and ends with one JSON line of its figures
 (``{"bench": "<name>", ...}``); this runner collects those lines into one markdown table with
-the date and the machine. A script that fails or prints no JSON line fails the run.
+the date and the machine, then rewrites the figures blocks of the READMEs from it
+(:mod:`readme_figures`). A script that fails or prints no JSON line fails the run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import readme_figures
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,6 +53,8 @@ def main() -> int:
         out.extend(f"| {key} | {value} |" for key, value in result.items() if key != "bench")
     (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'} ({len(results)} benchmarks)")
+    for readme in readme_figures.update():
+        print(f"updated the figures in {readme.relative_to(readme_figures.ROOT)}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
