@@ -172,7 +172,7 @@ async def test_bytes_that_are_no_inference_request_are_an_invalid_argument(gw):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gw.channel.unary_unary(MODEL_INFER)(b"\x0a\xff")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not a serialized inference.ModelInferRequest" in caught.value.details()
+    assert "not a valid inference.ModelInferRequest" in caught.value.details()
 
 
 async def test_streaming_inference_answers_each_request_in_order(gw, churn_models, production_only):

@@ -142,7 +142,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             request = service_pb2.ModelInferRequest.FromString(payload)
         except DecodeError:
-            raise InvalidArgument("the request is not a serialized inference.ModelInferRequest") from None
+            raise InvalidArgument(
+                "the request is not a valid inference.ModelInferRequest (protobuf encoding); "
+                "check the client's contract version"
+            ) from None
+        check_fields(request)  # registered without a deserializer, so the chassis saw only bytes
         return await self._infer(request, payload, context)
 
     async def _infer(
