@@ -26,6 +26,12 @@ async def test_a_worker_killed_under_load_costs_no_request(churn_models: ChurnMo
         await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
         x = churn_models.x[:4]
         victim = gw.gateway.embedded[0]
+        restart = asyncio.Event()
+
+        async def held_restart(_: float) -> None:  # the worker stays down until the load is over
+            await restart.wait()
+
+        gw.gateway.sleep = held_restart
 
         async def killer() -> None:
             await asyncio.sleep(1.0)
@@ -39,6 +45,8 @@ async def test_a_worker_killed_under_load_costs_no_request(churn_models: ChurnMo
         assert load.ok > 100
         worker = gw.gateway.pool.worker(victim.worker_id)
         assert not worker.healthy
+        assert worker.down
+        restart.set()
 
 
 async def test_a_version_swap_under_load_loses_no_request(churn_models: ChurnModels, tmp_path):

@@ -19,6 +19,9 @@ from infermesh_model_gateway.settings import Settings
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 CONTROL_SERVICE = "infermesh.modelgateway.v1.ModelControlService"
+HEALTH_FOLLOWS_WORKERS = ("", INFERENCE_SERVICE)
+"""Health names that say NOT_SERVING while no Triton worker can serve (the server as a whole, which
+discovery and readiness probes check, and the data plane); the control plane stays SERVING."""
 
 
 async def assemble(
@@ -26,6 +29,8 @@ async def assemble(
 ) -> ModelGateway:
     """Start the registry and the Triton workers, then add the data and control planes to the server."""
     gateway = ModelGateway(settings, runtime.metrics, runtime.discovery)
+
+    gateway.on_health = lambda serving: runtime.server.set_serving(HEALTH_FOLLOWS_WORKERS, serving)
     runtime.on_stop(gateway.stop)
     await gateway.start()
     assert gateway.registry is not None and gateway.deployer is not None

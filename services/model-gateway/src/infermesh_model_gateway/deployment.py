@@ -271,10 +271,12 @@ def _replica(record: ModelVersionRecord, worker_id: str, worker: Worker | None, 
     changed = datetime.fromtimestamp(worker.changed_at, UTC)
     if record.updated_at is not None:
         changed = max(changed, record.updated_at)
-    return Replica(worker.id, worker.address, state, detail, changed)
+    return Replica(worker.id, worker.address, state, detail, changed, worker.restarts)
 
 
 def _replica_state(record: ModelVersionRecord, worker: Worker, now: float) -> tuple[ReplicaState, str]:
+    if worker.down:
+        return ReplicaState.FAILED, f"the worker is down ({worker.down}); the gateway is restarting it"
     if not worker.healthy:
         return ReplicaState.FAILED, "the worker is unhealthy"
     if not worker.available(now):
