@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument
+from infermesh_chassis import context as ctx
+from infermesh_chassis.errors import DeadlineExceeded, FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_model_gateway.artifacts import ArtifactStore
 from infermesh_model_gateway.domain import (
@@ -35,6 +36,7 @@ from infermesh_model_gateway.domain import (
     TensorSchema,
     VersionState,
     WarmupSample,
+    queue_delay_text,
 )
 from infermesh_model_gateway.pool import Worker, WorkerPool
 from infermesh_model_gateway.registry import Registry
@@ -52,6 +54,9 @@ _log = get_logger("infermesh_model_gateway.deployment")
 
 _DEPLOYED = frozenset({VersionState.DEPLOYING, VersionState.SERVING, VersionState.DRAINING})
 """States in which a version belongs on the workers of its placement."""
+
+ANSWER_RESERVE_S = 2.0
+"""Of a caller's deadline, what a deploy keeps to unload a failed version and answer with the cause."""
 
 
 def _warmup_tensor(spec: TensorSchema, batching: bool) -> tuple[list[int], bytes]:
@@ -140,6 +145,7 @@ class Deployer:
             try:
                 await self._load(record, record.deployment.placement or None)
             except InfermeshError as exc:
+                _log.error("deploy_failed", model=model, version=version, actor=actor, cause=exc.message)
                 await self._registry.set_state(
                     model, version, VersionState.FAILED, detail=exc.message, actor=actor, reason="deployment failed"
                 )
@@ -172,8 +178,28 @@ class Deployer:
         requests = warmup_requests(record)
         for worker_id in worker_ids:
             worker = self._pool.worker(worker_id)
-            for request in requests:
-                await self._pool.call(worker, "ModelInfer", request, self._settings.warmup_timeout_s)
+            for index, request in enumerate(requests, 1):
+                timeout_s, bound = self._warmup_timeout()
+                where = f"warm-up request {index} of {len(requests)} on worker {worker_id}"
+                if timeout_s <= 0:
+                    raise DeadlineExceeded(f"{where}: {bound} left no time for it")
+                try:
+                    await self._pool.call(worker, "ModelInfer", request, timeout_s)
+                except DeadlineExceeded:
+                    raise DeadlineExceeded(
+                        f"{where} got no answer within {timeout_s:.3g}s ({bound}){_batching_hint(record)}"
+                    ) from None
+                except InfermeshError as exc:
+                    raise type(exc)(f"{where} failed: {exc.message}") from None
+
+    def _warmup_timeout(self) -> tuple[float, str]:
+        """Deadline of one warm-up request, and what set it: the setting, or what the deploying
+        caller's deadline leaves once :data:`ANSWER_RESERVE_S` is kept to undo and answer."""
+        configured = self._settings.warmup_timeout_s
+        left = ctx.remaining_time()
+        if left is None or left - ANSWER_RESERVE_S >= configured:
+            return configured, "deploy.warmup_timeout_s"
+        return left - ANSWER_RESERVE_S, "what the caller's deadline left"
 
     def replicas(self, record: ModelVersionRecord) -> list[Replica]:
         """Where a deployed ``record`` stands on each worker of its placement, from the pool's last
@@ -262,6 +288,16 @@ class Deployer:
                         reason="undeploy finished after a gateway restart",
                     )
         await self._on_change()
+
+
+def _batching_hint(record: ModelVersionRecord) -> str:
+    deployment = record.deployment
+    if not deployment.dynamic_batching:
+        return ""
+    return (
+        f"; its dynamic batching holds a request that does not fill a batch up to "
+        f"{queue_delay_text(deployment.max_queue_delay_us)} (max_queue_delay)"
+    )
 
 
 def _replica(record: ModelVersionRecord, worker_id: str, worker: Worker | None, now: float) -> Replica:

@@ -73,11 +73,11 @@ DATATYPES: dict[str, int] = {
 
 def queue_delay_text(micros: int) -> str:
     """A queue delay as people write it: ``500us``, ``2ms``, ``1.5s``."""
-    if micros < 1000:
-        return f"{micros}us"
-    if micros < 1_000_000:
-        return f"{micros / 1000:g}ms"
-    return f"{micros / 1_000_000:g}s"
+    for unit, size, digits in (("s", 1_000_000, 6), ("ms", 1000, 3)):
+        if micros >= size:
+            whole, rest = divmod(micros, size)
+            return f"{whole}.{rest:0{digits}d}".rstrip("0").rstrip(".") + unit
+    return f"{micros}us"
 
 
 def utc_now() -> datetime:
