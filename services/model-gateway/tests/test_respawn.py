@@ -215,3 +215,39 @@ async def test_the_surviving_worker_serves_while_the_other_restarts(churn_models
             return {r.state for r in await _replicas(gw, 1)} == {pb.REPLICA_STATE_READY}
 
         await _until(both_ready, BACK_WITHIN_S, "both replicas ready")
+
+
+async def test_a_restarted_worker_takes_no_request_until_its_versions_are_loaded(churn_models: ChurnModels, tmp_path):
+    async with start_gateway(tmp_path, workers=1) as gw:
+        await gw.register_and_deploy("churn", churn_models.v1)
+        gate = RestartGate()
+        gw.gateway.sleep = gate.sleep
+        deployer = gw.gateway.deployer
+        assert deployer is not None
+        reconcile, reloading, reload = deployer.reconcile, asyncio.Event(), asyncio.Event()
+
+        async def held_reconcile(worker_ids=None, **kwargs) -> None:
+            reloading.set()
+            await reload.wait()
+            await reconcile(worker_ids, **kwargs)
+
+        deployer.reconcile = held_reconcile  # type: ignore[method-assign]
+        os.kill(gw.gateway.embedded[0].pid, signal.SIGKILL)
+        await asyncio.wait_for(gate.waiting.wait(), BACK_WITHIN_S)
+        gate.open()
+        await asyncio.wait_for(reloading.wait(), BACK_WITHIN_S)
+
+        [replica] = await _replicas(gw, 1)
+        assert (replica.state, replica.detail) == (pb.REPLICA_STATE_LOADING, "loading on the restarted worker")
+        assert replica.worker_restarts == 1
+        assert await _health(gw) == "NOT_SERVING", "a new process without its versions cannot serve yet"
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await gw.inference.ModelInfer(infer_request("churn", churn_models.x[:1], "1"))
+        assert early.value.code() is grpc.StatusCode.UNAVAILABLE
+        await gw.gateway.pool.refresh()
+        assert not gw.gateway.pool.worker("embedded-0").healthy, "a probe cannot readmit it early"
+
+        reload.set()
+        await _until(lambda: _answers(gw, churn_models.x[:1], "1"), BACK_WITHIN_S, "version 1 after the reload")
+        [replica] = await _replicas(gw, 1)
+        assert replica.state == pb.REPLICA_STATE_READY

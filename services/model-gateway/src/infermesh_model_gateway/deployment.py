@@ -311,6 +311,9 @@ def _replica(record: ModelVersionRecord, worker_id: str, worker: Worker | None, 
 
 
 def _replica_state(record: ModelVersionRecord, worker: Worker, now: float) -> tuple[ReplicaState, str]:
+    if worker.down and worker.reloading and record.state is VersionState.SERVING:
+        loaded = record.triton_name in worker.ready_models
+        return ReplicaState.LOADING, f"{'warming up' if loaded else 'loading'} on the restarted worker"
     if worker.down:
         return ReplicaState.FAILED, f"the worker is down ({worker.down}); the gateway is restarting it"
     if not worker.healthy:

@@ -71,6 +71,7 @@ class Worker:
         "in_flight",
         "probe_failures",
         "ready_models",
+        "reloading",
         "restarts",
         "stub",
     )
@@ -88,7 +89,9 @@ class Worker:
         self.ejections = 0
         self.ejected_until = 0.0
         self.down = ""
-        """Why the worker's process is down and being restarted; empty while it runs."""
+        """Why the worker's process is down and being restarted; empty while it serves."""
+        self.reloading = False
+        """A new process runs and its versions are being loaded (``down`` stays set until they are)."""
         self.restarts = 0
         """Times its process was restarted after it died."""
         self.changed_at = time.time()
@@ -164,6 +167,7 @@ class WorkerPool:
         """The worker's process died: keep every request and probe off it until :meth:`restarted`."""
         worker = self.worker(worker_id)
         worker.down = reason
+        worker.reloading = False
         worker.set_healthy(False)
         worker.set_ready_models(frozenset())
 
@@ -175,6 +179,7 @@ class WorkerPool:
         worker.address = address
         worker.channel = grpc.aio.insecure_channel(address, options=self._channel_options())
         worker.stub = service_pb2_grpc.GRPCInferenceServiceStub(worker.channel)
+        worker.reloading = True
         worker.restarts += 1
         worker.changed_at = time.time()
         await old.close()
@@ -184,6 +189,7 @@ class WorkerPool:
         """Its versions are loaded and warm: probe it, and let it take requests again."""
         worker = self.worker(worker_id)
         worker.down = ""
+        worker.reloading = False
         worker.failures = 0
         worker.ejected_until = 0.0
         await self._probe(worker)
