@@ -51,6 +51,7 @@ __all__ = [
     "start_gateway",
     "to_onnx_file",
     "train_churn_models",
+    "until",
 ]
 
 
@@ -236,6 +237,24 @@ async def start_gateway(
             yield GatewayHarness(runtime, gateway, sink, channel)
     finally:
         await runtime.close()
+
+
+async def until(check: Callable[[], Any], within_s: float = 10.0, what: str = "the condition") -> None:
+    """Wait until ``check()`` (a value or an awaitable) is true, polling; AssertionError after ``within_s``.
+
+    For what happens in the background (events flushed, shadows answered): wait for it, never sleep
+    a guessed time and then assert.
+    """
+    deadline = time.monotonic() + within_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within_s}s")
+        await asyncio.sleep(0.02)
 
 
 @dataclass
