@@ -251,3 +251,34 @@ async def test_a_restarted_worker_takes_no_request_until_its_versions_are_loaded
         await _until(lambda: _answers(gw, churn_models.x[:1], "1"), BACK_WITHIN_S, "version 1 after the reload")
         [replica] = await _replicas(gw, 1)
         assert replica.state == pb.REPLICA_STATE_READY
+
+
+async def test_a_version_deployed_while_a_worker_restarts_is_loaded_on_it_too(churn_models: ChurnModels, tmp_path):
+    async with start_gateway(tmp_path, workers=2) as gw:
+        await gw.register_and_deploy("churn", churn_models.v1)
+        gate = RestartGate()
+        gw.gateway.sleep = gate.sleep
+        pool = gw.gateway.pool
+        readmit, readmitting, go_on = pool.readmit_restarted, asyncio.Event(), asyncio.Event()
+
+        async def held_readmit(worker_id: str) -> None:
+            readmitting.set()
+            await go_on.wait()
+            await readmit(worker_id)
+
+        pool.readmit_restarted = held_readmit  # type: ignore[method-assign]
+        os.kill(gw.gateway.embedded[0].pid, signal.SIGKILL)
+        await asyncio.wait_for(gate.waiting.wait(), BACK_WITHIN_S)
+        gate.open()
+        await asyncio.wait_for(readmitting.wait(), BACK_WITHIN_S)  # reloaded what was SERVING: version 1
+
+        assert await gw.register_and_deploy("churn", churn_models.v2) == 2  # on embedded-1 only, for now
+        states = {r.worker_id: r.state for r in await _replicas(gw, 2)}
+        assert states == {"embedded-0": pb.REPLICA_STATE_LOADING, "embedded-1": pb.REPLICA_STATE_READY}
+        go_on.set()
+
+        async def both_ready() -> bool:
+            return {r.state for r in await _replicas(gw, 2)} == {pb.REPLICA_STATE_READY}
+
+        await _until(both_ready, BACK_WITHIN_S, "version 2 on both workers")
+        assert "churn__2" in pool.worker("embedded-0").ready_models

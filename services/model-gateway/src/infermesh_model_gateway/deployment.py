@@ -256,6 +256,30 @@ class Deployer:
         await self._pool.unload(record.triton_name)
         await asyncio.to_thread(self._repository.remove, record.triton_name)
 
+    async def catch_up(self, worker_id: str) -> None:
+        """Load on a worker that just came back (restarted and reloaded, then readmitted) what was
+        deployed while it was away: a deploy that ran then left it out (it was not healthy), and one
+        still running may have chosen its workers before it was readmitted. Each version is looked
+        at under its deploy lock, so a deploy in progress is waited for and its outcome seen."""
+        for model, versions in await self._registry.snapshot():
+            for record in versions:
+                if record.state not in (VersionState.DEPLOYING, VersionState.SERVING):
+                    continue
+                if not _placed_on(record, worker_id):
+                    continue
+                async with self._lock(record):
+                    current = await self._registry.get_version(model.name, record.version)
+                    if current.state is not VersionState.SERVING:
+                        continue
+                    if current.triton_name in self._pool.worker(worker_id).ready_models:
+                        continue
+                    try:
+                        await self._load(current, [worker_id])
+                    except InfermeshError as exc:
+                        _log.error("catch_up_load_failed", model=model.name, version=record.version, error=exc.message)
+                    else:
+                        _log.info("version_caught_up", model=model.name, version=record.version, worker=worker_id)
+
     async def reconcile(self, worker_ids: Iterable[str] | None = None, *, actor: str = "model-gateway") -> None:
         """Bring workers in line with the registry (at start, and when workers join)."""
         targets = list(worker_ids) if worker_ids is not None else None
@@ -288,6 +312,10 @@ class Deployer:
                         reason="undeploy finished after a gateway restart",
                     )
         await self._on_change()
+
+
+def _placed_on(record: ModelVersionRecord, worker_id: str) -> bool:
+    return not record.deployment.placement or worker_id in record.deployment.placement
 
 
 def _batching_hint(record: ModelVersionRecord) -> str:

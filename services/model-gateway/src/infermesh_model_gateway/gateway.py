@@ -173,6 +173,14 @@ class ModelGateway:
                 break
             up_since = time.monotonic()
             await self._report_health()
+            await self._catch_up(server.worker_id)
+
+    async def _catch_up(self, worker_id: str) -> None:
+        assert self.deployer is not None
+        try:
+            await self.deployer.catch_up(worker_id)
+        except Exception:  # the worker serves what it has; a later restart or deploy tries again
+            _log.exception("catch_up_failed", worker=worker_id)
 
     async def _restart(self, server: TritonServer) -> None:
         """A new process for ``server``; its versions loaded and warm before it takes requests."""
