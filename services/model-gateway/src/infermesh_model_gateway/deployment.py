@@ -183,13 +183,15 @@ class Deployer:
                 where = f"warm-up request {index} of {len(requests)} on worker {worker_id}"
                 if timeout_s <= 0:
                     raise DeadlineExceeded(f"{where}: {bound} left no time for it")
+                started = time.monotonic()
                 try:
                     await self._pool.call(worker, "ModelInfer", request, timeout_s)
-                except DeadlineExceeded:
-                    raise DeadlineExceeded(
-                        f"{where} got no answer within {timeout_s:.3g}s ({bound}){_batching_hint(record)}"
-                    ) from None
                 except InfermeshError as exc:
+                    # a worker may end a call at its deadline with another status ("Stream removed")
+                    if isinstance(exc, DeadlineExceeded) or time.monotonic() - started >= timeout_s:
+                        raise DeadlineExceeded(
+                            f"{where} got no answer within {timeout_s:.3g}s ({bound}){_batching_hint(record)}"
+                        ) from None
                     raise type(exc)(f"{where} failed: {exc.message}") from None
 
     def _warmup_timeout(self) -> tuple[float, str]:
