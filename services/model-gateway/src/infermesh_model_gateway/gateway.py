@@ -93,6 +93,8 @@ class ModelGateway:
         await asyncio.gather(*(s.start(timeout_s=settings.workers.startup_timeout_s) for s in self.embedded))
         for server in self.embedded:
             await self.pool.add(server.worker_id, server.grpc_address)
+            # it answered ready; a first probe that was merely slow must not leave it out of the reconcile
+            await self.pool.wait_healthy(server.worker_id, settings.workers.startup_timeout_s)
         if settings.workers.discovery_service and self._discovery is not None:
             await self._sync_external_workers()
         self.pool.start()

@@ -195,6 +195,15 @@ class WorkerPool:
         await self._probe(worker)
         _log.info("worker_restarted", worker=worker_id, healthy=worker.healthy, restarts=worker.restarts)
 
+    async def wait_healthy(self, worker_id: str, timeout_s: float) -> bool:
+        """Probe a worker until it is healthy (a busy one may miss a probe's deadline) or ``timeout_s``."""
+        worker = self.worker(worker_id)
+        deadline = time.monotonic() + timeout_s
+        while not worker.healthy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            await self._probe(worker)
+        return worker.healthy
+
     def serving(self) -> bool:
         """Whether any worker can serve now (healthy; an ejected one still serves when no other can)."""
         return any(w.healthy for w in self._workers.values())
