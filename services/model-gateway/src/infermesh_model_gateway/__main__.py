@@ -29,7 +29,6 @@ async def assemble(
 ) -> ModelGateway:
     """Start the registry and the Triton workers, then add the data and control planes to the server."""
     gateway = ModelGateway(settings, runtime.metrics, runtime.discovery)
-
     gateway.on_health = lambda serving: runtime.server.set_serving(HEALTH_FOLLOWS_WORKERS, serving)
     runtime.on_stop(gateway.stop)
     await gateway.start()

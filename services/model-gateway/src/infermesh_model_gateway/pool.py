@@ -16,8 +16,9 @@ default, or Triton containers found through discovery; the pool does not care wh
   a probe, a load, an unload or a worker fault changes them, never on a successful inference), so
   the control plane can say since when a version is in its state on that worker;
 - holds a worker whose process died out of every choice until its owner has restarted it and
-  reloaded its versions (:meth:`WorkerPool.mark_down`, :meth:`WorkerPool.restarted`): probes
-  cannot mark it healthy in between, so no request reaches a worker that lacks its versions.
+  reloaded its versions (:meth:`WorkerPool.mark_down`, then :meth:`WorkerPool.restarted`, then
+  :meth:`WorkerPool.readmit_restarted`): probes cannot mark it healthy in between, so no request
+  reaches a worker that lacks its versions.
 
 This module is the one place where a Triton ``grpc.RpcError`` becomes the project's error.
 """
