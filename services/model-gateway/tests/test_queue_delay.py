@@ -130,3 +130,18 @@ async def test_warm_up_keeps_within_what_the_callers_deadline_leaves(churn_model
             ctx.unbind(token)
         assert bound == "what the caller's deadline left"
         assert 7.0 < timeout_s <= 8.0
+
+
+async def test_a_deploy_that_triton_cannot_load_answers_with_tritons_error(churn_models: ChurnModels, tmp_path):
+    async with start_gateway(tmp_path, workers=1) as gw:
+        request = register_request("churn", churn_models.v1, backend_parameters={"infermesh.artifact": "missing.onnx"})
+        await gw.control.RegisterModelVersion(request)
+        with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as failed:
+            await gw.control.DeployModelVersion(pb.DeployModelVersionRequest(model="churn", version=1))
+        assert failed.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        details = failed.value.details()
+        assert details.startswith("deploying version 1 of model 'churn' failed: loading 'churn__1' failed on worker ")
+        assert "missing.onnx" in details, "Triton's own error says what it could not load"
+        [logged] = [e for e in logs if e["event"] == "deploy_failed"]
+        assert logged["cause"] in details
+        assert await _triton_state(gw, "churn__1") != "READY"
