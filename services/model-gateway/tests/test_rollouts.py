@@ -3,7 +3,7 @@
 These pin down the controller's decisions (advance only after the dwell, roll back at the first
 failed gate, hold without data, one controller per model, resume after a restart, operators'
 overrides); the tests in tests/test_safe_delivery.py run the same controller against the real
-monitor and real Triton. Time is a :class:`FakeClock` the tests move: dwells and evaluation
+monitor and real Triton. Time is a :class:`ManualClock` the tests move: dwells and evaluation
 intervals pass when a test says so, never by waiting.
 """
 
@@ -31,6 +31,7 @@ from infermesh_model_gateway.domain import (
 from infermesh_model_gateway.registry import Registry, _Tx, open_registry
 from infermesh_model_gateway.rollouts import RolloutController, RolloutOperations, new_rollout
 from infermesh_model_gateway.settings import RolloutSettings
+from infermesh_model_gateway.testing import ManualClock
 
 
 class ScriptedGate:
@@ -50,19 +51,6 @@ class ScriptedGate:
         return common_pb2.SloEvaluation(verdict=verdict, model=model, version=version, reasons=reasons)
 
 
-class FakeClock:
-    """The rollouts' clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 class NoDeployer:
     async def retire(self, model: str, version: int, *, actor: str, reason: str = "") -> None:
         raise AssertionError("no retirement is due in these tests")
@@ -72,8 +60,8 @@ PASS, FAIL, WAIT = common_pb2.SLO_VERDICT_PASS, common_pb2.SLO_VERDICT_FAIL, com
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
 
 
 @pytest_asyncio.fixture
@@ -101,7 +89,9 @@ async def _noop() -> None:
     return None
 
 
-def _controller(registry: Registry, gate: ScriptedGate, clock: FakeClock, instance: str = "gw-a") -> RolloutController:
+def _controller(
+    registry: Registry, gate: ScriptedGate, clock: ManualClock, instance: str = "gw-a"
+) -> RolloutController:
     operations = RolloutOperations(registry, _noop, clock=clock)
     settings = RolloutSettings(tick_s=0.01, lease_ttl_s=30)
     return RolloutController(registry, operations, NoDeployer(), gate, settings=settings, instance=instance)  # type: ignore[arg-type]
@@ -109,7 +99,7 @@ def _controller(registry: Registry, gate: ScriptedGate, clock: FakeClock, instan
 
 async def _start(
     registry: Registry,
-    clock: FakeClock,
+    clock: ManualClock,
     *,
     dwell_s: float = 0.0,
     steps=(0.0, 5.0, 50.0, 100.0),
@@ -129,7 +119,7 @@ async def _start(
     return await RolloutOperations(registry, _noop, clock=clock).start(rollout, actor="alice", reason="ship v2")
 
 
-async def _tick(controller: RolloutController, registry: Registry, rollout_id: str, clock: FakeClock, times: int = 1):
+async def _tick(controller: RolloutController, registry: Registry, rollout_id: str, clock: ManualClock, times: int = 1):
     """``times`` ticks, each one evaluation interval (1s) after the last: a decision is due at each."""
     for _ in range(times):
         clock.advance(1.0)

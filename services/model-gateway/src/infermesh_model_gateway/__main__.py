@@ -13,8 +13,9 @@ from infermesh_chassis.app import Runtime, run_service
 from infermesh_chassis.events import EventEmitter
 from infermesh_model_gateway.control import ControlServicer
 from infermesh_model_gateway.dataplane import InferenceServicer
+from infermesh_model_gateway.domain import utc_now
 from infermesh_model_gateway.gateway import ModelGateway
-from infermesh_model_gateway.rollouts import RolloutController, RolloutOperations
+from infermesh_model_gateway.rollouts import Clock, RolloutController, RolloutOperations
 from infermesh_model_gateway.settings import Settings
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
@@ -25,9 +26,16 @@ discovery and readiness probes check, and the data plane); the control plane sta
 
 
 async def assemble(
-    settings: Settings, runtime: Runtime, emitter: EventEmitter[monitor_pb2.Event] | None
+    settings: Settings,
+    runtime: Runtime,
+    emitter: EventEmitter[monitor_pb2.Event] | None,
+    *,
+    clock: Clock = utc_now,
 ) -> ModelGateway:
-    """Start the registry and the Triton workers, then add the data and control planes to the server."""
+    """Start the registry and the Triton workers, then add the data and control planes to the server.
+
+    ``clock`` is what rollouts and retirements read the time from (tests move one by hand).
+    """
     gateway = ModelGateway(settings, runtime.metrics, runtime.discovery)
     gateway.on_health = lambda serving: runtime.server.set_serving(HEALTH_FOLLOWS_WORKERS, serving)
     runtime.on_stop(gateway.stop)
@@ -46,7 +54,7 @@ async def assemble(
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, inference, INFERENCE_SERVICE
     )
     instance = settings.instance_id or f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
-    operations = RolloutOperations(gateway.registry, gateway.refresh, emitter, instance)
+    operations = RolloutOperations(gateway.registry, gateway.refresh, emitter, instance, clock=clock)
     monitor = runtime.client(settings.monitor_service, monitor_pb2_grpc.MonitorServiceStub, idempotent=("CheckSlo",))
 
     async def check_slo(request: monitor_pb2.CheckSloRequest) -> common_pb2.SloEvaluation:
