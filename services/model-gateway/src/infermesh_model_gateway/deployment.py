@@ -161,15 +161,19 @@ class Deployer:
     async def _load(self, record: ModelVersionRecord, worker_ids: Iterable[str] | None) -> list[str]:
         """Write, load and warm up ``record`` on the workers; undo everything on failure."""
         loaded: list[str] = []
+        asked = None if worker_ids is None else list(worker_ids)
         try:
             artifact = await self._artifacts.fetch(record)
             await asyncio.to_thread(self._repository.write, record, artifact)
-            loaded = await self._pool.load(record.triton_name, worker_ids)
+            loaded = await self._pool.load(record.triton_name, asked)
             await self._warm_up(record, loaded)
         except InfermeshError:
             if loaded:
                 await self._pool.unload(record.triton_name, loaded)
-            if not any(record.triton_name in w.ready_models for w in self._pool.workers):
+            # Keep the files only for workers outside this attempt that serve the version (a reload
+            # on one worker); a probe racing the unload may still list it on the workers tried here.
+            others = [w for w in self._pool.workers if asked is not None and w.id not in asked]
+            if not any(record.triton_name in w.ready_models for w in others):
                 await asyncio.to_thread(self._repository.remove, record.triton_name)
             raise
         return loaded
