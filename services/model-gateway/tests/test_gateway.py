@@ -34,6 +34,7 @@ from infermesh_model_gateway.testing import (
     register_request,
     sha256,
     start_gateway,
+    until,
 )
 from infermesh_model_gateway.wire import string_field
 
@@ -118,16 +119,22 @@ async def test_sticky_routing_keeps_each_key_on_one_version(gw, churn_models, pr
     assert by_metadata.model_version == first[0].model_version
 
 
+def _sample(gw: GatewayHarness, name: str) -> float:
+    return gw.runtime.metrics.registry.get_sample_value(name, {"model": "churn"}) or 0.0
+
+
 async def test_mirror_copies_its_share_to_the_shadow_and_reports_both(gw, churn_models, production_only):
     await _set_policy(gw, mirror=pb.Mirror(shadow_version=2, fraction=0.5))
     gw.sink.events.clear()
+    mirrored_before = _sample(gw, "infermesh_model_gateway_shadow_requests_total")
     x = churn_models.x[:4]
     count = 400
     responses = []
     for _ in range(count // 8):
         responses += await asyncio.gather(*(gw.inference.ModelInfer(infer_request("churn", x)) for _ in range(8)))
     assert {r.model_version for r in responses} == {"1"}
-    await asyncio.sleep(0.5)
+    mirrored = _sample(gw, "infermesh_model_gateway_shadow_requests_total") - mirrored_before
+    await until(lambda: len(gw.events("shadow")) == mirrored, what=f"{mirrored} shadow events")
     assert not gw.runtime.metrics.registry.get_sample_value(
         "infermesh_model_gateway_shadow_skipped_total", {"model": "churn"}
     )
@@ -146,7 +153,7 @@ async def test_inference_events_name_model_version_and_latency(gw, churn_models,
     await gw.inference.ModelInfer(
         infer_request("churn", churn_models.x[:3], "2"), metadata=(("x-request-id", "req-42"),)
     )
-    await asyncio.sleep(0.2)
+    await until(lambda: any(e.request_id == "req-42" for e in gw.sink.events), what="the inference event")
     (event,) = [e for e in gw.sink.events if e.request_id == "req-42"]
     assert event.inference.model == "churn"
     assert event.inference.model_version == 2

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
+from datetime import UTC
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
-from infermesh_model_gateway.testing import ChurnModels, infer_request, start_gateway
+from infermesh_model_gateway.testing import ChurnModels, ManualClock, infer_request, start_gateway, until
 
 
 async def test_pinned_callers_are_warned_then_told_where_to_go(churn_models: ChurnModels, tmp_path):
-    async with start_gateway(tmp_path, workers=1, rollouts={"tick_s": 0.2}) as gw:
+    clock = ManualClock()
+    async with start_gateway(tmp_path, workers=1, clock=clock, rollouts={"tick_s": 0.2}) as gw:
         await gw.register_and_deploy("churn", churn_models.v1)
         await gw.register_and_deploy("churn", churn_models.v2)
         await gw.control.PromoteModelVersion(pb.PromoteModelVersionRequest(model="churn", version=1))
         retire = pb.RetireModelVersionRequest(
-            model="churn", version=1, successor_version=2, deprecation_period=duration_pb2.Duration(seconds=2)
+            model="churn", version=1, successor_version=2, deprecation_period=duration_pb2.Duration(seconds=3600)
         )
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await gw.control.RetireModelVersion(retire)
@@ -40,12 +41,14 @@ async def test_pinned_callers_are_warned_then_told_where_to_go(churn_models: Chu
             await gw.control.SetAlias(pb.SetAliasRequest(model="churn", alias="old", version=1))
         assert "is deprecated" in moved.value.details()
 
-        for _ in range(50):
+        # the deprecation period ends when the test says so, however slow the machine
+        clock.now = scheduled.model_version.retirement.retire_time.ToDatetime(tzinfo=UTC)
+
+        async def retired() -> bool:
             version = await gw.control.GetModelVersion(pb.GetModelVersionRequest(model="churn", version=1))
-            if version.model_version.state == pb.MODEL_VERSION_STATE_RETIRED:
-                break
-            await asyncio.sleep(0.2)
-        assert version.model_version.state == pb.MODEL_VERSION_STATE_RETIRED
+            return version.model_version.state == pb.MODEL_VERSION_STATE_RETIRED
+
+        await until(retired, what="version 1 retired by the controller")
         with pytest.raises(grpc.aio.AioRpcError) as gone:
             await gw.inference.ModelInfer(infer_request("churn", churn_models.x[:1], "1"))
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND

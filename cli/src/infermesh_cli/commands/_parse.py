@@ -39,20 +39,27 @@ __all__ = [
     "write_table",
 ]
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_DURATION_CHAIN = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
-_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|µs|ms|s|m|h|d|w)")
+_DURATION_CHAIN = re.compile(r"(?:\d+(?:\.\d+)?(?:us|µs|ms|s|m|h|d|w))+")
+_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
-def parse_duration(text: str, what: str = "duration") -> float:
-    """Seconds of ``30``, ``250ms``, ``30s``, ``5m``, ``1h30m``, ``7d``."""
+def parse_duration(text: str, what: str = "duration", *, unit_required: bool = False) -> float:
+    """Seconds of ``30``, ``500us``, ``250ms``, ``30s``, ``5m``, ``1h30m``, ``7d``.
+
+    ``unit_required`` refuses a bare number, for options where seconds are an unlikely unit.
+    """
     text = text.strip()
     try:
-        return float(text)
+        bare = float(text)
     except ValueError:
         pass
+    else:
+        if unit_required:
+            raise UsageError(f"{what}: give a unit: {text}us, {text}ms or {text}s (a bare number is ambiguous here)")
+        return bare
     if not _DURATION_CHAIN.fullmatch(text):
-        raise UsageError(f"{what}: {text!r} is not a duration (e.g. 30s, 250ms, 5m, 1h30m, 7d)")
+        raise UsageError(f"{what}: {text!r} is not a duration (e.g. 30s, 250ms, 500us, 5m, 1h30m, 7d)")
     return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
 
 

@@ -147,6 +147,11 @@ def version_view(version: pb.ModelVersion) -> dict[str, Any]:
         "deployment": {
             "max_batch_size": deployment.max_batch_size,
             "dynamic_batching": deployment.dynamic_batching.enabled,
+            "max_queue_delay_us": (
+                deployment.dynamic_batching.max_queue_delay.ToMicroseconds()
+                if deployment.dynamic_batching.enabled
+                else None
+            ),
             "preferred_batch_sizes": list(deployment.dynamic_batching.preferred_batch_sizes),
             "instance_count": deployment.instance_count or 1,
         },
@@ -164,6 +169,7 @@ def version_view(version: pb.ModelVersion) -> dict[str, Any]:
                 "address": r.address,
                 "state": enum_name(pb.ReplicaState, r.state, "REPLICA_STATE_"),
                 "detail": r.detail,
+                "worker_restarts": r.worker_restarts,
             }
             for r in version.replicas
         ],
@@ -222,6 +228,14 @@ def _print_model(view: dict[str, Any]) -> None:
     )
 
 
+def _delay_text(micros: int) -> str:
+    for unit, size, digits in (("s", 1_000_000, 6), ("ms", 1000, 3)):
+        if micros >= size:
+            whole, rest = divmod(micros, size)
+            return f"{whole}.{rest:0{digits}d}".rstrip("0").rstrip(".") + unit
+    return f"{micros}us"
+
+
 def _print_version(view: dict[str, Any]) -> None:
     deployment = view["deployment"]
     print_fields(
@@ -238,6 +252,11 @@ def _print_version(view: dict[str, Any]) -> None:
                 + (
                     f" (prefers {cell(deployment['preferred_batch_sizes'])})"
                     if deployment["preferred_batch_sizes"]
+                    else ""
+                )
+                + (
+                    f", max queue delay {_delay_text(deployment['max_queue_delay_us'])}"
+                    if deployment["max_queue_delay_us"] is not None
                     else ""
                 )
                 + f", {deployment['instance_count']} instance(s)",
@@ -260,8 +279,8 @@ def _print_version(view: dict[str, Any]) -> None:
     if view["replicas"]:
         print()
         print_table(
-            ["worker", "address", "replica", "detail"],
-            [[r["worker_id"], r["address"], r["state"], r["detail"]] for r in view["replicas"]],
+            ["worker", "address", "replica", "restarts", "detail"],
+            [[r["worker_id"], r["address"], r["state"], r["worker_restarts"], r["detail"]] for r in view["replicas"]],
         )
 
 
@@ -340,7 +359,7 @@ def register_request(ctx: Context, args: argparse.Namespace) -> pb.RegisterModel
     if args.dynamic_batching is not None:
         deployment.dynamic_batching.enabled = True
         if args.dynamic_batching:
-            delay = parse_duration(args.dynamic_batching, "--dynamic-batching")
+            delay = parse_duration(args.dynamic_batching, "--dynamic-batching", unit_required=True)
             deployment.dynamic_batching.max_queue_delay.CopyFrom(to_duration(delay))
     if args.preferred_batch_size:
         deployment.dynamic_batching.preferred_batch_sizes[:] = args.preferred_batch_size
@@ -629,7 +648,11 @@ def _add_register(models: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch-size", type=int, help="largest batch (0: no batching; shapes are then full shapes)")
     p.add_argument(
-        "--dynamic-batching", nargs="?", const="", metavar="DELAY", help="turn dynamic batching on (max queue delay)"
+        "--dynamic-batching",
+        nargs="?",
+        const="",
+        metavar="DELAY",
+        help="turn dynamic batching on, optionally with its max queue delay (500us, 2ms; at most 1s; default 500us)",
     )
     p.add_argument(
         "--preferred-batch-size",

@@ -117,6 +117,16 @@ class GrpcServer:
         self._server.add_generic_rpc_handlers(tuple(handlers))
         self._service_names.append(service_name)
 
+    async def set_serving(self, names: Sequence[str], serving: bool) -> None:
+        """Report the health names ``names`` (``""``: the server as a whole) SERVING or NOT_SERVING.
+
+        For what the service itself knows, e.g. that nothing behind it can serve; ignored once a
+        graceful shutdown began (everything stays NOT_SERVING then).
+        """
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in names:
+            await self.health.set(name, status)
+
     async def start(self) -> None:
         """Bind, serve, mark SERVING, expose /metrics and register in discovery."""
         cfg = self.settings.grpc

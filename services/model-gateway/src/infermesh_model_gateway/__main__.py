@@ -11,17 +11,31 @@ from infermesh_chassis.app import Runtime, run_service
 from infermesh_chassis.events import EventEmitter
 from infermesh_model_gateway.control import ControlServicer
 from infermesh_model_gateway.dataplane import InferenceServicer, add_to_server
+from infermesh_model_gateway.domain import utc_now
 from infermesh_model_gateway.gateway import ModelGateway
-from infermesh_model_gateway.rollouts import RolloutController, RolloutOperations
+from infermesh_model_gateway.rollouts import Clock, RolloutController, RolloutOperations
 from infermesh_model_gateway.settings import Settings
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 CONTROL_SERVICE = "infermesh.modelgateway.v1.ModelControlService"
+HEALTH_FOLLOWS_WORKERS = ("", INFERENCE_SERVICE)
+"""Health names that say NOT_SERVING while no Triton worker can serve (the server as a whole, which
+discovery and readiness probes check, and the data plane); the control plane stays SERVING."""
 
 
-async def assemble(settings: Settings, runtime: Runtime, emitter: EventEmitter | None) -> ModelGateway:
-    """Start the registry and the Triton workers, then add the data and control planes to the server."""
+async def assemble(
+    settings: Settings,
+    runtime: Runtime,
+    emitter: EventEmitter | None,
+    *,
+    clock: Clock = utc_now,
+) -> ModelGateway:
+    """Start the registry and the Triton workers, then add the data and control planes to the server.
+
+    ``clock`` is what rollouts and retirements read the time from (tests move one by hand).
+    """
     gateway = ModelGateway(settings, runtime.metrics, runtime.discovery)
+    gateway.on_health = lambda serving: runtime.server.set_serving(HEALTH_FOLLOWS_WORKERS, serving)
     runtime.on_stop(gateway.stop)
     await gateway.start()
     assert gateway.registry is not None and gateway.deployer is not None
@@ -36,7 +50,7 @@ async def assemble(settings: Settings, runtime: Runtime, emitter: EventEmitter |
     runtime.on_stop(inference.drain_shadows)
     runtime.server.add_servicer(add_to_server, inference, INFERENCE_SERVICE)
     instance = settings.instance_id or f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
-    operations = RolloutOperations(gateway.registry, gateway.refresh, emitter, instance)
+    operations = RolloutOperations(gateway.registry, gateway.refresh, emitter, instance, clock=clock)
     monitor = runtime.client(settings.monitor_service, monitor_pb2_grpc.MonitorServiceStub, idempotent=("CheckSlo",))
 
     async def check_slo(request: monitor_pb2.CheckSloRequest) -> common_pb2.SloEvaluation:

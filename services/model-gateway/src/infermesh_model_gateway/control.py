@@ -9,6 +9,7 @@ registry, in the same transaction as the change. Rollout transitions go through
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -145,22 +146,27 @@ class ControlServicer(pb_grpc.ModelControlServiceServicer):
                 "deployment: the deployment config is fixed at registration; register a new version to change it"
             )
         actor = _actor(request.actor)
+        # A task of its own, so that a caller who goes away cannot cancel it half-way (which left the
+        # version DEPLOYING and loaded): it finishes, or fails and undoes what it did, either way.
+        task = asyncio.get_running_loop().create_task(
+            self._deployer.deploy(request.model, request.version, actor=actor, reason=request.reason)
+        )
+        self._background.add(task)
+        task.add_done_callback(functools.partial(self._finished, background=request.return_immediately))
         if request.return_immediately:
-            task = asyncio.get_running_loop().create_task(
-                self._deployer.deploy(request.model, request.version, actor=actor, reason=request.reason)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._finished)
             await asyncio.sleep(0)
             record = await self._registry.get_version(request.model, request.version)
         else:
-            record = await self._deployer.deploy(request.model, request.version, actor=actor, reason=request.reason)
+            record = await asyncio.shield(task)
         return pb.DeployModelVersionResponse(model_version=await self._version(record))
 
-    def _finished(self, task: asyncio.Task[ModelVersionRecord]) -> None:
+    def _finished(self, task: asyncio.Task[ModelVersionRecord], *, background: bool) -> None:
+        """Forget a finished deploy; log its error when no caller waited for it (a failed load is
+        logged by the deployer in any case)."""
         self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            _log.warning("background_deploy_failed", error=str(task.exception()))
+        error = None if task.cancelled() else task.exception()
+        if error is not None and background:
+            _log.warning("background_deploy_failed", error=str(error))
 
     async def UndeployModelVersion(
         self, request: pb.UndeployModelVersionRequest, context: grpc.aio.ServicerContext

@@ -16,6 +16,8 @@ from infermesh.common.v1 import common_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh_chassis.errors import InvalidArgument
 from infermesh_model_gateway.domain import (
+    DEFAULT_QUEUE_DELAY_US,
+    MAX_QUEUE_DELAY_US,
     AuditRecord,
     DeploymentConfig,
     DriftBaseline,
@@ -33,6 +35,7 @@ from infermesh_model_gateway.domain import (
     TrafficPolicy,
     VersionState,
     WarmupSample,
+    queue_delay_text,
     validate_model_name,
 )
 from infermesh_model_gateway.runtimes import NUMPY_TYPES, infer_serialization
@@ -105,6 +108,22 @@ def _tensors(specs: list[common_pb2.TensorSpec], field: str) -> tuple[TensorSche
     return tuple(tensors)
 
 
+def _queue_delay_us(batching: pb.DynamicBatching) -> int:
+    """The dynamic batcher's queue delay in microseconds (500 when unset), within 0..MAX_QUEUE_DELAY_US."""
+    if not batching.HasField("max_queue_delay"):
+        return DEFAULT_QUEUE_DELAY_US
+    delay = batching.max_queue_delay.ToMicroseconds()
+    if delay < 0:
+        raise InvalidArgument("deployment.dynamic_batching.max_queue_delay must not be negative")
+    if delay > MAX_QUEUE_DELAY_US:
+        raise InvalidArgument(
+            f"deployment.dynamic_batching.max_queue_delay is {queue_delay_text(delay)}; at most "
+            f"{queue_delay_text(MAX_QUEUE_DELAY_US)} is accepted: Triton holds every request that does not fill a "
+            "batch this long (warm-up included); typical values are 100us to 10ms"
+        )
+    return delay
+
+
 def _deployment(config: pb.DeploymentConfig, present: bool) -> DeploymentConfig:
     if not present:
         return DeploymentConfig()
@@ -115,7 +134,7 @@ def _deployment(config: pb.DeploymentConfig, present: bool) -> DeploymentConfig:
     if config.placement.worker_selector:
         raise InvalidArgument("deployment.placement.worker_selector is not supported; name worker_ids instead")
     batching = config.dynamic_batching
-    delay_us = batching.max_queue_delay.ToMicroseconds() if batching.HasField("max_queue_delay") else 500
+    delay_us = _queue_delay_us(batching)
     dynamic_batching = batching.enabled and config.max_batch_size > 0
     preferred = tuple(batching.preferred_batch_sizes)
     if preferred and not dynamic_batching:
@@ -235,6 +254,7 @@ def _replica_status(replica: Replica) -> pb.ReplicaStatus:
         state=_REPLICA_STATES[replica.state],
         detail=replica.detail,
         update_time=_timestamp(replica.updated_at),
+        worker_restarts=replica.worker_restarts,
     )
 
 

@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument
+from infermesh_chassis import context as ctx
+from infermesh_chassis.errors import DeadlineExceeded, FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_model_gateway.artifacts import ArtifactStore
 from infermesh_model_gateway.domain import (
@@ -35,6 +36,7 @@ from infermesh_model_gateway.domain import (
     TensorSchema,
     VersionState,
     WarmupSample,
+    queue_delay_text,
 )
 from infermesh_model_gateway.pool import Worker, WorkerPool
 from infermesh_model_gateway.registry import Registry
@@ -52,6 +54,9 @@ _log = get_logger("infermesh_model_gateway.deployment")
 
 _DEPLOYED = frozenset({VersionState.DEPLOYING, VersionState.SERVING, VersionState.DRAINING})
 """States in which a version belongs on the workers of its placement."""
+
+ANSWER_RESERVE_S = 2.0
+"""Of a caller's deadline, what a deploy keeps to unload a failed version and answer with the cause."""
 
 
 def _warmup_tensor(spec: TensorSchema, batching: bool) -> tuple[list[int], bytes]:
@@ -140,6 +145,7 @@ class Deployer:
             try:
                 await self._load(record, record.deployment.placement or None)
             except InfermeshError as exc:
+                _log.error("deploy_failed", model=model, version=version, actor=actor, cause=exc.message)
                 await self._registry.set_state(
                     model, version, VersionState.FAILED, detail=exc.message, actor=actor, reason="deployment failed"
                 )
@@ -155,15 +161,19 @@ class Deployer:
     async def _load(self, record: ModelVersionRecord, worker_ids: Iterable[str] | None) -> list[str]:
         """Write, load and warm up ``record`` on the workers; undo everything on failure."""
         loaded: list[str] = []
+        asked = None if worker_ids is None else list(worker_ids)
         try:
             artifact = await self._artifacts.fetch(record)
             await asyncio.to_thread(self._repository.write, record, artifact)
-            loaded = await self._pool.load(record.triton_name, worker_ids)
+            loaded = await self._pool.load(record.triton_name, asked)
             await self._warm_up(record, loaded)
         except InfermeshError:
             if loaded:
                 await self._pool.unload(record.triton_name, loaded)
-            if not any(record.triton_name in w.ready_models for w in self._pool.workers):
+            # Keep the files only for workers outside this attempt that serve the version (a reload
+            # on one worker); a probe racing the unload may still list it on the workers tried here.
+            others = [w for w in self._pool.workers if asked is not None and w.id not in asked]
+            if not any(record.triton_name in w.ready_models for w in others):
                 await asyncio.to_thread(self._repository.remove, record.triton_name)
             raise
         return loaded
@@ -172,8 +182,30 @@ class Deployer:
         requests = warmup_requests(record)
         for worker_id in worker_ids:
             worker = self._pool.worker(worker_id)
-            for request in requests:
-                await self._pool.call(worker, "ModelInfer", request, self._settings.warmup_timeout_s)
+            for index, request in enumerate(requests, 1):
+                timeout_s, bound = self._warmup_timeout()
+                where = f"warm-up request {index} of {len(requests)} on worker {worker_id}"
+                if timeout_s <= 0:
+                    raise DeadlineExceeded(f"{where}: {bound} left no time for it")
+                started = time.monotonic()
+                try:
+                    await self._pool.call(worker, "ModelInfer", request, timeout_s)
+                except InfermeshError as exc:
+                    # a worker may end a call at its deadline with another status ("Stream removed")
+                    if isinstance(exc, DeadlineExceeded) or time.monotonic() - started >= timeout_s:
+                        raise DeadlineExceeded(
+                            f"{where} got no answer within {timeout_s:.3g}s ({bound}){_batching_hint(record)}"
+                        ) from None
+                    raise type(exc)(f"{where} failed: {exc.message}") from None
+
+    def _warmup_timeout(self) -> tuple[float, str]:
+        """Deadline of one warm-up request, and what set it: the setting, or what the deploying
+        caller's deadline leaves once :data:`ANSWER_RESERVE_S` is kept to undo and answer."""
+        configured = self._settings.warmup_timeout_s
+        left = ctx.remaining_time()
+        if left is None or left - ANSWER_RESERVE_S >= configured:
+            return configured, "deploy.warmup_timeout_s"
+        return left - ANSWER_RESERVE_S, "what the caller's deadline left"
 
     def replicas(self, record: ModelVersionRecord) -> list[Replica]:
         """Where a deployed ``record`` stands on each worker of its placement, from the pool's last
@@ -230,6 +262,30 @@ class Deployer:
         await self._pool.unload(record.triton_name)
         await asyncio.to_thread(self._repository.remove, record.triton_name)
 
+    async def catch_up(self, worker_id: str) -> None:
+        """Load on a worker that just came back (restarted and reloaded, then readmitted) what was
+        deployed while it was away: a deploy that ran then left it out (it was not healthy), and one
+        still running may have chosen its workers before it was readmitted. Each version is looked
+        at under its deploy lock, so a deploy in progress is waited for and its outcome seen."""
+        for model, versions in await self._registry.snapshot():
+            for record in versions:
+                if record.state not in (VersionState.DEPLOYING, VersionState.SERVING):
+                    continue
+                if not _placed_on(record, worker_id):
+                    continue
+                async with self._lock(record):
+                    current = await self._registry.get_version(model.name, record.version)
+                    if current.state is not VersionState.SERVING:
+                        continue
+                    if current.triton_name in self._pool.worker(worker_id).ready_models:
+                        continue
+                    try:
+                        await self._load(current, [worker_id])
+                    except InfermeshError as exc:
+                        _log.error("catch_up_load_failed", model=model.name, version=record.version, error=exc.message)
+                    else:
+                        _log.info("version_caught_up", model=model.name, version=record.version, worker=worker_id)
+
     async def reconcile(self, worker_ids: Iterable[str] | None = None, *, actor: str = "model-gateway") -> None:
         """Bring workers in line with the registry (at start, and when workers join)."""
         targets = list(worker_ids) if worker_ids is not None else None
@@ -264,6 +320,20 @@ class Deployer:
         await self._on_change()
 
 
+def _placed_on(record: ModelVersionRecord, worker_id: str) -> bool:
+    return not record.deployment.placement or worker_id in record.deployment.placement
+
+
+def _batching_hint(record: ModelVersionRecord) -> str:
+    deployment = record.deployment
+    if not deployment.dynamic_batching:
+        return ""
+    return (
+        f"; its dynamic batching holds a request that does not fill a batch up to "
+        f"{queue_delay_text(deployment.max_queue_delay_us)} (max_queue_delay)"
+    )
+
+
 def _replica(record: ModelVersionRecord, worker_id: str, worker: Worker | None, now: float) -> Replica:
     if worker is None:
         return Replica(worker_id, "", ReplicaState.FAILED, "the worker is not in the pool")
@@ -271,10 +341,15 @@ def _replica(record: ModelVersionRecord, worker_id: str, worker: Worker | None, 
     changed = datetime.fromtimestamp(worker.changed_at, UTC)
     if record.updated_at is not None:
         changed = max(changed, record.updated_at)
-    return Replica(worker.id, worker.address, state, detail, changed)
+    return Replica(worker.id, worker.address, state, detail, changed, worker.restarts)
 
 
 def _replica_state(record: ModelVersionRecord, worker: Worker, now: float) -> tuple[ReplicaState, str]:
+    if worker.down and worker.reloading and record.state is VersionState.SERVING:
+        loaded = record.triton_name in worker.ready_models
+        return ReplicaState.LOADING, f"{'warming up' if loaded else 'loading'} on the restarted worker"
+    if worker.down:
+        return ReplicaState.FAILED, f"the worker is down ({worker.down}); the gateway is restarting it"
     if not worker.healthy:
         return ReplicaState.FAILED, "the worker is unhealthy"
     if not worker.available(now):

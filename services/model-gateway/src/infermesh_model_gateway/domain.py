@@ -16,6 +16,8 @@ from infermesh_chassis.errors import InvalidArgument
 
 __all__ = [
     "DATATYPES",
+    "DEFAULT_QUEUE_DELAY_US",
+    "MAX_QUEUE_DELAY_US",
     "MODEL_NAME_PATTERN",
     "AuditRecord",
     "DeploymentConfig",
@@ -36,6 +38,7 @@ __all__ = [
     "VersionState",
     "WarmupSample",
     "parse_triton_model_name",
+    "queue_delay_text",
     "triton_model_name",
     "utc_now",
     "validate_model_name",
@@ -43,6 +46,12 @@ __all__ = [
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 """Model names: a letter, then letters, digits, ``_`` or ``-`` (at most 63), never ``__``."""
+
+DEFAULT_QUEUE_DELAY_US = 500
+"""Dynamic batching's queue delay when a deployment gives none."""
+MAX_QUEUE_DELAY_US = 1_000_000
+"""Longest queue delay accepted: Triton holds every request that does not fill a batch this long,
+warm-up requests included, so a delay of seconds makes every deploy and every lone call wait."""
 
 DATATYPES: dict[str, int] = {
     "BOOL": 1,
@@ -60,6 +69,15 @@ DATATYPES: dict[str, int] = {
     "BYTES": 0,
 }
 """KServe v2 / Triton tensor datatypes and their element size in bytes (0: variable, BYTES)."""
+
+
+def queue_delay_text(micros: int) -> str:
+    """A queue delay as people write it: ``500us``, ``2ms``, ``1.5s``."""
+    for unit, size, digits in (("s", 1_000_000, 6), ("ms", 1000, 3)):
+        if micros >= size:
+            whole, rest = divmod(micros, size)
+            return f"{whole}.{rest:0{digits}d}".rstrip("0").rstrip(".") + unit
+    return f"{micros}us"
 
 
 def utc_now() -> datetime:
@@ -142,8 +160,8 @@ class DeploymentConfig:
     """Largest batch Triton forms (0: the model does not batch; shapes are then full shapes)."""
     dynamic_batching: bool = True
     """Let Triton combine concurrent requests into batches."""
-    max_queue_delay_us: int = 500
-    """How long Triton may hold a request to form a batch."""
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    """How long Triton may hold a request to form a batch (0..MAX_QUEUE_DELAY_US)."""
     preferred_batch_sizes: tuple[int, ...] = ()
     """Batch sizes Triton's dynamic batcher aims for (each in 1..max_batch_size); empty lets Triton decide."""
     instance_count: int = 1
@@ -241,6 +259,8 @@ class Replica:
     updated_at: datetime | None = None
     """When the state may last have changed: the later of the worker's last change of health, ejection or
     loaded models and the version's own last change (None for a worker the pool no longer has)."""
+    worker_restarts: int = 0
+    """Times the gateway restarted the worker's process after it died."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,11 @@ default, or Triton containers found through discovery; the pool does not care wh
 - counts in-flight requests per model, so a version can drain before it unloads;
 - stamps each worker with the time its health, ejection or set of ready models last changed (when
   a probe, a load, an unload or a worker fault changes them, never on a successful inference), so
-  the control plane can say since when a version is in its state on that worker.
+  the control plane can say since when a version is in its state on that worker;
+- holds a worker whose process died out of every choice until its owner has restarted it and
+  reloaded its versions (:meth:`WorkerPool.mark_down`, then :meth:`WorkerPool.restarted`, then
+  :meth:`WorkerPool.readmit_restarted`): probes cannot mark it healthy in between, so no request
+  reaches a worker that lacks its versions.
 
 This module is the one place where a Triton ``grpc.RpcError`` becomes the project's error.
 """
@@ -61,6 +65,7 @@ class Worker:
         "address",
         "changed_at",
         "channel",
+        "down",
         "ejected_until",
         "ejections",
         "failures",
@@ -70,6 +75,8 @@ class Worker:
         "model_infer",
         "probe_failures",
         "ready_models",
+        "reloading",
+        "restarts",
         "stub",
     )
 
@@ -87,6 +94,12 @@ class Worker:
         self.probe_failures = 0
         self.ejections = 0
         self.ejected_until = 0.0
+        self.down = ""
+        """Why the worker's process is down and being restarted; empty while it serves."""
+        self.reloading = False
+        """A new process runs and its versions are being loaded (``down`` stays set until they are)."""
+        self.restarts = 0
+        """Times its process was restarted after it died."""
         self.changed_at = time.time()
 
     def available(self, now: float) -> bool:
@@ -150,17 +163,56 @@ class WorkerPool:
         """Add a worker and probe it once right away."""
         if worker_id in self._workers:
             return self._workers[worker_id]
-        options = [
-            ("grpc.max_receive_message_length", self._settings.max_message_bytes),
-            ("grpc.max_send_message_length", self._settings.max_message_bytes),
-            ("grpc.enable_retries", 0),
-            *RECONNECT_OPTIONS,
-        ]
-        worker = Worker(worker_id, address, grpc.aio.insecure_channel(address, options=options))
+        worker = Worker(worker_id, address, grpc.aio.insecure_channel(address, options=self._channel_options()))
         self._workers[worker_id] = worker
         await self._probe(worker)
         _log.info("worker_added", worker=worker_id, address=address, healthy=worker.healthy)
         return worker
+
+    def mark_down(self, worker_id: str, reason: str) -> None:
+        """The worker's process died: keep every request and probe off it until :meth:`restarted`."""
+        worker = self.worker(worker_id)
+        worker.down = reason
+        worker.reloading = False
+        worker.set_healthy(False)
+        worker.set_ready_models(frozenset())
+
+    async def restarted(self, worker_id: str, address: str) -> Worker:
+        """The worker's process runs again at ``address``: a new channel; still held out of choices
+        until :meth:`readmit_restarted` (its versions are loaded through :meth:`load` meanwhile)."""
+        worker = self.worker(worker_id)
+        old = worker.channel
+        worker.address = address
+        worker.channel = grpc.aio.insecure_channel(address, options=self._channel_options())
+        worker.stub = service_pb2_grpc.GRPCInferenceServiceStub(worker.channel)
+        worker.reloading = True
+        worker.restarts += 1
+        worker.changed_at = time.time()
+        await old.close()
+        return worker
+
+    async def readmit_restarted(self, worker_id: str) -> None:
+        """Its versions are loaded and warm: probe it, and let it take requests again."""
+        worker = self.worker(worker_id)
+        worker.down = ""
+        worker.reloading = False
+        worker.failures = 0
+        worker.ejected_until = 0.0
+        await self._probe(worker)
+        _log.info("worker_restarted", worker=worker_id, healthy=worker.healthy, restarts=worker.restarts)
+
+    async def wait_healthy(self, worker_id: str, timeout_s: float) -> bool:
+        """Probe a worker until it is healthy (a busy one may miss a probe's deadline) or ``timeout_s``."""
+        worker = self.worker(worker_id)
+        deadline = time.monotonic() + timeout_s
+        while not worker.healthy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            await self._probe(worker)
+        return worker.healthy
+
+    def serving(self) -> bool:
+        """Whether any worker can serve now (healthy; an ejected one still serves when no other can)."""
+        return any(w.healthy for w in self._workers.values())
 
     async def remove(self, worker_id: str) -> None:
         """Drop a worker from the pool and close its channel."""
@@ -168,6 +220,14 @@ class WorkerPool:
         if worker is not None:
             await worker.channel.close()
             _log.info("worker_removed", worker=worker_id)
+
+    def _channel_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_receive_message_length", self._settings.max_message_bytes),
+            ("grpc.max_send_message_length", self._settings.max_message_bytes),
+            ("grpc.enable_retries", 0),
+            *RECONNECT_OPTIONS,
+        ]
 
     def start(self) -> None:
         """Start the background health refresh."""
@@ -191,6 +251,8 @@ class WorkerPool:
         await asyncio.gather(*(self._probe(w) for w in list(self._workers.values())))
 
     async def _probe(self, worker: Worker) -> None:
+        if worker.down:
+            return
         timeout = self._settings.health_timeout_s
         try:
             ready = await worker.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
@@ -201,6 +263,8 @@ class WorkerPool:
             if worker.healthy and (unreachable or worker.probe_failures >= _PROBE_FAILURES):
                 _log.warning("worker_unhealthy", worker=worker.id, code=exc.code().name, error=exc.details())
                 worker.set_healthy(False)
+            return
+        if worker.down:  # it died while the probe was in flight
             return
         worker.probe_failures = 0
         worker.set_ready_models(frozenset(m.name for m in index.models if m.state == "READY"))

@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from google.protobuf import json_format
 
@@ -134,9 +134,14 @@ def _all_to(model: ModelRecord, version: int) -> ModelRecord:
     )
 
 
+Clock = Callable[[], datetime]
+"""What the rollouts read the time from (UTC); ``utc_now`` except in tests that move it by hand."""
+
+
 def _decide(
     rollout: Rollout,
     *,
+    now: datetime,
     action: str,
     to_step: int,
     state: RolloutState,
@@ -144,7 +149,6 @@ def _decide(
     reason: str,
     evaluation: str = "",
 ) -> Rollout:
-    now = utc_now()
     decision = RolloutDecision(
         time=now,
         action=action,
@@ -178,11 +182,15 @@ class RolloutOperations:
         on_change: Callable[[], Awaitable[None]],
         emitter: EventEmitter | None = None,
         instance: str = "",
+        *,
+        clock: Clock = utc_now,
     ) -> None:
         self._registry = registry
         self._on_change = on_change
         self._emitter = emitter
         self._source = EventSource("model-gateway", instance)
+        self.clock = clock
+        """When decisions are taken, steps start and the next evaluation is due."""
 
     async def transition(
         self,
@@ -229,7 +237,13 @@ class RolloutOperations:
         def begin(current: Rollout, model: ModelRecord) -> tuple[Rollout, ModelRecord]:
             first = current.step(0)
             started = _decide(
-                current, action="start", to_step=0, state=RolloutState.RUNNING, actor=actor, reason=reason
+                current,
+                now=self.clock(),
+                action="start",
+                to_step=0,
+                state=RolloutState.RUNNING,
+                actor=actor,
+                reason=reason,
             )
             return started, _step_traffic(current, model, first)
 
@@ -242,6 +256,7 @@ class RolloutOperations:
             self._require(current, RolloutState.RUNNING, RolloutState.PENDING)
             paused = _decide(
                 current,
+                now=self.clock(),
                 action="pause",
                 to_step=current.current_step,
                 state=RolloutState.PAUSED,
@@ -259,6 +274,7 @@ class RolloutOperations:
             self._require(current, RolloutState.PAUSED)
             resumed = _decide(
                 current,
+                now=self.clock(),
                 action="resume",
                 to_step=current.current_step,
                 state=RolloutState.RUNNING,
@@ -299,6 +315,7 @@ class RolloutOperations:
             target = current.candidate if state is RolloutState.SUCCEEDED else current.baseline
             ended = _decide(
                 current,
+                now=self.clock(),
                 action=action,
                 to_step=current.current_step,
                 state=state,
@@ -324,6 +341,7 @@ class RolloutOperations:
             nxt = current.current_step + 1
             moved = _decide(
                 current,
+                now=self.clock(),
                 action="advance",
                 to_step=nxt,
                 state=RolloutState.RUNNING,
@@ -337,7 +355,7 @@ class RolloutOperations:
 
     async def hold(self, rollout: Rollout, *, evaluation: str) -> None:
         """No decision yet: remember the evaluation and when to look again (not a transition: not audited)."""
-        next_at = utc_now() + timedelta(seconds=rollout.evaluation_interval_s)
+        next_at = self.clock() + timedelta(seconds=rollout.evaluation_interval_s)
         await self._registry.record_evaluation(rollout.id, evaluation=evaluation, next_decision_at=next_at)
 
     async def fail(self, rollout: Rollout, reason: str) -> Rollout:
@@ -346,6 +364,7 @@ class RolloutOperations:
         def fail(current: Rollout, model: ModelRecord) -> tuple[Rollout, ModelRecord]:
             failed = _decide(
                 current,
+                now=self.clock(),
                 action="fail",
                 to_step=current.current_step,
                 state=RolloutState.FAILED,
@@ -420,7 +439,7 @@ class RolloutController:
                     await self._drive(rollout)
                 except FailedPrecondition as exc:  # an operator changed it meanwhile; the next tick sees it
                     _log.info("rollout_changed_meanwhile", rollout=rollout.id, detail=exc.message)
-        now = utc_now()
+        now = self._operations.clock()
         for model, versions in await self._registry.snapshot():
             due = [v for v in versions if v.deprecated_until is not None and v.deprecated_until <= now]
             due = [v for v in due if v.state is not VersionState.RETIRED]
@@ -429,7 +448,7 @@ class RolloutController:
                     await self._deployer.retire(model.name, record.version, actor=CONTROLLER_ACTOR)
 
     async def _drive(self, rollout: Rollout) -> None:
-        now = utc_now()
+        now = self._operations.clock()
         if rollout.next_decision_at is not None and now < rollout.next_decision_at:
             return
         serving = {v.version: v for v in await self._registry.model_versions(rollout.model)}

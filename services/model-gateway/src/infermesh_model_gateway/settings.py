@@ -43,6 +43,13 @@ class WorkerSettings(BaseModel):
     """How often external workers are resolved again."""
     startup_timeout_s: float = Field(60.0, gt=0)
     """How long an embedded worker may take to become ready."""
+    restart_backoff_s: float = Field(0.5, gt=0)
+    """Wait before restarting an embedded worker whose process died; doubles on each further
+    restart until the worker stays up ``restart_reset_s``."""
+    restart_max_backoff_s: float = Field(30.0, gt=0)
+    """Longest wait between two restarts of a worker that keeps dying."""
+    restart_reset_s: float = Field(60.0, gt=0)
+    """A worker up this long counts as recovered: its next death is restarted at once again."""
     native_onnx: bool = False
     """Serve ONNX versions with Triton's ``onnxruntime_onnx`` backend (Triton's containers have it;
     the embedded wheel has only the python backend)."""

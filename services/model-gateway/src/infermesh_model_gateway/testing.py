@@ -14,6 +14,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from infermesh_chassis.app import Runtime
 from infermesh_chassis.events import EncodedBatch, EventEmitter, decode_batch
 from infermesh_chassis.settings import EventSettings, load_settings
 from infermesh_model_gateway.__main__ import assemble
+from infermesh_model_gateway.domain import utc_now
 from infermesh_model_gateway.gateway import ModelGateway
+from infermesh_model_gateway.rollouts import Clock
 from infermesh_model_gateway.settings import Settings
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "GatewayHarness",
     "ListSink",
     "LoadResult",
+    "ManualClock",
     "TrainedModel",
     "churn_data",
     "classifier_schema",
@@ -51,6 +55,7 @@ __all__ = [
     "start_gateway",
     "to_onnx_file",
     "train_churn_models",
+    "until",
 ]
 
 
@@ -210,10 +215,16 @@ class GatewayHarness:
 
 @contextlib.asynccontextmanager
 async def start_gateway(
-    data_dir: Path, *, workers: int = 1, worker_settings: dict[str, Any] | None = None, **overrides: Any
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    worker_settings: dict[str, Any] | None = None,
+    clock: Clock = utc_now,
+    **overrides: Any,
 ) -> AsyncIterator[GatewayHarness]:
     """A gateway as its process runs it, with ``workers`` embedded Triton workers (and the other
-    ``worker_settings``); ``overrides`` are settings, merged one level deep into the test defaults."""
+    ``worker_settings``); ``overrides`` are settings, merged one level deep into the test defaults;
+    ``clock`` is the rollouts' and retirements' time."""
     values: dict[str, Any] = {
         "data_dir": str(data_dir),
         "workers": {"embedded": workers, "pool": {"health_interval_s": 0.2}, **(worker_settings or {})},
@@ -230,12 +241,44 @@ async def start_gateway(
     emitter.start()
     runtime.on_stop(emitter.stop)
     try:
-        gateway = await assemble(settings, runtime, emitter)
+        gateway = await assemble(settings, runtime, emitter, clock=clock)
         await runtime.server.start()
         async with grpc.aio.insecure_channel(runtime.server.address) as channel:
             yield GatewayHarness(runtime, gateway, sink, channel)
     finally:
         await runtime.close()
+
+
+class ManualClock:
+    """A clock for rollouts and retirements that moves only when a test says (UTC)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or utc_now()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the time forward by ``seconds``."""
+        self.now += timedelta(seconds=seconds)
+
+
+async def until(check: Callable[[], Any], within_s: float = 10.0, what: str = "the condition") -> None:
+    """Wait until ``check()`` (a value or an awaitable) is true, polling; AssertionError after ``within_s``.
+
+    For what happens in the background (events flushed, shadows answered): wait for it, never sleep
+    a guessed time and then assert.
+    """
+    deadline = time.monotonic() + within_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within_s}s")
+        await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -311,6 +311,12 @@ class TritonServer:
                     )
                 await asyncio.sleep(0.05)
 
+    async def wait(self) -> int:
+        """Wait until the running process exits; its exit code (negative: the signal that ended it)."""
+        if self._process is None:
+            raise Unavailable(f"tritonserver {self.worker_id} is not running")
+        return await self._process.wait()
+
     def log_tail(self, lines: int = 5) -> str:
         """The last lines of its log, on one line."""
         try:

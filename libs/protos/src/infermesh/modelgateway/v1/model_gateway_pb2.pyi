@@ -201,18 +201,20 @@ class DriftBaselineRef(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., baseline_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("worker_id", "address", "state", "detail", "update_time")
+    __slots__ = ("worker_id", "address", "state", "detail", "update_time", "worker_restarts")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     state: ReplicaState
     detail: str
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., detail: _Optional[str] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    worker_restarts: int
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., detail: _Optional[str] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., worker_restarts: _Optional[int] = ...) -> None: ...
 
 class Retirement(_message.Message):
     __slots__ = ("successor_version", "successor_model", "deprecate_time", "retire_time", "reason", "actor")
