@@ -16,6 +16,7 @@ from infermesh_cli.commands._convert import audit_view, enum_name, print_audit, 
 from infermesh_cli.commands._errors import UsageError
 from infermesh_cli.commands._output import cell, print_fields, print_table
 from infermesh_cli.commands._parse import load_document, parse_duration, parse_message, parse_pairs, to_duration
+from infermesh_model_gateway.domain import queue_delay_text
 
 __all__ = ["add_parser", "control", "model_view", "traffic_view", "version_view"]
 
@@ -228,14 +229,6 @@ def _print_model(view: dict[str, Any]) -> None:
     )
 
 
-def _delay_text(micros: int) -> str:
-    for unit, size, digits in (("s", 1_000_000, 6), ("ms", 1000, 3)):
-        if micros >= size:
-            whole, rest = divmod(micros, size)
-            return f"{whole}.{rest:0{digits}d}".rstrip("0").rstrip(".") + unit
-    return f"{micros}us"
-
-
 def _print_version(view: dict[str, Any]) -> None:
     deployment = view["deployment"]
     print_fields(
@@ -255,7 +248,7 @@ def _print_version(view: dict[str, Any]) -> None:
                     else ""
                 )
                 + (
-                    f", max queue delay {_delay_text(deployment['max_queue_delay_us'])}"
+                    f", max queue delay {queue_delay_text(deployment['max_queue_delay_us'])}"
                     if deployment["max_queue_delay_us"] is not None
                     else ""
                 )
