@@ -299,7 +299,7 @@ def _biz_settings(root: Path, static: dict[str, list[str]]) -> dict[str, Any]:
             ]
         },
         "thrift": {"enabled": False},
-        "events": {"flush_interval_s": 0.05},
+        "events": {"flush_interval_s": 0.05, "unit_id_hash_key": "cli-tests-unit-id-hash-key"},
         "client": {"max_attempts": 1, "default_timeout_s": 5},
         "predict": {"exposure_dedup_s": 0},
     }

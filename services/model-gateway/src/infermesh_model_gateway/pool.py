@@ -82,11 +82,7 @@ class Worker:
 
     def __init__(self, worker_id: str, address: str, channel: grpc.aio.Channel) -> None:
         self.id = worker_id
-        self.address = address
-        self.channel = channel
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        self.model_infer = channel.unary_unary(MODEL_INFER)
-        """ModelInfer taking and returning serialized messages (no serializers: the bytes pass through)."""
+        self.connect(address, channel)
         self.in_flight = 0
         self.healthy = False
         self.ready_models: frozenset[str] = frozenset()
@@ -101,6 +97,14 @@ class Worker:
         self.restarts = 0
         """Times its process was restarted after it died."""
         self.changed_at = time.time()
+
+    def connect(self, address: str, channel: grpc.aio.Channel) -> None:
+        """Talk to the worker at ``address`` through ``channel`` (at start, and after a restart)."""
+        self.address = address
+        self.channel = channel
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self.model_infer = channel.unary_unary(MODEL_INFER)
+        """ModelInfer taking and returning serialized messages (no serializers: the bytes pass through)."""
 
     def available(self, now: float) -> bool:
         """Healthy and not ejected."""
@@ -182,9 +186,7 @@ class WorkerPool:
         until :meth:`readmit_restarted` (its versions are loaded through :meth:`load` meanwhile)."""
         worker = self.worker(worker_id)
         old = worker.channel
-        worker.address = address
-        worker.channel = grpc.aio.insecure_channel(address, options=self._channel_options())
-        worker.stub = service_pb2_grpc.GRPCInferenceServiceStub(worker.channel)
+        worker.connect(address, grpc.aio.insecure_channel(address, options=self._channel_options()))
         worker.reloading = True
         worker.restarts += 1
         worker.changed_at = time.time()
