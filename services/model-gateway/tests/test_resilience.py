@@ -4,6 +4,7 @@ failing, and a gateway restarted (registrations and deployments survive it)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import grpc
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
+from infermesh_chassis.testing import free_port as testing_free_port
+from infermesh_model_gateway import triton
 from infermesh_model_gateway.testing import ChurnModels, infer_request, run_load, start_gateway, until
 from infermesh_model_gateway.triton import TritonServer
 
@@ -171,3 +174,23 @@ async def test_a_version_at_its_in_flight_limit_refuses_more_at_once(churn_model
             "infermesh_model_gateway_inferences_refused_total", {"model": "churn"}
         )
         assert refusals == 1
+
+
+async def test_a_port_taken_before_triton_binds_it_starts_it_on_fresh_ports(tmp_path, monkeypatch):
+    """tritonserver cannot bind port 0, so its ports are picked just before it starts: when another
+    process binds one first, it starts again on fresh ports instead of failing the gateway."""
+    taker = socket.socket()
+    taker.bind(("127.0.0.1", 0))
+    taker.listen()
+    taken = taker.getsockname()[1]
+    picks = iter([taken])  # the first start's HTTP port is the taken one
+    monkeypatch.setattr(triton, "_free_port", lambda: next(picks, None) or testing_free_port())
+    (tmp_path / "repository").mkdir()
+    server = TritonServer(tmp_path / "repository", tmp_path / "worker", "port-race")
+    try:
+        await server.start()
+        assert server.grpc_port not in (0, taken)
+        assert "already in use" in server.log_path.read_text()
+    finally:
+        await server.stop()
+        taker.close()

@@ -181,6 +181,14 @@ def tritonserver_binary() -> Path:
     return _package_dir("pytriton") / "tritonserver" / "bin" / "tritonserver"
 
 
+_PORT_ATTEMPTS = 3
+"""Starts on fresh ports when another process took one of the picked ports first."""
+
+
+class _PortTaken(Unavailable):
+    """tritonserver exited because a port picked for it was taken before it bound it."""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -250,7 +258,22 @@ class TritonServer:
         return env
 
     async def start(self, timeout_s: float = 60.0) -> None:
-        """Start the process and wait until it answers ServerReady (Unavailable otherwise)."""
+        """Start the process and wait until it answers ServerReady (Unavailable otherwise).
+
+        tritonserver cannot bind port 0 and say what it got, so its ports are picked free just before
+        it starts; when another process binds one first (tritonserver exits: "already in use"), it
+        starts again on fresh ports, up to ``_PORT_ATTEMPTS`` times.
+        """
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            try:
+                await self._start_once(timeout_s)
+                return
+            except _PortTaken as exc:
+                if attempt == _PORT_ATTEMPTS:
+                    raise
+                _log.warning("triton_port_taken", worker=self.worker_id, attempt=attempt, error=exc.message)
+
+    async def _start_once(self, timeout_s: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         backends = self._backend_dir()
         http, self.grpc_port, metrics = _free_port(), _free_port(), _free_port()
@@ -298,9 +321,9 @@ class TritonServer:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             while True:
                 if self._process.returncode is not None:
-                    raise Unavailable(
-                        f"tritonserver {self.worker_id} exited with {self._process.returncode}: {self.log_tail()}"
-                    )
+                    tail = self.log_tail()
+                    error = _PortTaken if "already in use" in tail else Unavailable
+                    raise error(f"tritonserver {self.worker_id} exited with {self._process.returncode}: {tail}")
                 with contextlib.suppress(grpc.RpcError):
                     reply = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=0.5)
                     if reply.ready:
