@@ -1,6 +1,7 @@
-"""Chaos on the local mesh as ``infermesh up`` runs it: each of NATS, the monitor, the data gateway
-and the model gateway is killed (SIGKILL) under a bounded Predict load. The stack's supervisor
-restarts it on its address with its data; meanwhile every answer is an answer (degraded and flagged
+"""Chaos on the local mesh as ``infermesh up`` runs it: each of NATS, the monitor, the data gateway,
+the model gateway and its Triton worker is killed (SIGKILL) under a bounded Predict load. The stack's
+supervisor restarts a service on its address with its data, the model gateway restarts its worker
+and reloads its versions; meanwhile every answer is an answer (degraded and flagged
 when a hop it needs is down, never an error); once it is back, answers are normal again within 10 s;
 and the monitor stores exactly one event per Predict answered, none lost, none doubled."""
 
@@ -12,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -101,34 +103,60 @@ async def _until(probe: Callable[[], bool], timeout_s: float, what: str) -> None
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize("victim", ["nats", "monitor", "data-gateway", "model-gateway"])
+def _triton_pid(gateway_pid: int) -> int | None:
+    """The embedded ``tritonserver`` the model gateway runs (its child), if one runs."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = rest.split()
+        if comm.endswith("(tritonserver") and int(fields[1]) == gateway_pid and fields[0] != "Z":
+            return int(stat.parent.name)
+    return None
+
+
+@pytest.mark.parametrize("victim", ["nats", "monitor", "data-gateway", "model-gateway", "triton"])
 async def test_a_process_killed_under_load_comes_back_and_no_answer_fails(mesh: LocalStack, victim: str):
     before = await _settled_events(mesh)
     load = Load(mesh)
     running = asyncio.ensure_future(load.run())
+    gateway = mesh.process("model-gateway")
     try:
         await _until(lambda: load.recovered_at(0.0) is not None, 60, "the mesh answers normally before the kill")
-        killed = mesh.process(victim)
-        os.kill(killed.pid, signal.SIGKILL)
+        if victim == "triton":  # the model gateway restarts its worker itself; the stack restarts nothing
+            worker = _triton_pid(gateway.pid)
+            assert worker is not None, "the model gateway runs no tritonserver"
+            os.kill(worker, signal.SIGKILL)
+
+            def restarted() -> bool:
+                return _triton_pid(gateway.pid) not in (None, worker)
+
+        else:
+            killed = mesh.process(victim)
+            os.kill(killed.pid, signal.SIGKILL)
+
+            def restarted() -> bool:
+                now = mesh.process(victim)
+                return now.restarts > killed.restarts
+
         killed_at = time.monotonic()
-
-        def restarted() -> bool:
-            now = mesh.process(victim)
-            return now.restarts > killed.restarts
-
         await _until(restarted, 120, f"{victim} was not restarted")
         back_at = time.monotonic()  # the stack restarts a process once it is ready and SERVING
         await _until(lambda: load.recovered_at(back_at) is not None, RECOVERY_S + 5, "answers stayed degraded")
     finally:
         load.stop.set()
         await running
-    process = mesh.process(victim)
-    assert (process.address, process.last_exit_code) == (killed.address, -signal.SIGKILL)
+    if victim == "triton":
+        assert mesh.process("model-gateway").pid == gateway.pid, "the stack restarted the model gateway"
+    else:
+        process = mesh.process(victim)
+        assert (process.address, process.last_exit_code) == (killed.address, -signal.SIGKILL)
     assert not load.errors, load.errors[:5]
     recovered = load.recovered_at(back_at)
     assert recovered is not None
     assert recovered - back_at <= RECOVERY_S, f"normal answers {recovered - back_at:.1f} s after {victim} was back"
-    if victim in ("data-gateway", "model-gateway"):
+    if victim in ("data-gateway", "model-gateway", "triton"):
         assert any(degraded and at > killed_at for at, degraded in load.answers), "no answer came degraded"
     answered = len(load.answers)
     degraded = sum(d for _, d in load.answers)
