@@ -4,8 +4,11 @@ failing, and a gateway restarted (registrations and deployments survive it)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -194,3 +197,31 @@ async def test_a_port_taken_before_triton_binds_it_starts_it_on_fresh_ports(tmp_
     finally:
         await server.stop()
         taker.close()
+
+
+async def test_what_a_dead_gateways_triton_left_running_is_killed_at_the_next_start(tmp_path):
+    """A killed gateway takes its tritonserver with it, but not the python-backend stubs that server
+    forked: the next start of the same worker kills what is left of the old server's process group."""
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+
+    async def hold(where: Path) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(120)", str(where), start_new_session=True
+        )
+
+    leftover, bystander = await hold(worker_dir / "backends"), await hold(tmp_path / "elsewhere")
+    (worker_dir / "tritonserver.pgid").write_text(str(leftover.pid))
+    (tmp_path / "repository").mkdir()
+    server = TritonServer(tmp_path / "repository", worker_dir, "leftovers")
+    try:
+        await server.start()
+        assert await asyncio.wait_for(leftover.wait(), 10) == -signal.SIGKILL
+        assert bystander.returncode is None
+        assert (worker_dir / "tritonserver.pgid").read_text() == str(server.pid)
+    finally:
+        await server.stop()
+        for process in (leftover, bystander):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()

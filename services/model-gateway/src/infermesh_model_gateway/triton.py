@@ -273,8 +273,33 @@ class TritonServer:
                     raise
                 _log.warning("triton_port_taken", worker=self.worker_id, attempt=attempt, error=exc.message)
 
+    @property
+    def _group_file(self) -> Path:
+        """The process group of the last tritonserver started for this worker (its pid)."""
+        return self.workdir / "tritonserver.pgid"
+
+    def _reap_leftovers(self) -> None:
+        """SIGKILL what an earlier tritonserver of this worker left running.
+
+        Its python-backend stubs outlive it when the gateway itself was killed (tritonserver dies
+        with its parent, the stubs it forked do not), each holding a model's memory. They are in the
+        process group named by the group file and run from this worker's directory.
+        """
+        try:
+            group = int(self._group_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        marker = str(self.workdir).encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(cmdline.parent.name)
+                if os.getpgid(pid) == group and marker in cmdline.read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+                    _log.warning("triton_leftover_killed", worker=self.worker_id, pid=pid)
+
     async def _start_once(self, timeout_s: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._reap_leftovers()
         backends = self._backend_dir()
         http, self.grpc_port, metrics = _free_port(), _free_port(), _free_port()
         args = [
@@ -307,6 +332,7 @@ class TritonServer:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
+        self._group_file.write_text(str(self._process.pid))
         try:
             await self._wait_ready(timeout_s)
         except BaseException:
