@@ -32,9 +32,10 @@ async def assemble(
 ) -> ModelGateway:
     """Start the registry and the Triton workers, then add the data and control planes to the server.
 
-    ``clock`` is what rollouts and retirements read the time from (tests move one by hand).
+    ``clock`` is what rollouts, retirements and the router's retirement answers read the time from
+    (tests move one by hand).
     """
-    gateway = ModelGateway(settings, runtime.metrics, runtime.discovery)
+    gateway = ModelGateway(settings, runtime.metrics, runtime.discovery, clock=clock)
     gateway.on_health = lambda serving: runtime.server.set_serving(HEALTH_FOLLOWS_WORKERS, serving)
     runtime.on_stop(gateway.stop)
     await gateway.start()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from infermesh_chassis.discovery import Discovery
 from infermesh_chassis.errors import InfermeshError
@@ -32,6 +33,7 @@ from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_model_gateway.artifacts import ArtifactStore
 from infermesh_model_gateway.deployment import Deployer
+from infermesh_model_gateway.domain import utc_now
 from infermesh_model_gateway.pool import WorkerPool
 from infermesh_model_gateway.registry import Registry, open_registry
 from infermesh_model_gateway.routing import Router
@@ -46,11 +48,18 @@ _log = get_logger("infermesh_model_gateway.gateway")
 class ModelGateway:
     """Everything behind the gateway's RPCs (see the module docstring)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, discovery: Discovery | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        discovery: Discovery | None = None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.settings = settings
         self._discovery = discovery
         data = settings.data_dir
-        self.router = Router()
+        self.router = Router(clock=clock)
         self.pool = WorkerPool(settings.workers.pool, metrics)
         self.repository = ModelRepository(data / "repository", native_onnx=settings.workers.native_onnx)
         self.artifacts = ArtifactStore(data / "artifacts", max_bytes=settings.max_artifact_bytes)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from infermesh_chassis.errors import FailedPrecondition, InvalidArgument, NotFound
 from infermesh_chassis.validation import parse_uint, shown
@@ -109,7 +110,7 @@ def _successor(record: ModelVersionRecord) -> str:
     return f"version {record.successor}" if record.successor else ""
 
 
-def _serving(record: ModelVersionRecord) -> ModelVersionRecord:
+def _serving(record: ModelVersionRecord, clock: Callable[[], datetime]) -> ModelVersionRecord:
     if record.state is VersionState.SERVING:
         return record
     where = f"version {record.version} of model '{record.model}'"
@@ -120,7 +121,7 @@ def _serving(record: ModelVersionRecord) -> ModelVersionRecord:
             raise NotFound(f"{where} was retired at {when}; use {successor}")
         raise FailedPrecondition(f"{where} was retired at {when} and has no successor")
     deprecated_until = record.deprecated_until
-    if record.state is VersionState.DRAINING and deprecated_until is not None and deprecated_until <= utc_now():
+    if record.state is VersionState.DRAINING and deprecated_until is not None and deprecated_until <= clock():
         # its deprecation ended: it drains on the way to RETIRED, and callers hear what they will hear then
         successor = _successor(record)
         when = deprecated_until.isoformat(timespec="seconds")
@@ -147,9 +148,11 @@ def deprecation_warning(record: ModelVersionRecord) -> str:
 class Router:
     """Resolves requests against the current snapshot (see the module docstring)."""
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._models: dict[str, _ModelView] = {}
         self._rng = rng or random.Random()
+        self._clock = clock
+        """The time retirements are judged by: the one the rollout controller that retires versions reads."""
 
     def load(self, snapshot: Iterable[tuple[ModelRecord, list[ModelVersionRecord]]]) -> None:
         """Replace the routing state with ``snapshot`` (models with their versions)."""
@@ -191,7 +194,7 @@ class Router:
             primary, pinned = view.by_text(version, "model_version"), True
         else:
             primary, pinned = view.by_policy(routing_key, self._rng), False
-        primary = _serving(primary)
+        primary = _serving(primary, self._clock)
         shadow = None
         mirror = view.mirror
         if mirror is not None and mirror.version != primary.version and self._rng.random() < mirror.fraction:
