@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import resource
+import secrets
 import signal
 import socket
 import subprocess
@@ -360,7 +361,7 @@ def _start_monitor(workdir: Path, nats_url: str) -> tuple[subprocess.Popen[bytes
                 "metrics": {"port": 0},
                 "logging": {"level": "WARNING"},
                 "storage": {"chdb_path": str(workdir / "chdb")},
-                "events": {"nats_url": nats_url},
+                "events": {"nats_url": nats_url, "unit_id_hash_key": secrets.token_hex(16)},
                 "ingest": {"nats_enabled": True, "fetch_batch": 128, "fetch_timeout_s": 0.5},
             }
         )

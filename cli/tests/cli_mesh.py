@@ -49,6 +49,8 @@ T = TypeVar("T")
 CUSTOMERS = 120
 ADMIN_KEY = "im-cli-test-admin-key-0123456789"
 SCORER_KEY = "im-cli-test-scorer-key-0123456789"
+UNIT_HASH_KEY = "cli-tests-unit-id-hash-key"
+"""The unit-id hash key the business center and the monitor share (both refuse to start without one)."""
 CLI = [sys.executable, "-m", "infermesh_cli"]
 
 
@@ -299,7 +301,7 @@ def _biz_settings(root: Path, static: dict[str, list[str]]) -> dict[str, Any]:
             ]
         },
         "thrift": {"enabled": False},
-        "events": {"flush_interval_s": 0.05, "unit_id_hash_key": "cli-tests-unit-id-hash-key"},
+        "events": {"flush_interval_s": 0.05, "unit_id_hash_key": UNIT_HASH_KEY},
         "client": {"max_attempts": 1, "default_timeout_s": 5},
         "predict": {"exposure_dedup_s": 0},
     }
@@ -320,6 +322,7 @@ def running_mesh(root: Path) -> Iterator[Mesh]:
         root / "monitor",
         {
             "storage": {"chdb_path": str(root / "monitor" / "chdb")},
+            "events": {"unit_id_hash_key": UNIT_HASH_KEY},
             "analysis": {"export_interval_s": 1.0, "drift_min_samples": 10, "bootstrap_resamples": 100},
         },
         "MONITOR_",

@@ -19,6 +19,7 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from nats.js import JetStreamContext
 
 from infermesh.datagateway.v1 import data_gateway_pb2 as pb
 from infermesh_chassis.metrics import Metrics
@@ -115,6 +116,10 @@ def _count(metrics: Metrics, outcome: str) -> float:
     return value or 0.0
 
 
+async def _stream_holds(js: JetStreamContext, messages: int) -> bool:
+    return (await js.stream_info(STREAM)).state.messages == messages
+
+
 def _consuming(metrics: Metrics) -> bool:
     return metrics.registry.get_sample_value("infermesh_data_gateway_push_connected") == 1
 
@@ -130,9 +135,13 @@ async def test_pushes_published_while_no_gateway_runs_are_written_once_gateways_
         for customer in range(20):  # plain core NATS, as before: no JetStream client, no acknowledgement
             await publisher.publish(SUBJECT, _message(customer, "pro", customer))
         await publisher.flush()
+        # flush only proves the server read them: the stream stores them from a queue of its own, and
+        # a NATS stop drops what is still queued. Core NATS has no acknowledgement; wait for the stream.
+        js = publisher.jetstream()
+        await _until(lambda: _stream_holds(js, 20))
     finally:
         await publisher.close()
-    nats_server.stop()  # the stream is on disk: a NATS restart loses nothing either
+    nats_server.stop()  # the stream is on disk: a NATS restart loses nothing it stored
     nats_server.start()
     await asyncio.sleep(0.5)
     assert await _stored(store.url, 0) is None  # nothing consumed them yet

@@ -149,6 +149,7 @@ async def test_a_killed_worker_comes_back_with_its_versions_under_load(churn_mod
         load = Load(gw, x)
         try:
             assert await _health(gw) == "SERVING"
+            assert _restarts(gw) == 0  # exported from 0, so an alert's increase() counts the first restart
             os.kill(victim.pid, signal.SIGKILL)
             await asyncio.wait_for(gate.waiting.wait(), BACK_WITHIN_S)
             await _assert_down(gw, load, x)

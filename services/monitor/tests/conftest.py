@@ -14,7 +14,7 @@ from infermesh_monitor.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from monitor_support import NATS_SERVER, MonitorThread, NatsServer
+from monitor_support import NATS_SERVER, UNIT_HASH_KEY, MonitorThread, NatsServer
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def monitor(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -
     settings = Settings(
         storage={"chdb_path": tmp_path_factory.mktemp("monitor") / "chdb"},
         ingest={"nats_enabled": True, "fetch_timeout_s": 0.2},
-        events={"nats_url": nats_server.url},
+        events={"nats_url": nats_server.url, "unit_id_hash_key": UNIT_HASH_KEY},
         analysis={"export_interval_s": 0.5, "bootstrap_resamples": 300},
         metrics={"enabled": False},
     )

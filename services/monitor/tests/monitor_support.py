@@ -36,6 +36,8 @@ from infermesh_monitor.service import Monitor
 from infermesh_monitor.settings import Settings
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
+UNIT_HASH_KEY = "im-monitor-tests-unit-id-hash-key"
+"""The mesh's unit-id hash key in these tests (a monitor refuses to start without one)."""
 
 T = TypeVar("T")
 
@@ -168,6 +170,7 @@ class MonitorProcess:
             "metrics": {"enabled": False},
             "storage": {"chdb_path": str(workdir / "chdb")},
             "logging": {"level": "INFO"},
+            "events": {"unit_id_hash_key": UNIT_HASH_KEY},
         }
         for key, value in settings.items():
             base[key] = {**base.get(key, {}), **value}

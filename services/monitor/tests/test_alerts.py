@@ -2,7 +2,8 @@
 
 With ``promtool`` (Debian ``prometheus``, or ``PROMTOOL`` naming the binary) the rules are checked
 and their unit tests (``data/alerts_test.yml``) run; without it a schema check of the rule groups
-stands in. Either way, every metric a rule names must be one the services' registries expose.
+stands in. Either way, every metric a rule names must be one the services' registries expose: the
+monitor's, the model gateway's (built, not started) and a service's chassis emitter.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import DiskSpool, EventEmitter, SpoolingSink
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
+from infermesh_model_gateway.gateway import ModelGateway
+from infermesh_model_gateway.settings import Settings as ModelGatewaySettings
 
 ROOT = Path(__file__).resolve().parents[3]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -57,6 +60,7 @@ def test_rule_groups_are_well_formed() -> None:
             assert {"summary", "description"} <= set(rule["annotations"])
     assert {
         "InfermeshModelP99OverSlo", "InfermeshModelErrorRateHigh", "InfermeshThroughputDrop", "InfermeshEventsDropped",
+        "InfermeshTritonWorkerCrashLooping",
     } <= alerts  # fmt: skip
 
 
@@ -105,13 +109,16 @@ async def test_every_metric_the_rules_name_is_exported(stub, monitor: MonitorThr
     sink = SpoolingSink(_NeverSink(), DiskSpool(tmp_path / "spool", max_bytes=1 << 20), service)
     EventEmitter(sink, EventSettings(), service)
     service_names = _series_names(service)
+    gateway = Metrics("model-gateway")
+    ModelGateway(ModelGatewaySettings(data_dir=tmp_path / "model-gateway", metrics={"enabled": False}), gateway)
+    names |= _series_names(gateway)
 
     expressions = [rule["expr"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
     for expr in expressions:
         for pattern in re.findall(r'__name__=~"([^"]+)"', expr):
             assert any(re.fullmatch(pattern, name) for name in service_names | names), f"nothing matches {pattern}"
         for name in re.findall(r"\b(infermesh_[a-z0-9_]+)\b", re.sub(r'__name__=~"[^"]+"', "", expr)):
-            assert name in names, f"{name} is not exported by the monitor"
+            assert name in names, f"{name} is exported by neither the monitor nor the model gateway"
 
 
 class _NeverSink:

@@ -5,6 +5,8 @@ as JSON (``{"feature_view": ..., "rows": [{"keys": {...}, "values": {...}, "even
 "2026-11-01T10:00:00Z"}]}``). The gateway ensures a JetStream stream over those subjects, so a
 message is stored whether it was published through JetStream (the publisher gets JetStream's
 acknowledgement once it is stored) or with a plain core NATS publish, also while no gateway runs.
+A core NATS publish has no acknowledgement: the server hands it to the stream through a queue, so
+NATS stopping right after it (even after the publisher's flush) can lose it.
 
 Every gateway instance pulls from one durable consumer (each message goes to one of them) and
 acknowledges a message only once its rows are in the online store. A message that can never be

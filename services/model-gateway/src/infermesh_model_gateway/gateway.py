@@ -99,6 +99,7 @@ class ModelGateway:
                 worker_id=f"embedded-{index}",
             )
             self.embedded.append(server)
+            self._restarts.labels(server.worker_id)  # exported from 0: increase() in an alert sees the first one
         await asyncio.gather(*(s.start(timeout_s=settings.workers.startup_timeout_s) for s in self.embedded))
         for server in self.embedded:
             await self.pool.add(server.worker_id, server.grpc_address)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from infermesh_chassis.settings import ServiceSettings
@@ -102,3 +102,10 @@ class Settings(ServiceSettings):
     storage: StorageSettings = StorageSettings()
     ingest: IngestSettings = IngestSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        # ReportFeedback hashes the unit ids of labels with the mesh's key, whether or not anything
+        # else is enabled: without a key it would be a plain hash, and labels would match no prediction.
+        self.events.check_unit_id_hash_key(str(self.model_config.get("env_prefix", "")))
+        return self
