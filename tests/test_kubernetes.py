@@ -215,8 +215,14 @@ def test_helm_lint_passes():
         ({"secrets": SECRETS, "services": {"modelGateway": {"replicas": 2}}}, "modelGatewayRegistryUrl"),
         ({"secrets": SECRETS, "services": {"modelGateway": {"sharedRegistry": True}}}, "model-gateway-registry-url"),
         ({"secrets": SECRETS, "services": {"monitor": {"storageBackend": "chdb"}}}, "chdb backend"),
-        ({"secrets": SECRETS, "services": {"monitor": {"storageBackend": "mysql"}}}, "clickhouse or chdb"),
+        (
+            {"secrets": SECRETS, "services": {"monitor": {"storageBackend": "mysql"}}},
+            "/services/monitor/storageBackend",
+        ),
         ({"secrets": SECRETS, "triton": {"gpu": {"enabled": False}}}, "no worker"),
+        # values.schema.json: a misspelled service, workers that are neither a number nor "auto".
+        ({"secrets": SECRETS, "services": {"dataGateways": {}}}, "additional properties 'dataGateways'"),
+        ({"secrets": SECRETS, "services": {"bizCenter": {"grpc": {"workers": "many"}}}}, "grpc/workers"),
     ],
 )
 def test_the_chart_refuses_values_that_cannot_work(values: dict[str, Any], message: str):
