@@ -276,6 +276,10 @@ def pod_problems(objects: list[Rendered], service: str, values: dict[str, Any]) 
     pdbs = [o.obj for o in objects if o.kind == "PodDisruptionBudget" and o.name == name]
     if not pdbs or pdbs[0]["spec"]["selector"]["matchLabels"] != selector:
         problems.append(f"{service}: no PodDisruptionBudget for its pods")
+    else:
+        fewest = values["autoscaling"]["minReplicas"] if values["autoscaling"]["enabled"] else values["replicas"]
+        if int(pdbs[0]["spec"].get("minAvailable", 0)) >= fewest:
+            problems.append(f"{service}: the PodDisruptionBudget lets no pod of {fewest} go: node drains would hang")
     services = [o.obj for o in objects if o.kind == "Service" and o.name == name]
     if not services or services[0]["spec"]["selector"] != selector:
         problems.append(f"{service}: no Service for its pods")
@@ -323,9 +327,13 @@ def test_pod_checks_catch_broken_services():
     work["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 5
     work["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "50051"
     find(objects, "PodDisruptionBudget", f"{RELEASE}-data-gateway")["spec"]["selector"]["matchLabels"] = {"x": "y"}
+    pdb = find(objects, "PodDisruptionBudget", f"{RELEASE}-biz-center")["spec"]
+    del pdb["maxUnavailable"]
+    pdb["minAvailable"] = 2
     hpa = find(objects, "HorizontalPodAutoscaler", f"{RELEASE}-data-gateway")
     hpa["spec"]["metrics"][1]["pods"]["metric"]["name"] = "infermesh_data_gateway_grpc_server_requests"
     problems = pod_problems(objects, "data-gateway", service_values("data-gateway", "scaled-cpu"))
+    problems += pod_problems(objects, "biz-center", service_values("biz-center", "scaled-cpu"))
     for expected in (
         "no native gRPC readinessProbe",
         "requests and limits",
@@ -333,6 +341,7 @@ def test_pod_checks_catch_broken_services():
         "not scraped",
         "no PodDisruptionBudget",
         "not on calls in flight",
+        "node drains would hang",
     ):
         assert any(expected in p for p in problems), (expected, problems)
 
