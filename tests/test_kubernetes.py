@@ -459,6 +459,10 @@ def test_chart_and_compose_give_each_service_the_same_settings(service: str):
     service_ports = {p["port"] for p in find(ours(objects), "Service", f"{RELEASE}-{service}")["spec"]["ports"]}
     image_ports = {int(v) for k, v in image.items() if k.endswith("PORT")}
     assert compose_ports <= container_ports == service_ports == image_ports
+    # The same time to drain and close before a kill as compose gives.
+    grace = project(None)["services"][service]["stop_grace_period"]
+    pod = workload(objects, service)["spec"]["template"]["spec"]
+    assert f"{pod['terminationGracePeriodSeconds']}s" == grace
 
 
 def test_compose_agreement_catches_a_drifting_chart():
