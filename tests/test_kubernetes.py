@@ -50,6 +50,8 @@ from infermesh_chassis.settings import GrpcServerSettings, load_settings
 CHART = DEPLOY / "kubernetes"
 KUBERNETES_VERSION = "1.33.0"
 """The Kubernetes version the chart is rendered for and validated against (schemas of kubernetes-validate)."""
+OLDEST_KUBERNETES = "1.27.0"
+"""The oldest version the chart accepts (Chart.yaml's kubeVersion): validated against too."""
 RELEASE = "im"
 NAMESPACE = "infermesh"
 HASH_KEY = "test-unit-id-hash-key-0123456789"
@@ -156,15 +158,15 @@ def container(work: dict[str, Any]) -> dict[str, Any]:
     return dict(work["spec"]["template"]["spec"]["containers"][0])
 
 
-def validation_problems(objects: list[Rendered]) -> list[str]:
+def validation_problems(objects: list[Rendered], version: str = KUBERNETES_VERSION) -> list[str]:
     problems = []
     for item in objects:
         try:
-            kubernetes_validate.validate(item.obj, KUBERNETES_VERSION, strict=True)
+            kubernetes_validate.validate(item.obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             problems.append(f"{item.kind}/{item.name} ({item.source}): {exc.message} at {list(exc.path)}")
         except kubernetes_validate.SchemaNotFoundError:
-            problems.append(f"{item.kind}/{item.name} ({item.source}): {item.obj['apiVersion']} is no API of 1.33")
+            problems.append(f"{item.kind}/{item.name} ({item.source}): {item.obj['apiVersion']} is no API of {version}")
     return problems
 
 
@@ -177,6 +179,12 @@ def test_every_rendered_object_validates_against_the_kubernetes_schemas(variant:
     kinds = {o.kind for o in ours(objects)}
     assert {"Deployment", "StatefulSet", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
     assert validation_problems(objects) == []
+
+
+def test_the_oldest_kubernetes_the_chart_accepts_takes_every_object():
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"] == f">={OLDEST_KUBERNETES}-0"
+    for variant, values in VARIANTS.items():
+        assert validation_problems(render(values, OLDEST_KUBERNETES), OLDEST_KUBERNETES) == [], variant
 
 
 def test_schema_validation_catches_broken_objects():
@@ -192,7 +200,7 @@ def test_schema_validation_catches_broken_objects():
     broken = [Rendered("broken", obj) for obj in (deployment, hpa, service, pdb)]
     problems = validation_problems(broken)
     assert len(problems) == 4, problems
-    assert "no API of 1.33" in problems[3]
+    assert f"no API of {KUBERNETES_VERSION}" in problems[3]
 
 
 def test_the_chart_refuses_clusters_without_native_grpc_probes():
