@@ -595,7 +595,8 @@ def test_triton_workers_run_as_in_compose_and_register_where_the_gateway_looks(k
 def in_flight_metric(service: str) -> str:
     """The metric prometheus-adapter serves for ``service``, from the latency histogram the chassis exports."""
     metrics = Metrics(service)
-    histogram = f"{metrics.server.latency._name}_sum"
+    (family,) = metrics.server.latency.describe()
+    histogram = f"{family.name}_sum"
     (rule,) = yaml.safe_load((CHART / "prometheus-adapter-values.yaml").read_text())["rules"]["custom"]
     series = re.search(r'__name__=~"([^"]+)"', rule["seriesQuery"]).group(1)  # type: ignore[union-attr]
     assert re.fullmatch(series, histogram), f"the adapter's seriesQuery misses {histogram}"
@@ -660,10 +661,22 @@ def allowed(objects: list[Rendered], source: Pod, target: Pod, port: int) -> boo
     return False
 
 
+WORKLOAD_KINDS = {
+    "biz-center": "Deployment",
+    "data-gateway": "Deployment",
+    "model-gateway": "StatefulSet",
+    "monitor": "StatefulSet",
+    "triton-gpu": "Deployment",
+    "nats": "StatefulSet",
+    "redis": "StatefulSet",
+}
+"""The workloads whose pods the network policy test places (in both variants it renders), by kind."""
+
+
 @pytest.mark.parametrize("variant", ["default", "chdb-external-consul"])
 def test_only_the_biz_center_reaches_the_gateways(variant: str):
     objects = rendered(variant)
-    pods = {name: pod_of(objects, kind, f"{RELEASE}-{name}") for name, kind in WORKLOAD_KINDS[variant].items()}
+    pods = {name: pod_of(objects, kind, f"{RELEASE}-{name}") for name, kind in WORKLOAD_KINDS.items()}
     if variant == "default":
         consul = pod_of(objects, "DaemonSet", f"{RELEASE}-consul-client")
     else:
@@ -691,20 +704,6 @@ def test_only_the_biz_center_reaches_the_gateways(variant: str):
     assert allowed(objects, pods["biz-center"], pods["redis"], 6379)
     assert allowed(objects, pods["data-gateway"], pods["nats"], 4222)
     assert not allowed(objects, stranger, pods["redis"], 6379) and not allowed(objects, stranger, pods["nats"], 4222)
-
-
-WORKLOAD_KINDS = {
-    "default": {
-        "biz-center": "Deployment",
-        "data-gateway": "Deployment",
-        "model-gateway": "StatefulSet",
-        "monitor": "StatefulSet",
-        "triton-gpu": "Deployment",
-        "nats": "StatefulSet",
-        "redis": "StatefulSet",
-    },
-}
-WORKLOAD_KINDS["chdb-external-consul"] = WORKLOAD_KINDS["default"]
 
 
 def test_network_policy_evaluation_catches_an_open_gateway():
