@@ -752,6 +752,11 @@ def test_services_register_through_the_consul_agent_of_their_node():
             chart_env(objects, service)[f"{settings_class(service).model_config['env_prefix']}DISCOVERY__CONSUL_ADDR"]
         )
         assert address.hostname == "192.168.0.4" and address.port in host_ports, service
+    # An agent on every node a service or worker may run on: the GPU nodes' taint is tolerated too.
+    tolerated = client["spec"]["template"]["spec"].get("tolerations", [])
+    for component in (*SERVICES, "triton-gpu"):
+        for toleration in workload(objects, component)["spec"]["template"]["spec"].get("tolerations", []):
+            assert toleration in tolerated, (component, toleration)
     assert not [o for o in objects if "/charts/" in o.source and o.kind == "CustomResourceDefinition"]
     assert not [o for o in rendered("chdb-external-consul") if "/charts/" in o.source]
 
