@@ -278,6 +278,10 @@ def pod_problems(objects: list[Rendered], service: str, values: dict[str, Any]) 
         ports.get("metrics")
     ):
         problems.append(f"{service}: not scraped on its metrics port")
+    paths = [m["mountPath"] for m in main["volumeMounts"]]
+    for index, path in enumerate(paths):
+        if any(path.startswith(f"{later}/") for later in paths[index + 1 :]):
+            problems.append(f"{service}: {path} is mounted before the volume that holds it")
     selector = work["spec"]["selector"]["matchLabels"]
     if not selector.items() <= pod["metadata"]["labels"].items():
         problems.append(f"{service}: the selector does not select its own pods")
@@ -331,6 +335,7 @@ def test_pod_checks_catch_broken_services():
     work = workload(objects, "data-gateway")
     main = work["spec"]["template"]["spec"]["containers"][0]
     main["readinessProbe"] = {"tcpSocket": {"port": 50051}}
+    main["volumeMounts"].reverse()
     del main["resources"]["limits"]["memory"]
     work["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 5
     work["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "50051"
@@ -350,6 +355,7 @@ def test_pod_checks_catch_broken_services():
         "no PodDisruptionBudget",
         "not on calls in flight",
         "node drains would hang",
+        "is mounted before the volume that holds it",
     ):
         assert any(expected in p for p in problems), (expected, problems)
 
