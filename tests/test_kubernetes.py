@@ -208,8 +208,9 @@ def test_the_chart_refuses_clusters_without_native_grpc_probes():
         render(VARIANTS["default"], kube_version="1.26.0")
 
 
-def test_helm_lint_passes():
-    report = helm_python.lint(CHART, VARIANTS["default"], strict=True, kube_version=f"v{KUBERNETES_VERSION}")
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_helm_lint_passes(variant: str):
+    report = helm_python.lint(CHART, VARIANTS[variant], strict=True, kube_version=f"v{KUBERNETES_VERSION}")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
