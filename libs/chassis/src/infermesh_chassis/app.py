@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -44,16 +47,46 @@ class Runtime:
     discovery: Discovery
     channels: ChannelPool
     server: GrpcServer
+    instance_dir: Path
+    """A directory shared by every worker process of this instance: created before the workers start,
+    removed after the last one stopped (a temporary directory of its own with one worker)."""
+    worker_index: int = 0
+    """This process's number among the instance's workers, 0 to ``worker_count - 1``."""
+    worker_count: int = 1
+    """Worker processes serving this instance's port (``grpc.workers`` resolved)."""
     _cleanups: list[Cleanup] = field(default_factory=list)
+    _owned_dir: bool = False
 
     @classmethod
-    def create(cls, settings: ServiceSettings) -> Runtime:
-        """Build the runtime for ``settings`` (nothing is started yet)."""
+    def create(
+        cls,
+        settings: ServiceSettings,
+        *,
+        worker_index: int = 0,
+        worker_count: int = 1,
+        instance_dir: Path | None = None,
+    ) -> Runtime:
+        """Build the runtime for ``settings`` (nothing is started yet).
+
+        Without ``instance_dir`` the runtime makes a temporary one and removes it in :meth:`close`.
+        """
         metrics = Metrics(settings.service_name)
         discovery = create_discovery(settings.discovery)
         channels = ChannelPool(metrics, max_message_bytes=settings.grpc.max_send_message_bytes)
         server = GrpcServer(settings, metrics=metrics, discovery=discovery)
-        return cls(settings, metrics, discovery, channels, server)
+        owned = instance_dir is None
+        directory = Path(tempfile.mkdtemp(prefix=f"{settings.service_name}-")) if instance_dir is None else instance_dir
+        return cls(
+            settings,
+            metrics,
+            discovery,
+            channels,
+            server,
+            directory,
+            worker_index=worker_index,
+            worker_count=worker_count,
+            _owned_dir=owned,
+        )
 
     def client(
         self, service: str, stub_factory: Callable[[grpc.aio.Channel], Any], idempotent: Iterable[str] = ()
@@ -107,6 +140,8 @@ class Runtime:
         self._cleanups.clear()
         await self.channels.close()
         await self.discovery.close()
+        if self._owned_dir:
+            shutil.rmtree(self.instance_dir, ignore_errors=True)
 
 
 def run_service(
