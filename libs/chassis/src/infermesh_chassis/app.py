@@ -207,13 +207,25 @@ async def _serve_runtime(
 class _WorkerSpec:
     """What a spawned worker needs (pickled into it).
 
-    ``build`` travels as its module and name: a service run with ``python -m`` defines it in its
-    ``__main__``, which a spawned interpreter does not run, so the worker imports that module by name.
+    ``build`` and the settings' class travel as module and name: a service run with ``python -m``
+    defines ``build`` in its ``__main__``, which a spawned interpreter does not run, so the worker imports
+    that module by name. The settings travel as the object's state, not parsed again (the environment
+    would override the port the parent reserved).
     """
+
+    def load(self) -> tuple[Callable[[Any, Runtime], Awaitable[None]], ServiceSettings]:
+        """The build function and the settings, in the worker."""
+        build = getattr(importlib.import_module(self.build_module), self.build_name)
+        cls = getattr(importlib.import_module(self.settings_module), self.settings_name)
+        settings = cls.__new__(cls)
+        settings.__setstate__(self.settings_state)
+        return build, settings
 
     build_module: str
     build_name: str
-    settings: ServiceSettings
+    settings_module: str
+    settings_name: str
+    settings_state: dict[str, Any]
     count: int
     instance_dir: Path
     parent_pid: int
@@ -222,17 +234,16 @@ class _WorkerSpec:
 def _worker_main(index: int, spec: _WorkerSpec) -> None:
     """One worker of an instance, in a freshly spawned interpreter: the service, bound with SO_REUSEPORT."""
     set_parent_death_signal(spec.parent_pid)
-    settings = spec.settings
+    build, settings = spec.load()
     configure_logging(settings.service_name, settings.logging.level, json=settings.logging.json_format)
-    build = getattr(importlib.import_module(spec.build_module), spec.build_name)
     worker = WorkerSlot(spec.instance_dir, index, spec.count)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve_runtime(settings, build, worker))
 
 
-def _module_of(function: Callable[..., Any]) -> str:
-    """The name a fresh interpreter imports ``function``'s module by (``-m pkg`` runs ``pkg.__main__``)."""
-    module = function.__module__
+def _module_of(defined: Any) -> str:
+    """The name a fresh interpreter imports ``defined``'s module by (``-m pkg`` runs ``pkg.__main__``)."""
+    module = str(defined.__module__)
     if module == "__main__":
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         if spec is not None:
@@ -255,7 +266,14 @@ def _supervise(settings: S, build: Callable[[S, Runtime], Awaitable[None]], coun
                 _worker_main,
                 (
                     _WorkerSpec(
-                        _module_of(build), build.__qualname__, worker_settings, count, instance_dir, os.getpid()
+                        _module_of(build),
+                        build.__qualname__,
+                        _module_of(type(settings)),
+                        type(settings).__qualname__,
+                        worker_settings.__getstate__(),
+                        count,
+                        instance_dir,
+                        os.getpid(),
                     ),
                 ),
                 grace_s=settings.grpc.grace_period_s,
