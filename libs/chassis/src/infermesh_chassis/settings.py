@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -66,6 +66,15 @@ class GrpcServerSettings(BaseModel):
     """How long to wait for a keepalive ack before closing the connection."""
     grace_period_s: float = Field(10.0, ge=0)
     """On shutdown, how long in-flight calls get to finish before they are cancelled."""
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """Processes serving this one port (each its own server bound with ``SO_REUSEPORT``, under one
+    parent that restarts them); ``auto``: one per core this process may run on. 1 serves from this very
+    process, with no parent."""
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` as a number (``auto`` resolved to the cores this process may use)."""
+        return len(os.sched_getaffinity(0)) if self.workers == "auto" else self.workers
 
 
 class MetricsSettings(BaseModel):
