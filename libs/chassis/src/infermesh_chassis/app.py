@@ -26,6 +26,7 @@ from infermesh_chassis.logs import configure_logging, get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.server import GrpcServer, serve
 from infermesh_chassis.settings import ServiceSettings, load_settings_or_exit
+from infermesh_chassis.tracing import Tracing
 
 __all__ = ["Runtime", "run_service"]
 
@@ -44,6 +45,8 @@ class Runtime:
     discovery: Discovery
     channels: ChannelPool
     server: GrpcServer
+    tracing: Tracing | None = None
+    """The service's tracing (None when ``settings.tracing.endpoint`` is empty)."""
     _cleanups: list[Cleanup] = field(default_factory=list)
 
     @classmethod
@@ -52,8 +55,9 @@ class Runtime:
         metrics = Metrics(settings.service_name)
         discovery = create_discovery(settings.discovery)
         channels = ChannelPool(metrics, max_message_bytes=settings.grpc.max_send_message_bytes)
-        server = GrpcServer(settings, metrics=metrics, discovery=discovery)
-        return cls(settings, metrics, discovery, channels, server)
+        tracing = Tracing.create(settings.tracing, settings.service_name, metrics)
+        server = GrpcServer(settings, metrics=metrics, discovery=discovery, tracing=tracing)
+        return cls(settings, metrics, discovery, channels, server, tracing)
 
     def client(
         self, service: str, stub_factory: Callable[[grpc.aio.Channel], Any], idempotent: Iterable[str] = ()
@@ -66,6 +70,7 @@ class Runtime:
             channels=self.channels,
             settings=self.settings.client,
             idempotent=idempotent,
+            tracing=self.tracing,
         )
 
     def event_emitter(self, monitor_service: str = "monitor") -> EventEmitter:
@@ -107,6 +112,8 @@ class Runtime:
         self._cleanups.clear()
         await self.channels.close()
         await self.discovery.close()
+        if self.tracing is not None:
+            await self.tracing.shutdown()
 
 
 def run_service(

@@ -30,6 +30,7 @@ from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
 from infermesh_chassis.settings import ServiceSettings
+from infermesh_chassis.tracing import Tracing
 
 __all__ = ["GrpcServer", "serve"]
 
@@ -50,6 +51,7 @@ class GrpcServer:
         metrics: Metrics | None = None,
         discovery: Discovery | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics(settings.service_name)
@@ -66,7 +68,7 @@ class GrpcServer:
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ]
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.metrics.server), *interceptors],
+            interceptors=[ServerInterceptor(self.metrics.server, tracing), *interceptors],
             options=options,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )
