@@ -17,8 +17,11 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 
+from infermesh.common.v1 import common_pb2
 from infermesh_chassis import tracing as tr
-from infermesh_chassis.settings import ServiceSettings, TracingSettings
+from infermesh_chassis.events import AuditPayload, EncodedBatch, EventEmitter, EventSource, decode_batch
+from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.settings import EventSettings, ServiceSettings, TracingSettings
 from infermesh_chassis.tracing import Tracing, format_traceparent, parse_traceparent
 
 SERVICE = "test.Echo"
@@ -216,3 +219,33 @@ async def test_spans_opened_inside_a_request_are_children_of_its_span(collector,
     with tr.span("outside") as nothing:
         assert nothing is None
     assert json.dumps(tr.current_ids()) == "null"
+
+
+async def test_events_emitted_inside_a_sampled_request_carry_its_trace(collector, traced, echo_service_class) -> None:
+    receiver, endpoint = collector
+    batches: list[bytes] = []
+
+    class Sink:
+        async def send(self, batch: EncodedBatch) -> None:
+            batches.append(batch.payload)
+
+    emitter = EventEmitter(Sink(), EventSettings(flush_interval_s=0.01), Metrics("emitting"))
+    source = EventSource("svc", "i-1")
+    emitter.start()
+
+    class Emitting(echo_service_class):  # type: ignore[misc,valid-type]
+        async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            emitter.emit(source, AuditPayload("svc", common_pb2.AuditEntry(action=request.decode())))
+            return request
+
+    sampled, _, sampled_tracing = await traced("sampled", endpoint, ratio=1.0, service_cls=Emitting)
+    unsampled, _, _ = await traced("unsampled", endpoint, ratio=0.0, service_cls=Emitting)
+    await call(sampled.address, "Echo", b"traced")
+    await call(unsampled.address, "Echo", b"untraced")
+    emitter.emit(source, AuditPayload("svc", common_pb2.AuditEntry(action="outside")))
+    await emitter.stop()
+    events = {e.audit.entry.action: e for payload in batches for e in decode_batch(payload)}
+    spans = await flushed(receiver, [sampled_tracing], 1)
+    assert (events["traced"].trace_id, events["traced"].span_id) == (spans[0]["trace_id"], spans[0]["span_id"])
+    assert events["untraced"].trace_id == events["untraced"].span_id == ""
+    assert events["outside"].trace_id == ""
