@@ -159,6 +159,8 @@ _EVENTS_IN: list[tuple[str, str]] = [
     ("source_service", "String"),
     ("source_instance", "String"),
     ("request_id", "String"),
+    ("trace_id", "String"),
+    ("span_id", "String"),
     ("inference_scene", "String"),
     ("inference_unit_id_hash", "String"),
     ("inference_variant", "String"),
@@ -321,6 +323,8 @@ def _tables(s: StorageSettings) -> list[_Table]:
         ("request_id", "String"),
         ("source_service", "LowCardinality(String)"),
         ("source_instance", "LowCardinality(String)"),
+        ("trace_id", "String"),
+        ("span_id", "String"),
     ]
     events_ttl = f"toDateTime(time) + INTERVAL {s.events_ttl_days} DAY"
     return [
@@ -482,6 +486,34 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "bucket + INTERVAL 2 DAY",
         ),
         _Table(
+            "spans",
+            [
+                ("start", "DateTime64(6, 'UTC')"),
+                ("trace_id", "String"),
+                ("span_id", "String"),
+                ("parent_span_id", "String"),
+                ("service", "LowCardinality(String)"),
+                ("name", "LowCardinality(String)"),
+                ("kind", "UInt8"),
+                ("duration_ms", "Float64"),
+                ("status", "UInt8"),
+                ("status_message", "String"),
+                ("request_id", "String"),
+                ("scene", "LowCardinality(String)"),
+                ("degraded", "Bool"),
+                ("fallback", "LowCardinality(String)"),
+                ("attributes", "Map(String, String)"),
+            ],
+            "ReplacingMergeTree",
+            "(trace_id, span_id)",
+            "toDate(start)",
+            f"toDateTime(start) + INTERVAL {s.spans_ttl_days} DAY",
+            (
+                "INDEX request_idx request_id TYPE bloom_filter GRANULARITY 4",
+                "INDEX start_idx start TYPE minmax GRANULARITY 4",
+            ),
+        ),
+        _Table(
             "ingested_batches",
             [
                 ("batch_id", "String"),
@@ -545,7 +577,8 @@ def _outputs(prefix: str, float_outputs: bool) -> str:
 _VIEWS: dict[str, tuple[str, str]] = {
     "inference_events": (
         "events_in_inference",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             inference_scene AS scene, inference_variant AS variant, inference_unit_id_hash AS unit_id_hash,
             inference_model AS model, inference_model_version AS model_version, inference_worker AS worker,
             inference_latency_ms AS latency_ms, inference_status_code AS status_code,
@@ -575,7 +608,8 @@ _VIEWS: dict[str, tuple[str, str]] = {
     ),
     "shadow_events": (
         "events_in_shadow",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             shadow_model AS model, shadow_primary_version AS primary_version, shadow_shadow_version AS shadow_version,
             shadow_primary_latency_ms AS primary_latency_ms, shadow_shadow_latency_ms AS shadow_latency_ms,
             shadow_shadow_error_code != 0 OR shadow_shadow_error_message != '' AS shadow_failed,
@@ -588,14 +622,16 @@ _VIEWS: dict[str, tuple[str, str]] = {
     ),
     "exposure_events": (
         "events_in_exposure",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             exposure_scene AS scene, exposure_experiment AS experiment, exposure_layer AS layer,
             exposure_variant AS variant, exposure_unit_id_hash AS unit_id_hash
         FROM events_in_exposure""",
     ),
     "audit_events": (
         "events_in_audit",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             audit_service AS service, audit_entry_id AS entry_id,
             fromUnixTimestamp64Micro(audit_entry_time_seconds * 1000000 + intDiv(audit_entry_time_nanos, 1000), 'UTC')
                 AS entry_time,
@@ -606,7 +642,8 @@ _VIEWS: dict[str, tuple[str, str]] = {
     ),
     "feedback_events": (
         "events_in_feedback",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             feedback_target_request_id AS target_request_id, feedback_unit_id_hash AS unit_id_hash,
             feedback_scene AS scene, feedback_label_name AS label_name, toString(feedback_label_kind) AS label_kind,
             multiIf(feedback_label_kind = 'double_value', feedback_label_double_value,
