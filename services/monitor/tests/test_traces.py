@@ -94,7 +94,7 @@ async def test_exported_spans_are_stored_and_read_back(monitor: MonitorThread, s
     await back.shutdown()
 
 
-async def test_a_request_id_finds_its_trace_through_its_events(monitor: MonitorThread, stub) -> None:
+async def test_a_request_id_finds_its_trace_and_the_trace_its_events(monitor: MonitorThread, stub) -> None:
     tracing = tracing_to(monitor, "model-gateway")
     span = tracing.tracer.start_span("inference.GRPCInferenceService/ModelInfer", kind=SpanKind.SERVER)
     span.end()
@@ -110,7 +110,11 @@ async def test_a_request_id_finds_its_trace_through_its_events(monitor: MonitorT
         except grpc.aio.AioRpcError as exc:
             assert exc.code() is grpc.StatusCode.NOT_FOUND
             return False
-        return reply.trace_id == trace_id
+        assert reply.trace_id == trace_id
+        [stored] = reply.events
+        assert (stored.event_id, stored.kind, stored.service) == (event.event_id, "inference", "model-gateway")
+        assert stored.span_id == event.span_id and stored.request_id == event.request_id
+        return True
 
     await until(found, timeout_s=30)
     await tracing.shutdown()

@@ -52,9 +52,14 @@ from infermesh_chassis.settings import TracingSettings
 
 __all__ = [
     "TRACEPARENT_METADATA_KEY",
+    "OtlpGrpcSpanExporter",
     "Tracing",
     "annotate",
+    "attached",
+    "captured",
     "current_ids",
+    "end_span",
+    "exemplar_of",
     "format_traceparent",
     "parse_traceparent",
     "span",
@@ -110,6 +115,21 @@ def annotate(**attributes: str | bool | int | float) -> None:
     current = trace.get_current_span()
     if current.is_recording():
         current.set_attributes(attributes)
+
+
+def captured() -> otel_context.Context:
+    """The current trace context, to run work for this request later or elsewhere (:func:`attached`)."""
+    return otel_context.get_current()
+
+
+@contextmanager
+def attached(context: otel_context.Context) -> Iterator[None]:
+    """Make a :func:`captured` trace context current for the block (a batch run for its first member)."""
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 @contextmanager
@@ -174,18 +194,25 @@ class Tracing:
         return self.exporter.dropped + self.processor.overflowed
 
     def start_server(
-        self, name: str, traceparent: str | bytes | None, request_id: str
+        self, name: str, traceparent: str | bytes | None, request_id: str, system: str = "grpc"
     ) -> tuple[Span, Token[otel_context.Context]]:
-        """Open the SERVER span of one RPC, child of ``traceparent`` when it is valid, and make it current."""
+        """Open the SERVER span of one RPC, child of ``traceparent`` when it is valid, and make it current
+        (end it with :meth:`end_server`)."""
         remote = parse_traceparent(traceparent)
         parent = _NEW_TRACE if remote is None else trace.set_span_in_context(NonRecordingSpan(remote), _NEW_TRACE)
         server_span = self.tracer.start_span(
             name,
             parent,
             SpanKind.SERVER,
-            {"rpc.system": "grpc", "rpc.method": name, "infermesh.request_id": request_id},
+            {"rpc.system": system, "rpc.method": name, "infermesh.request_id": request_id},
         )
         return server_span, otel_context.attach(trace.set_span_in_context(server_span))
+
+    @staticmethod
+    def end_server(server_span: Span, token: Token[otel_context.Context], code: grpc.StatusCode) -> None:
+        """Make what was current before :meth:`start_server` current again and end its span with ``code``."""
+        otel_context.detach(token)
+        end_span(server_span, code)
 
     def start_client(self, name: str, peer: str) -> tuple[Span, str]:
         """Open the CLIENT span of one downstream call (child of the current span) and its ``traceparent``."""

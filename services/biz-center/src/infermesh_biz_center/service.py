@@ -79,6 +79,7 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
             channels=channels,
             settings=settings.client,
             idempotent=idempotent,
+            tracing=runtime.tracing,
         )
 
     emitter: EventEmitter | None = None
@@ -175,7 +176,7 @@ async def _start_thrift(
     """The Thrift front when enabled: started, its port reported in the ready file, stopped at shutdown."""
     if not settings.thrift.enabled:
         return None
-    thrift = ThriftFront(predictor, auth, settings.thrift, runtime.metrics)
+    thrift = ThriftFront(predictor, auth, settings.thrift, runtime.metrics, runtime.tracing)
     await thrift.start()
     runtime.on_stop(lambda: thrift.stop(settings.grpc.grace_period_s))
     runtime.server.report_port("thrift", thrift.port)

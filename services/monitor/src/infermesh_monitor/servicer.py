@@ -142,6 +142,15 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
                 attributes=span.attributes,
             )
             out.start.FromMicroseconds(span.start_us)
+        for event in await self._traces.events(trace_id):
+            stored = response.events.add(
+                event_id=event.event_id,
+                kind=event.kind,
+                service=event.service,
+                span_id=event.span_id,
+                request_id=event.request_id,
+            )
+            stored.time.FromMicroseconds(event.time_us)
         return response
 
     async def ListTraces(

@@ -32,6 +32,7 @@ from infermesh_monitor.store import Store, json_rows
 
 __all__ = [
     "MAX_SPANS_PER_EXPORT",
+    "EventRow",
     "OtlpTraceServicer",
     "SpanRow",
     "TraceQueries",
@@ -158,6 +159,21 @@ class SpanRow:
 
 
 @dataclass(frozen=True, slots=True)
+class EventRow:
+    """One stored event of a trace."""
+
+    event_id: str
+    kind: str
+    service: str
+    time_us: int
+    span_id: str
+    request_id: str
+
+
+_EVENT_KINDS = ("inference", "shadow", "exposure", "audit", "feedback")
+
+
+@dataclass(frozen=True, slots=True)
 class TraceSummaryRow:
     """One trace of a listing."""
 
@@ -230,6 +246,19 @@ class TraceQueries:
             )
             for r in rows
         ]
+
+    async def events(self, trace_id: str) -> list[EventRow]:
+        """The events stored with ``trace_id``, by time (each event table is scanned by trace id)."""
+        union = " UNION ALL ".join(
+            f"SELECT event_id, '{kind}' AS kind, source_service, toUnixTimestamp64Micro(time) AS at, span_id, "
+            f"request_id FROM {kind}_events WHERE trace_id = {{trace_id:String}}"
+            for kind in _EVENT_KINDS
+        )
+        rows = await self._store.rows(
+            f"SELECT * FROM ({union}) ORDER BY at, event_id LIMIT {{limit:UInt32}}",
+            {"trace_id": trace_id, "limit": MAX_TRACE_SPANS},
+        )
+        return [EventRow(str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), str(r[5])) for r in rows]
 
     async def slowest(self, scene: str, since_s: float, limit: int) -> list[TraceSummaryRow]:
         """The ``limit`` slowest traces that started in the last ``since_s`` seconds (of ``scene`` if set)."""

@@ -681,12 +681,30 @@ class TraceSpan(_message.Message):
     def __init__(self, trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., parent_span_id: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[SpanKind, str]] = ..., start: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status: _Optional[_Union[SpanStatus, str]] = ..., status_message: _Optional[str] = ..., request_id: _Optional[str] = ..., degraded: bool = ..., fallback: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetTraceResponse(_message.Message):
-    __slots__ = ("trace_id", "spans")
+    __slots__ = ("trace_id", "spans", "events")
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     SPANS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     trace_id: str
     spans: _containers.RepeatedCompositeFieldContainer[TraceSpan]
-    def __init__(self, trace_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[TraceEvent]
+    def __init__(self, trace_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[TraceEvent, _Mapping]]] = ...) -> None: ...
+
+class TraceEvent(_message.Message):
+    __slots__ = ("event_id", "kind", "service", "time", "span_id", "request_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    kind: str
+    service: str
+    time: _timestamp_pb2.Timestamp
+    span_id: str
+    request_id: str
+    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[str] = ..., service: _Optional[str] = ..., time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., span_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ListTracesRequest(_message.Message):
     __slots__ = ("scene", "since", "limit")
