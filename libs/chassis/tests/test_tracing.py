@@ -6,7 +6,6 @@ Spans go to a real OTLP/gRPC receiver (the standard ``TraceService/Export``) sta
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -72,7 +71,7 @@ async def call(address: str, method: str, payload: bytes, metadata: tuple[tuple[
 async def flushed(collector: Collector, tracings: list[Tracing], count: int) -> list[dict[str, Any]]:
     """The collected spans once ``count`` have arrived (every tracing flushed; export is synchronous)."""
     for tracing in tracings:
-        assert await asyncio.to_thread(tracing.force_flush)
+        await tracing.flush()
     assert len(collector.spans) == count, collector.spans
     return collector.spans
 
@@ -185,7 +184,7 @@ async def test_an_unreachable_collector_drops_spans_with_a_counter_and_never_fai
         server, _, tracing = await traced("svc", endpoint)
         for i in range(20):
             assert await call(server.address, "Echo", str(i).encode()) == str(i).encode()
-        await asyncio.to_thread(tracing.force_flush)
+        await tracing.flush()
         sample = server.metrics.registry.get_sample_value
         assert sample("infermesh_svc_trace_spans_dropped_total") == 20
         assert sample("infermesh_svc_trace_spans_exported_total") == 0
@@ -249,3 +248,25 @@ async def test_events_emitted_inside_a_sampled_request_carry_its_trace(collector
     assert (events["traced"].trace_id, events["traced"].span_id) == (spans[0]["trace_id"], spans[0]["span_id"])
     assert events["untraced"].trace_id == events["untraced"].span_id == ""
     assert events["outside"].trace_id == ""
+
+
+async def test_an_unsampled_request_passes_its_decision_on_and_no_hop_records_it(
+    collector, traced, echo_service_class
+) -> None:
+    receiver, endpoint = collector
+    seen: list[str] = []
+
+    class Recording(echo_service_class):  # type: ignore[misc,valid-type]
+        async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            seen.append(dict(context.invocation_metadata() or ())["traceparent"])
+            return request
+
+    back, _, back_tracing = await traced("back", endpoint, ratio=1.0, service_cls=Recording)
+    front, _, front_tracing = await traced("front", endpoint, ratio=0.0, downstream=back.address)
+    unsampled = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-00"
+    await call(front.address, "Forward", b"Echo:a", (("traceparent", unsampled),))
+    await call(front.address, "Forward", b"Echo:b")
+    assert seen[0] == unsampled  # passed on as it came: the front took no part
+    new = parse_traceparent(seen[1])
+    assert new is not None and not new.trace_flags.sampled and seen[1] != unsampled
+    await flushed(receiver, [front_tracing, back_tracing], 0)

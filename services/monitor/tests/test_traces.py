@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -65,7 +64,8 @@ async def test_exported_spans_are_stored_and_read_back(monitor: MonitorThread, s
     request_id = uuid.uuid4().hex
     slow = export_one_request(front, back, request_id, scene, slow_ms=50.0)
     fast = export_one_request(front, back, uuid.uuid4().hex, scene, slow_ms=5.0)
-    assert await asyncio.to_thread(front.force_flush) and await asyncio.to_thread(back.force_flush)
+    await front.flush()
+    await back.flush()
     assert front.exporter.exported == 4 and back.exporter.exported == 2 and front.dropped() == 0
 
     reply = await stub.GetTrace(monitor_pb2.GetTraceRequest(trace_id=slow))
@@ -99,7 +99,7 @@ async def test_a_request_id_finds_its_trace_and_the_trace_its_events(monitor: Mo
     span = tracing.tracer.start_span("inference.GRPCInferenceService/ModelInfer", kind=SpanKind.SERVER)
     span.end()
     trace_id = f"{span.get_span_context().trace_id:032x}"
-    assert await asyncio.to_thread(tracing.force_flush)
+    await tracing.flush()
     event = inference_event(f"m-{uuid.uuid4().hex[:6]}", 1, 2.0)
     event.trace_id, event.span_id = trace_id, f"{span.get_span_context().span_id:016x}"
     await stub.ReportEvents(monitor_pb2.ReportEventsRequest(events=[event]))

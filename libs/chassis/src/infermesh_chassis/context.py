@@ -35,7 +35,7 @@ REQUEST_ID_METADATA_KEY = "x-request-id"
 class CallContext:
     """What is known about the call being handled."""
 
-    __slots__ = ("deadline", "request_id", "rpc", "tracing")
+    __slots__ = ("deadline", "request_id", "rpc", "traceparent", "tracing")
 
     def __init__(
         self, request_id: str, deadline: float | None = None, rpc: str = "", tracing: Tracing | None = None
@@ -47,6 +47,8 @@ class CallContext:
         """Full method name (``/pkg.Service/Method``), or empty outside an RPC."""
         self.tracing = tracing
         """The service's tracing when it is on (for spans a service opens inside the call)."""
+        self.traceparent = ""
+        """The W3C trace context of an unsampled call, passed on as it came by the calls it makes."""
 
 
 _call: ContextVar[CallContext | None] = ContextVar("infermesh_call", default=None)

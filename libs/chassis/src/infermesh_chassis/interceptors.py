@@ -154,7 +154,8 @@ class _ServerCall:
         self.request_id = rid or ctx.new_request_id()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        self._token = ctx.bind(ctx.CallContext(self.request_id, deadline, method, tracing))
+        call = ctx.CallContext(self.request_id, deadline, method, tracing)
+        self._token = ctx.bind(call)
         self.span = None
         self.exemplar: dict[str, str] | None = None
         if tracing is not None:
@@ -163,12 +164,12 @@ class _ServerCall:
                 if key == TRACEPARENT_METADATA_KEY:
                     traceparent = value
                     break
-            self.span, self._span_token = tracing.start_server(method[1:], traceparent, self.request_id)
+            self.span, self._span_token = tracing.start_server(method[1:], traceparent, self.request_id, call)
 
     def finish(self) -> None:
         ctx.unbind(self._token)
         if self.span is not None:
-            otel_context.detach(self._span_token)
+            otel_context.detach(self._span_token)  # type: ignore[arg-type]
             end_span(self.span, self.code)
             self.exemplar = exemplar_of(self.span)
 

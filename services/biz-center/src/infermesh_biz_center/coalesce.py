@@ -49,7 +49,7 @@ class _Member(Generic[I, R]):
     deadline: float
     future: asyncio.Future[R]
     request_id: str
-    trace: object
+    trace: tracing.Captured
     """The member's trace context (:func:`infermesh_chassis.tracing.captured`)."""
 
 
@@ -180,7 +180,7 @@ class Coalescer(Generic[I, R]):
             if timeout <= 0:
                 raise DeadlineExceeded("the deadline passed before the call went out")
             self._count(len(batch))
-            with tracing.attached(batch[0].trace):  # type: ignore[arg-type]
+            with tracing.attached(batch[0].trace):
                 results = await self._call(key, [m.item for m in batch], timeout)
         except _SPLIT_ON as exc:
             if len(batch) == 1:

@@ -277,9 +277,11 @@ class Predictor:
             raise
         started = time.perf_counter()
         call = ctx.current()
-        token = ctx.bind(
-            ctx.CallContext(request_id, self._deadline(scene), getattr(call, "rpc", ""), getattr(call, "tracing", None))
+        bound = ctx.CallContext(
+            request_id, self._deadline(scene), getattr(call, "rpc", ""), getattr(call, "tracing", None)
         )
+        bound.traceparent = getattr(call, "traceparent", "")
+        token = ctx.bind(bound)
         outcome: PredictOutcome | None = None
         error: InfermeshError | None = None
         try:

@@ -167,11 +167,14 @@ class _Handler:
         started = time.perf_counter()
         deadline_ms = getattr(options, "deadline_ms", None)
         deadline = time.monotonic() + deadline_ms / 1000 if deadline_ms else None
-        token = ctx.bind(ctx.CallContext(request_id, deadline, f"thrift:{method}", self._tracing))
-        span = None
+        call = ctx.CallContext(request_id, deadline, f"thrift:{method}", self._tracing)
+        token = ctx.bind(call)
+        span = span_token = None
         if self._tracing is not None:
             traceparent = getattr(options, "traceparent", None)
-            span, span_token = self._tracing.start_server(f"BizCenter/{method}", traceparent, request_id, "thrift")
+            span, span_token = self._tracing.start_server(
+                f"BizCenter/{method}", traceparent, request_id, call, "thrift"
+            )
         self.in_flight += 1
         self.idle.clear()
         outcome = "ok"
@@ -193,7 +196,7 @@ class _Handler:
             _log.exception("thrift_unhandled_exception", method=method)
             raise IDL.InternalError(message=f"internal error (request id {request_id})") from None
         finally:
-            if span is not None:
+            if span is not None and span_token is not None:
                 tr.Tracing.end_server(span, span_token, code)
             ctx.unbind(token)
             self.in_flight -= 1
