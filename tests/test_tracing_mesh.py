@@ -97,7 +97,16 @@ async def test_one_predict_is_one_trace_across_every_hop_with_its_events(mesh: L
     }
     assert "inference.GRPCInferenceService/ModelInfer" in {s.name for s in _served_from(reply, "model-gateway")}
 
-    span_ids = {s.span_id for s in reply.spans}
+    by_id = {s.span_id: s for s in reply.spans}
+    reads = [s for s in reply.spans if s.name in ("source_read", "cache_read")]
+    assert reads and all(by_id[s.parent_span_id].service == "data-gateway" for s in reads)
+    assert all(s.attributes["infermesh.source"] for s in reads if s.name == "source_read")
+    [infer] = [s for s in _served_from(reply, "model-gateway") if s.name.endswith("/ModelInfer")]
+    assert infer.attributes["infermesh.model"] == "churn" and infer.attributes["infermesh.route"]
+    [worker] = [s for s in reply.spans if s.name == "worker_call"]
+    assert worker.parent_span_id == infer.span_id and worker.attributes["infermesh.triton_model"]
+
+    span_ids = set(by_id)
     assert all(e.span_id in span_ids for e in reply.events), "an event names a span outside its trace"
     inference = [e for e in reply.events if e.kind == "inference"]
     assert {e.service for e in inference} == {"biz-center", "model-gateway"}
