@@ -135,6 +135,8 @@ async def test_one_request_is_one_trace_across_hops(collector, traced, log_event
     exposition = openmetrics(front.metrics.registry).decode()
     latency_lines = [line for line in exposition.splitlines() if "grpc_server_latency_seconds_bucket" in line]
     assert any(f'# {{trace_id="{front_server["trace_id"]}"}}' in line for line in latency_lines)
+    client_lines = [line for line in exposition.splitlines() if "grpc_client_latency_seconds_bucket" in line]
+    assert any(f'# {{trace_id="{front_client["trace_id"]}"}}' in line for line in client_lines)
 
 
 async def test_a_malformed_traceparent_starts_a_new_trace_and_never_fails_the_call(collector, traced) -> None:

@@ -31,7 +31,7 @@ from infermesh_chassis.errors import DeadlineExceeded, from_rpc_error
 from infermesh_chassis.interceptors import CallRecorder
 from infermesh_chassis.metrics import Metrics, RpcMetrics
 from infermesh_chassis.settings import ClientSettings
-from infermesh_chassis.tracing import TRACEPARENT_METADATA_KEY, Tracing, end_span
+from infermesh_chassis.tracing import TRACEPARENT_METADATA_KEY, Span, Tracing, end_span, exemplar_of
 
 __all__ = ["RECONNECT_OPTIONS", "RETRYABLE_CODES", "ChannelPool", "ServiceClient"]
 
@@ -168,25 +168,16 @@ class ServiceClient:
                 with self._balancer.track(instance):
                     response = await call(request, timeout=timeout, metadata=sent)
             except grpc.RpcError as exc:
-                if span is not None:
-                    end_span(span, exc.code())
-                if recorder is not None:
-                    recorder.record(exc.code(), started)
+                _ended(exc.code(), started, recorder, span)
                 error = from_rpc_error(exc, f"{self.service}/{method} at {instance.address}")
                 if exc.code() not in RETRYABLE_CODES or attempt >= attempts:
                     raise error from None
                 failed.add(instance.address)
             except asyncio.CancelledError:
-                if span is not None:
-                    end_span(span, grpc.StatusCode.CANCELLED)
-                if recorder is not None:
-                    recorder.record(grpc.StatusCode.CANCELLED, started)
+                _ended(grpc.StatusCode.CANCELLED, started, recorder, span)
                 raise
             else:
-                if span is not None:
-                    end_span(span, grpc.StatusCode.OK)
-                if recorder is not None:
-                    recorder.record(grpc.StatusCode.OK, started)
+                _ended(grpc.StatusCode.OK, started, recorder, span)
                 return response
             delay = min(self._settings.max_backoff_s, backoff) * random.uniform(0.5, 1.0)
             remaining = ctx.remaining_time()
@@ -195,6 +186,16 @@ class ServiceClient:
             await asyncio.sleep(delay)
             backoff *= 2
             attempt += 1
+
+
+def _ended(code: grpc.StatusCode, started: float, recorder: CallRecorder | None, span: Span | None) -> None:
+    """Count one attempt that ended with ``code`` and end its span (a sampled one's trace id as the exemplar)."""
+    exemplar = None
+    if span is not None:
+        end_span(span, code)
+        exemplar = exemplar_of(span)
+    if recorder is not None:
+        recorder.record(code, started, exemplar)
 
 
 class _NamingChannel:

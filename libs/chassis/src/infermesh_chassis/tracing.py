@@ -56,6 +56,7 @@ from infermesh_chassis.tasks import cancel_and_wait
 __all__ = [
     "TRACEPARENT_METADATA_KEY",
     "AsyncOtlpExporter",
+    "Span",
     "Tracing",
     "active",
     "annotate",
@@ -158,29 +159,55 @@ def attached(context: Captured) -> Iterator[None]:
         otel_context.detach(token)
 
 
-@contextmanager
-def span(name: str, **attributes: str | bool | int | float) -> Iterator[Span | None]:
-    """A child span of the current one, current for the block, when the request is sampled.
+class _Untraced:
+    """What :func:`span` returns outside a sampled request: a block that does nothing (shared)."""
 
-    Yields the span (to add attributes known only at the end) or None when nothing is traced; an
-    exception leaving the block marks the span as failed.
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_UNTRACED = _Untraced()
+
+
+class _SpanBlock:
+    """A child span of the current one, current for the ``with`` block."""
+
+    __slots__ = ("_child", "_token")
+
+    def __init__(self, child: Span) -> None:
+        self._child = child
+        self._token: Token[otel_context.Context] | None = None
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._child))
+        return self._child
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self._child.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
+        if self._token is not None:
+            otel_context.detach(self._token)
+        self._child.end()
+
+
+def span(name: str, **attributes: str | bool | int | float) -> _SpanBlock | _Untraced:
+    """A child span of the current one, current for the ``with`` block, when the request is sampled.
+
+    ``with span(...) as s`` gives the span (to add attributes known only at the end) or None when
+    nothing is traced (then the block costs a contextvar read); an exception leaving the block marks
+    the span as failed.
     """
     call = ctx.current()
-    tracing = None if call is None else call.tracing
-    parent = trace.get_current_span()
-    if tracing is None or not parent.is_recording():
-        yield None
-        return
-    child = tracing.tracer.start_span(name, attributes=attributes)
-    token = otel_context.attach(trace.set_span_in_context(child))
-    try:
-        yield child
-    except BaseException as exc:
-        child.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
-        raise
-    finally:
-        otel_context.detach(token)
-        child.end()
+    if call is None or call.tracing is None:
+        return _UNTRACED
+    if not trace.get_current_span().is_recording():
+        return _UNTRACED
+    return _SpanBlock(call.tracing.tracer.start_span(name, attributes=attributes))
 
 
 def failed(span_: Span | None, message: str) -> None:
