@@ -315,6 +315,10 @@ _TIME = (
 _INSERT_ID = "getSetting('insert_deduplication_token')"
 
 
+_TRACE_INDEX = "INDEX trace_idx trace_id TYPE bloom_filter GRANULARITY 4"
+"""Every event table finds a trace's events by trace id (GetTrace) without reading every row."""
+
+
 def _tables(s: StorageSettings) -> list[_Table]:
     envelope = [
         ("time", "DateTime64(6, 'UTC')"),
@@ -368,6 +372,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             (
                 "INDEX scene_idx scene TYPE set(256) GRANULARITY 4",
                 "INDEX variant_idx variant TYPE set(256) GRANULARITY 4",
+                _TRACE_INDEX,
             ),
         ),
         _Table(
@@ -391,6 +396,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(model, primary_version, shadow_version, time, event_id)",
             "toDate(time)",
             events_ttl,
+            (_TRACE_INDEX,),
         ),
         _Table(
             "exposure_events",
@@ -406,6 +412,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(experiment, layer, variant, time, event_id)",
             "toDate(time)",
             events_ttl,
+            (_TRACE_INDEX,),
         ),
         _Table(
             "audit_events",
@@ -426,6 +433,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(service, target, time, event_id)",
             "toDate(time)",
             f"toDateTime(time) + INTERVAL {s.audit_ttl_days} DAY",
+            (_TRACE_INDEX,),
         ),
         _Table(
             "feedback_events",
@@ -444,6 +452,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(label_name, scene, time, event_id)",
             "toDate(time)",
             f"toDateTime(time) + INTERVAL {s.feedback_ttl_days} DAY",
+            (_TRACE_INDEX,),
         ),
         _Table(
             "feature_samples",
@@ -733,6 +742,10 @@ class SchemaManager:
         await self._store.command(f"CREATE TABLE IF NOT EXISTS {table.name} (\n  {columns}{indexes}\n) {clauses}")
         for name, type_ in table.columns:
             await self._store.command(f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS `{name}` {type_}")
+        for index in table.indexes:  # an index added later covers the parts written from then on
+            await self._store.command(
+                f"ALTER TABLE {table.name} ADD {index.replace('INDEX ', 'INDEX IF NOT EXISTS ', 1)}"
+            )
 
     async def _view(self, name: str, source: str, target: str, select: str) -> None:
         fingerprint = hashlib.sha256(f"{source}\n{target}\n{select}".encode()).hexdigest()[:16]
