@@ -70,6 +70,8 @@ def waterfall(spans: list[dict[str, Any]]) -> list[list[str]]:
                 marks.append("degraded" + (f" ({span['fallback']})" if span["fallback"] else ""))
             elif span["fallback"]:
                 marks.append(f"fallback {span['fallback']}")
+            if span["attributes"].get("infermesh.from_fallback") == "true":
+                marks.append("read from a fallback source")
             rows.append(
                 [
                     span["service"],

@@ -259,7 +259,7 @@ class FeatureReader:
                 "infermesh.source": name,
                 "infermesh.view": view.name,
                 "infermesh.rows": len(batch),
-                "infermesh.fallback": name != chain[0],
+                "infermesh.from_fallback": name != chain[0],
             }
             with tracing.span("source_read", **attributes) as span:
                 try:
