@@ -115,7 +115,10 @@ async def test_one_request_is_one_trace_across_hops(collector, traced, log_event
     back, _, back_tracing = await traced("back", endpoint)
     front, _, front_tracing = await traced("front", endpoint, downstream=back.address)
 
-    assert await call(front.address, "Forward", b"Echo:hi") == b"hi"
+    async with grpc.aio.insecure_channel(front.address) as channel:
+        forwarded = channel.unary_unary(f"/{SERVICE}/Forward")(b"Echo:hi", timeout=5)
+        assert await forwarded == b"hi"
+        trailers = dict(await forwarded.trailing_metadata() or ())
     spans = await flushed(receiver, [back_tracing, front_tracing], 3)
 
     by_service_kind = {(s["service"], s["kind"]): s for s in spans}
@@ -123,6 +126,7 @@ async def test_one_request_is_one_trace_across_hops(collector, traced, log_event
     front_client = by_service_kind[("front", 3)]
     back_server = by_service_kind[("back", 2)]
     assert front_server["name"] == f"{SERVICE}/Forward" and front_server["parent"] == ""
+    assert trailers["x-trace-id"] == front_server["trace_id"]
     assert front_client["name"] == f"{SERVICE}/Echo" and front_client["parent"] == front_server["span_id"]
     assert back_server["name"] == f"{SERVICE}/Echo" and back_server["parent"] == front_client["span_id"]
     assert len({s["trace_id"] for s in spans}) == 1

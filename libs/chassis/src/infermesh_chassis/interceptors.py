@@ -16,7 +16,8 @@ that each call
   deadline passed) is counted as CANCELLED (DEADLINE_EXCEEDED) and logged;
 - with tracing on (:mod:`.tracing`), opens the call's SERVER span, child of the caller's ``traceparent``
   metadata, current for the call and ended with its status; a sampled call's latency carries its trace
-  id as an exemplar. With tracing off, that is one ``None`` test per call.
+  id as an exemplar, and its trailing metadata the trace id (``x-trace-id``). With tracing off, that is
+  one ``None`` test per call.
 
 There is no client interceptor: a grpc.aio client interceptor costs every call an extra task and
 new call details. :class:`~infermesh_chassis.client.ServiceClient`, the one client boundary, passes
@@ -39,7 +40,13 @@ from infermesh_chassis import context as ctx
 from infermesh_chassis.errors import InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import RpcMetrics
-from infermesh_chassis.tracing import TRACEPARENT_METADATA_KEY, Tracing, end_span, exemplar_of
+from infermesh_chassis.tracing import (
+    TRACE_ID_METADATA_KEY,
+    TRACEPARENT_METADATA_KEY,
+    Tracing,
+    end_span,
+    exemplar_of,
+)
 from infermesh_chassis.validation import bound_message, check_fields, check_request_id
 
 __all__ = ["CallRecorder", "ServerInterceptor", "split_method"]
@@ -198,7 +205,10 @@ class _ServerCall:
         )
 
     def trailing(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
-        return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), *extra)
+        if self.span is None:
+            return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), *extra)
+        trace_id = f"{self.span.get_span_context().trace_id:032x}"
+        return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), (TRACE_ID_METADATA_KEY, trace_id), *extra)
 
     def succeeded(self) -> None:
         self.context.set_trailing_metadata(self.trailing(tuple(self.context.trailing_metadata() or ())))

@@ -55,6 +55,7 @@ from infermesh_chassis.tasks import cancel_and_wait
 
 __all__ = [
     "TRACEPARENT_METADATA_KEY",
+    "TRACE_ID_METADATA_KEY",
     "AsyncOtlpExporter",
     "Span",
     "Tracing",
@@ -73,6 +74,8 @@ __all__ = [
 
 TRACEPARENT_METADATA_KEY = "traceparent"
 """gRPC metadata key of the W3C trace context (https://www.w3.org/TR/trace-context/)."""
+TRACE_ID_METADATA_KEY = "x-trace-id"
+"""Trailing metadata key naming the trace a sampled call was recorded in (``infermesh trace`` shows it)."""
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _NEW_TRACE = otel_context.Context()
