@@ -107,8 +107,9 @@ through NATS), then the data gateway with the model gateway (its rollouts ask th
 then the business center."""
 
 TRACE_SAMPLE_RATIO = 1.0
-"""Share of the requests the local stack traces (to the monitor's OTLP receiver): all of them, so any
-request of a local run can be looked at with ``infermesh trace``."""
+"""Share of the requests the local stack traces (to the monitor's OTLP receiver) unless
+``INFERMESH_TRACE_SAMPLE_RATIO`` says otherwise: all of them, so any request of a local run can be looked
+at with ``infermesh trace``."""
 
 
 class StackError(Exception):
@@ -544,7 +545,8 @@ class LocalStack:
             **_OWN_SETTINGS[spec.name](layout),
         }
         if "monitor" in static:  # every service but the monitor itself traces to the monitor
-            settings["tracing"] = {"endpoint": static["monitor"][0], "sample_ratio": TRACE_SAMPLE_RATIO}
+            ratio = os.environ.get("INFERMESH_TRACE_SAMPLE_RATIO", str(TRACE_SAMPLE_RATIO))
+            settings["tracing"] = {"endpoint": static["monitor"][0], "sample_ratio": ratio}
         (self.workdir / f"{spec.name}.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
 
     def _launch_service(self, spec: ServiceSpec, ports: dict[str, int] | None, timeout_s: float) -> ServiceProcess:
