@@ -69,7 +69,7 @@ from infermesh_chassis.settings import (
 HADOLINT = Path(sys.executable).parent / "hadolint"
 UV = ROOT / ".tools" / "bin" / "uv"
 
-INFRA = ("consul", "redis", "nats", "clickhouse", "prometheus", "grafana")
+INFRA = ("consul", "redis", "nats", "clickhouse", "jaeger", "prometheus", "grafana")
 TRITON_BY_PROFILE = {None: set(), "cpu": {"triton-cpu"}, "gpu": {"triton-gpu"}}
 TRITON_METRICS = frozenset(
     {
@@ -922,3 +922,19 @@ def test_dashboard_checks_catch_unknown_metrics_and_datasources():
     assert any("infermesh_model_gateway_grpc_server_request_total is defined nowhere" in p for p in problems)
     assert any("datasource is not the provisioned" in p for p in problems)
     assert "panel ids repeat" in problems
+
+
+def test_services_trace_to_jaeger_and_grafana_links_exemplars_to_it():
+    resolved = project(None)["services"]
+    assert resolved["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    for service in SERVICES:
+        prefix = str(settings_class(service).model_config["env_prefix"])
+        env = environment(service)
+        assert env[f"{prefix}TRACING__ENDPOINT"] == "jaeger:4317"
+        assert 0 < float(env[f"{prefix}TRACING__SAMPLE_RATIO"]) <= 1
+    datasources = DEPLOY / "grafana" / "provisioning" / "datasources"
+    (jaeger,) = yaml.safe_load((datasources / "jaeger.yml").read_text())["datasources"]
+    assert jaeger["type"] == "jaeger" and urlsplit(jaeger["url"]).hostname == "jaeger"
+    (prometheus,) = yaml.safe_load((datasources / "prometheus.yml").read_text())["datasources"]
+    (link,) = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    assert link == {"name": "trace_id", "datasourceUid": jaeger["uid"]}

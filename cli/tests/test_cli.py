@@ -57,6 +57,8 @@ def test_demo_runs_the_workload_and_exits_zero(tmp_path: Path):
     assert {"data_gateway", "model_gateway"} <= set(summary["hops_ms"])
     assert summary["events_stored"] == 200
     assert summary["shadow"]["v1->v2 pairs"] > 0
+    slowest = summary["slowest"]  # the demo names the trace of its slowest request
+    assert slowest["latency_ms"] >= summary["total_ms"]["p99"] and len(slowest["trace_id"]) == 32
     assert set(report["exit_codes"]) == {"nats", "monitor", "model-gateway", "data-gateway", "biz-center"}
     assert set(report["exit_codes"].values()) == {0}
     assert (tmp_path / workdir / "models" / "churn_lr.onnx").is_file()

@@ -37,6 +37,8 @@ def test_every_subcommand_has_help_json_and_the_global_options():
         "experiments",
         "features",
         "events",
+        "trace",
+        "traces",
         "predict",
         "infer",
         "batch-score",

@@ -10,8 +10,8 @@ versions in an A/B experiment.
 
 :func:`run_workload` then sends Predict calls for random customers to the business center, with
 a progress bar, and :func:`summarize` reports the requests, the split per variant, p50/p99 per
-hop, errors, degraded answers, and the shadow agreement the monitor computed from the events it
-received through NATS.
+hop, errors, degraded answers, the shadow agreement the monitor computed from the events it
+received through NATS, and the slowest request with the id of its trace (``infermesh trace ID``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -171,6 +172,8 @@ class DemoSummary:
     events_stored: int = 0
     training: dict[str, Any] = field(default_factory=dict)
     rss_mib: dict[str, float] = field(default_factory=dict)
+    slowest: dict[str, Any] = field(default_factory=dict)
+    """The slowest answered request: its ``request_id``, ``latency_ms`` and ``trace_id`` (empty if not stored)."""
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -190,19 +193,21 @@ async def run_workload(stack: LocalStack, requests: int, concurrency: int = 8, s
     degraded: Counter[str] = Counter()
     variants: Counter[str] = Counter()
     versions: Counter[str] = Counter()
-    metadata = (("x-api-key", DEMO_API_KEY),)
+    slowest = (0.0, "")
     progress = tqdm(total=requests, desc="demo workload", unit="req", leave=True)
     remaining = requests
     async with grpc.aio.insecure_channel(stack.process("biz-center").address) as channel:
         predict = biz_grpc.BizCenterServiceStub(channel).Predict
 
         async def worker() -> None:
-            nonlocal remaining
+            nonlocal remaining, slowest
             while remaining > 0:
                 remaining -= 1
                 customer = rng.choice(CUSTOMERS)
                 request = biz.PredictRequest(scene=SCENE, unit_id=str(customer))
                 request.attributes["region"] = rng.choice(["eu-west", "us-east", "ap-south"])
+                request_id = uuid.uuid4().hex
+                metadata = (("x-api-key", DEMO_API_KEY), ("x-request-id", request_id))
                 started = time.perf_counter()
                 try:
                     response = await predict(request, metadata=metadata, timeout=5)
@@ -210,6 +215,7 @@ async def run_workload(stack: LocalStack, requests: int, concurrency: int = 8, s
                     errors[exc.code().name] += 1
                 else:
                     totals.append((time.perf_counter() - started) * 1000)
+                    slowest = max(slowest, (totals[-1], request_id))
                     variants[response.variant or "(none)"] += 1
                     versions[str(response.model_version) if response.model_version else "(fallback)"] += 1
                     if response.degradation.degraded:
@@ -225,6 +231,8 @@ async def run_workload(stack: LocalStack, requests: int, concurrency: int = 8, s
     summary.variants, summary.versions = dict(variants), dict(versions)
     summary.hops_ms = {hop: _quantiles(values) for hop, values in hops.items()}
     summary.total_ms = _quantiles(totals)
+    if slowest[1]:
+        summary.slowest = {"request_id": slowest[1], "latency_ms": round(slowest[0], 3), "trace_id": ""}
     return summary
 
 
@@ -254,8 +262,23 @@ async def summarize(stack: LocalStack, summary: DemoSummary, wait_s: float = 20.
             summary.shadow[f"{key} pairs"] = pair.pairs
             summary.shadow[f"{key} agreement"] = round(pair.agreement_rate, 3)
             summary.shadow[f"{key} mean |score diff|"] = round(pair.mean_abs_score_diff, 4)
+        if summary.slowest:
+            summary.slowest["trace_id"] = await _trace_of(monitor, summary.slowest["request_id"], deadline)
     summary.rss_mib = {p.name: round(p.rss_mib() or 0.0) for p in stack.processes}
     return summary
+
+
+async def _trace_of(monitor: monitor_pb2_grpc.MonitorServiceStub, request_id: str, deadline: float) -> str:
+    """The id of the trace the monitor stored for ``request_id`` (its spans arrive within seconds), or ""."""
+    while True:
+        try:
+            reply = await monitor.GetTrace(monitor_pb2.GetTraceRequest(request_id=request_id), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                return ""
+            await asyncio.sleep(0.5)
+        else:
+            return reply.trace_id
 
 
 def print_summary(summary: DemoSummary) -> None:
@@ -270,6 +293,7 @@ def print_summary(summary: DemoSummary) -> None:
             ("degraded", summary.degraded or 0),
             ("end-to-end p50 / p99 ms", f"{ms(summary.total_ms.get('p50'))} / {ms(summary.total_ms.get('p99'))}"),
             ("events stored by the monitor", summary.events_stored),
+            ("slowest request", _slowest(summary.slowest)),
             ("training set", training),
         ]
     )
@@ -286,6 +310,15 @@ def print_summary(summary: DemoSummary) -> None:
     print_table(["shadow", "value"], sorted(summary.shadow.items()))
     print()
     print_table(["process", "RSS MiB"], sorted(summary.rss_mib.items()))
+
+
+def _slowest(slowest: dict[str, Any]) -> str:
+    if not slowest:
+        return "-"
+    trace = (
+        f"trace {slowest['trace_id']} (infermesh trace {slowest['trace_id']})" if slowest["trace_id"] else "no trace"
+    )
+    return f"{ms(slowest['latency_ms'])} ms, request {slowest['request_id']}, {trace}"
 
 
 def demo_command(workdir: Path, requests: int, as_json: bool) -> int:

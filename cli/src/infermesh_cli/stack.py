@@ -23,6 +23,9 @@ find the processes again. ``stop`` ends the supervision, then sends SIGTERM to c
 they call (the business center first, NATS last) and SIGKILL only to a process that outlives its
 grace period.
 
+Every service but the monitor exports its traces to the monitor's OTLP receiver
+(:data:`TRACE_SAMPLE_RATIO` of the requests), so ``infermesh trace`` shows any request of a local run.
+
 Processes log under ``<workdir>/logs``.
 """
 
@@ -92,16 +95,21 @@ class ServiceSpec:
 
 SERVICES = (
     ServiceSpec("monitor", "infermesh_monitor", "MONITOR_"),
-    ServiceSpec("data-gateway", "infermesh_data_gateway", "DATA_GATEWAY_"),
+    ServiceSpec("data-gateway", "infermesh_data_gateway", "DATA_GATEWAY_", calls=("monitor",)),
     ServiceSpec("model-gateway", "infermesh_model_gateway", "MODEL_GATEWAY_", calls=("monitor",)),
     ServiceSpec(
         "biz-center", "infermesh_biz_center", "BIZ_CENTER_", calls=("monitor", "data-gateway", "model-gateway")
     ),
 )
 """In start order (those others call come first; stopped in reverse). Services whose callees are all
-ready start together: the monitor with the data gateway (neither calls another service: their
-events go through NATS), then the model gateway (its rollouts ask the monitor's SLO gates), then
-the business center."""
+ready start together: the monitor first (every other service exports its traces to it; their events go
+through NATS), then the data gateway with the model gateway (its rollouts ask the monitor's SLO gates),
+then the business center."""
+
+TRACE_SAMPLE_RATIO = 1.0
+"""Share of the requests the local stack traces (to the monitor's OTLP receiver) unless
+``INFERMESH_TRACE_SAMPLE_RATIO`` says otherwise: all of them, so any request of a local run can be looked
+at with ``infermesh trace``."""
 
 
 class StackError(Exception):
@@ -537,6 +545,9 @@ class LocalStack:
             },
             **_OWN_SETTINGS[spec.name](layout),
         }
+        if "monitor" in static:  # every service but the monitor itself traces to the monitor
+            ratio = os.environ.get("INFERMESH_TRACE_SAMPLE_RATIO", str(TRACE_SAMPLE_RATIO))
+            settings["tracing"] = {"endpoint": static["monitor"][0], "sample_ratio": ratio}
         (self.workdir / f"{spec.name}.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
 
     def _launch_service(self, spec: ServiceSpec, ports: dict[str, int] | None, timeout_s: float) -> ServiceProcess:

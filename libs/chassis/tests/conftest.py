@@ -23,7 +23,8 @@ from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
 from infermesh_chassis.logs import configure_logging, get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.server import GrpcServer
-from infermesh_chassis.settings import ClientSettings, ServiceSettings
+from infermesh_chassis.settings import ClientSettings, ServiceSettings, TracingSettings
+from infermesh_chassis.tracing import Tracing
 
 SERVICE = "test.Echo"
 
@@ -196,3 +197,52 @@ def log_events(log_stream: io.StringIO) -> Callable[[], list[dict[str, Any]]]:
 def echo_stub() -> type[EchoStub]:
     """The stub class of the raw test service."""
     return EchoStub
+
+
+@pytest.fixture
+def echo_service_class() -> type[EchoService]:
+    """The test service's class, to subclass with other behaviors."""
+    return EchoService
+
+
+Traced = tuple[GrpcServer, EchoService, Tracing]
+
+
+@pytest.fixture
+async def traced() -> AsyncIterator[Callable[..., Awaitable[Traced]]]:
+    """Start echo servers whose interceptor and downstream client (to ``downstream``) trace to ``endpoint``."""
+    started: list[tuple[GrpcServer, ChannelPool, Tracing]] = []
+
+    async def start(
+        name: str,
+        endpoint: str,
+        ratio: float = 1.0,
+        downstream: str | None = None,
+        service_cls: type[EchoService] = EchoService,
+    ) -> Traced:
+        settings = TestSettings(service_name=name, tracing=TracingSettings(endpoint=endpoint, sample_ratio=ratio))
+        metrics = Metrics(name)
+        tracing = Tracing.create(settings.tracing, name, metrics)
+        assert tracing is not None
+        service = service_cls(name)
+        server = GrpcServer(settings, metrics=metrics, tracing=tracing)
+        server.add_generic_handlers([service.handler()], SERVICE)
+        pool = ChannelPool(metrics)
+        if downstream is not None:
+            service.downstream = ServiceClient(
+                "down",
+                EchoStub,
+                discovery=StaticDiscovery(DiscoverySettings(static={"down": [downstream]})),
+                channels=pool,
+                settings=ClientSettings(),
+                tracing=tracing,
+            )
+        await server.start()
+        started.append((server, pool, tracing))
+        return server, service, tracing
+
+    yield start
+    for server, pool, tracing in started:
+        await server.stop(0)
+        await pool.close()
+        await tracing.shutdown()

@@ -49,7 +49,7 @@ def _emit(emitter: EventEmitter, i: int) -> None:
 
 async def _batch(*numbers: int) -> EncodedBatch:
     """A batch as the emitter builds it, of feedback events for ``r<number>``."""
-    return await encode_events([(SOURCE, Feedback(i), "", time.time_ns()) for i in numbers])
+    return await encode_events([(SOURCE, Feedback(i), "", time.time_ns(), None) for i in numbers])
 
 
 def _ids(events: Sequence[monitor_pb2.Event]) -> list[str]:

@@ -32,6 +32,7 @@ from infermesh_chassis.events import EVENT_SCHEMA_VERSION
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.ready import wait_ready
 from infermesh_chassis.testing import free_port
+from infermesh_monitor.__main__ import add_servicers
 from infermesh_monitor.service import Monitor
 from infermesh_monitor.settings import Settings
 
@@ -123,11 +124,7 @@ class MonitorThread:
         try:
             self.monitor = await Monitor.open(self.settings, runtime.metrics)
             runtime.on_stop(self.monitor.close)
-            runtime.server.add_servicer(
-                monitor_pb2_grpc.add_MonitorServiceServicer_to_server,
-                self.monitor.servicer,
-                monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
-            )
+            add_servicers(runtime, self.monitor)
             await runtime.server.start()
             self.address = runtime.server.address
             self.metrics = runtime.metrics

@@ -39,6 +39,7 @@ from infermesh_chassis.metrics import Metrics, MetricsHttpServer, metric_prefix,
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
 from infermesh_chassis.server import GrpcServer, advertised_host, serve
 from infermesh_chassis.settings import ServiceSettings, load_settings_or_exit
+from infermesh_chassis.tracing import Tracing
 from infermesh_chassis.workers import (
     MULTIPROC_ENV,
     Supervisor,
@@ -74,6 +75,8 @@ class Runtime:
     """This process's number among the instance's workers, 0 to ``worker_count - 1``."""
     worker_count: int = 1
     """Worker processes serving this instance's port (``grpc.workers`` resolved)."""
+    tracing: Tracing | None = None
+    """The service's tracing (None when ``settings.tracing.endpoint`` is empty)."""
     _cleanups: list[Cleanup] = field(default_factory=list)
     _owned_dir: bool = False
 
@@ -97,7 +100,8 @@ class Runtime:
         metrics = Metrics(settings.service_name)
         discovery = create_discovery(settings.discovery)
         channels = ChannelPool(metrics, max_message_bytes=settings.grpc.max_send_message_bytes)
-        server = GrpcServer(settings, metrics=metrics, discovery=discovery, worker=worker)
+        tracing = Tracing.create(settings.tracing, settings.service_name, metrics)
+        server = GrpcServer(settings, metrics=metrics, discovery=discovery, worker=worker, tracing=tracing)
         owned = instance_dir is None
         directory = Path(tempfile.mkdtemp(prefix=f"{settings.service_name}-")) if instance_dir is None else instance_dir
         return cls(
@@ -109,6 +113,7 @@ class Runtime:
             directory,
             worker_index=worker_index,
             worker_count=worker_count,
+            tracing=tracing,
             _owned_dir=owned,
         )
 
@@ -123,6 +128,7 @@ class Runtime:
             channels=self.channels,
             settings=self.settings.client,
             idempotent=idempotent,
+            tracing=self.tracing,
         )
 
     def event_emitter(self, monitor_service: str = "monitor") -> EventEmitter:
@@ -164,6 +170,8 @@ class Runtime:
         self._cleanups.clear()
         await self.channels.close()
         await self.discovery.close()
+        if self.tracing is not None:
+            await self.tracing.shutdown()
         if self._owned_dir:
             shutil.rmtree(self.instance_dir, ignore_errors=True)
 

@@ -10,7 +10,9 @@
   records the client-side RED metrics per method (metric children looked up once), retries with
   exponential backoff and jitter only for methods declared idempotent and only on retryable
   statuses (preferring another instance each time), and converts every ``grpc.RpcError`` into the
-  project's error type in :meth:`ServiceClient.call`, the one place where that happens.
+  project's error type in :meth:`ServiceClient.call`, the one place where that happens. With
+  tracing on (:mod:`.tracing`), each attempt is one CLIENT span, child of the current span, whose
+  W3C ``traceparent`` goes in ``metadata=``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from infermesh_chassis.errors import DeadlineExceeded, from_rpc_error
 from infermesh_chassis.interceptors import CallRecorder
 from infermesh_chassis.metrics import Metrics, RpcMetrics
 from infermesh_chassis.settings import ClientSettings
+from infermesh_chassis.tracing import TRACEPARENT_METADATA_KEY, Span, Tracing, end_span, exemplar_of
 
 __all__ = ["RECONNECT_OPTIONS", "RETRYABLE_CODES", "ChannelPool", "ServiceClient"]
 
@@ -94,6 +97,7 @@ class ServiceClient:
         settings: ClientSettings,
         idempotent: Iterable[str] = (),
         balancer: Balancer | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.service = service
         self._stub_factory = stub_factory
@@ -104,6 +108,8 @@ class ServiceClient:
         self._balancer = balancer or Balancer()
         self._stubs: dict[str, Any] = {}
         self._recorders: dict[str, CallRecorder] = {}
+        self._tracing = tracing
+        self._span_names: dict[str, str] = {}
 
     def _stub(self, instance: Instance) -> Any:
         stub = self._stubs.get(instance.address)
@@ -113,6 +119,7 @@ class ServiceClient:
             for name, full_method in channel.methods.items():
                 if name not in self._recorders:
                     self._recorders[name] = CallRecorder(self._channels.metrics, full_method)
+                    self._span_names[name] = full_method[1:]
         return stub
 
     def _metadata(self, metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -152,23 +159,25 @@ class ServiceClient:
             call = getattr(self._stub(instance), method)
             recorder = self._recorders.get(method)
             started = time.perf_counter()
+            span = None
+            sent = metadata
+            if self._tracing is not None:
+                span, traceparent = self._tracing.start_client(self._span_names.get(method, method), instance.address)
+                sent = ((TRACEPARENT_METADATA_KEY, traceparent), *metadata)
             try:
                 with self._balancer.track(instance):
-                    response = await call(request, timeout=timeout, metadata=metadata)
+                    response = await call(request, timeout=timeout, metadata=sent)
             except grpc.RpcError as exc:
-                if recorder is not None:
-                    recorder.record(exc.code(), started)
+                _ended(exc.code(), started, recorder, span)
                 error = from_rpc_error(exc, f"{self.service}/{method} at {instance.address}")
                 if exc.code() not in RETRYABLE_CODES or attempt >= attempts:
                     raise error from None
                 failed.add(instance.address)
             except asyncio.CancelledError:
-                if recorder is not None:
-                    recorder.record(grpc.StatusCode.CANCELLED, started)
+                _ended(grpc.StatusCode.CANCELLED, started, recorder, span)
                 raise
             else:
-                if recorder is not None:
-                    recorder.record(grpc.StatusCode.OK, started)
+                _ended(grpc.StatusCode.OK, started, recorder, span)
                 return response
             delay = min(self._settings.max_backoff_s, backoff) * random.uniform(0.5, 1.0)
             remaining = ctx.remaining_time()
@@ -177,6 +186,16 @@ class ServiceClient:
             await asyncio.sleep(delay)
             backoff *= 2
             attempt += 1
+
+
+def _ended(code: grpc.StatusCode, started: float, recorder: CallRecorder | None, span: Span | None) -> None:
+    """Count one attempt that ended with ``code`` and end its span (a sampled one's trace id as the exemplar)."""
+    exemplar = None
+    if span is not None:
+        end_span(span, code)
+        exemplar = exemplar_of(span)
+    if recorder is not None:
+        recorder.record(code, started, exemplar)
 
 
 class _NamingChannel:

@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import time
 from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from infermesh_chassis.tracing import Tracing
 
 __all__ = [
     "REQUEST_ID_METADATA_KEY",
@@ -31,14 +35,20 @@ REQUEST_ID_METADATA_KEY = "x-request-id"
 class CallContext:
     """What is known about the call being handled."""
 
-    __slots__ = ("deadline", "request_id", "rpc")
+    __slots__ = ("deadline", "request_id", "rpc", "traceparent", "tracing")
 
-    def __init__(self, request_id: str, deadline: float | None = None, rpc: str = "") -> None:
+    def __init__(
+        self, request_id: str, deadline: float | None = None, rpc: str = "", tracing: Tracing | None = None
+    ) -> None:
         self.request_id = request_id
         self.deadline = deadline
         """Absolute deadline on the ``time.monotonic()`` clock, or None."""
         self.rpc = rpc
         """Full method name (``/pkg.Service/Method``), or empty outside an RPC."""
+        self.tracing = tracing
+        """The service's tracing when it is on (for spans a service opens inside the call)."""
+        self.traceparent = ""
+        """The W3C trace context of an unsampled call, passed on as it came by the calls it makes."""
 
 
 _call: ContextVar[CallContext | None] = ContextVar("infermesh_call", default=None)

@@ -2,7 +2,8 @@
 
 Serving code calls :meth:`EventEmitter.emit` with an :class:`EventSource` and a payload: a
 slotted object of plain values (see :class:`EventPayload`) that returns the fields of its part of
-the monitor's ``Event`` when asked. ``emit`` stamps the time and the current request id, appends one tuple to
+the monitor's ``Event`` when asked. ``emit`` stamps the time, the current request id and, inside a sampled
+request, the current trace and span ids (:mod:`.tracing`), appends one tuple to
 a bounded in-memory buffer and returns at once; it builds no protobuf message, never awaits, never
 blocks and never raises because of the transport. A background task cuts the buffer into batches
 (``batch_size`` events, or whatever is there after ``flush_interval_s``), builds each batch as one
@@ -25,9 +26,11 @@ Sinks:
   is empty again, so order is kept; a background task replays the spool, oldest first, as soon as
   the transport takes batches again, also after a restart of the process.
 
-Delivery is at least once; the monitor de-duplicates by batch id and event id.
+Delivery is at least once; the monitor de-duplicates by batch id and event id. The trace context travels
+in each event (``trace_id``, ``span_id``), not in a message header: one queue message is a batch of many
+requests' events.
 :func:`open_event_sink` builds the sink the settings ask for. :func:`encode_events` stamps the
-envelope of each ``Event`` (id, schema version, time, source, request id); :class:`UnitHasher` is
+envelope of each ``Event`` (id, schema version, time, source, request id, trace and span ids); :class:`UnitHasher` is
 the keyed hash every service applies to unit ids before they leave it.
 """
 
@@ -59,6 +62,7 @@ from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
 from infermesh_chassis.tasks import cancel_and_wait
+from infermesh_chassis.tracing import current_ids
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
@@ -137,8 +141,9 @@ class AuditPayload:
         return {"service": self.service, "entry": self.entry}
 
 
-PendingEvent = tuple[EventSource, EventPayload, str, int]
-"""What :meth:`EventEmitter.emit` records: source, payload, request id ("" when none), time in ns."""
+PendingEvent = tuple[EventSource, EventPayload, str, int, tuple[str, str] | None]
+"""What :meth:`EventEmitter.emit` records: source, payload, request id ("" when none), time in ns, and the
+trace and span ids of a sampled request (None otherwise)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +174,7 @@ class EventSink(Protocol):
 
 def _write(events: Any, records: Sequence[PendingEvent], ids: list[str]) -> None:
     add = events.add
-    for source, payload, request_id, time_ns in records:
+    for source, payload, request_id, time_ns, trace in records:
         event_id = new_event_id()
         seconds, nanos = divmod(time_ns, 1_000_000_000)
         try:
@@ -177,6 +182,8 @@ def _write(events: Any, records: Sequence[PendingEvent], ids: list[str]) -> None
                 event_id=event_id,
                 schema_version=EVENT_SCHEMA_VERSION,
                 request_id=request_id,
+                trace_id="" if trace is None else trace[0],
+                span_id="" if trace is None else trace[1],
                 time={"seconds": seconds, "nanos": nanos},
                 source=source.fields,
                 **{payload.KIND: payload.fields()},
@@ -242,7 +249,7 @@ class EventEmitter:
         return len(self._buffer) + (self._batch.events if self._batch is not None else 0)
 
     def emit(self, source: EventSource, payload: EventPayload) -> bool:
-        """Record ``payload`` with the time and the current request id, without blocking.
+        """Record ``payload`` with the time, the current request id and trace, without blocking.
 
         False (and a counted drop) when the buffer is full or the emitter is stopping.
         """
@@ -252,7 +259,11 @@ class EventEmitter:
             self._dropped += 1
             return False
         call = ctx.current()
-        buffer.append((source, payload, "" if call is None else call.request_id, time.time_ns()))
+        if call is None:
+            buffer.append((source, payload, "", time.time_ns(), None))
+        else:
+            trace = None if call.tracing is None else current_ids()
+            buffer.append((source, payload, call.request_id, time.time_ns(), trace))
         if len(buffer) == self._settings.batch_size:
             self._wakeup.set()
         return True

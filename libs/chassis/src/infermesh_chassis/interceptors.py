@@ -13,7 +13,11 @@ that each call
   what gRPC metadata carries, and anything unexpected to INTERNAL with a generic message (the
   traceback goes to the log);
 - counts requests, errors by status code, and latency; a call the caller cancelled (or whose
-  deadline passed) is counted as CANCELLED (DEADLINE_EXCEEDED) and logged.
+  deadline passed) is counted as CANCELLED (DEADLINE_EXCEEDED) and logged;
+- with tracing on (:mod:`.tracing`), opens the call's SERVER span, child of the caller's ``traceparent``
+  metadata, current for the call and ended with its status; a sampled call's latency carries its trace
+  id as an exemplar, and its trailing metadata the trace id (``x-trace-id``). With tracing off, that is
+  one ``None`` test per call.
 
 There is no client interceptor: a grpc.aio client interceptor costs every call an extra task and
 new call details. :class:`~infermesh_chassis.client.ServiceClient`, the one client boundary, passes
@@ -30,11 +34,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 
 from infermesh_chassis import context as ctx
 from infermesh_chassis.errors import InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import RpcMetrics
+from infermesh_chassis.tracing import (
+    TRACE_ID_METADATA_KEY,
+    TRACEPARENT_METADATA_KEY,
+    Tracing,
+    end_span,
+    exemplar_of,
+)
 from infermesh_chassis.validation import bound_message, check_fields, check_request_id
 
 __all__ = ["CallRecorder", "ServerInterceptor", "split_method"]
@@ -61,10 +73,11 @@ class CallRecorder:
         self._errors = metrics.errors
         self._error_children: dict[grpc.StatusCode, Any] = {}
 
-    def record(self, code: grpc.StatusCode, started: float) -> None:
-        """Count one call that ended with ``code``, begun at ``started`` (``time.perf_counter()``)."""
+    def record(self, code: grpc.StatusCode, started: float, exemplar: dict[str, str] | None = None) -> None:
+        """Count one call that ended with ``code``, begun at ``started`` (``time.perf_counter()``);
+        ``exemplar`` (a sampled call's ``trace_id``) goes with its latency."""
         self._requests.inc()
-        self._latency.observe(time.perf_counter() - started)
+        self._latency.observe(time.perf_counter() - started, exemplar)
         if code is not grpc.StatusCode.OK:
             child = self._error_children.get(code)
             if child is None:
@@ -116,9 +129,20 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 class _ServerCall:
     """Everything the wrapped handler does around the servicer's behavior for one call."""
 
-    __slots__ = ("_token", "code", "context", "method", "refusal", "request_id", "started")
+    __slots__ = (
+        "_span_token",
+        "_token",
+        "code",
+        "context",
+        "exemplar",
+        "method",
+        "refusal",
+        "request_id",
+        "span",
+        "started",
+    )
 
-    def __init__(self, context: grpc.aio.ServicerContext, method: str) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, method: str, tracing: Tracing | None = None) -> None:
         self.context = context
         self.method = method
         self.started = time.perf_counter()
@@ -137,10 +161,24 @@ class _ServerCall:
         self.request_id = rid or ctx.new_request_id()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        self._token = ctx.bind(ctx.CallContext(self.request_id, deadline, method))
+        call = ctx.CallContext(self.request_id, deadline, method, tracing)
+        self._token = ctx.bind(call)
+        self.span = None
+        self.exemplar: dict[str, str] | None = None
+        if tracing is not None:
+            traceparent = None
+            for key, value in context.invocation_metadata() or ():
+                if key == TRACEPARENT_METADATA_KEY:
+                    traceparent = value
+                    break
+            self.span, self._span_token = tracing.start_server(method[1:], traceparent, self.request_id, call)
 
     def finish(self) -> None:
         ctx.unbind(self._token)
+        if self.span is not None:
+            otel_context.detach(self._span_token)  # type: ignore[arg-type]
+            end_span(self.span, self.code)
+            self.exemplar = exemplar_of(self.span)
 
     def admit(self, request_or_iterator: Any, *, streaming_request: bool) -> Any:
         """The request (or request stream) once checked: INVALID_ARGUMENT for a bad request id, and
@@ -167,7 +205,10 @@ class _ServerCall:
         )
 
     def trailing(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
-        return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), *extra)
+        if self.span is None:
+            return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), *extra)
+        trace_id = f"{self.span.get_span_context().trace_id:032x}"
+        return ((ctx.REQUEST_ID_METADATA_KEY, self.request_id), (TRACE_ID_METADATA_KEY, trace_id), *extra)
 
     def succeeded(self) -> None:
         self.context.set_trailing_metadata(self.trailing(tuple(self.context.trailing_metadata() or ())))
@@ -201,10 +242,10 @@ Behavior = Callable[..., Any]
 
 
 def _wrap_unary_response(
-    behavior: Behavior, method: str, recorder: CallRecorder, *, streaming_request: bool
+    behavior: Behavior, method: str, recorder: CallRecorder, tracing: Tracing | None, *, streaming_request: bool
 ) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = _ServerCall(context, method)
+        call = _ServerCall(context, method, tracing)
         try:
             request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             result = behavior(request_or_iterator, context)
@@ -216,16 +257,16 @@ def _wrap_unary_response(
             await call.fail(exc)
         finally:
             call.finish()
-            recorder.record(call.code, call.started)
+            recorder.record(call.code, call.started, call.exemplar)
 
     return handler
 
 
 def _wrap_stream_response(
-    behavior: Behavior, method: str, recorder: CallRecorder, *, streaming_request: bool
+    behavior: Behavior, method: str, recorder: CallRecorder, tracing: Tracing | None, *, streaming_request: bool
 ) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _ServerCall(context, method)
+        call = _ServerCall(context, method, tracing)
         try:
             request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             produced = behavior(request_or_iterator, context)
@@ -239,7 +280,7 @@ def _wrap_stream_response(
             await call.fail(exc)
         finally:
             call.finish()
-            recorder.record(call.code, call.started)
+            recorder.record(call.code, call.started, call.exemplar)
 
     return handler
 
@@ -247,8 +288,9 @@ def _wrap_stream_response(
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """The one server interceptor of every service (see the module docstring)."""
 
-    def __init__(self, metrics: RpcMetrics) -> None:
+    def __init__(self, metrics: RpcMetrics, tracing: Tracing | None = None) -> None:
         self._metrics = metrics
+        self._tracing = tracing
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -275,16 +317,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, method, recorder, streaming_request=False), **kwargs
+                _wrap_unary_response(handler.unary_unary, method, recorder, self._tracing, streaming_request=False),
+                **kwargs,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, method, recorder, streaming_request=True), **kwargs
+                _wrap_unary_response(handler.stream_unary, method, recorder, self._tracing, streaming_request=True),
+                **kwargs,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, method, recorder, streaming_request=False), **kwargs
+                _wrap_stream_response(handler.unary_stream, method, recorder, self._tracing, streaming_request=False),
+                **kwargs,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(handler.stream_stream, method, recorder, streaming_request=True), **kwargs
+            _wrap_stream_response(handler.stream_stream, method, recorder, self._tracing, streaming_request=True),
+            **kwargs,
         )

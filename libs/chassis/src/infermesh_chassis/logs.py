@@ -1,7 +1,8 @@
 """structlog configured for JSON lines on stderr, with contextvars merged into every event.
 
 Every log line written while the server handles a call carries that call's ``request_id``
-and ``rpc`` (read from :mod:`.context`, which the server interceptor sets per call), and
+and ``rpc`` (read from :mod:`.context`, which the server interceptor sets per call), inside a
+sampled request also its ``trace_id`` and ``span_id`` (the current span, see :mod:`.tracing`), and
 anything bound with ``structlog.contextvars``.
 """
 
@@ -12,6 +13,7 @@ import sys
 from typing import TextIO
 
 import structlog
+from opentelemetry.trace import get_current_span
 
 from infermesh_chassis.context import current
 
@@ -42,6 +44,11 @@ def configure_logging(service: str, level: str = "INFO", *, json: bool = True, s
         if call is not None:
             event.setdefault("request_id", call.request_id)
             event.setdefault("rpc", call.rpc)
+            if call.tracing is not None:
+                span_context = get_current_span().get_span_context()
+                if span_context.trace_flags.sampled:
+                    event.setdefault("trace_id", f"{span_context.trace_id:032x}")
+                    event.setdefault("span_id", f"{span_context.span_id:016x}")
         return event
 
     structlog.configure(

@@ -34,6 +34,7 @@ from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
 from infermesh_chassis.settings import ServiceSettings
+from infermesh_chassis.tracing import Tracing
 from infermesh_chassis.workers import WorkerSlot
 
 __all__ = ["GrpcServer", "advertised_host", "serve"]
@@ -66,6 +67,7 @@ class GrpcServer:
         discovery: Discovery | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         worker: WorkerSlot | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self._worker = worker
@@ -83,7 +85,7 @@ class GrpcServer:
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ]
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.metrics.server), *interceptors],
+            interceptors=[ServerInterceptor(self.metrics.server, tracing), *interceptors],
             options=options,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )

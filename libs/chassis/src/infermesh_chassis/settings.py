@@ -28,6 +28,7 @@ __all__ = [
     "MetricsSettings",
     "ServiceSettings",
     "SettingsError",
+    "TracingSettings",
     "load_settings",
     "load_settings_or_exit",
 ]
@@ -165,6 +166,27 @@ class EventSettings(BaseModel):
             )
 
 
+class TracingSettings(BaseModel):
+    """Distributed tracing (OpenTelemetry, exported as OTLP over gRPC; see :mod:`infermesh_chassis.tracing`)."""
+
+    endpoint: str = ""
+    """``host:port`` of an OTLP/gRPC trace collector (the monitor, Jaeger, an OpenTelemetry collector);
+    empty turns tracing off, at no cost per request."""
+    sample_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    """Share of the requests that start here which are traced; a request that arrives with a trace
+    context keeps its caller's decision (parent-based sampling)."""
+    service_version: str | None = None
+    """``service.version`` of the spans; unset, the installed package's version."""
+    export_interval_s: float = Field(1.0, gt=0)
+    """Longest a finished span waits before its batch is exported."""
+    export_timeout_s: float = Field(2.0, gt=0)
+    """Bound of one export attempt; a batch that fails is dropped and counted, never retried."""
+    max_queue_spans: int = Field(4096, gt=0)
+    """Finished spans held for export; beyond it the oldest are dropped and counted."""
+    max_export_batch_spans: int = Field(512, gt=0)
+    """Most spans in one export call."""
+
+
 class ServiceSettings(BaseSettings):
     """Settings every service has. Subclasses add their own and set ``env_prefix``."""
 
@@ -180,6 +202,7 @@ class ServiceSettings(BaseSettings):
     discovery: DiscoverySettings = DiscoverySettings()
     client: ClientSettings = ClientSettings()
     events: EventSettings = EventSettings()
+    tracing: TracingSettings = TracingSettings()
     ready_file: Path | None = None
     """Once serving, the process writes the ports it bound here (JSON, written to a temporary name
     then renamed, so a reader never sees half of it) and removes it when it stops: whoever started it

@@ -54,6 +54,10 @@ struct CallOptions {
   2: optional string bearer_token
   /** Deadline of the whole call in milliseconds; absent uses the scene's SLO deadline. */
   3: optional i32 deadline_ms
+  /** W3C trace context of the caller (https://www.w3.org/TR/trace-context/, e.g.
+      "00-<32 hex trace id>-<16 hex span id>-01"): the call joins that trace. Absent or malformed
+      starts a new trace (never an error). */
+  4: optional string traceparent
 }
 
 /** A prediction request for one unit in one scene. */
@@ -92,6 +96,9 @@ struct PredictResponse {
   9: optional string degraded_detail
   /** Scene name. */
   10: required string scene
+  /** Id of the trace this answer was recorded in (32 hex; `infermesh trace` shows it); absent when
+      the call was not traced (tracing off, or not sampled). */
+  11: optional string trace_id
 }
 
 /** Error codes of a failed batch item (one per exception type). */

@@ -11,7 +11,8 @@ concurrent traffic a short window (like Triton's dynamic-batching queue delay) g
 that cut the gRPC calls, and their CPU, of every hop behind.
 
 Each member keeps its own deadline: a batch runs until the latest of its members' deadlines
-(bound as the call context's deadline, with the first member's request id), and a member whose
+(bound as the call context's deadline, with the first member's request id and trace context: its
+downstream call is a span of the first member's trace), and a member whose
 own deadline passes stops waiting (DEADLINE_EXCEEDED) while the batch goes on for the others.
 A batch that fails with an error about its content (INVALID_ARGUMENT, FAILED_PRECONDITION) is
 retried one member at a time, so one bad request cannot fail the others; any other failure is
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from infermesh_chassis import context as ctx
+from infermesh_chassis import tracing
 from infermesh_chassis.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 __all__ = ["Coalescer"]
@@ -47,6 +49,8 @@ class _Member(Generic[I, R]):
     deadline: float
     future: asyncio.Future[R]
     request_id: str
+    trace: tracing.Captured
+    """The member's trace context (:func:`infermesh_chassis.tracing.captured`)."""
 
 
 @dataclass(slots=True)
@@ -96,7 +100,9 @@ class Coalescer(Generic[I, R]):
         if lane.in_flight < self._max_in_flight and not lane.pending and not busy:
             return await self._alone(key, lane, item, timeout_s)
         loop = asyncio.get_running_loop()
-        member = _Member(item, now + timeout_s, loop.create_future(), ctx.current_request_id() or "")
+        member = _Member(
+            item, now + timeout_s, loop.create_future(), ctx.current_request_id() or "", tracing.captured()
+        )
         lane.pending.append(member)
         if lane.in_flight < self._max_in_flight:
             if len(lane.pending) >= self._max_batch:
@@ -174,7 +180,8 @@ class Coalescer(Generic[I, R]):
             if timeout <= 0:
                 raise DeadlineExceeded("the deadline passed before the call went out")
             self._count(len(batch))
-            results = await self._call(key, [m.item for m in batch], timeout)
+            with tracing.attached(batch[0].trace):
+                results = await self._call(key, [m.item for m in batch], timeout)
         except _SPLIT_ON as exc:
             if len(batch) == 1:
                 _fail(batch, exc)

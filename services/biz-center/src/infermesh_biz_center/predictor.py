@@ -77,6 +77,7 @@ from infermesh_biz_center.rules import Facts
 from infermesh_biz_center.scorecache import ScoreCache
 from infermesh_biz_center.settings import PredictSettings, ResilienceSettings
 from infermesh_chassis import context as ctx
+from infermesh_chassis import tracing
 from infermesh_chassis.breaker import AsyncCircuitBreaker, CircuitOpenError
 from infermesh_chassis.errors import (
     DeadlineExceeded,
@@ -278,7 +279,12 @@ class Predictor:
             self._refused.labels(scene.name, "concurrency").inc()
             raise
         started = time.perf_counter()
-        token = ctx.bind(ctx.CallContext(request_id, self._deadline(scene), getattr(ctx.current(), "rpc", "")))
+        call = ctx.current()
+        bound = ctx.CallContext(
+            request_id, self._deadline(scene), getattr(call, "rpc", ""), getattr(call, "tracing", None)
+        )
+        bound.traceparent = getattr(call, "traceparent", "")
+        token = ctx.bind(bound)
         outcome: PredictOutcome | None = None
         error: InfermeshError | None = None
         try:
@@ -514,6 +520,8 @@ class Predictor:
             self._answers.labels(scene.name, common_pb2.ServedBy.Name(degradation.served_by)).inc()
             if degradation.degraded:
                 self._degraded.labels(scene.name, common_pb2.DegradationReason.Name(degradation.reason)).inc()
+        if getattr(ctx.current(), "tracing", None) is not None:
+            _annotate(scene, outcome)
         emitter = self._emitter
         if emitter is None:
             return
@@ -529,3 +537,17 @@ class Predictor:
             if not self._exposed_recently((a.experiment, a.layer, a.variant, unit), now):
                 emitter.emit(self._source, ExposurePayload(scene.name, a.experiment, a.layer, a.variant, unit))
         emitter.emit(self._source, AnswerPayload(outcome, unit, latency_ms))
+
+
+def _annotate(scene: CompiledScene, outcome: PredictOutcome | None) -> None:
+    """Mark the request's span with its scene and, for a degraded answer, the fallback that served it."""
+    tracing.annotate(**{"infermesh.scene": scene.name})
+    if outcome is not None and outcome.degradation.degraded:
+        degradation = outcome.degradation
+        tracing.annotate(
+            **{
+                "infermesh.degraded": True,
+                "infermesh.fallback": common_pb2.ServedBy.Name(degradation.served_by),
+                "infermesh.degradation_reason": common_pb2.DegradationReason.Name(degradation.reason),
+            }
+        )

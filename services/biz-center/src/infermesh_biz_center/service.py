@@ -79,6 +79,7 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
             channels=channels,
             settings=settings.client,
             idempotent=idempotent,
+            tracing=runtime.tracing,
         )
 
     emitter: EventEmitter | None = None
@@ -179,7 +180,7 @@ async def _start_thrift(
     """
     if not settings.thrift.enabled or runtime.worker_index > 0:
         return None
-    thrift = ThriftFront(predictor, auth, settings.thrift, runtime.metrics)
+    thrift = ThriftFront(predictor, auth, settings.thrift, runtime.metrics, runtime.tracing)
     await thrift.start()
     runtime.on_stop(lambda: thrift.stop(settings.grpc.grace_period_s))
     runtime.server.report_port("thrift", thrift.port)

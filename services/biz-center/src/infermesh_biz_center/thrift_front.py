@@ -1,7 +1,9 @@
 """The Thrift front for legacy callers: the ``BizCenter`` service of biz_center.thrift over thriftpy2.
 
-Same core, same semantics as the gRPC front: credentials and the deadline travel in
-``CallOptions``, the request id in the request (or a new one). Errors become the IDL's
+Same core, same semantics as the gRPC front: credentials, the deadline and the caller's W3C trace
+context (``traceparent``: the call joins that trace; absent or malformed starts a new one) travel in
+``CallOptions``, the request id in the request (or a new one). With tracing on, each call is one SERVER
+span like a gRPC call's, and a traced answer names its ``trace_id``. Errors become the IDL's
 exceptions: INVALID_ARGUMENT → InvalidRequest (with the field), NOT_FOUND → NotFound,
 UNAUTHENTICATED → Unauthenticated, PERMISSION_DENIED → PermissionDenied, RESOURCE_EXHAUSTED →
 RateLimited (with retry_after_ms), UNAVAILABLE and DEADLINE_EXCEEDED → Unavailable, anything
@@ -41,6 +43,7 @@ from infermesh_biz_center.settings import ThriftSettings
 from infermesh_biz_center.thrift_wire import Limits, MemoryTransport, Refused, Stream, read_message
 from infermesh_biz_center.tls import server_ssl_context
 from infermesh_chassis import context as ctx
+from infermesh_chassis import tracing as tr
 from infermesh_chassis.errors import InfermeshError, ResourceExhausted
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
@@ -146,8 +149,11 @@ def _error(error: InfermeshError) -> Any:
 class _Handler:
     """The methods of the ``BizCenter`` Thrift service."""
 
-    def __init__(self, predictor: Predictor, auth: Authenticator, metrics: Metrics) -> None:
+    def __init__(
+        self, predictor: Predictor, auth: Authenticator, metrics: Metrics, tracing: tr.Tracing | None = None
+    ) -> None:
         self._predictor = predictor
+        self._tracing = tracing
         self._auth = auth
         self._calls = metrics.counter(
             "thrift_requests", "Thrift calls handled, by method and outcome.", ("method", "outcome")
@@ -161,25 +167,37 @@ class _Handler:
         started = time.perf_counter()
         deadline_ms = getattr(options, "deadline_ms", None)
         deadline = time.monotonic() + deadline_ms / 1000 if deadline_ms else None
-        token = ctx.bind(ctx.CallContext(request_id, deadline, f"thrift:{method}"))
+        call = ctx.CallContext(request_id, deadline, f"thrift:{method}", self._tracing)
+        token = ctx.bind(call)
+        span = span_token = None
+        if self._tracing is not None:
+            traceparent = getattr(options, "traceparent", None)
+            span, span_token = self._tracing.start_server(
+                f"BizCenter/{method}", traceparent, request_id, call, "thrift"
+            )
         self.in_flight += 1
         self.idle.clear()
         outcome = "ok"
+        code = grpc.StatusCode.OK
         try:
             principal = self._auth.authenticate(
                 getattr(options, "api_key", None), getattr(options, "bearer_token", None)
             )
             return await body(principal)
         except InfermeshError as exc:
+            code = exc.status_code
             outcome = _CODES.get(exc.status_code, "INTERNAL_ERROR").lower()
             if outcome == "internal_error":
                 _log.error("thrift_internal_error", method=method, error=exc.message)
             raise _exception(exc) from None
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             outcome = "internal_error"
             _log.exception("thrift_unhandled_exception", method=method)
             raise IDL.InternalError(message=f"internal error (request id {request_id})") from None
         finally:
+            if span is not None and span_token is not None:
+                tr.Tracing.end_server(span, span_token, code)
             ctx.unbind(token)
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -193,7 +211,11 @@ class _Handler:
         request_id = inp.request_id or ctx.new_request_id()
 
         async def body(principal: Principal) -> Any:
-            return _response(await self._predictor.predict(principal, inp, request_id))
+            response = _response(await self._predictor.predict(principal, inp, request_id))
+            if self._tracing is not None:
+                ids = tr.current_ids()
+                response.trace_id = None if ids is None else ids[0]
+            return response
 
         return await self._call("predict", options, request_id, body)
 
@@ -217,9 +239,16 @@ class _Handler:
 class ThriftFront:
     """The Thrift server (see the module docstring)."""
 
-    def __init__(self, predictor: Predictor, auth: Authenticator, settings: ThriftSettings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        auth: Authenticator,
+        settings: ThriftSettings,
+        metrics: Metrics,
+        tracing: tr.Tracing | None = None,
+    ) -> None:
         self._settings = settings
-        self._handler = _Handler(predictor, auth, metrics)
+        self._handler = _Handler(predictor, auth, metrics, tracing)
         self._processor = TAsyncProcessor(IDL.BizCenter, self._handler)
         self._limits = Limits(
             max_message_bytes=settings.max_message_bytes,

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from infermesh_chassis import tracing
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_data_gateway.definitions import ViewDef
@@ -139,6 +140,10 @@ class FeatureReader:
                     )
                     continue
             groups.setdefault(chain, []).append(index)
+        hits = len(items) - sum(len(indexes) for indexes in groups.values())
+        if hits:
+            with tracing.span("cache_read", **{"infermesh.view": view.name, "infermesh.cache_hits": hits}):
+                pass
         if len(groups) == 1:
             chain, indexes = next(iter(groups.items()))
             await self._read_chain(view, chain, indexes, items, results)
@@ -200,15 +205,23 @@ class FeatureReader:
         source = self.sources[name]
         started = time.perf_counter()
         error = None
-        try:
-            async with asyncio.timeout(source.timeout_s):
-                records = await source.read_online_views(list(zip(views, items, strict=True)))
-        except TimeoutError:
-            source.failed("timeout")
-            error = f"{name}: no answer within {source.timeout_s * 1000:.0f} ms"
-        except SourceError as exc:
-            source.failed("error")
-            error = f"{name}: {exc}"
+        attributes = {
+            "infermesh.source": name,
+            "infermesh.views": ",".join(v.name for v in views),
+            "infermesh.rows": sum(len(i) for i in items),
+        }
+        with tracing.span("source_read", **attributes) as span:
+            try:
+                async with asyncio.timeout(source.timeout_s):
+                    records = await source.read_online_views(list(zip(views, items, strict=True)))
+            except TimeoutError:
+                source.failed("timeout")
+                error = f"{name}: no answer within {source.timeout_s * 1000:.0f} ms"
+            except SourceError as exc:
+                source.failed("error")
+                error = f"{name}: {exc}"
+            if error is not None:
+                tracing.failed(span, error)
         if error is None:
             source.succeeded(time.perf_counter() - started)
             for index, view_records in zip(indexes, records, strict=True):
@@ -243,21 +256,31 @@ class FeatureReader:
         for name in order:
             source = self.sources[name]
             started = time.perf_counter()
-            try:
-                async with asyncio.timeout(source.timeout_s):
-                    records = await source.read_online(view, batch)
-            except TimeoutError:
-                source.failed("timeout")
-                errors.append(f"{name}: no answer within {source.timeout_s * 1000:.0f} ms")
-                continue
-            except SourceError as exc:
-                source.failed("error")
-                errors.append(f"{name}: {exc}")
-                continue
-            except Exception as exc:  # a connector bug must not hide the next source
-                source.failed("error")
-                _log.exception("source_read_crashed", source=name, view=view.name)
-                errors.append(f"{name}: {type(exc).__name__}")
+            failure = None
+            attributes = {
+                "infermesh.source": name,
+                "infermesh.view": view.name,
+                "infermesh.rows": len(batch),
+                "infermesh.from_fallback": name != chain[0],
+            }
+            with tracing.span("source_read", **attributes) as span:
+                try:
+                    async with asyncio.timeout(source.timeout_s):
+                        records = await source.read_online(view, batch)
+                except TimeoutError:
+                    source.failed("timeout")
+                    failure = f"{name}: no answer within {source.timeout_s * 1000:.0f} ms"
+                except SourceError as exc:
+                    source.failed("error")
+                    failure = f"{name}: {exc}"
+                except Exception as exc:  # a connector bug must not hide the next source
+                    source.failed("error")
+                    _log.exception("source_read_crashed", source=name, view=view.name)
+                    failure = f"{name}: {type(exc).__name__}"
+                if failure is not None:
+                    tracing.failed(span, failure)
+            if failure is not None:
+                errors.append(failure)
                 continue
             source.succeeded(time.perf_counter() - started)
             fallback = name != chain[0]

@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh_chassis import context as ctx
+from infermesh_chassis import tracing
 from infermesh_chassis.errors import (
     FailedPrecondition,
     InfermeshError,
@@ -168,15 +169,36 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 "through this gateway (inference.max_in_flight_per_version); retry after a short backoff",
                 retry_after_s=self._settings.overload_retry_after_s,
             )
+        traced = tracing.active()
+        if traced:
+            tracing.annotate(
+                **{
+                    "infermesh.model": record.model,
+                    "infermesh.model_version": record.version,
+                    "infermesh.route": "pinned" if route.pinned else "traffic_policy",
+                    "infermesh.alias": alias,
+                    "infermesh.shadow_version": route.shadow.version if route.shadow is not None else 0,
+                }
+            )
         if route.pinned and record.deprecated_until is not None:
             context.set_trailing_metadata(((self._settings.deprecation_header, deprecation_warning(record)),))
         if alias:  # the gateway's own parameter is not Triton's: the one case that re-encodes the request
             del request.parameters["alias"]
             payload = request.SerializeToString()
         try:
-            reply = await self._pool.infer_bytes(
-                primary.triton_name, payload + primary.to_triton, timeout_s=self._timeout(context)
-            )
+            if traced:
+                with tracing.span("worker_call", **{"infermesh.triton_model": primary.triton_name}) as span:
+                    try:
+                        reply = await self._pool.infer_bytes(
+                            primary.triton_name, payload + primary.to_triton, timeout_s=self._timeout(context)
+                        )
+                    except InfermeshError as exc:
+                        tracing.failed(span, f"{exc.status_code.name}: {exc.message}")
+                        raise
+            else:
+                reply = await self._pool.infer_bytes(
+                    primary.triton_name, payload + primary.to_triton, timeout_s=self._timeout(context)
+                )
         except InfermeshError as exc:
             self._report(record, request, None, started, exc)
             raise
@@ -252,19 +274,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         response: bytes | None = None
         error: tuple[int, str] | None = None
-        try:
-            target = self._target(shadow)
-            target.validator.validate(request, payload)
-            response = await self._pool.infer_bytes(
-                target.triton_name, payload + target.to_triton, timeout_s=self._settings.shadow_timeout_s
-            )
-        except InfermeshError as exc:
-            self._shadow_failed.labels(primary.model).inc()
-            error = (exc.status_code.value[0], exc.message)
-        except Exception as exc:  # a shadow must never take anything down with it
-            self._shadow_failed.labels(primary.model).inc()
-            _log.exception("shadow_failed", model=primary.model, shadow_version=shadow.version)
-            error = (grpc.StatusCode.INTERNAL.value[0], str(exc))
+        with tracing.span(
+            "mirror", **{"infermesh.model": primary.model, "infermesh.shadow_version": shadow.version}
+        ) as span:
+            try:
+                target = self._target(shadow)
+                target.validator.validate(request, payload)
+                response = await self._pool.infer_bytes(
+                    target.triton_name, payload + target.to_triton, timeout_s=self._settings.shadow_timeout_s
+                )
+            except InfermeshError as exc:
+                self._shadow_failed.labels(primary.model).inc()
+                error = (exc.status_code.value[0], exc.message)
+            except Exception as exc:  # a shadow must never take anything down with it
+                self._shadow_failed.labels(primary.model).inc()
+                _log.exception("shadow_failed", model=primary.model, shadow_version=shadow.version)
+                error = (grpc.StatusCode.INTERNAL.value[0], str(exc))
+            if error is not None:
+                tracing.failed(span, error[1])
         if self._emitter is not None:
             latency_ms = (time.perf_counter() - started) * 1000
             event = ShadowPayload(

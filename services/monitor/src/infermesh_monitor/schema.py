@@ -159,6 +159,8 @@ _EVENTS_IN: list[tuple[str, str]] = [
     ("source_service", "String"),
     ("source_instance", "String"),
     ("request_id", "String"),
+    ("trace_id", "String"),
+    ("span_id", "String"),
     ("inference_scene", "String"),
     ("inference_unit_id_hash", "String"),
     ("inference_variant", "String"),
@@ -313,6 +315,10 @@ _TIME = (
 _INSERT_ID = "getSetting('insert_deduplication_token')"
 
 
+_TRACE_INDEX = "INDEX trace_idx trace_id TYPE bloom_filter GRANULARITY 4"
+"""Every event table finds a trace's events by trace id (GetTrace) without reading every row."""
+
+
 def _tables(s: StorageSettings) -> list[_Table]:
     envelope = [
         ("time", "DateTime64(6, 'UTC')"),
@@ -321,6 +327,8 @@ def _tables(s: StorageSettings) -> list[_Table]:
         ("request_id", "String"),
         ("source_service", "LowCardinality(String)"),
         ("source_instance", "LowCardinality(String)"),
+        ("trace_id", "String"),
+        ("span_id", "String"),
     ]
     events_ttl = f"toDateTime(time) + INTERVAL {s.events_ttl_days} DAY"
     return [
@@ -364,6 +372,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             (
                 "INDEX scene_idx scene TYPE set(256) GRANULARITY 4",
                 "INDEX variant_idx variant TYPE set(256) GRANULARITY 4",
+                _TRACE_INDEX,
             ),
         ),
         _Table(
@@ -387,6 +396,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(model, primary_version, shadow_version, time, event_id)",
             "toDate(time)",
             events_ttl,
+            (_TRACE_INDEX,),
         ),
         _Table(
             "exposure_events",
@@ -402,6 +412,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(experiment, layer, variant, time, event_id)",
             "toDate(time)",
             events_ttl,
+            (_TRACE_INDEX,),
         ),
         _Table(
             "audit_events",
@@ -422,6 +433,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(service, target, time, event_id)",
             "toDate(time)",
             f"toDateTime(time) + INTERVAL {s.audit_ttl_days} DAY",
+            (_TRACE_INDEX,),
         ),
         _Table(
             "feedback_events",
@@ -440,6 +452,7 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(label_name, scene, time, event_id)",
             "toDate(time)",
             f"toDateTime(time) + INTERVAL {s.feedback_ttl_days} DAY",
+            (_TRACE_INDEX,),
         ),
         _Table(
             "feature_samples",
@@ -480,6 +493,34 @@ def _tables(s: StorageSettings) -> list[_Table]:
             "(bucket, source_service, scene, variant, model, model_version)",
             "toDate(bucket)",
             "bucket + INTERVAL 2 DAY",
+        ),
+        _Table(
+            "spans",
+            [
+                ("start", "DateTime64(6, 'UTC')"),
+                ("trace_id", "String"),
+                ("span_id", "String"),
+                ("parent_span_id", "String"),
+                ("service", "LowCardinality(String)"),
+                ("name", "LowCardinality(String)"),
+                ("kind", "UInt8"),
+                ("duration_ms", "Float64"),
+                ("status", "UInt8"),
+                ("status_message", "String"),
+                ("request_id", "String"),
+                ("scene", "LowCardinality(String)"),
+                ("degraded", "Bool"),
+                ("fallback", "LowCardinality(String)"),
+                ("attributes", "Map(String, String)"),
+            ],
+            "ReplacingMergeTree",
+            "(trace_id, span_id)",
+            "toDate(start)",
+            f"toDateTime(start) + INTERVAL {s.spans_ttl_days} DAY",
+            (
+                "INDEX request_idx request_id TYPE bloom_filter GRANULARITY 4",
+                "INDEX start_idx start TYPE minmax GRANULARITY 4",
+            ),
         ),
         _Table(
             "ingested_batches",
@@ -545,7 +586,8 @@ def _outputs(prefix: str, float_outputs: bool) -> str:
 _VIEWS: dict[str, tuple[str, str]] = {
     "inference_events": (
         "events_in_inference",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             inference_scene AS scene, inference_variant AS variant, inference_unit_id_hash AS unit_id_hash,
             inference_model AS model, inference_model_version AS model_version, inference_worker AS worker,
             inference_latency_ms AS latency_ms, inference_status_code AS status_code,
@@ -575,7 +617,8 @@ _VIEWS: dict[str, tuple[str, str]] = {
     ),
     "shadow_events": (
         "events_in_shadow",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             shadow_model AS model, shadow_primary_version AS primary_version, shadow_shadow_version AS shadow_version,
             shadow_primary_latency_ms AS primary_latency_ms, shadow_shadow_latency_ms AS shadow_latency_ms,
             shadow_shadow_error_code != 0 OR shadow_shadow_error_message != '' AS shadow_failed,
@@ -588,14 +631,16 @@ _VIEWS: dict[str, tuple[str, str]] = {
     ),
     "exposure_events": (
         "events_in_exposure",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             exposure_scene AS scene, exposure_experiment AS experiment, exposure_layer AS layer,
             exposure_variant AS variant, exposure_unit_id_hash AS unit_id_hash
         FROM events_in_exposure""",
     ),
     "audit_events": (
         "events_in_audit",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             audit_service AS service, audit_entry_id AS entry_id,
             fromUnixTimestamp64Micro(audit_entry_time_seconds * 1000000 + intDiv(audit_entry_time_nanos, 1000), 'UTC')
                 AS entry_time,
@@ -606,7 +651,8 @@ _VIEWS: dict[str, tuple[str, str]] = {
     ),
     "feedback_events": (
         "events_in_feedback",
-        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, source_service, source_instance,
+        f"""SELECT {_TIME} AS time, event_id, {_INSERT_ID} AS insert_id, request_id, trace_id, span_id, source_service,
+            source_instance,
             feedback_target_request_id AS target_request_id, feedback_unit_id_hash AS unit_id_hash,
             feedback_scene AS scene, feedback_label_name AS label_name, toString(feedback_label_kind) AS label_kind,
             multiIf(feedback_label_kind = 'double_value', feedback_label_double_value,
@@ -696,6 +742,10 @@ class SchemaManager:
         await self._store.command(f"CREATE TABLE IF NOT EXISTS {table.name} (\n  {columns}{indexes}\n) {clauses}")
         for name, type_ in table.columns:
             await self._store.command(f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS `{name}` {type_}")
+        for index in table.indexes:  # an index added later covers the parts written from then on
+            await self._store.command(
+                f"ALTER TABLE {table.name} ADD {index.replace('INDEX ', 'INDEX IF NOT EXISTS ', 1)}"
+            )
 
     async def _view(self, name: str, source: str, target: str, select: str) -> None:
         fingerprint = hashlib.sha256(f"{source}\n{target}\n{select}".encode()).hexdigest()[:16]

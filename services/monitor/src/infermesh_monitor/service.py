@@ -1,4 +1,4 @@
-"""The monitor assembled: store, schema, ingest (RPC and queue), window exports and reports."""
+"""The monitor assembled: store, schema, ingest (RPC and queue), window exports, reports, the trace receiver."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from infermesh_monitor.shadow import ShadowQueries
 from infermesh_monitor.slo import SloGate
 from infermesh_monitor.stats import StatsQueries, WindowExporter
 from infermesh_monitor.store import Store, open_store
+from infermesh_monitor.traces import OtlpTraceServicer, TraceQueries
 
 __all__ = ["Monitor"]
 
@@ -32,6 +33,7 @@ class Monitor:
     exporter: WindowExporter
     consumer: JetStreamConsumer | None
     servicer: MonitorServicer
+    trace_receiver: OtlpTraceServicer
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics) -> Monitor:
@@ -45,6 +47,7 @@ class Monitor:
         ingestor = Ingestor(store, settings.ingest, metrics)
         shadow = ShadowQueries(store)
         outcomes = OutcomeQueries(store, settings.analysis.experiment_max_predictions)
+        traces = TraceQueries(store)
         servicer = MonitorServicer(
             settings=settings,
             ingestor=ingestor,
@@ -53,6 +56,7 @@ class Monitor:
             drift=DriftQueries(store, settings.analysis),
             outcomes=outcomes,
             slo=SloGate(store, shadow, outcomes),
+            traces=traces,
         )
         exporter = WindowExporter(store, metrics, settings.analysis)
         exporter.start()
@@ -65,7 +69,7 @@ class Monitor:
             backend=settings.storage.backend,
             queue=settings.events.nats_url if consumer is not None else None,
         )
-        return cls(store, ingestor, exporter, consumer, servicer)
+        return cls(store, ingestor, exporter, consumer, servicer, OtlpTraceServicer(traces, metrics))
 
     async def close(self) -> None:
         """Stop consuming (the batch in hand is stored and acknowledged), stop exporting, close the store."""

@@ -22,6 +22,7 @@ from infermesh_monitor.settings import Settings
 from infermesh_monitor.shadow import DEFAULT_TOLERANCE, ShadowQueries
 from infermesh_monitor.slo import Figures, SloGate, SloResult, Thresholds
 from infermesh_monitor.stats import StatsQueries, micros
+from infermesh_monitor.traces import TraceQueries, check_trace_id
 
 __all__ = ["MonitorServicer"]
 
@@ -92,6 +93,7 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         drift: DriftQueries,
         outcomes: OutcomeQueries,
         slo: SloGate,
+        traces: TraceQueries,
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
@@ -100,6 +102,80 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         self._drift = drift
         self._outcomes = outcomes
         self._slo = slo
+        self._traces = traces
+
+    # --- traces ------------------------------------------------------------------------------
+
+    async def GetTrace(
+        self, request: monitor_pb2.GetTraceRequest, context: grpc.aio.ServicerContext
+    ) -> monitor_pb2.GetTraceResponse:
+        key = request.WhichOneof("key")
+        if key is None:
+            raise InvalidArgument("set trace_id or request_id")
+        if key == "trace_id":
+            trace_id = check_trace_id(request.trace_id)
+        else:
+            if not request.request_id:
+                raise InvalidArgument("request_id: empty; set a request id or a trace_id")
+            found = await self._traces.trace_of_request(request.request_id)
+            if found is None:
+                raise NotFound(f"no stored trace carries request id {request.request_id!r}; was it sampled?")
+            trace_id = found
+        spans = await self._traces.spans(trace_id)
+        if not spans:
+            raise NotFound(f"no spans of trace {trace_id} are stored (not sampled, not yet exported, or expired)")
+        response = monitor_pb2.GetTraceResponse(trace_id=trace_id)
+        for span in spans:
+            out = response.spans.add(
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                parent_span_id=span.parent_span_id,
+                service=span.service,
+                name=span.name,
+                kind=span.kind,
+                duration_ms=span.duration_ms,
+                status=span.status,
+                status_message=span.status_message,
+                request_id=span.request_id,
+                degraded=span.degraded,
+                fallback=span.fallback,
+                attributes=span.attributes,
+            )
+            out.start.FromMicroseconds(span.start_us)
+        for event in await self._traces.events(trace_id):
+            stored = response.events.add(
+                event_id=event.event_id,
+                kind=event.kind,
+                service=event.service,
+                span_id=event.span_id,
+                request_id=event.request_id,
+            )
+            stored.time.FromMicroseconds(event.time_us)
+        return response
+
+    async def ListTraces(
+        self, request: monitor_pb2.ListTracesRequest, context: grpc.aio.ServicerContext
+    ) -> monitor_pb2.ListTracesResponse:
+        if not 0 <= request.limit <= 1000:
+            raise InvalidArgument(f"limit: {request.limit}; between 1 and 1000 (0 means 10)")
+        since_s = request.since.ToTimedelta().total_seconds() if request.HasField("since") else 600.0
+        if since_s <= 0:
+            raise InvalidArgument("since: must be a positive duration")
+        response = monitor_pb2.ListTracesResponse()
+        for row in await self._traces.slowest(request.scene, since_s, request.limit or 10):
+            out = response.traces.add(
+                trace_id=row.trace_id,
+                request_id=row.request_id,
+                scene=row.scene,
+                root_service=row.root_service,
+                root_name=row.root_name,
+                duration_ms=row.duration_ms,
+                spans=row.spans,
+                error=row.error,
+                degraded=row.degraded,
+            )
+            out.start.FromMicroseconds(row.start_us)
+        return response
 
     # --- ingestion ---------------------------------------------------------------------------
 

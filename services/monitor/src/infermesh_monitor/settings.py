@@ -42,6 +42,8 @@ class StorageSettings(BaseModel):
     """Days audit events are kept."""
     ledger_ttl_days: int = Field(30, ge=1)
     """Days the ids of ingested batches are kept (a batch replayed later than this is stored again)."""
+    spans_ttl_days: int = Field(7, ge=1)
+    """Days the spans received over OTLP are kept."""
 
 
 class IngestSettings(BaseModel):

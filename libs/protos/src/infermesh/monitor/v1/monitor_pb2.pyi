@@ -32,6 +32,21 @@ class DriftLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRIFT_LEVEL_NONE: _ClassVar[DriftLevel]
     DRIFT_LEVEL_MODERATE: _ClassVar[DriftLevel]
     DRIFT_LEVEL_SIGNIFICANT: _ClassVar[DriftLevel]
+
+class SpanKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPAN_KIND_UNSPECIFIED: _ClassVar[SpanKind]
+    SPAN_KIND_INTERNAL: _ClassVar[SpanKind]
+    SPAN_KIND_SERVER: _ClassVar[SpanKind]
+    SPAN_KIND_CLIENT: _ClassVar[SpanKind]
+    SPAN_KIND_PRODUCER: _ClassVar[SpanKind]
+    SPAN_KIND_CONSUMER: _ClassVar[SpanKind]
+
+class SpanStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPAN_STATUS_UNSET: _ClassVar[SpanStatus]
+    SPAN_STATUS_OK: _ClassVar[SpanStatus]
+    SPAN_STATUS_ERROR: _ClassVar[SpanStatus]
 STATS_WINDOW_UNSPECIFIED: StatsWindow
 STATS_WINDOW_1M: StatsWindow
 STATS_WINDOW_5M: StatsWindow
@@ -47,6 +62,15 @@ DRIFT_LEVEL_UNSPECIFIED: DriftLevel
 DRIFT_LEVEL_NONE: DriftLevel
 DRIFT_LEVEL_MODERATE: DriftLevel
 DRIFT_LEVEL_SIGNIFICANT: DriftLevel
+SPAN_KIND_UNSPECIFIED: SpanKind
+SPAN_KIND_INTERNAL: SpanKind
+SPAN_KIND_SERVER: SpanKind
+SPAN_KIND_CLIENT: SpanKind
+SPAN_KIND_PRODUCER: SpanKind
+SPAN_KIND_CONSUMER: SpanKind
+SPAN_STATUS_UNSET: SpanStatus
+SPAN_STATUS_OK: SpanStatus
+SPAN_STATUS_ERROR: SpanStatus
 
 class EventSource(_message.Message):
     __slots__ = ("service", "instance")
@@ -167,12 +191,14 @@ class FeedbackEvent(_message.Message):
     def __init__(self, target_request_id: _Optional[str] = ..., unit_id_hash: _Optional[str] = ..., scene: _Optional[str] = ..., label_name: _Optional[str] = ..., label: _Optional[_Union[_common_pb2.Value, _Mapping]] = ..., label_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "schema_version", "time", "source", "request_id", "inference", "shadow", "exposure", "audit", "feedback")
+    __slots__ = ("event_id", "schema_version", "time", "source", "request_id", "trace_id", "span_id", "inference", "shadow", "exposure", "audit", "feedback")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     EXPOSURE_FIELD_NUMBER: _ClassVar[int]
@@ -183,12 +209,14 @@ class Event(_message.Message):
     time: _timestamp_pb2.Timestamp
     source: EventSource
     request_id: str
+    trace_id: str
+    span_id: str
     inference: InferenceEvent
     shadow: ShadowEvent
     exposure: ExposureEvent
     audit: AuditEvent
     feedback: FeedbackEvent
-    def __init__(self, event_id: _Optional[str] = ..., schema_version: _Optional[int] = ..., time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[EventSource, _Mapping]] = ..., request_id: _Optional[str] = ..., inference: _Optional[_Union[InferenceEvent, _Mapping]] = ..., shadow: _Optional[_Union[ShadowEvent, _Mapping]] = ..., exposure: _Optional[_Union[ExposureEvent, _Mapping]] = ..., audit: _Optional[_Union[AuditEvent, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackEvent, _Mapping]] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., schema_version: _Optional[int] = ..., time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[EventSource, _Mapping]] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., inference: _Optional[_Union[InferenceEvent, _Mapping]] = ..., shadow: _Optional[_Union[ShadowEvent, _Mapping]] = ..., exposure: _Optional[_Union[ExposureEvent, _Mapping]] = ..., audit: _Optional[_Union[AuditEvent, _Mapping]] = ..., feedback: _Optional[_Union[FeedbackEvent, _Mapping]] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)
@@ -604,3 +632,116 @@ class RegisterBaselineResponse(_message.Message):
     baseline_id: str
     sample_counts: _containers.ScalarMap[str, int]
     def __init__(self, baseline_id: _Optional[str] = ..., sample_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class GetTraceRequest(_message.Message):
+    __slots__ = ("trace_id", "request_id")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    request_id: str
+    def __init__(self, trace_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class TraceSpan(_message.Message):
+    __slots__ = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start", "duration_ms", "status", "status_message", "request_id", "degraded", "fallback", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    service: str
+    name: str
+    kind: SpanKind
+    start: _timestamp_pb2.Timestamp
+    duration_ms: float
+    status: SpanStatus
+    status_message: str
+    request_id: str
+    degraded: bool
+    fallback: str
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., parent_span_id: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[SpanKind, str]] = ..., start: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status: _Optional[_Union[SpanStatus, str]] = ..., status_message: _Optional[str] = ..., request_id: _Optional[str] = ..., degraded: bool = ..., fallback: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GetTraceResponse(_message.Message):
+    __slots__ = ("trace_id", "spans", "events")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    spans: _containers.RepeatedCompositeFieldContainer[TraceSpan]
+    events: _containers.RepeatedCompositeFieldContainer[TraceEvent]
+    def __init__(self, trace_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[TraceEvent, _Mapping]]] = ...) -> None: ...
+
+class TraceEvent(_message.Message):
+    __slots__ = ("event_id", "kind", "service", "time", "span_id", "request_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    kind: str
+    service: str
+    time: _timestamp_pb2.Timestamp
+    span_id: str
+    request_id: str
+    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[str] = ..., service: _Optional[str] = ..., time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., span_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ListTracesRequest(_message.Message):
+    __slots__ = ("scene", "since", "limit")
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    scene: str
+    since: _duration_pb2.Duration
+    limit: int
+    def __init__(self, scene: _Optional[str] = ..., since: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class TraceSummary(_message.Message):
+    __slots__ = ("trace_id", "request_id", "scene", "root_service", "root_name", "start", "duration_ms", "spans", "error", "degraded")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_NAME_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    request_id: str
+    scene: str
+    root_service: str
+    root_name: str
+    start: _timestamp_pb2.Timestamp
+    duration_ms: float
+    spans: int
+    error: bool
+    degraded: bool
+    def __init__(self, trace_id: _Optional[str] = ..., request_id: _Optional[str] = ..., scene: _Optional[str] = ..., root_service: _Optional[str] = ..., root_name: _Optional[str] = ..., start: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., spans: _Optional[int] = ..., error: bool = ..., degraded: bool = ...) -> None: ...
+
+class ListTracesResponse(_message.Message):
+    __slots__ = ("traces",)
+    TRACES_FIELD_NUMBER: _ClassVar[int]
+    traces: _containers.RepeatedCompositeFieldContainer[TraceSummary]
+    def __init__(self, traces: _Optional[_Iterable[_Union[TraceSummary, _Mapping]]] = ...) -> None: ...

@@ -60,6 +60,16 @@ class MonitorServiceStub(object):
                 request_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineRequest.SerializeToString,
                 response_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineResponse.FromString,
                 )
+        self.GetTrace = channel.unary_unary(
+                '/infermesh.monitor.v1.MonitorService/GetTrace',
+                request_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.GetTraceRequest.SerializeToString,
+                response_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.GetTraceResponse.FromString,
+                )
+        self.ListTraces = channel.unary_unary(
+                '/infermesh.monitor.v1.MonitorService/ListTraces',
+                request_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.ListTracesRequest.SerializeToString,
+                response_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.ListTracesResponse.FromString,
+                )
 
 
 class MonitorServiceServicer(object):
@@ -131,6 +141,21 @@ class MonitorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrace(self, request, context):
+        """One stored trace (the spans the services exported to the monitor's OTLP receiver,
+        opentelemetry.proto.collector.trace.v1.TraceService/Export), by trace id or by request id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTraces(self, request, context):
+        """The slowest stored traces of a window, optionally of one scene, with their ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +203,16 @@ def add_MonitorServiceServicer_to_server(servicer, server):
                     servicer.RegisterBaseline,
                     request_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineRequest.FromString,
                     response_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineResponse.SerializeToString,
+            ),
+            'GetTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrace,
+                    request_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.GetTraceRequest.FromString,
+                    response_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.GetTraceResponse.SerializeToString,
+            ),
+            'ListTraces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTraces,
+                    request_deserializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.ListTracesRequest.FromString,
+                    response_serializer=infermesh_dot_monitor_dot_v1_dot_monitor__pb2.ListTracesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -340,5 +375,39 @@ class MonitorService(object):
         return grpc.experimental.unary_unary(request, target, '/infermesh.monitor.v1.MonitorService/RegisterBaseline',
             infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineRequest.SerializeToString,
             infermesh_dot_monitor_dot_v1_dot_monitor__pb2.RegisterBaselineResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/infermesh.monitor.v1.MonitorService/GetTrace',
+            infermesh_dot_monitor_dot_v1_dot_monitor__pb2.GetTraceRequest.SerializeToString,
+            infermesh_dot_monitor_dot_v1_dot_monitor__pb2.GetTraceResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListTraces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/infermesh.monitor.v1.MonitorService/ListTraces',
+            infermesh_dot_monitor_dot_v1_dot_monitor__pb2.ListTracesRequest.SerializeToString,
+            infermesh_dot_monitor_dot_v1_dot_monitor__pb2.ListTracesResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

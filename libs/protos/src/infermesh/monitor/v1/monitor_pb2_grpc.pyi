@@ -86,6 +86,20 @@ class MonitorServiceStub:
     model version; it becomes the version's registered baseline.
     """
 
+    GetTrace: grpc.UnaryUnaryMultiCallable[
+        infermesh.monitor.v1.monitor_pb2.GetTraceRequest,
+        infermesh.monitor.v1.monitor_pb2.GetTraceResponse,
+    ]
+    """One stored trace (the spans the services exported to the monitor's OTLP receiver,
+    opentelemetry.proto.collector.trace.v1.TraceService/Export), by trace id or by request id.
+    """
+
+    ListTraces: grpc.UnaryUnaryMultiCallable[
+        infermesh.monitor.v1.monitor_pb2.ListTracesRequest,
+        infermesh.monitor.v1.monitor_pb2.ListTracesResponse,
+    ]
+    """The slowest stored traces of a window, optionally of one scene, with their ids."""
+
 class MonitorServiceAsyncStub:
     """Event ingestion and analysis."""
 
@@ -146,6 +160,20 @@ class MonitorServiceAsyncStub:
     """Stores a drift baseline (training samples, a file of training rows, or a past window) for a
     model version; it becomes the version's registered baseline.
     """
+
+    GetTrace: grpc.aio.UnaryUnaryMultiCallable[
+        infermesh.monitor.v1.monitor_pb2.GetTraceRequest,
+        infermesh.monitor.v1.monitor_pb2.GetTraceResponse,
+    ]
+    """One stored trace (the spans the services exported to the monitor's OTLP receiver,
+    opentelemetry.proto.collector.trace.v1.TraceService/Export), by trace id or by request id.
+    """
+
+    ListTraces: grpc.aio.UnaryUnaryMultiCallable[
+        infermesh.monitor.v1.monitor_pb2.ListTracesRequest,
+        infermesh.monitor.v1.monitor_pb2.ListTracesResponse,
+    ]
+    """The slowest stored traces of a window, optionally of one scene, with their ids."""
 
 class MonitorServiceServicer(metaclass=abc.ABCMeta):
     """Event ingestion and analysis."""
@@ -225,5 +253,23 @@ class MonitorServiceServicer(metaclass=abc.ABCMeta):
         """Stores a drift baseline (training samples, a file of training rows, or a past window) for a
         model version; it becomes the version's registered baseline.
         """
+
+    @abc.abstractmethod
+    def GetTrace(
+        self,
+        request: infermesh.monitor.v1.monitor_pb2.GetTraceRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[infermesh.monitor.v1.monitor_pb2.GetTraceResponse, collections.abc.Awaitable[infermesh.monitor.v1.monitor_pb2.GetTraceResponse]]:
+        """One stored trace (the spans the services exported to the monitor's OTLP receiver,
+        opentelemetry.proto.collector.trace.v1.TraceService/Export), by trace id or by request id.
+        """
+
+    @abc.abstractmethod
+    def ListTraces(
+        self,
+        request: infermesh.monitor.v1.monitor_pb2.ListTracesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[infermesh.monitor.v1.monitor_pb2.ListTracesResponse, collections.abc.Awaitable[infermesh.monitor.v1.monitor_pb2.ListTracesResponse]]:
+        """The slowest stored traces of a window, optionally of one scene, with their ids."""
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

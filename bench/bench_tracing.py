@@ -1,0 +1,259 @@
+"""What tracing costs a serving hop, and how many spans a second the monitor stores.
+
+A server process runs two chassis servers, ``front`` and ``back``: each ``Forward`` call to the front
+makes one downstream call to the back through ``ServiceClient``, so a request is two server spans and
+one client span, the chassis' whole tracing path. The same process is started with tracing off, at
+sample ratio 0.01 and at 1.0, exporting to a real monitor (chdb); one grpc.aio client drives each at
+concurrency 16, three times interleaved (medians). The cost is the server process' CPU per request
+against tracing off (CPU, not throughput: the box is shared and loaded). Then Export calls of 512
+spans each go straight to the monitor: spans stored per second. Ends with one JSON line ``{"bench": "tracing", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+import grpc
+from benchkit import cpu_s, drive
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from infermesh_chassis.ready import wait_ready
+
+SERVICE = "bench.Echo"
+PAYLOAD = b"x" * 256
+CONCURRENCY = 16
+MODES = ("off", "0.01", "1.0")
+ROUNDS = 3
+"""Each mode runs this many times, interleaved, and its figures are the medians (the box is shared)."""
+EXPORT_BATCH = 512
+EXPORTS = 40
+
+
+async def _serve(mode: str, endpoint: str, port_file: Path) -> None:
+    from infermesh_chassis.client import ChannelPool, ServiceClient  # noqa: PLC0415  (the server process only)
+    from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery  # noqa: PLC0415
+    from infermesh_chassis.logs import configure_logging  # noqa: PLC0415
+    from infermesh_chassis.metrics import Metrics  # noqa: PLC0415
+    from infermesh_chassis.server import GrpcServer  # noqa: PLC0415
+    from infermesh_chassis.settings import ClientSettings, ServiceSettings, TracingSettings  # noqa: PLC0415
+    from infermesh_chassis.tracing import Tracing  # noqa: PLC0415
+
+    configure_logging("bench-tracing", "WARNING")
+    ratio = 0.0 if mode == "off" else float(mode)
+    tracing_settings = TracingSettings(endpoint="" if mode == "off" else endpoint, sample_ratio=ratio)
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    def start(name: str, handler: object) -> GrpcServer:
+        metrics = Metrics(name)
+        server = GrpcServer(
+            ServiceSettings(service_name=name),
+            metrics=metrics,
+            tracing=Tracing.create(tracing_settings, name, metrics),
+        )
+        server.add_generic_handlers(
+            [grpc.method_handlers_generic_handler(SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(handler)})],
+            SERVICE,
+        )
+        return server
+
+    back = start("back", echo)
+    await back.start()
+    metrics = Metrics("front-client")
+
+    class Stub:
+        def __init__(self, channel: grpc.aio.Channel) -> None:
+            self.Echo = channel.unary_unary(f"/{SERVICE}/Echo")
+
+    downstream = ServiceClient(
+        "back",
+        Stub,
+        discovery=StaticDiscovery(DiscoverySettings(static={"back": [back.address]})),
+        channels=ChannelPool(metrics),
+        settings=ClientSettings(),
+        tracing=Tracing.create(tracing_settings, "front", metrics),
+    )
+
+    async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await downstream.call("Echo", request)  # type: ignore[no-any-return]
+
+    front = start("front", forward)
+    await front.start()
+    await asyncio.to_thread(port_file.write_text, str(front.port))
+    await asyncio.Event().wait()
+
+
+def _start_monitor(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+    config, ready_file = workdir / "monitor.yaml", workdir / "monitor.ready"
+    config.write_text(
+        json.dumps(
+            {
+                "grpc": {"port": 0},
+                "metrics": {"port": 0},
+                "logging": {"level": "WARNING"},
+                "storage": {"chdb_path": str(workdir / "chdb")},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    argv = [sys.executable, "-m", "infermesh_monitor", "--config", str(config), "--ready-file", str(ready_file)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    ready = wait_ready(ready_file, proc.pid, 120, exited=proc.poll)
+    return proc, f"127.0.0.1:{ready.grpc_port}", ready.metrics_port or 0
+
+
+def _start_server(mode: str, endpoint: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = workdir / f"{mode}-{time.monotonic_ns()}.port"
+    argv = [sys.executable, __file__, "--serve", mode, "--endpoint", endpoint, "--port-file", str(port_file)]
+    proc = subprocess.Popen(argv)
+    deadline = time.monotonic() + 30
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the {mode} server did not start")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{port_file.read_text()}"
+
+
+async def _serving(mode: str, endpoint: str, workdir: Path) -> dict[str, float]:
+    proc, address = _start_server(mode, endpoint, workdir)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            echo = channel.unary_unary(f"/{SERVICE}/Echo")
+
+            async def call(_: int) -> object:
+                return await echo(PAYLOAD, timeout=5)
+
+            await drive(call, CONCURRENCY, warmup_s=1.0, duration_s=1.0)
+            cpu_before = cpu_s(proc.pid)
+            figures = await drive(call, CONCURRENCY, warmup_s=0.0, duration_s=5.0)
+            figures["cpu_us_per_request"] = (cpu_s(proc.pid) - cpu_before) / (figures["rps"] * 5.0) * 1e6
+            return figures
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _export_request(batch: int) -> trace_service_pb2.ExportTraceServiceRequest:
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    resource = request.resource_spans.add()
+    resource.resource.attributes.add(key="service.name").value.string_value = "bench"
+    spans = resource.scope_spans.add().spans
+    now = time.time_ns()
+    trace_id = os.urandom(16)
+    for i in range(EXPORT_BATCH):
+        span = spans.add(
+            trace_id=trace_id if i % 8 else os.urandom(16),
+            span_id=os.urandom(8),
+            name="bench.Echo/Echo",
+            kind=2,
+            start_time_unix_nano=now + i * 1000,
+            end_time_unix_nano=now + i * 1000 + 250_000 + batch,
+        )
+        span.attributes.add(key="infermesh.request_id").value.string_value = os.urandom(8).hex()
+        span.attributes.add(key="infermesh.scene").value.string_value = "bench"
+    return request
+
+
+async def _stored_per_s(address: str) -> float:
+    requests = [_export_request(i) for i in range(EXPORTS)]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        await stub.Export(requests[0], timeout=30)  # the first insert warms the table up
+        began = time.perf_counter()
+        for request in requests[1:]:
+            await stub.Export(request, timeout=30)
+        return (EXPORTS - 1) * EXPORT_BATCH / (time.perf_counter() - began)
+
+
+def _unsampled_path_us() -> float:
+    """Microseconds tracing adds to one unsampled request of this bench (two server calls, one client
+    call), measured in this process without the noise of the shared box: the steady-state cost at 0.01."""
+    from infermesh_chassis import context as ctx  # noqa: PLC0415
+    from infermesh_chassis.settings import TracingSettings  # noqa: PLC0415
+    from infermesh_chassis.tracing import Tracing  # noqa: PLC0415
+
+    tracing = Tracing.create(TracingSettings(endpoint="127.0.0.1:9", sample_ratio=0.0), "bench")
+    assert tracing is not None
+
+    def request() -> None:
+        front = ctx.CallContext("rid", None, "/bench.Echo/Echo", tracing)
+        token = ctx.bind(front)
+        tracing.start_server("bench.Echo/Echo", None, "rid", front)
+        _, traceparent = tracing.start_client("bench.Echo/Echo", "127.0.0.1:1")
+        tracing.start_server("bench.Echo/Echo", traceparent, "rid", ctx.CallContext("rid", None, "", tracing))
+        ctx.unbind(token)
+
+    def baseline() -> None:
+        token = ctx.bind(ctx.CallContext("rid", None, "/bench.Echo/Echo", None))
+        ctx.CallContext("rid", None, "", None)
+        ctx.unbind(token)
+
+    n = 20_000
+    best = min(timeit.timeit(request, number=n) - timeit.timeit(baseline, number=n) for _ in range(5))
+    return best / n * 1e6
+
+
+async def _measure() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        monitor, address, _ = _start_monitor(workdir)
+        try:
+            runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+            for _ in range(ROUNDS):
+                for mode in MODES:
+                    runs[mode].append(await _serving(mode, address, workdir))
+            figures = {mode: {k: statistics.median(r[k] for r in done) for k in done[0]} for mode, done in runs.items()}
+            stored_per_s = await _stored_per_s(address)
+        finally:
+            monitor.terminate()
+            monitor.wait(timeout=30)
+    print(f"{'tracing':8} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
+    for mode, f in figures.items():
+        print(f"{mode:8} {f['rps']:>8.0f} {f['p50_ms']:>8.3f} {f['p99_ms']:>8.3f} {f['cpu_us_per_request']:>11.1f}")
+    print(f"spans stored by the monitor: {stored_per_s:.0f}/s (Export calls of {EXPORT_BATCH})")
+    off = figures["off"]["cpu_us_per_request"]
+    unsampled_us = _unsampled_path_us()
+    print(f"an unsampled request's tracing path: {unsampled_us:.1f} us ({unsampled_us / off * 100:.2f}% of its CPU)")
+
+    def overhead(mode: str) -> float:
+        return round((figures[mode]["cpu_us_per_request"] / off - 1) * 100, 1)
+
+    result = {
+        "bench": "tracing",
+        "overhead_pct_ratio_001": overhead("0.01"),
+        "overhead_pct_ratio_1": overhead("1.0"),
+        "spans_per_s_stored": round(stored_per_s),
+        "cpu_us_per_request_off": round(off, 1),
+        "unsampled_added_us_per_request": round(unsampled_us, 2),
+        "rps_off": round(figures["off"]["rps"]),
+        "rps_ratio_001": round(figures["0.01"]["rps"]),
+        "rps_ratio_1": round(figures["1.0"]["rps"]),
+    }
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", choices=MODES)
+    parser.add_argument("--endpoint", default="")
+    parser.add_argument("--port-file", type=Path)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(_serve(args.serve, args.endpoint, args.port_file))
+    else:
+        asyncio.run(_measure())
+
+
+if __name__ == "__main__":
+    main()
