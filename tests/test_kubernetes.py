@@ -429,17 +429,29 @@ SECRET_OF_COMPOSE_VARIABLE = {
 
 
 def compose_secrets(service: str) -> dict[str, str]:
-    """Settings compose takes from the shell (``${VARIABLE...}``), by name: the chart takes them from its Secret."""
+    """Settings compose takes from the shell's secrets (``${VARIABLE...}``), by name: the chart takes them from its
+    Secret. Other shell variables with a default (``${INFERMESH_TRACE_SAMPLE_RATIO:-0.01}``) are plain settings."""
     raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"][service].get("environment", {})
-    found = {name: re.match(r"\$\{(\w+)", str(value)) for name, value in raw.items()}
-    return {name: match.group(1) for name, match in found.items() if match}
+    found = {name: re.match(r"\$\{(\w+)(:?-)?", str(value)) for name, value in raw.items()}
+    return {
+        name: match.group(1)
+        for name, match in found.items()
+        if match and (match.group(2) is None or match.group(1) in SECRET_OF_COMPOSE_VARIABLE)
+    }
+
+
+def compose_default(value: str) -> str:
+    """What compose gives a ``${VARIABLE:-default}`` setting when the shell sets nothing (other values as they are)."""
+    match = re.fullmatch(r"\$\{\w+:?-([^}]*)\}", value)
+    return value if match is None else match.group(1)
 
 
 def compose_problems(service: str, chart: dict[str, str], compose: dict[str, str], image: dict[str, str]) -> list[str]:
     """Where the chart's settings of a service differ from the compose stack's (its image's ENV included)."""
     problems = []
     stack = image | compose
-    for name, value in stack.items():
+    for name, written in stack.items():
+        value = compose_default(written)
         if name not in chart:
             if name.startswith(settings_class(service).model_config["env_prefix"]):
                 problems.append(f"{service}: {name} is set by compose, not by the chart")
@@ -455,6 +467,10 @@ def compose_problems(service: str, chart: dict[str, str], compose: dict[str, str
             expected = {"consul": "192.168.0.4"}.get(theirs.hostname or "", f"{RELEASE}-{theirs.hostname}")
             if ours_url.hostname != expected:
                 problems.append(f"{service}: {name} reaches {ours_url.hostname}, not the chart's {expected}")
+        elif name.endswith("_TRACING__ENDPOINT"):
+            # compose traces to its Jaeger, the chart (values tracing.endpoint empty) to the monitor's OTLP Export.
+            if mine != f"{RELEASE}-monitor:50051":
+                problems.append(f"{service}: traces to {mine}, not the monitor")
         elif name.endswith("__ADVERTISE_HOST"):
             if mine != "10.244.1.7":
                 problems.append(f"{service}: registers {mine}, not its pod's address")

@@ -88,7 +88,8 @@ monitor: {name: monitor, prefix: MONITOR_, dataDir: /var/lib/infermesh/monitor}
 - name: {{ $p }}GRPC__ADVERTISE_HOST
   value: $(POD_IP)
 - name: {{ $p }}GRPC__WORKERS
-  value: {{ include "infermesh.workers" $svc | quote }}
+  {{- /* The monitor is one process (its real-time windows and chdb path live in it); it refuses more. */}}
+  value: {{ if eq .key "monitor" }}"1"{{ else }}{{ include "infermesh.workers" $svc | quote }}{{ end }}
 - name: {{ $p }}GRPC__GRACE_PERIOD_S
   value: {{ $svc.grpc.gracePeriodSeconds | quote }}
 - name: {{ $p }}METRICS__HOST
@@ -110,6 +111,10 @@ monitor: {name: monitor, prefix: MONITOR_, dataDir: /var/lib/infermesh/monitor}
     secretKeyRef:
       name: {{ $secret }}
       key: unit-id-hash-key
+- name: {{ $p }}TRACING__ENDPOINT
+  value: {{ $root.Values.tracing.endpoint | default (printf "%s:%v" (include "infermesh.name" (dict "root" $root "component" "monitor")) $root.Values.services.monitor.grpc.port) | quote }}
+- name: {{ $p }}TRACING__SAMPLE_RATIO
+  value: {{ $root.Values.tracing.sampleRatio | quote }}
 {{- if eq .key "modelGateway" }}
 - name: MODEL_GATEWAY_DATA_DIR
   value: {{ .meta.dataDir | quote }}
