@@ -98,7 +98,8 @@ async def _answers(gw: GatewayHarness, x: Any) -> bool:
 async def test_a_deploy_through_any_process_loads_once_and_serves_through_every_one(
     churn_models: ChurnModels, tmp_path
 ):
-    async with instance_pair(tmp_path) as (owner, follower):
+    # no background probe in the test's time: the owner's pool must learn of the load from the deploy itself
+    async with instance_pair(tmp_path, worker_settings={"pool": {"health_interval_s": 600}}) as (owner, follower):
         [triton] = owner.gateway.embedded
         assert follower.gateway.embedded == [], "only worker process 0 starts tritonserver"
         assert [w.address for w in follower.gateway.pool.workers] == [triton.grpc_address]

@@ -176,8 +176,8 @@ class ModelGateway:
         for server in self.embedded:
             worker = self.pool.worker(server.worker_id)
             reloading = tuple(sorted(worker.ready_models)) if worker.reloading else ()
-            address = worker.address if worker.reloading or not worker.down else ""
-            workers.append(SharedWorker(worker.id, address, worker.down, worker.reloading, worker.restarts, reloading))
+            shared = SharedWorker(worker.id, worker.address, worker.down, worker.reloading, worker.restarts, reloading)
+            workers.append(shared)
         self._shared.publish(TritonState(os.getpid(), started, tuple(workers)))
 
     async def _follow_owner(self) -> None:
@@ -239,6 +239,8 @@ class ModelGateway:
                         if self.serving() != before:
                             await self._report_health()
                 if self._sync.announced() > self._generation:
+                    # probe first: a version the sibling just loaded is ready in this pool before it routes here
+                    await self.pool.refresh()
                     await self.refresh()
             except Exception:  # keep serving on what is known; the next look tries again
                 _log.exception("instance_watch_failed")

@@ -74,6 +74,7 @@ class SharedWorker:
 
     id: str
     address: str
+    """Its gRPC address (the last process' while it is down; empty before the owner started it)."""
     down: str
     """Why its process is down and being restarted; empty while it serves."""
     reloading: bool
