@@ -49,7 +49,7 @@ def _wait_serving(address: str, timeout_s: float = 30) -> None:
 @pytest.mark.parametrize(("module", "name", "prefix"), SERVICES)
 def test_service_process_lifecycle(tmp_path: Path, module: str, name: str, prefix: str):
     config, ready_file = tmp_path / f"{name}.yaml", tmp_path / f"{name}.ready"
-    config.write_text(json.dumps({"grpc": {"port": 0, "grace_period_s": 2}, "metrics": {"port": 0}}))
+    config.write_text(json.dumps({"grpc": {"port": 0, "grace_period_s": 2, "workers": 1}, "metrics": {"port": 0}}))
     # a service that hashes unit ids refuses to start without a key
     env = _env(prefix) | {
         f"{prefix}LOGGING__LEVEL": "INFO",

@@ -104,7 +104,7 @@ class ServiceProcess:
         self.config = workdir / "settings.yaml"
         self.ready_file = workdir / "service.ready"
         base = {
-            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 1},
+            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 1, "workers": 1},
             "metrics": {"enabled": False},
             "logging": {"level": "WARNING"},
         }

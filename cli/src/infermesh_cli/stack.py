@@ -523,9 +523,10 @@ class LocalStack:
         return ServiceProcess("nats", popen.pid, port, metrics_port, str(log))
 
     def _write_settings(self, spec: ServiceSpec, static: dict[str, list[str]], layout: _Layout) -> None:
-        """The settings file of ``spec``: every port 0 (it binds its own), ``static`` for discovery."""
+        """The settings file of ``spec``: every port 0 (it binds its own), ``static`` for discovery, one
+        process per service (the local stack shares a developer's machine with everything else)."""
         settings: dict[str, Any] = {
-            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 5},
+            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 5, "workers": 1},
             "metrics": {"host": "127.0.0.1", "port": 0},
             "discovery": {"backend": "static", "static": static},
             "events": {

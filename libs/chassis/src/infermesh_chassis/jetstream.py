@@ -153,9 +153,13 @@ class DurableConsumer:
         self._stopping = asyncio.Event()
         self._nc: Client | None = None
         connected, pending = CONSUMER_GAUGES
-        self._connected = metrics.gauge(f"{metric_prefix}_{connected}", "1 while the consumer is connected to NATS.")
-        self._pending = metrics.gauge(
-            f"{metric_prefix}_{pending}", "Messages in the stream not yet delivered to the consumer."
+        self._connected = metrics.gauge(
+            f"{metric_prefix}_{connected}", "1 while the consumer is connected to NATS.", multiprocess_mode="livemin"
+        )
+        self._pending = metrics.gauge(  # every worker reads the same durable consumer's figure
+            f"{metric_prefix}_{pending}",
+            "Messages in the stream not yet delivered to the consumer.",
+            multiprocess_mode="livemax",
         )
 
     def start(self) -> None:

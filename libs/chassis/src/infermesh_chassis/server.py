@@ -9,6 +9,10 @@ there (with those the service reported through :meth:`GrpcServer.report_port`; s
 :mod:`infermesh_chassis.ready`). ``stop()`` removes the ready file, marks everything NOT_SERVING,
 deregisters, stops accepting calls and lets in-flight calls finish within the grace period.
 :func:`serve` runs a server until SIGTERM or SIGINT.
+
+As one of several worker processes of an instance (``worker``, see :mod:`infermesh_chassis.workers`)
+the server binds with ``SO_REUSEPORT``, leaves /metrics, discovery and the ready file to the parent,
+and reports NOT_SERVING while any worker of the instance is down.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
 from infermesh_chassis.settings import ServiceSettings
+from infermesh_chassis.workers import WorkerSlot
 
 __all__ = ["GrpcServer", "serve"]
 
@@ -38,6 +43,8 @@ _log = get_logger("infermesh_chassis.server")
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
 _ANY_HOST = frozenset({"0.0.0.0", "::", "[::]", ""})
+_GATE_POLL_S = 0.05
+"""How often a worker looks whether every worker of its instance serves."""
 
 
 class GrpcServer:
@@ -50,8 +57,10 @@ class GrpcServer:
         metrics: Metrics | None = None,
         discovery: Discovery | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        worker: WorkerSlot | None = None,
     ) -> None:
         self.settings = settings
+        self._worker = worker
         self.metrics = metrics or Metrics(settings.service_name)
         self._discovery = discovery
         cfg = settings.grpc
@@ -61,7 +70,7 @@ class GrpcServer:
             ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
             ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 0 if worker is None else 1),
             ("grpc.server.max_pending_requests", cfg.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ]
@@ -77,6 +86,9 @@ class GrpcServer:
         self._instance: Instance | None = None
         self._stopped = False
         self._reported: dict[str, int] = {}
+        self._wanted: dict[str, bool] = {}
+        self._gate_open = worker is None
+        self._gate_task: asyncio.Task[None] | None = None
         self.port = 0
 
     @property
@@ -123,9 +135,25 @@ class GrpcServer:
         For what the service itself knows, e.g. that nothing behind it can serve; ignored once a
         graceful shutdown began (everything stays NOT_SERVING then).
         """
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in names:
-            await self.health.set(name, status)
+            self._wanted[name] = serving
+            await self._apply(name)
+
+    async def _apply(self, name: str) -> None:
+        serving = self._wanted.get(name, False) and self._gate_open
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(name, status)
+
+    async def _watch_workers(self, worker: WorkerSlot) -> None:
+        """Keep every health name NOT_SERVING while any worker of the instance is down."""
+        while True:
+            gate = worker.all_up()
+            if gate != self._gate_open:
+                self._gate_open = gate
+                _log.info("instance_workers", all_up=gate, worker=worker.index)
+                for name in self._wanted:
+                    await self._apply(name)
+            await asyncio.sleep(_GATE_POLL_S)
 
     async def start(self) -> None:
         """Bind, serve, mark SERVING, expose /metrics and register in discovery."""
@@ -137,11 +165,17 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
         await self._server.start()
+        if self._worker is not None:
+            await self.set_serving(("", *self._service_names), True)
+            self._worker.write_ports(self._reported)
+            self._worker.mark_up(True)
+            self._gate_task = asyncio.create_task(self._watch_workers(self._worker))
+            _log.info("server_started", address=self.address, worker=self._worker.index)
+            return
         if self.settings.metrics.enabled:
             self._metrics_http = MetricsHttpServer(self.metrics, self.settings.metrics.host, self.settings.metrics.port)
             self._metrics_http.start()
-        for name in ("", *self._service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.set_serving(("", *self._service_names), True)
         if self._discovery is not None:
             host = self.advertised_host
             self._instance = Instance(
@@ -179,7 +213,12 @@ class GrpcServer:
             return
         self._stopped = True
         grace = self.settings.grpc.grace_period_s if grace_s is None else grace_s
-        if self.settings.ready_file is not None:
+        if self._worker is not None:
+            self._worker.mark_up(False)
+        if self._gate_task is not None:
+            self._gate_task.cancel()
+            self._gate_task = None
+        if self.settings.ready_file is not None and self._worker is None:
             remove_ready(self.settings.ready_file, os.getpid())
         await self.health.enter_graceful_shutdown()
         if self._discovery is not None and self._instance is not None:

@@ -5,6 +5,10 @@ or, in global mode, a :class:`~infermesh_chassis.ratelimit.RedisRateLimiter` sha
 instance. One limiter exists per distinct (rate, burst, mode), so a changed limit starts a
 fresh bucket. Refusals are RESOURCE_EXHAUSTED with a retry-after hint.
 
+A limit is per instance: with ``workers`` processes serving one instance, a local bucket (and the
+local fallback of a global one) gets ``rate / workers`` and ``ceil(burst / workers)``, since the kernel
+spreads connections evenly between them; a global limit lives in Redis and is shared as it is.
+
 Shedding bounds the calls a scene has in flight on this instance: beyond ``max_concurrency``
 a call is refused at once (RESOURCE_EXHAUSTED) instead of queuing behind the others; the hint
 is the scene's recent mean latency, the time a slot is likely to take to free.
@@ -32,9 +36,10 @@ _EWMA_WEIGHT = 0.1
 class RateLimits:
     """The rate limits of callers and scenes (see the module docstring)."""
 
-    def __init__(self, settings: RateLimitSettings, redis: Redis | None = None) -> None:
+    def __init__(self, settings: RateLimitSettings, redis: Redis | None = None, *, workers: int = 1) -> None:
         self._settings = settings
         self._redis = redis
+        self._workers = workers
         self._limiters: dict[tuple[float, int, str], Limiter] = {}
 
     def _limiter(self, rate: float, burst: int, mode: str) -> Limiter:
@@ -43,14 +48,13 @@ class RateLimits:
         key = (rate, burst, mode)
         limiter = self._limiters.get(key)
         if limiter is None:
+            local = RateLimiter(rate / self._workers, max(1, -(-burst // self._workers)))
             if mode == "global":
                 if self._redis is None:
                     raise RuntimeError("a global rate limit needs rate_limit.redis_url")
-                limiter = RedisRateLimiter(
-                    self._redis, rate, burst, prefix=self._settings.key_prefix, fallback=RateLimiter(rate, burst)
-                )
+                limiter = RedisRateLimiter(self._redis, rate, burst, prefix=self._settings.key_prefix, fallback=local)
             else:
-                limiter = RateLimiter(rate, burst)
+                limiter = local
             self._limiters[key] = limiter
         return limiter
 

@@ -210,7 +210,10 @@ class Predictor:
         )
         self._latency = metrics.histogram("predict_latency_seconds", "Time to answer a Predict, by scene.", scene_label)
         self._breaker_open = metrics.gauge(
-            "breaker_open", "1 while a downstream's circuit breaker is not closed.", ("breaker",)
+            "breaker_open",
+            "1 while a downstream's circuit breaker is not closed.",
+            ("breaker",),
+            multiprocess_mode="livemax",  # each worker has its own breakers: 1 while any is open
         )
 
     @property

@@ -136,7 +136,7 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
             client(downstream.model_gateway, MODEL_CONTROL_STUB, MODEL_CONTROL_IDEMPOTENT),
             metadata_ttl_s=downstream.metadata_ttl_s,
         ),
-        RateLimits(settings.rate_limit, redis),
+        RateLimits(settings.rate_limit, redis, workers=runtime.worker_count),
         predict=settings.predict,
         resilience=settings.resilience,
         metrics=runtime.metrics,
@@ -151,7 +151,8 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
     def add_predict(servicer: PredictServicer, server: grpc.aio.Server) -> None:
         nonlocal tls_port
         biz_center_pb2_grpc.add_BizCenterServiceServicer_to_server(servicer, server)
-        if tls is not None:  # the chassis binds the plaintext port; the TLS listener serves the same handlers
+        # the chassis binds the plaintext port; the TLS listener serves the same handlers (first worker only)
+        if tls is not None and runtime.worker_index == 0:
             tls_port = server.add_secure_port(f"{tls.host}:{tls.port}", server_credentials(tls))
             _log.info("grpc_tls_listener", address=f"{tls.host}:{tls_port}", mutual=tls.ca_file is not None)
 
@@ -172,8 +173,11 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
 async def _start_thrift(
     settings: Settings, runtime: Runtime, predictor: Predictor, auth: Authenticator
 ) -> ThriftFront | None:
-    """The Thrift front when enabled: started, its port reported in the ready file, stopped at shutdown."""
-    if not settings.thrift.enabled:
+    """The Thrift front when enabled: started, its port reported in the ready file, stopped at shutdown.
+
+    Of several workers only the first serves it (the gRPC port is the one all workers share).
+    """
+    if not settings.thrift.enabled or runtime.worker_index > 0:
         return None
     thrift = ThriftFront(predictor, auth, settings.thrift, runtime.metrics)
     await thrift.start()

@@ -11,7 +11,13 @@ from infermesh_data_gateway.settings import Settings
 
 
 async def build(settings: Settings, runtime: Runtime) -> None:
-    """Load the definitions, open the sources, consume the push stream, and add the servicer."""
+    """Load the definitions, open the sources, consume the push stream, and add the servicer.
+
+    Of several workers only the first materializes the views named in ``materialize_on_start``
+    (they share the online store); every worker pulls from the one durable push consumer.
+    """
+    if runtime.worker_index > 0:
+        settings = settings.model_copy(update={"materialize_on_start": []})
     gateway = DataGateway(settings, runtime.metrics)
     runtime.on_stop(gateway.stop)
     await gateway.start()

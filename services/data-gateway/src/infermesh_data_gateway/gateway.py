@@ -173,7 +173,9 @@ class DataGateway:
         self._served = metrics.counter(
             "features_served", "Feature values served, by feature service and status.", ("service", "status")
         )
-        self._versions_gauge = metrics.gauge("definition_versions", "Definition versions loaded.")
+        self._versions_gauge = metrics.gauge(
+            "definition_versions", "Definition versions loaded.", multiprocess_mode="livemax"
+        )
         self._fallbacks = metrics.counter(
             "fallback_reads", "Entities of a view served by a fallback source.", ("view", "source")
         )

@@ -56,7 +56,9 @@ class ReadCache:
         self._lookups = metrics.counter(
             "cache_lookups", "Read-through cache lookups by view and outcome.", ("view", "outcome")
         )
-        self._ratio = metrics.gauge("cache_hit_ratio", "Share of cache lookups that hit, per view.", ("view",))
+        self._ratio = metrics.gauge(  # one cache per worker: one series per worker (pid)
+            "cache_hit_ratio", "Share of cache lookups that hit, per view.", ("view",), multiprocess_mode="liveall"
+        )
         self._counts: dict[str, list[int]] = {}
 
     def get(self, view: str, key: tuple[Any, ...]) -> _Entry | None:

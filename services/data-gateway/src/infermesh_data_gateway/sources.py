@@ -111,7 +111,10 @@ class SourceMetrics:
             "source_bad_values", "Values a source returned that could not be read as their field's type.", ("source",)
         )
         self.health = metrics.gauge(
-            "source_health", "Health of each data source: 1 healthy, 2 degraded, 3 down.", ("source",)
+            "source_health",
+            "Health of each data source: 1 healthy, 2 degraded, 3 down.",
+            ("source",),
+            multiprocess_mode="livemax",  # the worst any worker sees
         )
 
 

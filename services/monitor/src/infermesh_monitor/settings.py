@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from infermesh_chassis.settings import ServiceSettings
+from infermesh_chassis.settings import GrpcServerSettings, ServiceSettings
 
 
 class StorageSettings(BaseModel):
@@ -102,3 +102,20 @@ class Settings(ServiceSettings):
     storage: StorageSettings = StorageSettings()
     ingest: IngestSettings = IngestSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+
+    @field_validator("grpc")
+    @classmethod
+    def _one_worker(cls, value: GrpcServerSettings) -> GrpcServerSettings:
+        """The monitor is one process: ``auto`` means 1 and more is refused.
+
+        Its real-time windows, alert state and ingest batches live in the process, and the embedded
+        chdb store may be opened by one process only; scale it with more instances on a ClickHouse server.
+        """
+        if value.workers == "auto":
+            return value.model_copy(update={"workers": 1})
+        if value.workers > 1:
+            raise ValueError(
+                "the monitor runs one process (its real-time windows live in it and one process owns a chdb "
+                "path): set workers to 1 or auto, and run more instances on a ClickHouse server to scale"
+            )
+        return value
