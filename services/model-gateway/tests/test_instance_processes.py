@@ -242,3 +242,13 @@ def test_two_worker_processes_share_one_triton_and_heal(churn_models: ChurnModel
         instance.until(lambda: _answers_everywhere(instance, x), "version 1 through both processes")
         assert list(instance.tritons().values()) == [owner], "the restarted follower started no Triton"
         assert _replicas(instance) == {(pb.REPLICA_STATE_READY, 1)}
+
+        # the owner dies and its Triton with it: its successor starts one again, reloads version 1, and
+        # counts that restart on from what its predecessor published
+        os.kill(owner, signal.SIGKILL)
+        instance.until(lambda: owner not in instance.workers(), "the owner gone")
+        instance.until(lambda: len(instance.tritons()) == 1, "the new owner's tritonserver")
+        instance.until(lambda: _answers_everywhere(instance, x), "version 1 through both processes")
+        [successor] = set(instance.tritons().values())
+        assert successor != owner and len(instance.workers()) == 2
+        assert _replicas(instance) == {(pb.REPLICA_STATE_READY, 2)}
