@@ -8,6 +8,11 @@ GetFeatures for a random customer at concurrency 1 and 16; the same process then
 same two keys per call straight from Redis with ``redis.asyncio`` (one MGET), the floor.
 Prints both, the peak RSS of every process, and ends with one JSON line
 ``{"bench": "features", ...}``. Goal: p99 under 2 ms at concurrency 16.
+
+Then the same GetFeatures at concurrency 16 against a gateway run with ``grpc.workers`` 1 and then 2
+(fresh processes, the client on 8 connections so the kernel spreads them over the workers):
+``data_gateway_rps_workers_1``/``_2`` and their ratio. The client shares the machine's cores with the
+workers (``workers_cores``), so on a small machine the ratio says more about the cores than the gateway.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from pathlib import Path
 import grpc
 import redis
 import redis.asyncio as aioredis
-from benchkit import drive, free_port, peak_rss_mib
+from benchkit import drive, free_port, peak_rss_mib, spread_channels, workers_figures
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infermesh.common.v1 import common_pb2
 from infermesh.datagateway.v1 import data_gateway_pb2 as pb
 from infermesh.datagateway.v1 import data_gateway_pb2_grpc
+from infermesh_chassis.ready import wait_ready
 from infermesh_data_gateway.sources import redis_key
 
 CUSTOMERS = 1000
@@ -121,6 +127,48 @@ async def _measure(address: str, redis_url: str) -> dict[str, dict[int, dict[str
     return figures
 
 
+async def _workers_rps(address: str) -> float:
+    """GetFeatures throughput at concurrency 16, spread over several connections."""
+    pick = random.Random(32)
+    requests = [
+        pb.GetFeaturesRequest(
+            feature_service="bench", entities=[pb.EntityRow(keys={"customer_id": common_pb2.Value(int64_value=c)})]
+        )
+        for c in range(CUSTOMERS)
+    ]
+    channels = spread_channels(address)
+    stubs = [data_gateway_pb2_grpc.DataGatewayServiceStub(channel) for channel in channels]
+    try:
+
+        async def get_features(n: int) -> None:
+            await stubs[n % len(stubs)].GetFeatures(requests[pick.randrange(CUSTOMERS)], timeout=5)
+
+        return (await drive(get_features, 16))["rps"]
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def _rps_by_workers(workdir: Path, config: dict[str, object], env: dict[str, str]) -> dict[int, float]:
+    """The gateway's throughput run with 1 and then 2 worker processes (each a fresh instance)."""
+    rps: dict[int, float] = {}
+    for workers in (1, 2):
+        path, ready_file = workdir / f"gateway-{workers}.yaml", workdir / f"gateway-{workers}.ready"
+        path.write_text(json.dumps(config | {"grpc": {"port": 0, "workers": workers}}))
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "infermesh_data_gateway", "--config", str(path), "--ready-file", str(ready_file)],
+            env=env,
+        )
+        try:
+            ready = wait_ready(ready_file, gateway.pid, 120, exited=gateway.poll)
+            _wait_serving(ready.address, gateway)
+            rps[workers] = asyncio.run(_workers_rps(ready.address))
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+    return rps
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -133,7 +181,7 @@ def main() -> None:
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         (workdir / "definitions.yaml").write_text(_definitions(redis_url))
         config = {
-            "grpc": {"port": grpc_port},
+            "grpc": {"port": grpc_port, "workers": 1},
             "metrics": {"enabled": False},
             "logging": {"level": "WARNING"},
             "definitions": str(workdir / "definitions.yaml"),
@@ -153,15 +201,24 @@ def main() -> None:
                 "redis": peak_rss_mib(redis_proc.pid),
                 "client": peak_rss_mib(os.getpid()),
             }
+            gateway.terminate()
+            gateway.wait(timeout=20)
+            by_workers = _rps_by_workers(workdir, config, env)
         finally:
             for proc in (gateway, redis_proc):
-                proc.terminate()
-                proc.wait(timeout=20)
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=20)
     print(f"{'path':8} {'conc':>4} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for path, by_conc in figures.items():
         for conc, f in by_conc.items():
             print(f"{path:8} {conc:>4} {f['rps']:>9.0f} {f['p50_ms']:>8.3f} {f['p99_ms']:>8.3f}")
     print("peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    scaling = workers_figures("data_gateway", by_workers)
+    print(
+        f"c16 over 8 connections: 1 worker {by_workers[1]:.0f} rps, 2 workers {by_workers[2]:.0f} rps "
+        f"(x{scaling['data_gateway_workers_ratio']}) on {scaling['workers_cores']} cores shared with the client"
+    )
     gw, direct = figures["gateway"], figures["direct"]
     result = {
         "bench": "features",
@@ -183,6 +240,7 @@ def main() -> None:
         "gateway_peak_rss_mib": round(rss["gateway"], 1),
         "redis_peak_rss_mib": round(rss["redis"], 1),
         "client_peak_rss_mib": round(rss["client"], 1),
+        **scaling,
     }
     print(json.dumps(result))
 

@@ -17,6 +17,11 @@ calls through three bare grpc.aio pass-through proxies chained in front of the w
 the ratio, latency quantiles, the CPU each process spent per mesh request at concurrency 16 (what
 costs the throughput), the peak RSS (VmHWM) of every process, and ends with one JSON line
 ``{"bench": "mesh_e2e", ...}``. Goal: the mesh keeps at least half of direct Triton's throughput.
+
+Every service runs one process (``grpc.workers: 1``). Then the business center alone is started again
+with 1 and then 2 workers (fresh instances, same downstreams) and the mesh driven at concurrency 16 over
+8 connections, so the kernel spreads them over the workers: ``biz_center_rps_workers_1``/``_2`` and
+their ratio. On a small machine the client, the gateways and Triton share the cores (``workers_cores``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import yaml
-from benchkit import children, cpu_s, drive, process_name, start_bare_proxies, status_mib, stop_processes
+from benchkit import (
+    children,
+    cpu_s,
+    drive,
+    process_name,
+    spread_channels,
+    start_bare_proxies,
+    status_mib,
+    stop_processes,
+    workers_figures,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sklearn.linear_model import LogisticRegression
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -72,7 +87,7 @@ class Service:
         """Its gRPC port, from its ready file once it serves."""
         self.ready_file = workdir / f"{name}.ready"
         settings = {
-            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 2},
+            "grpc": {"host": "127.0.0.1", "port": 0, "grace_period_s": 2, "workers": 1},
             "metrics": {"enabled": False},
             "events": {"enabled": False},
             "logging": {"level": "WARNING"},
@@ -260,35 +275,63 @@ def start_mesh(workdir: Path, services: list[Service]) -> tuple[Service, Service
     model.wait_serving()
     vectors = asyncio.run(_vectors(data.address))
     asyncio.run(_deploy(model.address, vectors, workdir))
-    biz = Service(
-        "biz-center",
-        "infermesh_biz_center",
-        workdir,
-        {
-            "discovery": {"static": {"data-gateway": [data.address], "model-gateway": [model.address]}},
-            "config": {"store_path": str(workdir / "biz.db"), "seed_file": str(_scenes(workdir))},
-            "auth": {
-                "api_keys": [
-                    {
-                        "name": "bench",
-                        "sha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
-                        "scenes": ["churn-score"],
-                    }
-                ]
-            },
-            "thrift": {"enabled": False},
-        },
-    )
+    biz = Service("biz-center", "infermesh_biz_center", workdir, _biz_settings(workdir, data, model, "biz.db"))
     services.append(biz)
     biz.wait_serving()
     return data, model, biz, vectors
+
+
+def _biz_settings(workdir: Path, data: Service, model: Service, store: str) -> dict[str, object]:
+    """The business center's settings in front of ``data`` and ``model``, its config store in ``store``."""
+    return {
+        "discovery": {"static": {"data-gateway": [data.address], "model-gateway": [model.address]}},
+        "config": {"store_path": str(workdir / store), "seed_file": str(_scenes(workdir))},
+        "auth": {
+            "api_keys": [
+                {"name": "bench", "sha256": hashlib.sha256(API_KEY.encode()).hexdigest(), "scenes": ["churn-score"]}
+            ]
+        },
+        "thrift": {"enabled": False},
+    }
+
+
+async def _predict_rps(address: str) -> float:
+    """Predict throughput at the highest concurrency, spread over several connections."""
+    channels = spread_channels(address)
+    predicts = [bz_grpc.BizCenterServiceStub(channel).Predict for channel in channels]
+    requests = [bz.PredictRequest(scene="churn-score", unit_id=str(c)) for c in CUSTOMERS]
+    metadata = (("x-api-key", API_KEY),)
+    try:
+
+        async def call(n: int) -> object:
+            return await predicts[n % len(predicts)](requests[n % len(requests)], metadata=metadata, timeout=5)
+
+        return (await drive(call, max(CONCURRENCIES), **LOAD))["rps"]
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def biz_rps_by_workers(workdir: Path, data: Service, model: Service) -> dict[int, float]:
+    """The mesh's throughput with the business center run with 1 and then 2 worker processes."""
+    rps: dict[int, float] = {}
+    for workers in (1, 2):
+        settings = _biz_settings(workdir, data, model, f"biz-workers-{workers}.db")
+        settings["grpc"] = {"host": "127.0.0.1", "port": 0, "grace_period_s": 2, "workers": workers}
+        biz = Service(f"biz-center-workers-{workers}", "infermesh_biz_center", workdir, settings)
+        try:
+            biz.wait_serving()
+            rps[workers] = asyncio.run(_predict_rps(biz.address))
+        finally:
+            biz.stop()
+    return rps
 
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
     services: list[Service] = []
     try:
-        _, model, biz, vectors = start_mesh(workdir, services)
+        data, model, biz, vectors = start_mesh(workdir, services)
         triton = _triton_address(model.log)
         triton_pid = next(p for p in children(model.process.pid) if process_name(p) == "tritonserver")
         pids = {s.name: s.process.pid for s in services} | {"tritonserver": triton_pid}
@@ -302,6 +345,8 @@ def main() -> int:
             rss["client"] = status_mib(os.getpid(), "VmHWM")
         finally:
             stop_processes([process for process, _ in chain])
+        biz.stop()
+        by_workers = biz_rps_by_workers(workdir, data, model)
     finally:
         for service in reversed(services):
             service.stop()
@@ -321,6 +366,12 @@ def main() -> int:
     )
     print("CPU ms per mesh request at c16: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ms.items()))
     print("peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    scaling = workers_figures("biz_center", by_workers)
+    print(
+        f"mesh at c{c_hi} over 8 connections: biz-center 1 worker {by_workers[1]:.0f} rps, 2 workers "
+        f"{by_workers[2]:.0f} rps (x{scaling['biz_center_workers_ratio']}) on {scaling['workers_cores']} cores "
+        "shared with the client, the gateways and Triton"
+    )
     stubs = [v for k, v in cpu_ms.items() if k.startswith("triton stub")]
     result = {
         "bench": "mesh_e2e",
@@ -346,6 +397,7 @@ def main() -> int:
         "data_gateway_peak_rss_mib": round(rss["data-gateway"]),
         "model_gateway_peak_rss_mib": round(rss["model-gateway"]),
         "tritonserver_peak_rss_mib": round(rss["tritonserver"]),
+        **scaling,
     }
     print(json.dumps(result))
     return 0

@@ -16,19 +16,42 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
+
 from infermesh_chassis.testing import free_port
 
 __all__ = [
+    "WORKERS_CHANNELS",
     "children",
     "cpu_s",
     "drive",
     "free_port",
     "peak_rss_mib",
     "process_name",
+    "spread_channels",
     "start_bare_proxies",
     "status_mib",
     "stop_processes",
+    "workers_figures",
 ]
+
+WORKERS_CHANNELS = 8
+"""Connections a client opens to a service run with several workers: the kernel hands each connection
+to one worker, so one channel would load one worker only."""
+
+
+def spread_channels(address: str, count: int = WORKERS_CHANNELS) -> list[grpc.aio.Channel]:
+    """``count`` channels to ``address``, each with its own connection (no shared subchannel pool)."""
+    return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+
+
+def workers_figures(service: str, rps: dict[int, float]) -> dict[str, object]:
+    """The JSON fields of ``service``'s throughput by worker count: ``<service>_rps_workers_<n>``, the
+    ratio of 2 workers to 1, and the cores this machine lets the processes use."""
+    figures: dict[str, object] = {f"{service}_rps_workers_{n}": round(value) for n, value in sorted(rps.items())}
+    figures[f"{service}_workers_ratio"] = round(rps[2] / rps[1], 3)
+    figures["workers_cores"] = len(os.sched_getaffinity(0))
+    return figures
 
 
 def status_mib(pid: int, field: str) -> float:

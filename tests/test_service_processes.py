@@ -4,6 +4,7 @@ with one line, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -100,3 +101,48 @@ def test_bad_settings_stop_the_process_with_one_line(module: str, name: str, pre
         f"{name}: invalid settings ({prefix}* environment): grpc.port: "
         "Input should be a valid integer, unable to parse string as an integer"
     )
+
+
+@pytest.mark.parametrize(("module", "name", "prefix"), [s for s in SERVICES if s[1] in ("data-gateway", "biz-center")])
+def test_service_with_two_workers(tmp_path: Path, module: str, name: str, prefix: str):
+    """The real service as one instance of two worker processes: one ready file and port, one /metrics
+    summing both, the biz-center's Thrift front (first worker) reported, a clean drain of both."""
+    config, ready_file = tmp_path / f"{name}.yaml", tmp_path / f"{name}.ready"
+    config.write_text(json.dumps({"grpc": {"port": 0, "grace_period_s": 2, "workers": 2}, "metrics": {"port": 0}}))
+    env = _env(prefix) | {f"{prefix}EVENTS__UNIT_ID_HASH_KEY": "test-unit-id-hash-key-0123"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--config", str(config), "--ready-file", str(ready_file)],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    workers: list[int] = []
+    try:
+        ready = wait_ready(ready_file, proc.pid, 120, exited=proc.poll)
+        assert ready.pid == proc.pid and ready.grpc_port > 0
+        if name == "biz-center":
+            assert ready.ports["thrift"] > 0
+        _wait_serving(ready.address)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        for _ in range(8):  # fresh connections: the kernel spreads them over the workers
+            _wait_serving(ready.address)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ready.metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        prefix_metric = f"infermesh_{name.replace('-', '_')}_grpc_server_requests_total"
+        checks = [line for line in text.splitlines() if line.startswith(prefix_metric) and '"Check"' in line]
+        assert checks and sum(float(line.rsplit(" ", 1)[1]) for line in checks) >= 9
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not ready_file.exists()
+        for pid in workers:
+            assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

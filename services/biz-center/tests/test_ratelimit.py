@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -27,6 +28,10 @@ from bizcenter_support import (
 )
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
+from infermesh_biz_center.domain import Principal
+from infermesh_biz_center.limits import RateLimits
+from infermesh_biz_center.settings import RateLimitSettings
+from infermesh_chassis.errors import ResourceExhausted
 
 MEASURE_S = 2.0
 BURST = 10
@@ -102,3 +107,19 @@ async def test_global_limit_is_shared_by_instances_within_five_percent(tmp_path:
             allowed, elapsed, refusals = await _hammer([one, two], SCORING_KEY, callers=4)
             assert (allowed - BURST) / elapsed == pytest.approx(40, rel=0.05)
             assert refusals
+
+
+@pytest.mark.parametrize(("workers", "admitted"), [(1, 4), (2, 2), (3, 2)])
+async def test_a_local_limit_is_per_instance_whatever_its_workers(workers: int, admitted: int):
+    """Each of N workers gets ceil(burst / N) of the burst and rate / N (the refill here is negligible)."""
+    caller = Principal("k", None, rate_per_s=0.001, burst=4, limit_mode="local")
+    scene = SimpleNamespace(name="s", rate_per_s=0.0)  # admit reads only these of a scene
+    limits = RateLimits(RateLimitSettings(), workers=workers)
+    allowed = 0
+    for _ in range(6):
+        try:
+            await limits.admit(caller, scene)  # type: ignore[arg-type]
+            allowed += 1
+        except ResourceExhausted:
+            pass
+    assert allowed == admitted

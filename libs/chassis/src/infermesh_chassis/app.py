@@ -36,13 +36,14 @@ from infermesh_chassis.client import ChannelPool, ServiceClient
 from infermesh_chassis.discovery import Discovery, Instance, create_discovery
 from infermesh_chassis.events import EventEmitter, MonitorSink, open_event_sink
 from infermesh_chassis.logs import configure_logging, get_logger
-from infermesh_chassis.metrics import Metrics, MetricsHttpServer, multiprocess_registry
+from infermesh_chassis.metrics import Metrics, MetricsHttpServer, metric_prefix, multiprocess_registry
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
 from infermesh_chassis.server import _ANY_HOST, GrpcServer, serve
 from infermesh_chassis.settings import ServiceSettings, load_settings_or_exit
 from infermesh_chassis.workers import (
     MULTIPROC_ENV,
     Supervisor,
+    SupervisorCollector,
     WorkerFailed,
     WorkerSlot,
     read_reported_ports,
@@ -304,6 +305,7 @@ async def _parent_main(settings: ServiceSettings, port: int, supervisor: Supervi
             return
         if settings.metrics.enabled:
             registry = multiprocess_registry(supervisor.instance_dir / "prometheus")
+            registry.register(SupervisorCollector(metric_prefix(settings.service_name), supervisor))
             metrics_http = MetricsHttpServer(registry, settings.metrics.host, settings.metrics.port)
             metrics_http.start()
         metrics_port = None if metrics_http is None else metrics_http.port

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHttpServer", "RpcMetrics", "multiprocess_registry"]
+__all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHttpServer", "RpcMetrics", "metric_prefix", "multiprocess_registry"]
 
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -37,6 +37,11 @@ LATENCY_BUCKETS_S = (
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
 FUNCTION_REFRESH_S = 1.0
 """In a worker of a multi-process instance, how often function-backed metrics are written to its files."""
+
+
+def metric_prefix(service: str) -> str:
+    """``infermesh_<service>``, with what a metric name cannot hold replaced by ``_``."""
+    return f"infermesh_{_NAME_SAFE.sub('_', service)}"
 
 
 def multiprocess_registry(directory: os.PathLike[str] | str) -> CollectorRegistry:
@@ -63,7 +68,7 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
 
     def __post_init__(self) -> None:
-        self.prefix = f"infermesh_{_NAME_SAFE.sub('_', self.service)}"
+        self.prefix = metric_prefix(self.service)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self._refreshers: list[Callable[[], None]] = []
         self._refresh_lock = threading.Lock()

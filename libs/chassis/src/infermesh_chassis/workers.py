@@ -40,10 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
 from infermesh_chassis.logs import get_logger
 
 __all__ = [
     "MULTIPROC_ENV",
+    "Supervisor",
+    "SupervisorCollector",
+    "WorkerFailed",
     "WorkerSlot",
     "read_reported_ports",
     "reserve_port",
@@ -182,6 +189,8 @@ class Supervisor:
         self._workers = [_Worker(index) for index in range(count)]
         self._stopping = False
         self._served = False
+        self.restarts = 0
+        """Workers started again after dying."""
         self._failed: WorkerFailed | None = None
         self._changed = asyncio.Event()
         (instance_dir / _UP_FILE).write_bytes(b"\x00" * count)
@@ -234,7 +243,12 @@ class Supervisor:
         worker.failures = 1 if lived >= _STABLE_AFTER_S else worker.failures + 1
         delay = min(_RESTART_BACKOFF_S * 2 ** (worker.failures - 1), _RESTART_BACKOFF_MAX_S)
         _log.warning("worker_died", worker=worker.index, pid=process.pid, exitcode=code, restart_in_s=delay)
-        worker.restart = loop.call_later(delay, self._spawn, worker)
+        worker.restart = loop.call_later(delay, self._respawn, worker)
+
+    def _respawn(self, worker: _Worker) -> None:
+        if not self._stopping:
+            self.restarts += 1
+        self._spawn(worker)
 
     async def wait_all_up(self, stopping: asyncio.Event, poll_s: float = 0.02) -> bool:
         """Wait until every worker serves (True), or ``stopping`` is set (False).
@@ -277,10 +291,24 @@ class Supervisor:
         self._up.close()
 
 
+class SupervisorCollector(Collector):
+    """The parent's own figures in the instance's /metrics: workers configured, serving, restarted."""
+
+    def __init__(self, prefix: str, supervisor: Supervisor) -> None:
+        self._prefix = prefix
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        supervisor = self._supervisor
+        yield GaugeMetricFamily(f"{self._prefix}_workers", "Worker processes of this instance.", supervisor.count)
+        yield GaugeMetricFamily(f"{self._prefix}_workers_up", "Worker processes serving now.", supervisor.up_count())
+        yield CounterMetricFamily(
+            f"{self._prefix}_worker_restarts", "Worker processes started again after dying.", supervisor.restarts
+        )
+
+
 def _mark_dead(pid: int) -> None:
     """Drop a dead worker's live gauges from the multiprocess directory (its counters stay counted)."""
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
-        from prometheus_client import multiprocess  # noqa: PLC0415  (only a parent of workers needs it)
-
         multiprocess.mark_process_dead(pid, directory)
