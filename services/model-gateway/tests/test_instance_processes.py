@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -62,12 +63,27 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` exited (a zombie or reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 class Instance:
     """The parent process and what runs under it."""
 
-    def __init__(self, process: subprocess.Popen[bytes], address: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], address: str, metrics_port: int | None) -> None:
         self.process = process
         self.address = address
+        self.metrics_port = metrics_port
+
+    def metric(self, name: str, label: str) -> float:
+        """The sum of one metric's samples that carry ``label`` (``key="value"``) on the instance's /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            lines = reply.read().decode().splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(f"{name}{{") and label in line)
 
     def workers(self) -> list[int]:
         """The gateway worker processes (the parent's children that multiprocessing spawned, not its
@@ -89,6 +105,22 @@ class Instance:
             assert time.monotonic() < deadline, f"{what}: not within {WITHIN_S}s"
             time.sleep(0.1)
 
+    def settled(self) -> bool:
+        """Whether every socket listening on the instance's port belongs to a live worker process.
+
+        A killed worker's listening socket lingers in the kernel's ``SO_REUSEPORT`` group for a moment
+        after the process is gone, and a connection hashed to it then is reset (callers retry those).
+        """
+        port = int(self.address.rsplit(":", 1)[1])
+        owned = _socket_owners(self.workers())
+        listening = [
+            int(fields[9])
+            for table in ("/proc/net/tcp", "/proc/net/tcp6")
+            for fields in (line.split() for line in Path(table).read_text().splitlines()[1:])
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+        ]
+        return all(inode in owned for inode in listening)
+
     def serving(self) -> bool:
         with grpc.insecure_channel(self.address) as channel:
             try:
@@ -104,7 +136,7 @@ def start_instance(tmp_path: Path, workers: int = 2) -> Iterator[Instance]:
     settings = {
         "data_dir": str(tmp_path / "data"),
         "grpc": {"port": 0, "host": "127.0.0.1", "workers": workers, "grace_period_s": 1},
-        "metrics": {"enabled": False},
+        "metrics": {"port": 0},
         "events": {"enabled": False},
         "deploy": {"propagation_s": 0},
         "workers": {"embedded": 1, "pool": {"health_interval_s": 0.2}},
@@ -119,7 +151,7 @@ def start_instance(tmp_path: Path, workers: int = 2) -> Iterator[Instance]:
     )
     try:
         ready = wait_ready(ready_file, process.pid, WITHIN_S, exited=process.poll)
-        instance = Instance(process, f"127.0.0.1:{ready.grpc_port}")
+        instance = Instance(process, f"127.0.0.1:{ready.grpc_port}", ready.metrics_port)
         instance.until(instance.serving, "the instance SERVING")
         yield instance
     finally:
@@ -234,7 +266,7 @@ def test_two_worker_processes_share_one_triton_and_heal(churn_models: ChurnModel
         # a follower dies: the other keeps serving at once, and the parent starts it again
         [follower] = [w for w in workers if w != owner]
         os.kill(follower, signal.SIGKILL)
-        instance.until(lambda: follower not in instance.workers(), "the follower gone")
+        instance.until(lambda: _gone(follower) and instance.settled(), "the follower and its socket gone")
         served = infer_spread(instance, x, connections=4)
         assert set(served) == {owner} and all(v == "1" for vs in served.values() for v in vs)
         instance.until(lambda: len(instance.workers()) == 2, "the parent restarting the follower")
@@ -246,9 +278,11 @@ def test_two_worker_processes_share_one_triton_and_heal(churn_models: ChurnModel
         # the owner dies and its Triton with it: its successor starts one again, reloads version 1, and
         # counts that restart on from what its predecessor published
         os.kill(owner, signal.SIGKILL)
-        instance.until(lambda: owner not in instance.workers(), "the owner gone")
+        instance.until(lambda: _gone(owner) and instance.settled(), "the owner and its socket gone")
         instance.until(lambda: len(instance.tritons()) == 1, "the new owner's tritonserver")
         instance.until(lambda: _answers_everywhere(instance, x), "version 1 through both processes")
         [successor] = set(instance.tritons().values())
         assert successor != owner and len(instance.workers()) == 2
         assert _replicas(instance) == {(pb.REPLICA_STATE_READY, 2)}
+        # one /metrics for the instance: the Triton restarts counted once each, not once per process
+        assert instance.metric("infermesh_model_gateway_worker_restarts_total", 'worker="embedded-0"') == 2
