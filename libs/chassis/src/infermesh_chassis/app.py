@@ -21,7 +21,6 @@ import importlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -38,7 +37,7 @@ from infermesh_chassis.events import EventEmitter, MonitorSink, open_event_sink
 from infermesh_chassis.logs import configure_logging, get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer, metric_prefix, multiprocess_registry
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
-from infermesh_chassis.server import _ANY_HOST, GrpcServer, serve
+from infermesh_chassis.server import GrpcServer, advertised_host, serve
 from infermesh_chassis.settings import ServiceSettings, load_settings_or_exit
 from infermesh_chassis.workers import (
     MULTIPROC_ENV,
@@ -296,7 +295,7 @@ async def _parent_main(settings: ServiceSettings, port: int, supervisor: Supervi
     for sig in signals:
         loop.add_signal_handler(sig, stopping.set)
     discovery = create_discovery(settings.discovery)
-    advertised = _advertised_host(settings)
+    advertised = advertised_host(settings)
     metrics_http: MetricsHttpServer | None = None
     instance: Instance | None = None
     try:
@@ -341,11 +340,3 @@ async def _parent_main(settings: ServiceSettings, port: int, supervisor: Supervi
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
         _log.info("instance_stopped")
-
-
-def _advertised_host(settings: ServiceSettings) -> str:
-    """The host the instance registers (what :attr:`GrpcServer.advertised_host` says, without a server)."""
-    cfg = settings.grpc
-    if cfg.advertise_host:
-        return cfg.advertise_host
-    return socket.gethostname() if cfg.host in _ANY_HOST else cfg.host

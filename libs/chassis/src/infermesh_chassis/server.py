@@ -36,7 +36,7 @@ from infermesh_chassis.ready import Ready, remove_ready, write_ready
 from infermesh_chassis.settings import ServiceSettings
 from infermesh_chassis.workers import WorkerSlot
 
-__all__ = ["GrpcServer", "serve"]
+__all__ = ["GrpcServer", "advertised_host", "serve"]
 
 _log = get_logger("infermesh_chassis.server")
 
@@ -45,6 +45,14 @@ AddServicer = Callable[[Any, grpc.aio.Server], None]
 _ANY_HOST = frozenset({"0.0.0.0", "::", "[::]", ""})
 _GATE_POLL_S = 0.05
 """How often a worker looks whether every worker of its instance serves."""
+
+
+def advertised_host(settings: ServiceSettings) -> str:
+    """The host others dial (see :attr:`GrpcServer.advertised_host`)."""
+    cfg = settings.grpc
+    if cfg.advertise_host:
+        return cfg.advertise_host
+    return socket.gethostname() if cfg.host in _ANY_HOST else cfg.host
 
 
 class GrpcServer:
@@ -105,10 +113,7 @@ class GrpcServer:
     def advertised_host(self) -> str:
         """The host others dial: ``advertise_host``, else the bound host, else (bound to every
         interface) this machine's host name, so scaled replicas register distinct addresses."""
-        cfg = self.settings.grpc
-        if cfg.advertise_host:
-            return cfg.advertise_host
-        return socket.gethostname() if cfg.host in _ANY_HOST else cfg.host
+        return advertised_host(self.settings)
 
     @property
     def metrics_port(self) -> int | None:
