@@ -153,11 +153,15 @@ class SqliteDatabase(Database):
         opening = await asyncio.to_thread(_exclusive, path.with_name(f"{path.name}.open-lock"))
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
-            await db.execute("PRAGMA busy_timeout=10000")
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            for statement in (*_SCHEMA, _AUDIT_SQLITE):
-                await db.execute(statement)
+            try:
+                await db.execute("PRAGMA busy_timeout=10000")
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=FULL")
+                for statement in (*_SCHEMA, _AUDIT_SQLITE):
+                    await db.execute(statement)
+            except BaseException:
+                await db.close()  # its thread would keep the process from exiting
+                raise
         finally:
             opening.close()
         return cls(db)
