@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
+from infermesh_chassis.errors import InfermeshError
+from infermesh_model_gateway.instance import SharedTriton, SharedWorker, TritonState
 from infermesh_model_gateway.rollouts import CONTROLLER_ACTOR
 from infermesh_model_gateway.testing import (
     ChurnModels,
@@ -178,3 +181,30 @@ async def test_one_rollout_controller_drives_a_model_across_the_processes(churn_
         entries, _ = await owner.gateway.registry.list_audit(target_prefix="models/churn/versions/1", page_size=100)
         by_controller = [e.action for e in entries if e.actor == CONTROLLER_ACTOR]
         assert sorted(by_controller) == ["model_version.draining", "model_version.retired"], by_controller
+
+
+async def test_a_follower_waits_for_a_live_owner_and_gives_up_without_one(tmp_path):
+    instance_dir = tmp_path / "instance"
+    shared = SharedTriton(instance_dir)
+    starting = (SharedWorker("embedded-0", "", "the owner process is starting it", False, 0, ()),)
+    shared.publish(TritonState(os.getpid(), False, starting))  # an owner that lives and is still starting
+    follower = asyncio.create_task(_start_follower(tmp_path, instance_dir))
+    for _ in range(3):  # longer than its startup timeout: a live owner is waited for
+        await asyncio.sleep(0.5)
+        assert not follower.done()
+    gone = await asyncio.create_subprocess_exec("true")  # a process that existed and is reaped
+    await gone.wait()
+    shared.publish(TritonState(gone.pid, False, starting))
+    with pytest.raises(InfermeshError, match="no worker process 0 of this instance started its Triton"):
+        await asyncio.wait_for(follower, WITHIN_S)
+
+
+async def _start_follower(tmp_path: Path, instance_dir: Path) -> None:
+    async with start_gateway(
+        tmp_path,
+        worker_index=1,
+        worker_count=2,
+        instance_dir=instance_dir,
+        worker_settings={"startup_timeout_s": 0.5},
+    ):
+        pass

@@ -182,18 +182,23 @@ class ModelGateway:
 
     async def _follow_owner(self) -> None:
         """Wait until the owner has started the instance's Triton workers and reconciled them; add
-        them to this process' pool as it publishes them."""
+        them to this process' pool as it publishes them.
+
+        As long as the owner process lives this waits (its reconcile of many versions may take a
+        while); without a live owner for ``workers.startup_timeout_s`` it gives up.
+        """
         assert self._shared is not None
         timeout_s = self.settings.workers.startup_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
             state = self._shared.read()
-            if state is not None and state.started and pid_alive(state.owner_pid):
+            owner_alive = state is not None and pid_alive(state.owner_pid)
+            if state is not None and state.started and owner_alive:
                 break
-            if time.monotonic() >= deadline:
-                raise InfermeshError(
-                    f"the instance's worker process 0 did not start its Triton workers within {timeout_s:.0f}s"
-                )
+            if owner_alive:
+                deadline = time.monotonic() + timeout_s
+            elif time.monotonic() >= deadline:
+                raise InfermeshError(f"no worker process 0 of this instance started its Triton within {timeout_s:.0f}s")
             await asyncio.sleep(self.settings.instance_poll_s)
         for shared in state.workers:
             await self.pool.add(shared.id, shared.address)
