@@ -74,8 +74,11 @@ class ModelGateway:
         self.settings = settings
         self.owner = worker_index == 0
         """Whether this process owns the embedded Triton workers of its instance (see :mod:`.instance`)."""
-        self._shared = None if instance_dir is None else SharedTriton(instance_dir)
-        self._sync = None if instance_dir is None else RouterSync(instance_dir, worker_index, worker_count)
+        self._shared: SharedTriton | None = None
+        self._sync: RouterSync | None = None
+        if instance_dir is not None and worker_count > 1:  # one process alone shares nothing
+            self._shared = SharedTriton(instance_dir)
+            self._sync = RouterSync(instance_dir, worker_index, worker_count)
         if not self.owner and self._shared is None:
             raise ValueError("a gateway worker process other than the first needs the instance directory")
         self._discovery = discovery
