@@ -16,6 +16,13 @@ and the bare proxy spend per request at concurrency 32 (their CPU time over the 
 counted for that run, from its ModelStatistics), the peak RSS (VmHWM) of the gateway,
 of tritonserver and of each python-backend stub, the memory each further loaded version costs,
 and ends with one JSON line ``{"bench": "gateway_overhead", ...}``.
+
+Those runs serve the gateway from one process (``grpc.workers: 1``). Then a second instance serves
+the same port from two worker processes (``grpc.workers: 2``, one shared Triton); its throughput
+through the gateway at concurrency :data:`WORKERS_AT` is reported beside the one-process figure of
+the same concurrency (``model_gateway_rps_workers_1`` and ``model_gateway_rps_workers_2``), with
+their ratio and the cores this process may use (on 2 cores perf_analyzer, Triton and the gateway
+processes share them).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as pb_grpc
+from infermesh_chassis.ready import wait_ready
 from infermesh_model_gateway.perf_analyzer import PerfResult, run_perf_analyzer
 from infermesh_model_gateway.testing import register_request, train_churn_models
 
@@ -46,15 +54,17 @@ CPU_AT = 32
 """The concurrency at which the CPU per request of the gateway and of the bare proxy is measured."""
 MEASUREMENT_MS = 4000
 EXTRA_VERSIONS = 3
+WORKERS_AT = 32
+"""The concurrency at which one and two gateway worker processes are compared."""
 
 
-def _start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+def _config(workdir: Path, workers: int) -> Path:
     config = workdir / "model-gateway.yaml"
-    port_file = workdir / "gateway.log"
     config.write_text(
         json.dumps(
             {
                 "data_dir": str(workdir / "data"),
+                "grpc": {"workers": workers},
                 "workers": {"embedded": 1},
                 "events": {"enabled": False},
                 "metrics": {"enabled": False},
@@ -62,6 +72,12 @@ def _start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
             }
         )
     )
+    return config
+
+
+def _start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+    config = _config(workdir, 1)
+    port_file = workdir / "gateway.log"
     log = port_file.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "infermesh_model_gateway", "--config", str(config)],
@@ -152,6 +168,36 @@ def _measure(
     return direct, floor, through, cpu_ms
 
 
+def _rps_with_two_workers(models_dir: Path) -> float:
+    """Throughput through an instance of two gateway worker processes at :data:`WORKERS_AT`."""
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-workers-") as scratch:
+        workdir = Path(scratch)
+        ready_file = workdir / "gateway.ready"
+        with (workdir / "gateway.log").open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "infermesh_model_gateway",
+                    "--config",
+                    str(_config(workdir, 2)),
+                    "--ready-file",
+                    str(ready_file),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            address = wait_ready(ready_file, process.pid, 120, exited=process.poll).address
+            asyncio.run(_deploy(address, models_dir))
+            args = {"concurrency": WORKERS_AT, "shapes": {"X": [6]}, "measurement_ms": MEASUREMENT_MS}
+            return run_perf_analyzer(address, "churn", **args, workdir=workdir).throughput
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as scratch:
         workdir = Path(scratch)
@@ -178,6 +224,8 @@ def main() -> int:
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
+        rps_workers = {1: through[WORKERS_AT].throughput, 2: _rps_with_two_workers(workdir / "models-workers")}
+    cores = len(os.sched_getaffinity(0))
     print(f"{'concurrency':>11} {'direct rps':>11} {'floor rps':>10} {'gateway rps':>12} {'gw/direct':>9} "
           f"{'floor/direct':>12} {'gw/floor':>8} {'direct p99':>10} {'floor p99':>9} {'gw p99':>8} "
           f"{'added p99':>9}")  # fmt: skip
@@ -194,6 +242,10 @@ def main() -> int:
         f"peak RSS: gateway {gateway_peak:.0f} MiB, bare proxy {proxy_peak:.0f} MiB, "
         f"tritonserver {triton_peak:.0f} MiB, "
         f"python-backend stub {stub_peak:.0f} MiB; each further loaded version costs {per_version:.0f} MiB"
+    )
+    print(
+        f"gateway worker processes at c{WORKERS_AT}: 1 → {rps_workers[1]:.0f} rps, 2 → {rps_workers[2]:.0f} rps "
+        f"(ratio {rps_workers[2] / rps_workers[1]:.2f}; {cores} cores shared with Triton and perf_analyzer)"
     )
     best = max(CONCURRENCIES, key=lambda c: direct[c].throughput)
     figures: dict[str, object] = {
@@ -225,6 +277,11 @@ def main() -> int:
         "tritonserver_peak_rss_mib": round(triton_peak),
         "stub_peak_rss_mib": round(stub_peak),
         "rss_per_extra_version_mib": round(per_version, 1),
+        "model_gateway_rps_workers_1": round(rps_workers[1]),
+        "model_gateway_rps_workers_2": round(rps_workers[2]),
+        "model_gateway_workers_ratio": round(rps_workers[2] / rps_workers[1], 3),
+        "workers_at_concurrency": WORKERS_AT,
+        "cores": cores,
     }
     print(json.dumps(figures))
     return 0

@@ -33,9 +33,18 @@ async def assemble(
     """Start the registry and the Triton workers, then add the data and control planes to the server.
 
     ``clock`` is what rollouts, retirements and the router's retirement answers read the time from
-    (tests move one by hand).
+    (tests move one by hand). With several worker processes, the first owns the instance's embedded
+    Triton workers and the others follow it (see :mod:`.instance`).
     """
-    gateway = ModelGateway(settings, runtime.metrics, runtime.discovery, clock=clock)
+    gateway = ModelGateway(
+        settings,
+        runtime.metrics,
+        runtime.discovery,
+        clock=clock,
+        worker_index=runtime.worker_index,
+        worker_count=runtime.worker_count,
+        instance_dir=runtime.instance_dir,
+    )
     gateway.on_health = lambda serving: runtime.server.set_serving(HEALTH_FOLLOWS_WORKERS, serving)
     runtime.on_stop(gateway.stop)
     await gateway.start()
@@ -51,15 +60,18 @@ async def assemble(
     runtime.on_stop(inference.drain_shadows)
     runtime.server.add_servicer(add_to_server, inference, INFERENCE_SERVICE)
     instance = settings.instance_id or f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
-    operations = RolloutOperations(gateway.registry, gateway.refresh, emitter, instance, clock=clock)
+    operations = RolloutOperations(gateway.registry, gateway.changed, emitter, instance, clock=clock)
     monitor = runtime.client(settings.monitor_service, monitor_pb2_grpc.MonitorServiceStub, idempotent=("CheckSlo",))
 
     async def check_slo(request: monitor_pb2.CheckSloRequest) -> common_pb2.SloEvaluation:
         reply: monitor_pb2.CheckSloResponse = await monitor.call("CheckSlo", request)
         return reply.evaluation
 
+    # each worker process holds leases as itself: processes of one instance compete for a model's
+    # controller lease like instances do, so one process drives each model
+    holder = instance if runtime.worker_count == 1 else f"{instance}/worker-{runtime.worker_index}"
     controller = RolloutController(
-        gateway.registry, operations, gateway.deployer, check_slo, settings=settings.rollouts, instance=instance
+        gateway.registry, operations, gateway.deployer, check_slo, settings=settings.rollouts, instance=holder
     )
     controller.start()
     runtime.on_stop(controller.stop)

@@ -148,8 +148,9 @@ class WorkerPool:
         self._faults = metrics.counter("worker_faults", "Worker-side inference failures.", ("worker", "grpc_code"))
         self._retries = metrics.counter("worker_retries", "Inferences retried on another worker.")
         self._ejections = metrics.counter("worker_ejections", "Workers ejected after failures.", ("worker",))
-        healthy = metrics.gauge("workers_available", "Workers healthy and not ejected.")
-        healthy.set_function(lambda: sum(w.available(time.monotonic()) for w in self._workers.values()))
+        # the worker processes of an instance share its Triton workers: the instance has what one sees
+        healthy = metrics.gauge("workers_available", "Workers healthy and not ejected.", multiprocess_mode="livemax")
+        healthy.set_function(lambda: sum(w.available(time.monotonic()) for w in list(self._workers.values())))
 
     @property
     def workers(self) -> list[Worker]:

@@ -22,13 +22,14 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiosqlite
 import asyncpg
@@ -147,12 +148,22 @@ class SqliteDatabase(Database):
     async def open(cls, path: Path) -> SqliteDatabase:
         """Open (creating) the database file and its tables."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=10000")
-        await db.execute("PRAGMA synchronous=FULL")
-        for statement in (*_SCHEMA, _AUDIT_SQLITE):
-            await db.execute(statement)
+        # one process at a time: SQLite answers "database is locked" at once, whatever the busy timeout,
+        # to a second process switching a file to WAL meanwhile (an instance's workers start together)
+        opening = await asyncio.to_thread(_exclusive, path.with_name(f"{path.name}.open-lock"))
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+            try:
+                await db.execute("PRAGMA busy_timeout=10000")
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=FULL")
+                for statement in (*_SCHEMA, _AUDIT_SQLITE):
+                    await db.execute(statement)
+            except BaseException:
+                await db.close()  # its thread would keep the process from exiting
+                raise
+        finally:
+            opening.close()
         return cls(db)
 
     @contextlib.asynccontextmanager
@@ -173,6 +184,13 @@ class SqliteDatabase(Database):
 
     async def close(self) -> None:
         await self._db.close()
+
+
+def _exclusive(path: Path) -> IO[bytes]:
+    """Open ``path`` and hold an exclusive lock on it (blocking) until the file is closed."""
+    handle = path.open("ab")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
 def _numbered(sql: str) -> str:

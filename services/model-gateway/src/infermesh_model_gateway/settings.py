@@ -128,6 +128,11 @@ class Settings(ServiceSettings):
     """``sqlite:///path`` or ``postgresql://...``; empty: SQLite in ``data_dir/registry.db``."""
     registry_poll_s: float = Field(1.0, gt=0)
     """How often the registry is checked for changes made by other gateway instances."""
+    instance_poll_s: float = Field(0.05, gt=0)
+    """How often a worker process looks at what the other worker processes of its instance
+    published (the shared Triton workers, a newer routing generation)."""
+    instance_sync_timeout_s: float = Field(2.0, gt=0)
+    """Longest wait of a change made through one worker process for the others to route by it."""
     max_artifact_bytes: int = Field(2048 * MiB, gt=0)
     """Largest artifact fetched over http(s)."""
     workers: WorkerSettings = WorkerSettings()

@@ -220,11 +220,16 @@ async def start_gateway(
     workers: int = 1,
     worker_settings: dict[str, Any] | None = None,
     clock: Clock = utc_now,
+    worker_index: int = 0,
+    worker_count: int = 1,
+    instance_dir: Path | None = None,
     **overrides: Any,
 ) -> AsyncIterator[GatewayHarness]:
     """A gateway as its process runs it, with ``workers`` embedded Triton workers (and the other
     ``worker_settings``); ``overrides`` are settings, merged one level deep into the test defaults;
-    ``clock`` is the rollouts' and retirements' time."""
+    ``clock`` is the rollouts' and retirements' time. ``worker_index``, ``worker_count`` and
+    ``instance_dir`` make it one worker process of an instance served by several (the others
+    started with the same ``data_dir`` and ``instance_dir``)."""
     values: dict[str, Any] = {
         "data_dir": str(data_dir),
         "workers": {"embedded": workers, "pool": {"health_interval_s": 0.2}, **(worker_settings or {})},
@@ -235,7 +240,7 @@ async def start_gateway(
     for key, value in overrides.items():
         values[key] = {**values[key], **value} if isinstance(value, dict) and key in values else value
     settings = load_settings(Settings, **values)
-    runtime = Runtime.create(settings)
+    runtime = Runtime.create(settings, worker_index=worker_index, worker_count=worker_count, instance_dir=instance_dir)
     sink = ListSink()
     emitter = EventEmitter(sink, EventSettings(flush_interval_s=0.02), runtime.metrics)
     emitter.start()
