@@ -300,10 +300,16 @@ class SupervisorCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         supervisor = self._supervisor
-        yield GaugeMetricFamily(f"{self._prefix}_workers", "Worker processes of this instance.", supervisor.count)
-        yield GaugeMetricFamily(f"{self._prefix}_workers_up", "Worker processes serving now.", supervisor.up_count())
+        yield GaugeMetricFamily(
+            f"{self._prefix}_worker_processes", "Worker processes of this instance.", supervisor.count
+        )
+        yield GaugeMetricFamily(
+            f"{self._prefix}_worker_processes_up", "Worker processes serving now.", supervisor.up_count()
+        )
         yield CounterMetricFamily(
-            f"{self._prefix}_worker_restarts", "Worker processes started again after dying.", supervisor.restarts
+            f"{self._prefix}_worker_process_restarts",
+            "Worker processes started again after dying.",
+            supervisor.restarts,
         )
 
 

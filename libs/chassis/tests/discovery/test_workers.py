@@ -198,9 +198,9 @@ async def test_two_workers_serve_one_port_register_once_and_restart(tmp_path, fa
         await _until(replaced, "the parent restarted the worker and the instance serves again")
         assert len(fake_consul.registrations) == 1  # a restarted worker does not register again
         text = await asyncio.to_thread(_scrape, instance.ready.metrics_port)
-        assert _sample(text, "infermesh_probe_worker_restarts_total") == 1
-        assert _sample(text, "infermesh_probe_workers") == 2
-        assert _sample(text, "infermesh_probe_workers_up") == 2
+        assert _sample(text, "infermesh_probe_worker_process_restarts_total") == 1
+        assert _sample(text, "infermesh_probe_worker_processes") == 2
+        assert _sample(text, "infermesh_probe_worker_processes_up") == 2
         # the dead worker's calls still count; its live gauges are gone
         assert _sample(text, "infermesh_probe_grpc_server_requests_total", grpc_method="Sleep") == total
 
