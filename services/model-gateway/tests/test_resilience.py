@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
-from infermesh_chassis.testing import free_port as testing_free_port
+from infermesh_chassis.testing import free_port as any_free_port
 from infermesh_model_gateway import triton
 from infermesh_model_gateway.testing import ChurnModels, infer_request, run_load, start_gateway, until
 from infermesh_model_gateway.triton import TritonServer
@@ -187,7 +187,7 @@ async def test_a_port_taken_before_triton_binds_it_starts_it_on_fresh_ports(tmp_
     taker.listen()
     taken = taker.getsockname()[1]
     picks = iter([taken])  # the first start's HTTP port is the taken one
-    monkeypatch.setattr(triton, "_free_port", lambda: next(picks, None) or testing_free_port())
+    monkeypatch.setattr(triton, "_free_port", lambda: next(picks, None) or any_free_port())
     (tmp_path / "repository").mkdir()
     server = TritonServer(tmp_path / "repository", tmp_path / "worker", "port-race")
     try:

@@ -138,12 +138,16 @@ async def test_a_killed_triton_is_restarted_and_reloaded_once_for_the_instance(c
         async def follower_down() -> bool:
             return await _health(follower) == "NOT_SERVING"
 
+        async def follower_knows_why() -> bool:
+            reply = await follower.control.GetModelVersion(pb.GetModelVersionRequest(model="churn", version=1))
+            return "tritonserver exited with -9" in reply.model_version.replicas[0].detail
+
         await until(follower_down, WITHIN_S, "the follower NOT_SERVING while the owner restarts Triton")
+        # its own probe may see the server gone first ("unhealthy"); the owner's reason follows from triton.json
+        await until(follower_knows_why, WITHIN_S, "the follower answering the owner's reason for the failure")
         down = await _replicas(follower, 1)
         assert down == await _replicas(owner, 1)
         assert down[0][0] == "REPLICA_STATE_FAILED"
-        reply = await follower.control.GetModelVersion(pb.GetModelVersionRequest(model="churn", version=1))
-        assert "tritonserver exited with -9" in reply.model_version.replicas[0].detail
 
         gate.open()
         for gw in (owner, follower):
