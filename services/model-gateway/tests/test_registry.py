@@ -27,6 +27,7 @@ from infermesh_model_gateway.domain import (
     VersionState,
 )
 from infermesh_model_gateway.registry import Registry, open_registry
+from infermesh_model_gateway.registry.database import metadata, models, versions
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "postgresql":
         async with registry._db.transaction() as conn:  # a clean slate per test on the shared server
             for table in ("models", "versions", "audit", "meta"):
-                await conn.execute(f"DELETE FROM {table}")
+                await conn.execute(metadata.tables[table].delete())
     try:
         yield registry
     finally:
@@ -293,7 +294,9 @@ def test_class_labels_must_be_distinct_and_non_empty():
 async def test_versions_stored_before_labels_and_authors_still_load(registry: Registry):
     await registry.register_version(_record(), actor="t")
     async with registry._db.transaction() as conn:
-        await conn.execute("UPDATE versions SET doc = ? WHERE model = 'churn'", json.dumps(_STORED_BEFORE_LABELS))
+        await conn.execute(
+            versions.update().where(versions.c.model == "churn").values(doc=json.dumps(_STORED_BEFORE_LABELS))
+        )
     stored = await registry.get_version("churn", 1)
     assert stored.created_by == ""
     assert [(t.name, t.class_labels) for t in (*stored.inputs, *stored.outputs)] == [("X", ()), ("probabilities", ())]
@@ -452,9 +455,11 @@ async def test_rows_stored_before_these_fields_still_load_and_gain_them(registry
         "retire_reason": "superseded",
     }
     async with registry._db.transaction() as conn:
-        await conn.execute("UPDATE versions SET doc = ? WHERE version = 1", json.dumps(_STORED_BEFORE_LABELS))
-        await conn.execute("UPDATE versions SET doc = ? WHERE version = 2", json.dumps(retiring))
-        await conn.execute("UPDATE models SET doc = ?", json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME))
+        await conn.execute(
+            versions.update().where(versions.c.version == 1).values(doc=json.dumps(_STORED_BEFORE_LABELS))
+        )
+        await conn.execute(versions.update().where(versions.c.version == 2).values(doc=json.dumps(retiring)))
+        await conn.execute(models.update().values(doc=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME)))
     old = await registry.get_version("churn", 1)
     assert [t.description for t in (*old.inputs, *old.outputs)] == ["", ""]
     assert (old.artifact_size_bytes, old.drift_baseline, old.deployment.preferred_batch_sizes) == (0, None, ())

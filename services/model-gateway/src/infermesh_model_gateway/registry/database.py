@@ -1,9 +1,10 @@
-"""The registry's database layer: one small interface over SQLite and PostgreSQL.
+"""The registry's database layer: its tables, and SQLite or PostgreSQL behind SQLAlchemy Core (async).
 
 Both engines hold the same tables (``models``, ``versions``, ``rollouts``, ``leases``, ``audit``,
-``meta``) as JSON documents keyed by their names; every change runs in one transaction,
-serialized across gateway instances (SQLite's ``BEGIN IMMEDIATE``; a PostgreSQL
-transaction-level advisory lock). Statements use ``?`` placeholders whatever the engine.
+``meta``), declared once below; records are JSON documents keyed by their names. Statements are
+built with SQLAlchemy, which renders them for the engine. Every change runs in one transaction,
+serialized across gateway instances (SQLite's ``BEGIN IMMEDIATE``; a PostgreSQL transaction-level
+advisory lock).
 """
 
 from __future__ import annotations
@@ -12,52 +13,102 @@ import abc
 import asyncio
 import contextlib
 import fcntl
-import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import aiosqlite
-import asyncpg
-
-__all__ = ["Connection", "Database", "PostgresDatabase", "SqliteDatabase"]
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, doc TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS versions (model TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL, "
-    "PRIMARY KEY (model, version))",
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS rollouts (id TEXT PRIMARY KEY, model TEXT NOT NULL, state TEXT NOT NULL, "
-    "created TEXT NOT NULL, doc TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
-    "expires DOUBLE PRECISION NOT NULL)",
+from sqlalchemy import (
+    DOUBLE_PRECISION,
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    event,
+    func,
+    select,
 )
-_AUDIT_SQLITE = (
-    "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL, "
-    "action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, reason TEXT NOT NULL, "
-    "request_id TEXT NOT NULL)"
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
+
+__all__ = [
+    "Connection",
+    "Database",
+    "PostgresDatabase",
+    "SqliteDatabase",
+    "audit",
+    "leases",
+    "meta",
+    "metadata",
+    "models",
+    "rollouts",
+    "upsert",
+    "versions",
+]
+
+metadata = MetaData()
+"""Every table of the registry (what the migrations in :mod:`.migrations` build)."""
+
+models = Table("models", metadata, Column("name", Text, primary_key=True), Column("doc", Text, nullable=False))
+versions = Table(
+    "versions",
+    metadata,
+    Column("model", Text, primary_key=True),
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("doc", Text, nullable=False),
 )
-_AUDIT_POSTGRES = (
-    "CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, "
-    "action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, reason TEXT NOT NULL, "
-    "request_id TEXT NOT NULL)"
+meta = Table("meta", metadata, Column("key", Text, primary_key=True), Column("value", BigInteger, nullable=False))
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("model", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("created", Text, nullable=False),
+    Column("doc", Text, nullable=False),
+)
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("expires", DOUBLE_PRECISION, nullable=False),
+)
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    *(
+        Column(name, Text, nullable=False)
+        for name in ("time", "actor", "action", "target", "before", "after", "reason", "request_id")
+    ),
+    sqlite_autoincrement=True,
 )
 
+Connection = AsyncConnection
+"""What statements run on: a read connection or a write transaction."""
 
-class Connection(abc.ABC):
-    """SQL with ``?`` placeholders, whatever the engine."""
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
-    @abc.abstractmethod
-    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Rows of a query."""
 
-    @abc.abstractmethod
-    async def execute(self, sql: str, *args: Any) -> None:
-        """Run a statement."""
+def upsert(
+    conn: Connection, table: Table, values: Mapping[str, Any], update: Iterable[str] = (), **expressions: Any
+) -> Insert:
+    """Insert ``values`` into ``table``; where its primary key is taken, set the ``update`` columns to
+    the values given and the ``expressions`` columns to theirs instead (the engine's own upsert)."""
+    statement = _INSERTS[conn.dialect.name](table).values(values)
+    changes = {name: statement.excluded[name] for name in update} | expressions
+    return statement.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=changes)
 
 
 class Database(abc.ABC):
-    """One engine: a read connection and serialized write transactions."""
+    """One engine: read connections and serialized write transactions."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
 
     @abc.abstractmethod
     def read(self) -> contextlib.AbstractAsyncContextManager[Connection]:
@@ -67,52 +118,48 @@ class Database(abc.ABC):
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """A write transaction, exclusive across every gateway sharing the database."""
 
-    @abc.abstractmethod
     async def close(self) -> None:
         """Release connections."""
-
-
-class _SqliteConnection(Connection):
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        async with self._db.execute(sql, args) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self._db.execute(sql, args)
+        await self.engine.dispose()
 
 
 class SqliteDatabase(Database):
-    """SQLite through aiosqlite: one connection, WAL, ``BEGIN IMMEDIATE`` for writes."""
+    """SQLite through aiosqlite: one connection, WAL, ``BEGIN IMMEDIATE`` for writes.
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-        self._conn = _SqliteConnection(db)
+    The driver's own transaction handling is off (``isolation_level=None``): reads run outside a
+    transaction, and a write begins one itself, taking the database's write lock at once. The one
+    connection stays checked out while the database is open (a checkout per read cost more than the
+    read).
+    """
+
+    def __init__(self, engine: AsyncEngine, conn: Connection) -> None:
+        super().__init__(engine)
+        self._conn = conn
         self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteDatabase:
         """Open (creating) the database file and its tables."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            f"sqlite+aiosqlite:///{path}",
+            connect_args={"isolation_level": None, "timeout": 10},
+            pool_size=1,
+            max_overflow=0,
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         # one process at a time: SQLite answers "database is locked" at once, whatever the busy timeout,
         # to a second process switching a file to WAL meanwhile (an instance's workers start together)
         opening = await asyncio.to_thread(_exclusive, path.with_name(f"{path.name}.open-lock"))
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-            try:
-                await db.execute("PRAGMA busy_timeout=10000")
-                await db.execute("PRAGMA journal_mode=WAL")
-                await db.execute("PRAGMA synchronous=FULL")
-                for statement in (*_SCHEMA, _AUDIT_SQLITE):
-                    await db.execute(statement)
-            except BaseException:
-                await db.close()  # its thread would keep the process from exiting
-                raise
+            conn = await engine.connect()
+            await conn.run_sync(metadata.create_all)
+        except BaseException:
+            await engine.dispose()  # its connection's thread would keep the process from exiting
+            raise
         finally:
             opening.close()
-        return cls(db)
+        return cls(engine, conn)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
@@ -122,16 +169,24 @@ class SqliteDatabase(Database):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            await self._conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await self._conn.rollback()
                 raise
-            await self._db.execute("COMMIT")
+            await self._conn.commit()
 
     async def close(self) -> None:
-        await self._db.close()
+        await self._conn.close()
+        await super().close()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: object) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
 
 
 def _exclusive(path: Path) -> IO[bytes]:
@@ -141,55 +196,36 @@ def _exclusive(path: Path) -> IO[bytes]:
     return handle
 
 
-def _numbered(sql: str) -> str:
-    count = 0
-
-    def number(_: re.Match[str]) -> str:
-        nonlocal count
-        count += 1
-        return f"${count}"
-
-    return re.sub(r"\?", number, sql)
-
-
-class _PostgresConnection(Connection):
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in await self._conn.fetch(_numbered(sql), *args)]
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(_numbered(sql), *args)
-
-
 class PostgresDatabase(Database):
-    """PostgreSQL through an asyncpg pool; writes hold a transaction-level advisory lock."""
+    """PostgreSQL through asyncpg (a pool of up to 4); writes hold a transaction-level advisory lock,
+    reads run outside a transaction."""
 
     _LOCK_KEY = 0x1F3A_D0C5
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     async def open(cls, url: str) -> PostgresDatabase:
         """Connect and create the tables."""
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-        async with pool.acquire() as conn:
-            for statement in (*_SCHEMA, _AUDIT_POSTGRES):
-                await conn.execute(statement)
-        return cls(pool)
+        engine = create_async_engine(make_url(url).set(drivername="postgresql+asyncpg"), pool_size=4, max_overflow=0)
+        database = cls(engine)
+        try:
+            async with database.transaction() as conn:
+                await conn.run_sync(metadata.create_all)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return database
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
-        async with self._pool.acquire() as conn:
-            yield _PostgresConnection(conn)
+        async with self._reads.connect() as conn:
+            yield conn
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._LOCK_KEY)
-            yield _PostgresConnection(conn)
-
-    async def close(self) -> None:
-        await self._pool.close()
+        async with self.engine.begin() as conn:
+            await conn.execute(select(func.pg_advisory_xact_lock(self._LOCK_KEY)))
+            yield conn
