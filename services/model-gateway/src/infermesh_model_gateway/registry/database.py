@@ -5,6 +5,9 @@ Both engines hold the same tables (``models``, ``versions``, ``rollouts``, ``lea
 built with SQLAlchemy, which renders them for the engine. Every change runs in one transaction,
 serialized across gateway instances (SQLite's ``BEGIN IMMEDIATE``; a PostgreSQL transaction-level
 advisory lock).
+
+The schema is Alembic's: the revisions in ``migrations/versions`` run at open (:func:`migrate`), in
+one such write transaction. A change of the tables below comes with a new revision there.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import (
     DOUBLE_PRECISION,
     BigInteger,
@@ -27,8 +32,10 @@ from sqlalchemy import (
     Text,
     event,
     func,
+    inspect,
     select,
 )
+from sqlalchemy import Connection as SyncConnection
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -43,6 +50,7 @@ __all__ = [
     "leases",
     "meta",
     "metadata",
+    "migrate",
     "models",
     "rollouts",
     "upsert",
@@ -104,6 +112,25 @@ def upsert(
     return statement.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=changes)
 
 
+BASELINE = "0001"
+"""The revision of the schema the registry had before it had migrations."""
+
+
+def migrate(conn: SyncConnection) -> None:
+    """Bring the schema on ``conn`` to the newest revision, in ``conn``'s transaction.
+
+    A database the gateway created before it had migrations (its tables, no ``alembic_version``) is
+    stamped with the :data:`BASELINE` first: it has that schema already.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    config.attributes["connection"] = conn
+    tables = set(inspect(conn).get_table_names())
+    if "alembic_version" not in tables and "models" in tables:
+        command.stamp(config, BASELINE)
+    command.upgrade(config, "head")
+
+
 class Database(abc.ABC):
     """One engine: read connections and serialized write transactions."""
 
@@ -139,7 +166,7 @@ class SqliteDatabase(Database):
 
     @classmethod
     async def open(cls, path: Path) -> SqliteDatabase:
-        """Open (creating) the database file and its tables."""
+        """Open (creating) the database file, and migrate its schema."""
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             f"sqlite+aiosqlite:///{path}",
@@ -152,14 +179,20 @@ class SqliteDatabase(Database):
         # to a second process switching a file to WAL meanwhile (an instance's workers start together)
         opening = await asyncio.to_thread(_exclusive, path.with_name(f"{path.name}.open-lock"))
         try:
-            conn = await engine.connect()
-            await conn.run_sync(metadata.create_all)
+            database = cls(engine, await engine.connect())
         except BaseException:
-            await engine.dispose()  # its connection's thread would keep the process from exiting
+            opening.close()
+            await engine.dispose()
+            raise
+        try:
+            async with database.transaction() as conn:
+                await conn.run_sync(migrate)
+        except BaseException:
+            await database.close()  # its connection's thread would keep the process from exiting
             raise
         finally:
             opening.close()
-        return cls(engine, conn)
+        return database
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
@@ -208,12 +241,12 @@ class PostgresDatabase(Database):
 
     @classmethod
     async def open(cls, url: str) -> PostgresDatabase:
-        """Connect and create the tables."""
+        """Connect, and migrate the schema."""
         engine = create_async_engine(make_url(url).set(drivername="postgresql+asyncpg"), pool_size=4, max_overflow=0)
         database = cls(engine)
         try:
             async with database.transaction() as conn:
-                await conn.run_sync(metadata.create_all)
+                await conn.run_sync(migrate)
         except BaseException:
             await engine.dispose()
             raise
