@@ -10,7 +10,8 @@ import time
 
 from sqlalchemy import delete, select
 
-from infermesh_model_gateway.registry.database import Database, leases, upsert
+from infermesh_chassis.docstore import Store, upsert
+from infermesh_model_gateway.registry.database import leases
 
 __all__ = ["Leases"]
 
@@ -18,7 +19,7 @@ __all__ = ["Leases"]
 class Leases:
     """Lease operations over ``db`` (the :class:`~.Registry` has them too)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self._db = db
 
     async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:

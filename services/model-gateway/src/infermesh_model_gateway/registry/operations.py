@@ -13,10 +13,10 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import bindparam, func, select
 
+from infermesh_chassis.docstore import upsert
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_chassis.validation import parse_uint
 from infermesh_model_gateway.domain import (
@@ -29,16 +29,7 @@ from infermesh_model_gateway.domain import (
     VersionState,
     utc_now,
 )
-from infermesh_model_gateway.registry.database import (
-    PostgresDatabase,
-    SqliteDatabase,
-    audit,
-    meta,
-    models,
-    rollouts,
-    upsert,
-    versions,
-)
+from infermesh_model_gateway.registry.database import audit, meta, models, open_database, rollouts, versions
 from infermesh_model_gateway.registry.documents import (
     model_doc,
     model_from,
@@ -74,11 +65,7 @@ _MODEL_VERSIONS = select(versions.c.doc).where(versions.c.model == bindparam("mo
 
 async def open_registry(url: str) -> Registry:
     """The registry at ``sqlite:///path`` or ``postgresql://...``."""
-    if url.startswith("sqlite:///"):
-        return Registry(await SqliteDatabase.open(Path(url.removeprefix("sqlite://"))))
-    if url.startswith(("postgresql://", "postgres://")):
-        return Registry(await PostgresDatabase.open(url))
-    raise InvalidArgument(f"registry_url '{url}' is not sqlite:///<path> or postgresql://...")
+    return Registry(await open_database(url))
 
 
 class Registry(Leases):

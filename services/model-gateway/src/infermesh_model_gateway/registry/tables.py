@@ -10,9 +10,10 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 
 from infermesh_chassis import context as ctx
+from infermesh_chassis.docstore import Connection, upsert
 from infermesh_chassis.errors import NotFound
 from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, Rollout, utc_now
-from infermesh_model_gateway.registry.database import Connection, audit, models, rollouts, upsert, versions
+from infermesh_model_gateway.registry.database import audit, models, rollouts, versions
 from infermesh_model_gateway.registry.documents import (
     dumps,
     model_doc,
