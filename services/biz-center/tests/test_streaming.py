@@ -375,3 +375,34 @@ async def test_killed_mid_stream_and_restarted_loses_and_doubles_nothing(doubles
             assert sorted(published) == sorted(ids)
         finally:
             process.stop()
+
+
+async def test_degraded_results_are_flagged_or_paused_as_the_binding_says(doubles: Doubles, nats_server, tmp_path):
+    settings = biz_settings(
+        tmp_path,
+        doubles.static(),
+        streaming=streaming_settings(nats_server),
+        resilience={"breaker_reset_timeout_s": 0.2},  # the data gateway's breaker tries again soon once it is back
+    )
+
+    def bind(scene: pb.Scene) -> None:
+        scene.stream_bindings.extend([binding("flag"), binding("pause", pause_when_degraded=True, retry_delay=0.05)])
+
+    async with run_biz(settings) as biz, jetstream(nats_server) as js:
+        await edit_scene(biz, bind)
+        doubles.data.fail = grpc.StatusCode.UNAVAILABLE
+        for name in ("flag", "pause"):
+            await js.publish(f"txn.{name}", churn_request(2).SerializeToString(), headers={"Nats-Msg-Id": name})
+        await until_async(lambda: _has(js, "scored.flag", 1))
+        (headers, data), *_ = await read(js, "scored.flag")
+        flagged = pb.PredictResponse.FromString(data)
+        assert headers[HEADER_DEGRADED] == "true" and flagged.degradation.degraded
+        metrics = biz.runtime.metrics.registry
+        retried = {"scene": "churn-score", "binding": "pause"}
+        await until(lambda: (metrics.get_sample_value("infermesh_biz_center_stream_retried_total", retried) or 0) >= 3)
+        assert await count(js, "scored.pause") == 0  # delivered again and again, never answered by a fallback
+        doubles.data.fail = None
+        await until_async(lambda: _has(js, "scored.pause", 1))
+        (headers, data), *_ = await read(js, "scored.pause")
+        assert headers[HEADER_DEGRADED] == "false" and not pb.PredictResponse.FromString(data).degradation.degraded
+        assert await count(js, "scored.pause.dead") == 0
