@@ -130,7 +130,12 @@ def comparable(response: pb.PredictResponse) -> dict[str, Any]:
 async def test_streamed_results_equal_predict_batch_and_reach_the_monitor(doubles: Doubles, nats_server, tmp_path):
     settings = biz_settings(tmp_path, doubles.static(), streaming=streaming_settings(nats_server))
     async with run_biz(settings) as biz, jetstream(nats_server) as js:
-        await edit_scene(biz, lambda scene: scene.stream_bindings.append(binding(batch_size=16)))
+
+        def bind(scene: pb.Scene) -> None:
+            scene.stream_bindings.append(binding(batch_size=16))
+            scene.slo_deadline.FromSeconds(30)  # answers compared must not depend on this machine's speed
+
+        await edit_scene(biz, bind)
         customers = [1, 2, 3, 4, 9001, 77, 2, 3]  # 9001 is in the gray release's allowlist
         requests = [
             churn_request(c, region=("eu-west", "us-east")[i % 2], channel="staff" if i == 5 else "web")
@@ -167,6 +172,7 @@ async def test_json_binding_maps_fields_and_poison_reaches_the_dead_letter_subje
     def bind(scene: pb.Scene) -> None:
         scene.stream_bindings.extend([json_binding, binding("proto", retry_delay=0.05)])
         del scene.fallback_chain[:]  # a failing data gateway then fails the scoring
+        scene.slo_deadline.FromSeconds(30)  # and only that: not this machine's speed
 
     async with run_biz(settings) as biz, jetstream(nats_server) as js:
         await edit_scene(biz, bind)

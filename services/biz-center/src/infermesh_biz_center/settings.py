@@ -275,6 +275,8 @@ class StreamingSettings(BaseModel):
     """Deadline of a result's publication and of JetStream API calls."""
     lag_interval_s: float = Field(2.0, gt=0)
     """How often each binding's lag (pending messages, age of the oldest) is read into the metrics."""
+    batches_in_flight: int = Field(4, ge=1, le=64)
+    """Micro-batches of one binding scored at once (a binding ``ordered_by_unit`` scores one at a time)."""
     drain_timeout_s: float = Field(10.0, gt=0)
     """At stop (or when a binding changes), how long the batch in hand may take to finish."""
 

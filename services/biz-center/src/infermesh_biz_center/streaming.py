@@ -15,10 +15,11 @@ gray releases, coalesced feature and model calls, fallbacks, degradation flags, 
 events to the monitor are the same as for a call. Then, per message:
 
 - a result is published to the output subject with ``Nats-Msg-Id`` set to the input's message id
-  (its own ``Nats-Msg-Id``, else ``<stream>:<sequence>``), and the input is acknowledged (a
-  confirmed ack) only once JetStream has stored the result. A message delivered again after a
-  crash or a lost ack is scored again and published again with the same id, which the output
-  stream's duplicate window drops: nothing is lost and, within that window, nothing is doubled;
+  (its own ``Nats-Msg-Id``, else ``<stream>:<sequence>``), and the input is acknowledged only
+  once JetStream has stored the result (the results of a batch are in flight together). A message
+  delivered again after a crash or a lost ack is scored again and published again with the same
+  id, which the output stream's duplicate window drops: nothing is lost and, within that window,
+  nothing is doubled (so the ack needs no confirmation);
 - a message that cannot be decoded or is refused as invalid (INVALID_ARGUMENT) goes to the
   dead-letter subject at once, with the reason in the ``Infermesh-Dead-Letter-Reason`` header
   (and where it came from in ``Infermesh-Source-*``), then is acknowledged;
@@ -29,8 +30,9 @@ events to the monitor are the same as for a call. Then, per message:
   again after ``retry_delay`` and the binding pulls nothing for that long (it pauses while the
   scene would answer degraded; it is never dead-lettered for that).
 
-The next batch is pulled only once every message of the current one is acknowledged or handed
-back. With ``ordered_by_unit`` the messages of one unit id in a batch are scored and published
+Up to ``streaming.batches_in_flight`` batches of a binding are scored at once; with
+``ordered_by_unit`` one: the next batch is pulled only once every message of the current one is
+acknowledged or handed back, and the messages of one unit id in a batch are scored and published
 one after the other, in stream order (the batch is scored in rounds: the first message of every
 unit, then the second...), and once one of them is handed back the unit's later messages in the
 batch are handed back too. So one instance publishes the results of a unit in stream order while
@@ -47,7 +49,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -260,6 +263,7 @@ class _BindingConsumer:
         name = f"biz-center-stream-{binding.scene}-{binding.name}"
         self._consumer = DurableConsumer(spec, name, self._consume, owner.metrics, "stream", gauges=gauges)
         self._outputs_ready = False
+        self._pause_until = 0.0
 
     def start(self) -> None:
         self._consumer.start()
@@ -269,18 +273,34 @@ class _BindingConsumer:
 
     async def _consume(self, batches: Batches) -> None:
         binding = self.binding
-        async for messages in batches:
-            try:
-                if not self._outputs_ready:
-                    await self._owner.ensure_outputs(binding)
-                    self._outputs_ready = True
-                pause = await self._batch(messages)
-            except Exception:  # NATS away, a bug: what is not acknowledged yet comes back later
-                _log.exception("stream_batch_failed", scene=binding.scene, binding=binding.name)
-                await asyncio.gather(*(self._hand_back(m, "the batch failed") for m in messages))
-                pause = True
-            if pause:
-                await asyncio.sleep(binding.retry_delay_s)
+        limit = 1 if binding.ordered_by_unit else self._owner.settings.batches_in_flight
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            async for messages in batches:
+                in_flight.add(asyncio.get_running_loop().create_task(self._guarded(messages)))
+                if len(in_flight) >= limit:
+                    _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                pause = self._pause_until - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight)
+
+    async def _guarded(self, messages: list[Msg]) -> None:
+        """One batch; a failure hands its messages back and pauses the binding for ``retry_delay``."""
+        binding = self.binding
+        try:
+            if not self._outputs_ready:
+                await self._owner.ensure_outputs(binding)
+                self._outputs_ready = True
+            pause = await self._batch(messages)
+        except Exception:  # NATS away, a bug: what is not acknowledged yet comes back later
+            _log.exception("stream_batch_failed", scene=binding.scene, binding=binding.name)
+            await asyncio.gather(*(self._hand_back(m, "the batch failed") for m in messages))
+            pause = True
+        if pause:
+            self._pause_until = time.monotonic() + binding.retry_delay_s
 
     async def _batch(self, messages: list[Msg]) -> bool:
         """Score, publish and acknowledge one micro-batch; True when the binding should pause."""
@@ -307,6 +327,7 @@ class _BindingConsumer:
                 self._principal, [item.input for item in round_items], f"stream-{binding.name}"
             )
             finishing = []
+            results: list[tuple[_Item, PredictOutcome]] = []
             for item, outcome in zip(round_items, outcomes, strict=True):
                 if item.input.unit_id in held:
                     finishing.append(self._hand_back(item.msg, "held behind an earlier message of its unit"))
@@ -330,7 +351,8 @@ class _BindingConsumer:
                         held.add(item.input.unit_id)
                     finishing.append(self._hand_back(item.msg, f"degraded: {outcome.degradation.detail}"))
                     continue
-                finishing.append(self._publish(item, outcome))
+                results.append((item, outcome))
+            finishing.append(self._publish(results))
             await asyncio.gather(*finishing)
         if done:
             await asyncio.gather(*done)
@@ -357,33 +379,48 @@ class _BindingConsumer:
             meta = msg.metadata
             return f"{meta.stream}:{meta.sequence.stream}"
 
-    async def _publish(self, item: _Item, outcome: PredictOutcome) -> None:
-        owner, binding = self._owner, self.binding
-        response = encode_outcome(outcome)
-        if binding.format == pb.STREAM_FORMAT_PROTOBUF:
-            data = response.SerializeToString()
-        else:
-            data = json_format.MessageToJson(response, preserving_proto_field_name=True, indent=None).encode()
-        degraded = outcome.degradation.degraded
-        headers = {
-            MSG_ID: item.id,
-            HEADER_INPUT_ID: item.id,
-            HEADER_DEGRADED: "true" if degraded else "false",
-            HEADER_SCENE: binding.scene,
-            HEADER_BINDING: binding.name,
-        }
-        try:
-            await owner.publish(binding.output_subject, data, headers)
-        except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
-            await self._hand_back(item.msg, f"publishing the result failed: {exc or type(exc).__name__}")
+    async def _publish(self, results: list[tuple[_Item, PredictOutcome]]) -> None:
+        """Publish the results, all in flight at once, and acknowledge each input whose result JetStream
+        stored (a plain ack: a lost one brings the input back, and its result published again is dropped
+        as a duplicate); the others are handed back."""
+        if not results:
             return
+        owner, binding = self._owner, self.binding
+        protobuf = binding.format == pb.STREAM_FORMAT_PROTOBUF
+        messages = []
+        for item, outcome in results:
+            response = encode_outcome(outcome)
+            if protobuf:
+                data = response.SerializeToString()
+            else:
+                data = json_format.MessageToJson(response, preserving_proto_field_name=True, indent=None).encode()
+            headers = {
+                MSG_ID: item.id,
+                HEADER_INPUT_ID: item.id,
+                HEADER_DEGRADED: "true" if outcome.degradation.degraded else "false",
+                HEADER_SCENE: binding.scene,
+                HEADER_BINDING: binding.name,
+            }
+            messages.append((binding.output_subject, data, headers))
+        stored = await owner.publish_all(messages)
         counts = owner.counts(binding)
-        counts.scored += 1
-        owner.scored.labels(*self._labels).inc()
+        acks = []
+        degraded = 0
+        for (item, outcome), error in zip(results, stored, strict=True):
+            if error is not None:
+                acks.append(self._hand_back(item.msg, f"publishing the result failed: {error}"))
+                continue
+            degraded += outcome.degradation.degraded
+            acks.append(item.msg.ack())
+        published = len(results) - sum(e is not None for e in stored)
+        counts.scored += published
+        counts.degraded += degraded
+        owner.scored.labels(*self._labels).inc(published)
         if degraded:
-            counts.degraded += 1
-            owner.degraded.labels(*self._labels).inc()
-        await ack_confirmed(item.msg, owner.settings.request_timeout_s)
+            owner.degraded.labels(*self._labels).inc(degraded)
+        for outcome in await asyncio.gather(*acks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                _log.info("stream_ack_failed", scene=binding.scene, binding=binding.name, error=str(outcome))
 
     async def _dead_letter(self, msg: Msg, msg_id: str, why: str, reason: str) -> None:
         owner, binding = self._owner, self.binding
@@ -444,6 +481,7 @@ class StreamBindings:
         self._js: Any = None
         self._connecting = asyncio.Lock()
         self._ensured: set[tuple[str, str]] = set()
+        self._ensuring = asyncio.Lock()
         labels = ("scene", "binding")
         self.consumed = metrics.counter("stream_consumed", "Stream messages fetched, by binding.", labels)
         self.scored = metrics.counter("stream_scored", "Stream results published, by binding.", labels)
@@ -587,9 +625,33 @@ class StreamBindings:
         js = await self._jetstream()
         await js.publish(subject, data, timeout=self.settings.request_timeout_s, headers=dict(headers))
 
+    async def publish_all(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> list[str | None]:
+        """Publish ``messages`` (subject, data, headers) all in flight at once; per message None once
+        JetStream stored it, else why not (within ``request_timeout_s`` for them all)."""
+        try:
+            js = await self._jetstream()
+            futures = [await js.publish_async(subject, data, headers=headers) for subject, data, headers in messages]
+        except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
+            return [str(exc) or type(exc).__name__] * len(messages)
+        await asyncio.wait(futures, timeout=self.settings.request_timeout_s)
+        errors: list[str | None] = []
+        for future in futures:
+            if not future.done():
+                future.cancel()
+                errors.append("no acknowledgement from JetStream in time")
+            elif (error := future.exception()) is not None:
+                errors.append(str(error) or type(error).__name__)
+            else:
+                errors.append(None)
+        return errors
+
     async def ensure_outputs(self, binding: CompiledBinding) -> None:
         """Make sure a stream holds the binding's output and dead-letter subjects (``<stream>_RESULTS``
         is created, or extended, when none does)."""
+        async with self._ensuring:  # one binding's first batches may ask at once
+            await self._ensure_outputs(binding)
+
+    async def _ensure_outputs(self, binding: CompiledBinding) -> None:
         js = await self._jetstream()
         for subject in (binding.output_subject, binding.dead_letter_subject):
             if (binding.stream, subject) in self._ensured:
