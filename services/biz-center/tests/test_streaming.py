@@ -412,3 +412,25 @@ async def test_degraded_results_are_flagged_or_paused_as_the_binding_says(double
         (headers, data), *_ = await read(js, "scored.pause")
         assert headers[HEADER_DEGRADED] == "false" and not pb.PredictResponse.FromString(data).degradation.degraded
         assert await count(js, "scored.pause.dead") == 0
+
+
+async def test_the_scene_rate_limit_holds_a_binding_back_without_dead_letters(doubles: Doubles, nats_server, tmp_path):
+    settings = biz_settings(tmp_path, doubles.static(), streaming=streaming_settings(nats_server))
+
+    def bind(scene: pb.Scene) -> None:
+        scene.stream_bindings.append(binding("limited", max_deliver=1, retry_delay=0.05, batch_size=32))
+        scene.rate_limit.requests_per_second = 40
+        scene.rate_limit.burst = 5
+
+    async with run_biz(settings) as biz, jetstream(nats_server) as js:
+        await edit_scene(biz, bind)
+        sent = 30
+        for i in range(sent):
+            await js.publish(
+                "txn.limited", churn_request(1 + i % 4).SerializeToString(), headers={"Nats-Msg-Id": f"r{i}"}
+            )
+        await until_async(lambda: _has(js, "scored.limited", sent))
+        metrics = biz.runtime.metrics.registry
+        labels = {"scene": "churn-score", "binding": "limited"}
+        assert (metrics.get_sample_value("infermesh_biz_center_stream_retried_total", labels) or 0) > 0  # it was held
+        assert await count(js, "scored.limited.dead") == 0  # max_deliver 1, and yet nothing was dead-lettered

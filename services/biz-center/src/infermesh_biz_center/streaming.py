@@ -23,9 +23,12 @@ events to the monitor are the same as for a call. Then, per message:
 - a message that cannot be decoded or is refused as invalid (INVALID_ARGUMENT) goes to the
   dead-letter subject at once, with the reason in the ``Infermesh-Dead-Letter-Reason`` header
   (and where it came from in ``Infermesh-Source-*``), then is acknowledged;
-- a message whose scoring failed (no answer and no fallback left, rate limit, ...) is delivered
-  again after ``retry_delay``; at its ``max_deliver``-th delivery (``num_delivered`` of its
-  JetStream metadata) it goes to the dead-letter subject instead;
+- a message whose scoring failed (no answer and no fallback left, the scene disabled, ...) is
+  delivered again after ``retry_delay``; at its ``max_deliver``-th delivery (``num_delivered`` of
+  its JetStream metadata) it goes to the dead-letter subject instead;
+- a message refused by the scene's rate limit or concurrency (RESOURCE_EXHAUSTED) is delivered
+  again after the larger of the hint and ``retry_delay``, and the binding pulls nothing for that
+  long: backpressure, never a reason to dead-letter;
 - with ``pause_when_degraded``, a degraded result is not published: the message is delivered
   again after ``retry_delay`` and the binding pulls nothing for that long (it pauses while the
   scene would answer degraded; it is never dead-lettered for that).
@@ -50,7 +53,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -71,7 +74,7 @@ from infermesh_biz_center.grpc_front import decode_request, encode_outcome
 from infermesh_biz_center.predictor import Predictor
 from infermesh_biz_center.registry import ConfigRegistry
 from infermesh_biz_center.settings import StreamingSettings
-from infermesh_chassis.errors import InfermeshError, InvalidArgument, NotFound
+from infermesh_chassis.errors import InfermeshError, InvalidArgument, NotFound, ResourceExhausted
 from infermesh_chassis.jetstream import Batches, ConsumerSpec, DurableConsumer, ack_confirmed, connect
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
@@ -326,37 +329,47 @@ class _BindingConsumer:
             outcomes = await owner.predictor.predict_batch(
                 self._principal, [item.input for item in round_items], f"stream-{binding.name}"
             )
-            finishing = []
+            finishing: list[Awaitable[None]] = []
             results: list[tuple[_Item, PredictOutcome]] = []
             for item, outcome in zip(round_items, outcomes, strict=True):
                 if item.input.unit_id in held:
                     finishing.append(self._hand_back(item.msg, "held behind an earlier message of its unit"))
-                    continue
-                if isinstance(outcome, InfermeshError):
-                    if _is_invalid(outcome):
-                        finishing.append(self._dead_letter(item.msg, item.id, "invalid", outcome.message))
-                        continue
-                    delivered = item.msg.metadata.num_delivered or 1
-                    if delivered >= binding.max_deliver:
-                        reason = f"scoring failed at delivery {delivered}: {outcome.message}"
-                        finishing.append(self._dead_letter(item.msg, item.id, "failed", reason))
-                        continue
-                    if binding.ordered_by_unit:
-                        held.add(item.input.unit_id)
-                    finishing.append(self._hand_back(item.msg, outcome.message))
-                    continue
-                if outcome.degradation.degraded and binding.pause_when_degraded:
+                elif isinstance(outcome, InfermeshError):
+                    pause |= self._failed(item, outcome, held, finishing)
+                elif outcome.degradation.degraded and binding.pause_when_degraded:
                     pause = True
-                    if binding.ordered_by_unit:
-                        held.add(item.input.unit_id)
+                    self._hold(item, held)
                     finishing.append(self._hand_back(item.msg, f"degraded: {outcome.degradation.detail}"))
-                    continue
-                results.append((item, outcome))
+                else:
+                    results.append((item, outcome))
             finishing.append(self._publish(results))
             await asyncio.gather(*finishing)
         if done:
             await asyncio.gather(*done)
         return pause
+
+    def _hold(self, item: _Item, held: set[str]) -> None:
+        """With ``ordered_by_unit``, the unit's later messages in the batch are handed back after this one."""
+        if self.binding.ordered_by_unit:
+            held.add(item.input.unit_id)
+
+    def _failed(self, item: _Item, error: InfermeshError, held: set[str], finishing: list[Awaitable[None]]) -> bool:
+        """What a message whose scoring failed becomes (appended to ``finishing``); True to pause the binding."""
+        if _is_invalid(error):
+            finishing.append(self._dead_letter(item.msg, item.id, "invalid", error.message))
+            return False
+        if isinstance(error, ResourceExhausted):  # the scene's rate limit or concurrency: wait, never a failure
+            self._hold(item, held)
+            finishing.append(self._hand_back(item.msg, error.message, error.retry_after_s))
+            return True
+        delivered = item.msg.metadata.num_delivered or 1
+        if delivered >= self.binding.max_deliver:
+            reason = f"scoring failed at delivery {delivered}: {error.message}"
+            finishing.append(self._dead_letter(item.msg, item.id, "failed", reason))
+            return False
+        self._hold(item, held)
+        finishing.append(self._hand_back(item.msg, error.message))
+        return False
 
     def _rounds(self, items: list[_Item]) -> list[list[_Item]]:
         """All items at once; with ``ordered_by_unit``, round k holds the k-th message of every unit."""
@@ -446,12 +459,13 @@ class _BindingConsumer:
         _log.info("stream_dead_lettered", scene=binding.scene, binding=binding.name, id=msg_id, reason=reason)
         await ack_confirmed(msg, owner.settings.request_timeout_s)
 
-    async def _hand_back(self, msg: Msg, why: str) -> None:
+    async def _hand_back(self, msg: Msg, why: str, delay_s: float | None = None) -> None:
+        """Have JetStream deliver ``msg`` again after ``delay_s`` (default: the binding's ``retry_delay``)."""
         binding = self.binding
         self._owner.retried.labels(*self._labels).inc()
         _log.debug("stream_retry", scene=binding.scene, binding=binding.name, why=why)
         with contextlib.suppress(nats.errors.Error):
-            await msg.nak(delay=binding.retry_delay_s)
+            await msg.nak(delay=max(delay_s or 0.0, binding.retry_delay_s))
 
 
 class StreamBindings:
