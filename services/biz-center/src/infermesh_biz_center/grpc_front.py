@@ -8,6 +8,7 @@ of RESOURCE_EXHAUSTED).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from infermesh_biz_center.predictor import Predictor
 from infermesh_biz_center.registry import ConfigRegistry
 from infermesh_biz_center.store import AuditRecord
 from infermesh_chassis import context as ctx
-from infermesh_chassis.errors import FailedPrecondition, InfermeshError, ResourceExhausted
+from infermesh_chassis.errors import FailedPrecondition, InfermeshError, NotFound, ResourceExhausted
 from infermesh_chassis.logs import get_logger
 
 if TYPE_CHECKING:
@@ -111,24 +112,21 @@ def _write_error(status: common_pb2.ErrorStatus, error: InfermeshError) -> None:
         status.details["field"] = field
 
 
-def _status_message(status: BindingStatus, binding: pb.StreamBinding) -> pb.StreamBindingStatus:
-    """A :class:`BindingStatus` as the contract's message (``binding`` is the scene's own message)."""
-    message = pb.StreamBindingStatus(
-        scene=status.binding.scene,
-        consuming=status.consuming,
-        pending=status.pending,
-        ack_pending=status.ack_pending,
-        redelivered=status.redelivered,
-        dead_letters=status.dead_letters,
-        consumed=status.consumed,
-        scored=status.scored,
-        degraded=status.degraded,
-        dead_lettered=status.dead_lettered,
-        error=status.error,
-    )
+def _write_status(message: pb.StreamBindingStatus, status: BindingStatus, binding: pb.StreamBinding) -> None:
+    """Write a :class:`BindingStatus` into ``message`` in place (``binding`` is the scene's own message)."""
+    message.scene = status.binding.scene
+    message.consuming = status.consuming
+    message.pending = status.pending
+    message.ack_pending = status.ack_pending
+    message.redelivered = status.redelivered
+    message.dead_letters = status.dead_letters
+    message.consumed = status.consumed
+    message.scored = status.scored
+    message.degraded = status.degraded
+    message.dead_lettered = status.dead_lettered
+    message.error = status.error
     message.binding.CopyFrom(binding)
     message.oldest_pending_age.FromNanoseconds(int(status.oldest_pending_age_s * 1e9))
-    return message
 
 
 def _scene_bindings(scenes: Sequence[pb.Scene]) -> dict[tuple[str, str], pb.StreamBinding]:
@@ -273,13 +271,16 @@ class AdminServicer(pb_grpc.BizCenterAdminServiceServicer):
         self._admin(context)
         streams = self._stream_bindings()
         statuses = await streams.statuses(request.scene)
-        scenes = [await self._registry.get_scene(name) for name in sorted({s.binding.scene for s in statuses})]
+        scenes = []
+        for name in sorted({s.binding.scene for s in statuses}):
+            with contextlib.suppress(NotFound):  # deleted meanwhile: the next call no longer lists it
+                scenes.append(await self._registry.get_scene(name))
         configured = _scene_bindings(scenes)
         response = pb.ListStreamBindingsResponse()
         for status in statuses:
             binding = configured.get(status.binding.key)
-            if binding is not None:
-                response.bindings.append(_status_message(status, binding))
+            if binding is not None:  # else the scene changed meanwhile: the next call shows it
+                _write_status(response.bindings.add(), status, binding)
         return response
 
     async def ReplayDeadLetters(
