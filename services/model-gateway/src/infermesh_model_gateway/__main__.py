@@ -10,9 +10,10 @@ from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.app import Runtime, run_service
 from infermesh_chassis.events import EventEmitter
 from infermesh_model_gateway.control import ControlServicer
-from infermesh_model_gateway.dataplane import InferenceServicer, add_to_server
 from infermesh_model_gateway.domain import utc_now
 from infermesh_model_gateway.gateway import ModelGateway
+from infermesh_model_gateway.inference import InferenceCore
+from infermesh_model_gateway.kserve_front import InferenceServicer, add_to_server
 from infermesh_model_gateway.rollouts import Clock, RolloutController, RolloutOperations
 from infermesh_model_gateway.settings import Settings
 
@@ -49,7 +50,7 @@ async def assemble(
     runtime.on_stop(gateway.stop)
     await gateway.start()
     assert gateway.registry is not None and gateway.deployer is not None
-    inference = InferenceServicer(
+    inference = InferenceCore(
         gateway.router,
         gateway.pool,
         settings.inference,
@@ -58,7 +59,7 @@ async def assemble(
         instance=settings.instance_id or settings.service_name,
     )
     runtime.on_stop(inference.drain_shadows)
-    runtime.server.add_servicer(add_to_server, inference, INFERENCE_SERVICE)
+    runtime.server.add_servicer(add_to_server, InferenceServicer(inference, settings.inference), INFERENCE_SERVICE)
     instance = settings.instance_id or f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
     operations = RolloutOperations(gateway.registry, gateway.changed, emitter, instance, clock=clock)
     monitor = runtime.client(settings.monitor_service, monitor_pb2_grpc.MonitorServiceStub, idempotent=("CheckSlo",))

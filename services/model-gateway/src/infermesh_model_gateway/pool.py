@@ -394,6 +394,20 @@ class WorkerPool:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"worker {worker.id}") from None
 
+    async def model_config(self, worker: Worker, triton_name: str) -> service_pb2.ModelConfigResponse:
+        """Triton's configuration of ``triton_name`` on one worker."""
+        reply: service_pb2.ModelConfigResponse = await self.call(
+            worker, "ModelConfig", service_pb2.ModelConfigRequest(name=triton_name)
+        )
+        return reply
+
+    async def model_statistics(self, worker: Worker, triton_name: str) -> service_pb2.ModelStatisticsResponse:
+        """The statistics one worker keeps of ``triton_name``."""
+        reply: service_pb2.ModelStatisticsResponse = await self.call(
+            worker, "ModelStatistics", service_pb2.ModelStatisticsRequest(name=triton_name)
+        )
+        return reply
+
     async def load(self, triton_name: str, worker_ids: Iterable[str] | None = None) -> list[str]:
         """Load ``triton_name`` on the given workers (all healthy ones by default); their ids.
 
