@@ -26,7 +26,7 @@ MODULES = [
 ]
 VERB_NOUN = re.compile(
     r"^(Get|List|Register|Deploy|Undeploy|Set|Delete|Promote|Rollback|Retire|Start|Pause|Resume|"
-    r"Abort|Report|Stream|Query|Check|Push|Materialize|Describe|Upsert|Predict)[A-Z]?\w*$"
+    r"Abort|Report|Stream|Query|Check|Push|Materialize|Describe|Upsert|Predict|Replay)[A-Z]?\w*$"
 )
 
 

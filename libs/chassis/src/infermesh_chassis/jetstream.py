@@ -65,12 +65,14 @@ async def connect(urls: str, name: str, timeout_s: float) -> Client:
         raise ConnectionError(f"NATS at {urls} is unreachable: {exc or type(exc).__name__}") from None
 
 
-async def ensure_stream(js: Any, config: js_api.StreamConfig) -> None:
-    """Create the stream ``config`` names, or bring an existing one to ``config`` (idempotent)."""
+async def ensure_stream(js: Any, config: js_api.StreamConfig, *, update: bool = True) -> None:
+    """Create the stream ``config`` names, or bring an existing one to ``config`` (idempotent); with
+    ``update`` False an existing stream is left as it is (a stream someone else owns)."""
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:  # it exists with another configuration
-        await js.update_stream(config)
+        if update:
+            await js.update_stream(config)
 
 
 async def ack_confirmed(message: Msg, timeout_s: float = 5.0) -> bool:
@@ -111,6 +113,11 @@ class ConsumerSpec:
     """How long a connection attempt may take."""
     request_timeout_s: float
     """Deadline of JetStream API calls (stream and consumer management)."""
+    update_stream: bool = True
+    """Bring an existing stream to ``stream``; False uses it as it is (only a missing one is created)."""
+    update_consumer: bool = False
+    """Bring an existing durable consumer to :meth:`consumer_config` at every (re)connection (its
+    editable fields: ack wait, max ack pending, filter); False binds it as it is."""
 
     def consumer_config(self) -> js_api.ConsumerConfig:
         """The durable consumer: explicit acks, every message of the stream from the first one."""
@@ -135,7 +142,8 @@ class DurableConsumer:
 
     ``consume`` gets the batches of one subscription and returns when they end; it is called again
     after every reconnection. ``metric_prefix`` names two gauges: ``<prefix>_connected`` and
-    ``<prefix>_pending_messages``.
+    ``<prefix>_pending_messages``; several consumers of one service pass ``gauges`` instead, the
+    children (connected, pending) of labelled gauges their owner registered once.
     """
 
     def __init__(
@@ -145,6 +153,8 @@ class DurableConsumer:
         consume: Callable[[Batches], Awaitable[None]],
         metrics: Metrics,
         metric_prefix: str,
+        *,
+        gauges: tuple[Any, Any] | None = None,
     ) -> None:
         self._spec = spec
         self._name = name
@@ -152,6 +162,9 @@ class DurableConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._nc: Client | None = None
+        if gauges is not None:
+            self._connected, self._pending = gauges
+            return
         connected, pending = CONSUMER_GAUGES
         self._connected = metrics.gauge(
             f"{metric_prefix}_{connected}", "1 while the consumer is connected to NATS.", multiprocess_mode="livemin"
@@ -182,7 +195,9 @@ class DurableConsumer:
         spec = self._spec
         self._nc = await connect(spec.url, self._name, spec.connect_timeout_s)
         js = self._nc.jetstream(timeout=spec.request_timeout_s)
-        await ensure_stream(js, spec.stream)
+        await ensure_stream(js, spec.stream, update=spec.update_stream)
+        if spec.update_consumer:
+            await js.add_consumer(spec.stream.name, spec.consumer_config())
         return await js.pull_subscribe(
             spec.subjects[0], durable=spec.durable, stream=spec.stream.name, config=spec.consumer_config()
         )
