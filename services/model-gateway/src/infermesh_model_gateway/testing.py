@@ -24,10 +24,9 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as pb_grpc
-from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.app import Runtime
 from infermesh_chassis.events import EncodedBatch, EventEmitter, decode_batch
 from infermesh_chassis.settings import EventSettings, load_settings
@@ -175,7 +174,7 @@ class ListSink:
     """Collects events in memory (an EventSink)."""
 
     def __init__(self) -> None:
-        self.events: list[monitor_pb2.Event] = []
+        self.events: list[events_pb2.Event] = []
 
     async def send(self, batch: EncodedBatch) -> None:
         self.events.extend(decode_batch(batch.payload))
