@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import itertools
@@ -62,6 +63,7 @@ from infermesh_chassis import jetstream
 from infermesh_chassis.client import ServiceClient
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.retry import Backoff, retry
 from infermesh_chassis.settings import EventSettings
 from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_chassis.tracing import current_ids
@@ -295,7 +297,6 @@ class EventEmitter:
             await asyncio.wait_for(self._wakeup.wait(), self._settings.flush_interval_s)
 
     async def _run(self) -> None:
-        backoff = 0.0
         while True:
             if self._batch is None:
                 if not self._buffer:
@@ -312,19 +313,24 @@ class EventEmitter:
                 if not self._batch.events:
                     self._batch = None
                     continue
+            batch = self._batch
             try:
-                await self._sink.send(self._batch)
-            except Exception as exc:  # the transport is down: keep the batch as it is, back off, try again
-                self._failures.inc()
-                backoff = min(self._max_backoff_s, max(0.05, backoff * 2))
-                _log.warning("event_send_failed", error=str(exc), batch=self._batch.events, retry_in_s=backoff)
-                if self._closing:
-                    return
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
-            self._sent.inc(self._batch.events)
+                await retry(
+                    functools.partial(self._sink.send, batch),
+                    Backoff(0.05, self._max_backoff_s),
+                    on_failure=functools.partial(self._send_failed, batch),
+                )
+            except Exception:  # stopping while the transport is down: the batch stays unsent
+                return
+            self._sent.inc(batch.events)
             self._batch = None
+
+    def _send_failed(self, batch: EncodedBatch, exc: Exception, delay_s: float) -> None:
+        """The transport is down: ``batch`` is kept as it is and sent again after ``delay_s``, unless stopping."""
+        self._failures.inc()
+        _log.warning("event_send_failed", error=str(exc), batch=batch.events, retry_in_s=delay_s)
+        if self._closing:
+            raise exc
 
 
 _ID_PREFIX = os.urandom(8).hex()
@@ -644,7 +650,6 @@ class SpoolingSink:
         _log.error("event_spool_full", dropped=batch.events, spool_bytes=self._spool.size_bytes)
 
     async def _replay(self) -> None:
-        backoff = 0.0
         while True:
             oldest = await asyncio.to_thread(self._spool.peek)
             if oldest is None:
@@ -653,18 +658,15 @@ class SpoolingSink:
                 continue
             path, payload = oldest
             batch = EncodedBatch.from_payload(payload)
-            try:
-                await self._inner.send(batch)
-            except Exception as exc:
-                backoff = min(self._max_backoff_s, max(0.05, backoff * 2))
-                _log.info("event_spool_replay_waiting", error=str(exc), spooled=self._spool.events, retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
+            send = functools.partial(self._inner.send, batch)
+            await retry(send, Backoff(0.05, self._max_backoff_s), on_failure=self._replay_waiting)
             await asyncio.to_thread(self._spool.remove, path)
             self._replayed.inc(batch.events)
             if self._spool.batches == 0:
                 _log.info("event_spool_drained")
+
+    def _replay_waiting(self, exc: Exception, delay_s: float) -> None:
+        _log.info("event_spool_replay_waiting", error=str(exc), spooled=self._spool.events, retry_in_s=delay_s)
 
     async def close(self) -> None:
         """Stop replaying (what is left stays on disk for the next start) and close the transport."""
