@@ -44,10 +44,10 @@ from benchkit import (
     children,
     cpu_s,
     drive,
+    peak_rss_mib,
     process_name,
     spread_channels,
     start_bare_proxies,
-    status_mib,
     stop_processes,
     workers_figures,
 )
@@ -340,9 +340,9 @@ def main() -> int:
         chain = start_bare_proxies(triton, hops=3)
         try:
             figures, cpu_ms, degraded = asyncio.run(_measure(triton, chain[-1][1], biz.address, vectors, pids))
-            rss = {name: status_mib(pid, "VmHWM") for name, pid in pids.items()}
-            rss["bare proxy"] = max(status_mib(process.pid, "VmHWM") for process, _ in chain)
-            rss["client"] = status_mib(os.getpid(), "VmHWM")
+            rss = {name: peak_rss_mib(pid) for name, pid in pids.items()}
+            rss["bare proxy"] = max(peak_rss_mib(process.pid) for process, _ in chain)
+            rss["client"] = peak_rss_mib(os.getpid())
         finally:
             stop_processes([process for process, _ in chain])
         biz.stop()

@@ -55,7 +55,7 @@ from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as mg_grpc
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_cli.commands._output import ms, percent, print_fields, print_json, print_table
 from infermesh_cli.stack import DEMO_API_KEY, LocalStack
-from infermesh_model_gateway.testing import TrainedModel, to_onnx_file
+from infermesh_model_gateway.onnx_export import TrainedModel, to_onnx_file
 
 __all__ = [
     "DemoSummary",

@@ -32,7 +32,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.bizcenter.v1 import biz_center_pb2_grpc as pb_grpc
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.datagateway.v1 import data_gateway_pb2 as dg
 from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
 from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
@@ -256,7 +256,7 @@ class FakeMonitor(monitor_pb2_grpc.MonitorServiceServicer):
     """Collects the events reported to it."""
 
     def __init__(self) -> None:
-        self.events: list[monitor_pb2.Event] = []
+        self.events: list[events_pb2.Event] = []
 
     async def ReportEvents(
         self, request: monitor_pb2.ReportEventsRequest, context: grpc.aio.ServicerContext

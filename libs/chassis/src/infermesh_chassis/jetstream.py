@@ -26,6 +26,7 @@ from nats.js import api as js_api
 
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.retry import Backoff, retry
 from infermesh_chassis.tasks import cancel_and_wait
 
 __all__ = [
@@ -87,6 +88,14 @@ async def ack_confirmed(message: Msg, timeout_s: float = 5.0) -> bool:
         _log.info("jetstream_ack_failed", error=str(exc))
         return False
     return True
+
+
+_UNREACHABLE = (ConnectionError, nats.errors.Error, OSError, TimeoutError)
+"""What connecting and subscribing raise while NATS cannot be reached (retried with a backoff)."""
+
+
+class _Stopped(Exception):
+    """The consumer stopped while it waited to connect again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,19 +211,38 @@ class DurableConsumer:
             spec.subjects[0], durable=spec.durable, stream=spec.stream.name, config=spec.consumer_config()
         )
 
+    async def _connect(self) -> Any:
+        """:meth:`_subscribe`, closing what it opened when NATS cannot be reached."""
+        try:
+            return await self._subscribe()
+        except _UNREACHABLE:
+            await self._close()
+            raise
+
+    def _unreachable(self, exc: Exception, delay_s: float) -> None:
+        _log.warning("jetstream_unreachable", consumer=self._name, error=str(exc), retry_in_s=delay_s)
+
+    async def _pause(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before connecting again; raise :class:`_Stopped` as soon as the consumer stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay_s)
+        if self._stopping.is_set():
+            raise _Stopped
+
     async def _run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         while not self._stopping.is_set():
             try:
-                subscription = await self._subscribe()
-            except (ConnectionError, nats.errors.Error, OSError, TimeoutError) as exc:
-                _log.warning("jetstream_unreachable", consumer=self._name, error=str(exc), retry_in_s=backoff)
-                await self._close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff)
-                backoff = min(5.0, backoff * 2)
-                continue
-            backoff = 0.5
+                subscription = await retry(
+                    self._connect,
+                    backoff,
+                    retry_on=lambda exc: isinstance(exc, _UNREACHABLE),
+                    on_failure=self._unreachable,
+                    sleep=self._pause,
+                )
+            except _Stopped:
+                return
+            backoff.reset()
             self._connected.set(1)
             _log.info(
                 "jetstream_consuming", consumer=self._name, stream=self._spec.stream.name, durable=self._spec.durable

@@ -25,6 +25,7 @@ from infermesh_biz_center.downstream import (
     INFERENCE_STUB,
     MODEL_CONTROL_IDEMPOTENT,
     MODEL_CONTROL_STUB,
+    MONITOR_INGEST,
     FeatureClient,
     ModelClient,
 )
@@ -93,7 +94,9 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
             settings.events,
             settings.service_name,
             runtime.metrics,
-            lambda: client(settings.downstream.monitor, MonitorSink.STUB, MonitorSink.IDEMPOTENT),
+            lambda: MonitorSink(
+                client(settings.downstream.monitor, MONITOR_INGEST.stub, (MONITOR_INGEST.method,)), MONITOR_INGEST
+            ),
         )
         close = getattr(sink, "close", None)
         if close is not None:
