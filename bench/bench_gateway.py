@@ -40,7 +40,7 @@ from functools import partial
 from pathlib import Path
 
 import grpc
-from benchkit import children, cpu_s, process_name, start_bare_proxies, status_mib, stop_processes
+from benchkit import children, cpu_s, peak_rss_mib, process_name, rss_mib, start_bare_proxies, stop_processes
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
@@ -142,8 +142,8 @@ def _cpu_ms_per_request(pid: int, triton: str, run: Callable[[], PerfResult]) ->
 
 def _triton_rss(gateway_pid: int) -> tuple[int, float, list[float]]:
     triton = next(p for p in children(gateway_pid) if process_name(p) == "tritonserver")
-    stubs = [status_mib(p, "VmRSS") for p in children(triton)]
-    return triton, status_mib(triton, "VmRSS"), stubs
+    stubs = [rss_mib(p) for p in children(triton)]
+    return triton, rss_mib(triton), stubs
 
 
 def _measure(
@@ -210,7 +210,7 @@ def main() -> int:
                 direct, floor, through, cpu_ms = _measure(
                     triton, proxy_address, proxy.pid, address, process.pid, workdir=workdir
                 )
-                proxy_peak = status_mib(proxy.pid, "VmHWM")
+                proxy_peak = peak_rss_mib(proxy.pid)
             finally:
                 stop_processes([proxy])
             triton_pid, triton_rss_one, stubs_one = _triton_rss(process.pid)
@@ -218,9 +218,9 @@ def main() -> int:
             asyncio.run(_deploy_extra(address))
             _, triton_rss_more, stubs_more = _triton_rss(process.pid)
             per_version = (triton_rss_more + sum(stubs_more) - before) / EXTRA_VERSIONS
-            gateway_peak = status_mib(process.pid, "VmHWM")
-            triton_peak = status_mib(triton_pid, "VmHWM")
-            stub_peak = max(status_mib(p, "VmHWM") for p in children(triton_pid))
+            gateway_peak = peak_rss_mib(process.pid)
+            triton_peak = peak_rss_mib(triton_pid)
+            stub_peak = max(peak_rss_mib(p) for p in children(triton_pid))
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)

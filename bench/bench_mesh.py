@@ -44,10 +44,10 @@ from benchkit import (
     children,
     cpu_s,
     drive,
+    peak_rss_mib,
     process_name,
     spread_channels,
     start_bare_proxies,
-    status_mib,
     stop_processes,
     workers_figures,
 )
@@ -275,13 +275,13 @@ def start_mesh(workdir: Path, services: list[Service]) -> tuple[Service, Service
     model.wait_serving()
     vectors = asyncio.run(_vectors(data.address))
     asyncio.run(_deploy(model.address, vectors, workdir))
-    biz = Service("biz-center", "infermesh_biz_center", workdir, _biz_settings(workdir, data, model, "biz.db"))
+    biz = Service("biz-center", "infermesh_biz_center", workdir, biz_settings(workdir, data, model, "biz.db"))
     services.append(biz)
     biz.wait_serving()
     return data, model, biz, vectors
 
 
-def _biz_settings(workdir: Path, data: Service, model: Service, store: str) -> dict[str, object]:
+def biz_settings(workdir: Path, data: Service, model: Service, store: str) -> dict[str, object]:
     """The business center's settings in front of ``data`` and ``model``, its config store in ``store``."""
     return {
         "discovery": {"static": {"data-gateway": [data.address], "model-gateway": [model.address]}},
@@ -316,7 +316,7 @@ def biz_rps_by_workers(workdir: Path, data: Service, model: Service) -> dict[int
     """The mesh's throughput with the business center run with 1 and then 2 worker processes."""
     rps: dict[int, float] = {}
     for workers in (1, 2):
-        settings = _biz_settings(workdir, data, model, f"biz-workers-{workers}.db")
+        settings = biz_settings(workdir, data, model, f"biz-workers-{workers}.db")
         settings["grpc"] = {"host": "127.0.0.1", "port": 0, "grace_period_s": 2, "workers": workers}
         biz = Service(f"biz-center-workers-{workers}", "infermesh_biz_center", workdir, settings)
         try:
@@ -340,9 +340,9 @@ def main() -> int:
         chain = start_bare_proxies(triton, hops=3)
         try:
             figures, cpu_ms, degraded = asyncio.run(_measure(triton, chain[-1][1], biz.address, vectors, pids))
-            rss = {name: status_mib(pid, "VmHWM") for name, pid in pids.items()}
-            rss["bare proxy"] = max(status_mib(process.pid, "VmHWM") for process, _ in chain)
-            rss["client"] = status_mib(os.getpid(), "VmHWM")
+            rss = {name: peak_rss_mib(pid) for name, pid in pids.items()}
+            rss["bare proxy"] = max(peak_rss_mib(process.pid) for process, _ in chain)
+            rss["client"] = peak_rss_mib(os.getpid())
         finally:
             stop_processes([process for process, _ in chain])
         biz.stop()

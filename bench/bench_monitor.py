@@ -72,11 +72,11 @@ def _template() -> tuple[bytes, list[int]]:
     """One serialized EventBatch of BATCH model-gateway inference events, and the offset of each event id."""
     import numpy as np  # noqa: PLC0415
 
-    from infermesh.monitor.v1 import monitor_pb2  # noqa: PLC0415
+    from infermesh.common.v1 import events_pb2  # noqa: PLC0415
     from infermesh_chassis.events import EVENT_SCHEMA_VERSION  # noqa: PLC0415
 
     rng = np.random.default_rng(1)
-    batch = monitor_pb2.EventBatch()
+    batch = events_pb2.EventBatch()
     now = time.time_ns()
     for i in range(BATCH):
         event = batch.events.add(

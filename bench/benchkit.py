@@ -2,7 +2,8 @@
 driver, and bare pass-through proxies (the floor of a Python gRPC hop).
 
 Benchmarks run as scripts (``python bench/bench_x.py``), so this module is imported from their own
-folder. Memory figures come from ``/proc/<pid>/status`` (``VmHWM`` is the peak resident set).
+folder. CPU times, resident sets and process trees come from psutil; the peak resident set of another
+process (``VmHWM``), which psutil does not report, from ``/proc/<pid>/status``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import psutil
 
 from infermesh_chassis.testing import free_port
 
@@ -28,9 +30,9 @@ __all__ = [
     "free_port",
     "peak_rss_mib",
     "process_name",
+    "rss_mib",
     "spread_channels",
     "start_bare_proxies",
-    "status_mib",
     "stop_processes",
     "workers_figures",
 ]
@@ -54,42 +56,45 @@ def workers_figures(service: str, rps: dict[int, float]) -> dict[str, object]:
     return figures
 
 
-def status_mib(pid: int, field: str) -> float:
-    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``...) in MiB; NaN when absent."""
+def rss_mib(pid: int) -> float:
+    """The process' resident set now, MiB; NaN when it is gone."""
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process' peak resident set so far (``VmHWM``), MiB; NaN when it is gone.
+
+    psutil reports no peak for another process, so this one figure is read from ``/proc``.
+    """
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except FileNotFoundError:
         pass
     return float("nan")
 
 
-def peak_rss_mib(pid: int) -> float:
-    """The process' peak resident set so far, MiB."""
-    return status_mib(pid, "VmHWM")
-
-
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far; NaN when it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return times.user + times.system
 
 
 def children(pid: int) -> list[int]:
     """The process' direct children."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.extend(int(c) for c in (task / "children").read_text().split())
-    return found
+    return [child.pid for child in psutil.Process(pid).children()]
 
 
 def process_name(pid: int) -> str:
-    """The process' command name (``/proc/<pid>/comm``)."""
-    return Path(f"/proc/{pid}/comm").read_text().strip()
+    """The process' command name."""
+    return psutil.Process(pid).name()
 
 
 async def drive(

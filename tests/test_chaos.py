@@ -30,6 +30,7 @@ from nats.js.errors import NotFoundError
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as biz
 from infermesh.bizcenter.v1 import biz_center_pb2_grpc as biz_grpc
+from infermesh.common.v1 import events_pb2
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.events import decode_batch
 from infermesh_chassis.settings import EventSettings
@@ -210,12 +211,12 @@ async def _stream_last_seq(stack: LocalStack) -> int:
         await client.close()
 
 
-async def _published(stack: LocalStack, first_seq: int, prefix: str) -> dict[str, monitor_pb2.Event]:
+async def _published(stack: LocalStack, first_seq: int, prefix: str) -> dict[str, events_pb2.Event]:
     """By event id: the business center's Predict events of request ids ``<prefix>-*`` that JetStream
     holds from ``first_seq`` on (what its emitter delivered and had acknowledged)."""
     client = await nats.connect(f"nats://127.0.0.1:{stack.process('nats').port}")
     stream = EventSettings().nats_stream
-    found: dict[str, monitor_pb2.Event] = {}
+    found: dict[str, events_pb2.Event] = {}
     try:
         js = client.jetstream()
         last = int((await js.stream_info(stream)).state.last_seq)

@@ -57,6 +57,9 @@ def test_demo_runs_the_workload_and_exits_zero(tmp_path: Path):
     assert {"data_gateway", "model_gateway"} <= set(summary["hops_ms"])
     assert summary["events_stored"] == 200
     assert summary["shadow"]["v1->v2 pairs"] > 0
+    stream = summary["stream"]  # the burst on the bound subject: every transaction scored, nothing left behind
+    assert stream["published"] == stream["scored"] == 2000 and stream["lag"] == 0
+    assert 0 < stream["p50_ms"] <= stream["p99_ms"]
     slowest = summary["slowest"]  # the demo names the trace of its slowest request
     assert slowest["latency_ms"] >= summary["total_ms"]["p99"] and len(slowest["trace_id"]) == 32
     assert set(report["exit_codes"]) == {"nats", "monitor", "model-gateway", "data-gateway", "biz-center"}

@@ -35,6 +35,7 @@ def test_every_subcommand_has_help_json_and_the_global_options():
         "rollouts",
         "scenes",
         "experiments",
+        "streams",
         "features",
         "events",
         "trace",

@@ -32,7 +32,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Start the mesh, deploy the churn models, run the demo workload, print a summary, stop."""
     from infermesh_cli.demo import demo_command  # noqa: PLC0415  (training and the workload serve only the demo)
 
-    return demo_command(args.workdir, args.requests, args.json)
+    return demo_command(args.workdir, args.requests, args.json, args.stream_messages)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -112,6 +112,9 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--requests", type=int, default=1000, help="Predict calls in the demo workload")
+    demo.add_argument(
+        "--stream-messages", type=int, default=2000, help="transactions of the stream burst (0: no burst)"
+    )
     demo.set_defaults(run=cmd_demo)
     sub.add_parser("up", help=cmd_up.__doc__).set_defaults(run=cmd_up)
     sub.add_parser("status", help=cmd_status.__doc__).set_defaults(run=cmd_status)

@@ -12,12 +12,19 @@ versions in an A/B experiment.
 a progress bar, and :func:`summarize` reports the requests, the split per variant, p50/p99 per
 hop, errors, degraded answers, the shadow agreement the monitor computed from the events it
 received through NATS, and the slowest request with the id of its trace (``infermesh trace ID``).
+
+Last, :func:`run_stream_burst` binds the churn scene to a stream (a JSON transaction per message on
+``demo.transactions``, results on ``demo.transactions.scored``), publishes a burst of transactions
+to it and reports how many were scored, their p99 end-to-end time (publication to result) and the
+binding's lag once the burst is through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import random
 import signal
 import sys
@@ -31,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 import numpy as np
+from nats.js import api as js_api
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
@@ -46,13 +55,14 @@ from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as mg_grpc
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_cli.commands._output import ms, percent, print_fields, print_json, print_table
 from infermesh_cli.stack import DEMO_API_KEY, LocalStack
-from infermesh_model_gateway.testing import TrainedModel, to_onnx_file
+from infermesh_model_gateway.onnx_export import TrainedModel, to_onnx_file
 
 __all__ = [
     "DemoSummary",
     "demo_command",
     "deploy_churn_models",
     "print_summary",
+    "run_stream_burst",
     "run_workload",
     "summarize",
     "up_command",
@@ -62,6 +72,11 @@ MODEL = "churn"
 SCENE = "churn-score"
 FEATURE_SERVICE = "churn"
 CUSTOMERS = range(1, 201)
+STREAM = "DEMO_TRANSACTIONS"
+STREAM_SUBJECT = "demo.transactions"
+STREAM_BINDING = "transactions"
+STREAM_WAIT_S = 30.0
+"""Longest the demo waits for the burst's results."""
 
 
 def _values(value: common_pb2.Value) -> list[float]:
@@ -174,6 +189,9 @@ class DemoSummary:
     rss_mib: dict[str, float] = field(default_factory=dict)
     slowest: dict[str, Any] = field(default_factory=dict)
     """The slowest answered request: its ``request_id``, ``latency_ms`` and ``trace_id`` (empty if not stored)."""
+    stream: dict[str, Any] = field(default_factory=dict)
+    """The stream burst: ``published``, ``scored``, ``degraded``, ``p50_ms``/``p99_ms`` end to end, ``lag``
+    (pending and unacknowledged messages at the end), ``seconds``."""
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -281,6 +299,92 @@ async def _trace_of(monitor: monitor_pb2_grpc.MonitorServiceStub, request_id: st
             return reply.trace_id
 
 
+def _transactions_binding() -> biz.StreamBinding:
+    binding = biz.StreamBinding(
+        name=STREAM_BINDING,
+        stream=STREAM,
+        subjects=[STREAM_SUBJECT],
+        format=biz.STREAM_FORMAT_JSON,
+        json_mapping=biz.JsonMapping(
+            unit_id="customer.id", attributes={"region": "region", "channel": "channel"}, request_id="txn_id"
+        ),
+        output_subject=f"{STREAM_SUBJECT}.scored",
+        batch_size=128,
+        enabled=True,
+    )
+    binding.retry_delay.FromMilliseconds(200)
+    return binding
+
+
+async def run_stream_burst(stack: LocalStack, messages: int, seed: int = 5) -> dict[str, Any]:
+    """Bind the churn scene to ``demo.transactions``, publish ``messages`` transactions at once, wait for
+    their results; what :attr:`DemoSummary.stream` holds."""
+    rng = random.Random(seed)
+    metadata = (("x-api-key", DEMO_API_KEY),)
+    async with grpc.aio.insecure_channel(stack.process("biz-center").address) as channel:
+        admin = biz_grpc.BizCenterAdminServiceStub(channel)
+        scene = (await admin.GetScene(biz.GetSceneRequest(name=SCENE), metadata=metadata, timeout=10)).scene
+        if not any(b.name == STREAM_BINDING for b in scene.stream_bindings):
+            scene.stream_bindings.append(_transactions_binding())
+            request = biz.UpsertSceneRequest(scene=scene, actor="infermesh-demo", reason="stream the transactions")
+            await admin.UpsertScene(request, metadata=metadata, timeout=10)
+        nc = await nats.connect(f"nats://{stack.process('nats').address}")
+        try:
+            js = nc.jetstream(timeout=10)
+            await js.add_stream(js_api.StreamConfig(name=STREAM, subjects=[STREAM_SUBJECT]))
+            sent: dict[str, float] = {}
+            latencies: list[float] = []
+            degraded = 0
+            done = asyncio.Event()
+
+            async def result(msg: Any) -> None:
+                nonlocal degraded
+                began = sent.pop((msg.headers or {}).get("Infermesh-Input-Id", ""), None)
+                if began is None:  # a result published again after a redelivery: already counted
+                    return
+                latencies.append((time.perf_counter() - began) * 1000)
+                degraded += (msg.headers or {}).get("Infermesh-Degraded") == "true"
+                if len(latencies) == messages:
+                    done.set()
+
+            subscription = await nc.subscribe(f"{STREAM_SUBJECT}.scored", cb=result)
+            burst = uuid.uuid4().hex[:8]
+            started = time.perf_counter()
+            progress = tqdm(total=messages, desc="stream burst", unit="msg", leave=True)
+            for n in range(messages):
+                txn = {
+                    "txn_id": f"{burst}-{n}",
+                    "customer": {"id": rng.choice(CUSTOMERS)},
+                    "amount": round(rng.uniform(1, 500), 2),
+                    "region": rng.choice(["eu-west", "us-east", "ap-south"]),
+                }
+                msg_id = f"{burst}-{n}"
+                sent[msg_id] = time.perf_counter()
+                await js.publish(STREAM_SUBJECT, json.dumps(txn).encode(), headers={"Nats-Msg-Id": msg_id})
+                progress.update(1)
+            progress.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), STREAM_WAIT_S)
+            seconds = time.perf_counter() - started
+            await subscription.unsubscribe()
+        finally:
+            await nc.close()
+        statuses = await admin.ListStreamBindings(
+            biz.ListStreamBindingsRequest(scene=SCENE), metadata=metadata, timeout=10
+        )
+    status = next(s for s in statuses.bindings if s.binding.name == STREAM_BINDING)
+    quantiles = _quantiles(latencies)
+    return {
+        "published": messages,
+        "scored": len(latencies),
+        "degraded": degraded,
+        "p50_ms": quantiles["p50"],
+        "p99_ms": quantiles["p99"],
+        "lag": status.pending + status.ack_pending,
+        "seconds": round(seconds, 2),
+    }
+
+
 def print_summary(summary: DemoSummary) -> None:
     """The demo's summary as tables."""
     ok = summary.requests - sum(summary.errors.values())
@@ -310,6 +414,17 @@ def print_summary(summary: DemoSummary) -> None:
     print_table(["shadow", "value"], sorted(summary.shadow.items()))
     print()
     print_table(["process", "RSS MiB"], sorted(summary.rss_mib.items()))
+    if summary.stream:
+        stream = summary.stream
+        print()
+        print_fields(
+            [
+                (f"stream burst ({STREAM_SUBJECT})", f"{stream['published']} transactions in {stream['seconds']} s"),
+                ("scored", f"{stream['scored']} ({stream['degraded']} degraded)"),
+                ("end-to-end p50 / p99 ms", f"{ms(stream['p50_ms'])} / {ms(stream['p99_ms'])}"),
+                ("lag at the end", stream["lag"]),
+            ]
+        )
 
 
 def _slowest(slowest: dict[str, Any]) -> str:
@@ -321,7 +436,7 @@ def _slowest(slowest: dict[str, Any]) -> str:
     return f"{ms(slowest['latency_ms'])} ms, request {slowest['request_id']}, {trace}"
 
 
-def demo_command(workdir: Path, requests: int, as_json: bool) -> int:
+def demo_command(workdir: Path, requests: int, as_json: bool, stream_messages: int = 2000) -> int:
     """Start the mesh, deploy the models, run the workload, print the summary, stop; 0 when all went well."""
     stack = LocalStack(workdir)
     print(f"starting the local mesh under {workdir} ...", file=sys.stderr)
@@ -333,6 +448,8 @@ def demo_command(workdir: Path, requests: int, as_json: bool) -> int:
         summary = asyncio.run(run_workload(stack, requests))
         summary.training = training
         summary = asyncio.run(summarize(stack, summary))
+        if stream_messages:
+            summary.stream = asyncio.run(run_stream_burst(stack, stream_messages))
     finally:
         codes = stack.stop()
     if as_json:
@@ -341,8 +458,12 @@ def demo_command(workdir: Path, requests: int, as_json: bool) -> int:
         print_summary(summary)
         print(f"\nstopped: {', '.join(f'{n} exit {c}' for n, c in codes.items())}")
     unclean = [n for n, c in codes.items() if c != 0]
-    if summary.errors or unclean:
-        print(f"demo failed: errors {summary.errors}, unclean exits {unclean}", file=sys.stderr)
+    unscored = stream_messages - summary.stream.get("scored", 0) if stream_messages else 0
+    if summary.errors or unclean or unscored:
+        print(
+            f"demo failed: errors {summary.errors}, unclean exits {unclean}, stream messages unscored {unscored}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

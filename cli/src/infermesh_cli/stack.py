@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -76,10 +77,9 @@ DEMO_API_KEY = "infermesh-demo-key"
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # ZombieProcess included
         return False
-    return state != "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +144,9 @@ class ServiceProcess:
     def rss_mib(self) -> float | None:
         """Resident memory in MiB, or None when the process is gone."""
         try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except FileNotFoundError:
+            return psutil.Process(self.pid).memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
             return None
-        return None
 
 
 def health_status(address: str, timeout_s: float = 1.0) -> str:

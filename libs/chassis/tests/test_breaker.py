@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pybreaker
 import pytest
 
 from infermesh_chassis import errors
@@ -149,3 +150,52 @@ async def test_success_resets_consecutive_failures():
         downstream.failing = False
         assert await breaker.call(downstream, 1) == 2
     assert breaker.state == "closed"
+
+
+async def test_concurrent_failures_are_counted_and_a_late_outcome_changes_nothing():
+    breaker = AsyncCircuitBreaker("dg", fail_max=2, reset_timeout_s=60)
+    gate, started = asyncio.Event(), asyncio.Event()
+    running = 0
+
+    async def fails_when_released() -> None:
+        nonlocal running
+        running += 1
+        if running == 3:
+            started.set()
+        await gate.wait()
+        raise errors.Unavailable("down")
+
+    async def late_success() -> str:
+        await gate.wait()
+        await asyncio.sleep(0)
+        return "late"
+
+    calls = [asyncio.ensure_future(breaker.call(fails_when_released)) for _ in range(3)]
+    late = asyncio.ensure_future(breaker.call(late_success))
+    await started.wait()
+    assert breaker.state == "closed" and breaker.fail_counter == 0
+    gate.set()
+    for call in calls:
+        with pytest.raises(errors.Unavailable, match="down"):
+            await call
+    assert await late == "late"  # admitted before the breaker opened: answered, but not counted
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(late_success)
+
+
+async def test_listeners_see_pybreakers_own_transitions():
+    seen: list[tuple[str, str]] = []
+
+    class Recorder(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb, old_state, new_state) -> None:
+            seen.append((old_state.name if old_state else "", new_state.name))
+
+    downstream, clock = Downstream(), Clock()
+    breaker = AsyncCircuitBreaker("mg", fail_max=1, reset_timeout_s=1, listeners=[Recorder()], clock=clock)
+    with pytest.raises(errors.Unavailable):
+        await breaker.call(downstream, 1)
+    clock.now += 1
+    downstream.failing = False
+    assert await breaker.call(downstream, 2) == 4
+    assert seen == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]

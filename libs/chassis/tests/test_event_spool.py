@@ -10,12 +10,14 @@ from typing import Any, ClassVar
 
 import pytest
 
-from infermesh.monitor.v1 import monitor_pb2
+from infermesh.common.v1 import events_pb2
 from infermesh_chassis.events import (
     DiskSpool,
     EncodedBatch,
     EventEmitter,
     EventSource,
+    IngestRpc,
+    MonitorSink,
     SpoolingSink,
     UnitHasher,
     batch_id,
@@ -52,7 +54,7 @@ async def _batch(*numbers: int) -> EncodedBatch:
     return await encode_events([(SOURCE, Feedback(i), "", time.time_ns(), None) for i in numbers])
 
 
-def _ids(events: Sequence[monitor_pb2.Event]) -> list[str]:
+def _ids(events: Sequence[events_pb2.Event]) -> list[str]:
     return [e.feedback.target_request_id for e in events]
 
 
@@ -60,7 +62,7 @@ class FlakySink:
     """Records batches; fails while ``down``."""
 
     def __init__(self) -> None:
-        self.batches: list[list[monitor_pb2.Event]] = []
+        self.batches: list[list[events_pb2.Event]] = []
         self.down = False
         self.attempts: list[str] = []
         self.closed = False
@@ -207,13 +209,13 @@ async def test_grpc_transport_without_spool_is_the_default(tmp_path: Path) -> No
     class FakeClient:
         pass
 
-    def client() -> FakeClient:
+    def monitor_sink() -> MonitorSink:
         built.append("monitor")
-        return FakeClient()
+        return MonitorSink(FakeClient(), IngestRpc(object, "Report", bytes))  # type: ignore[arg-type]
 
-    sink = open_event_sink(EventSettings(), "svc", Metrics("default-sink"), client)  # type: ignore[arg-type]
+    sink = open_event_sink(EventSettings(), "svc", Metrics("default-sink"), monitor_sink)
     assert type(sink).__name__ == "MonitorSink" and built == ["monitor"]
-    spooled = open_event_sink(EventSettings(spool_dir=tmp_path), "svc", Metrics("spooled-sink"), client)  # type: ignore[arg-type]
+    spooled = open_event_sink(EventSettings(spool_dir=tmp_path), "svc", Metrics("spooled-sink"), monitor_sink)
     assert isinstance(spooled, SpoolingSink)
     assert (tmp_path / "svc" / "0" / ".lock").exists()
     await spooled.close()

@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2_grpc as inference_grpc
 ROOT = Path(__file__).resolve().parents[3]
 MODULES = [
     "infermesh.common.v1.common_pb2",
+    "infermesh.common.v1.events_pb2",
     "infermesh.modelgateway.v1.model_gateway_pb2",
     "infermesh.datagateway.v1.data_gateway_pb2",
     "infermesh.bizcenter.v1.biz_center_pb2",
@@ -26,7 +27,7 @@ MODULES = [
 ]
 VERB_NOUN = re.compile(
     r"^(Get|List|Register|Deploy|Undeploy|Set|Delete|Promote|Rollback|Retire|Start|Pause|Resume|"
-    r"Abort|Report|Stream|Query|Check|Push|Materialize|Describe|Upsert|Predict)[A-Z]?\w*$"
+    r"Abort|Report|Stream|Query|Check|Push|Materialize|Describe|Upsert|Predict|Replay)[A-Z]?\w*$"
 )
 
 
@@ -66,6 +67,23 @@ def test_rpcs_are_verb_noun_with_request_response_messages():
             assert VERB_NOUN.match(method.name), f"{service.name}.{method.name} is not VerbNoun"
             assert method.input_type.name == f"{method.name}Request", method.full_name
             assert method.output_type.name == f"{method.name}Response", method.full_name
+
+
+def test_the_event_envelope_is_common_and_a_batch_is_an_ingest_request():
+    from infermesh.common.v1 import events_pb2  # noqa: PLC0415
+    from infermesh.monitor.v1 import monitor_pb2  # noqa: PLC0415
+
+    for request in (monitor_pb2.ReportEventsRequest, monitor_pb2.StreamEventsRequest):
+        field = request.DESCRIPTOR.fields_by_name["events"]
+        assert field.number == 1 and field.message_type is events_pb2.Event.DESCRIPTOR
+    payload = {f.name: f.number for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields}
+    assert payload == {"inference": 10, "shadow": 11, "exposure": 12, "audit": 13, "feedback": 14}
+    batch = events_pb2.EventBatch()
+    batch.events.add(event_id="e1", schema_version=1, source={"service": "s"}, inference={"model": "m"})
+    batch.events.add(event_id="e2", feedback={"label": {"bool_value": True}})
+    payload_bytes = batch.SerializeToString()
+    assert monitor_pb2.ReportEventsRequest.FromString(payload_bytes).SerializeToString() == payload_bytes
+    assert not any(name.startswith("Event") for name in monitor_pb2.DESCRIPTOR.message_types_by_name)
 
 
 def test_thrift_idl_loads_with_thriftpy2():

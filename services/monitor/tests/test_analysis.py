@@ -13,7 +13,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from monitor_support import MonitorThread, inference_event, number
 
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import hash_unit_id
 from infermesh_monitor.drift import Samples, level, psi
@@ -179,7 +179,7 @@ async def test_experiment_report_from_exposures_and_feedback(stub, monitor: Moni
             exposure = inference_event("unused", 1, 1.0, at=now - 60, source="biz-center")
             exposure.ClearField("inference")
             exposure.exposure.CopyFrom(
-                monitor_pb2.ExposureEvent(
+                events_pb2.ExposureEvent(
                     scene="checkout", experiment=experiment, layer="ranking", variant=variant,
                     unit_id_hash=hash_unit_id(unit, key),
                 )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from monitor_support import MonitorThread, inference_event, number, rows_written, stored_count
 
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.events import batch_id, encode_batch
 from infermesh_monitor.ingest import delimited_events
@@ -27,7 +27,7 @@ async def test_report_events_validates_and_drops_duplicates(stub, monitor: Monit
     no_id.event_id = ""
     bad_version = inference_event(model, 1, 1.0)
     bad_version.schema_version = 99
-    no_payload = monitor_pb2.Event(event_id="no-payload", schema_version=1)
+    no_payload = events_pb2.Event(event_id="no-payload", schema_version=1)
     request = monitor_pb2.ReportEventsRequest(events=[*events, no_id, bad_version, no_payload])
 
     first = await stub.ReportEvents(request)

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from monitor_support import MonitorThread, inference_event, until
 
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.monitor.v1 import monitor_pb2
 
 
@@ -177,7 +177,7 @@ async def test_shadow_report_and_agreement_gate(stub) -> None:
         event.ClearField("inference")
         failed = i >= 95
         event.shadow.CopyFrom(
-            monitor_pb2.ShadowEvent(
+            events_pb2.ShadowEvent(
                 model=model,
                 primary_version=1,
                 primary_outputs=[_tensor(primary)],

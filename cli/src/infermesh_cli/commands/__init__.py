@@ -1,7 +1,8 @@
 """The management subcommands of ``infermesh``, one module per command group.
 
 Groups: :mod:`.models` and :mod:`.rollouts` (model gateway control plane), :mod:`.scenes`
-(scenes and experiments of the business center), :mod:`.features` (data gateway),
+(scenes and experiments of the business center), :mod:`.streams` (the scenes' stream bindings),
+:mod:`.features` (data gateway),
 :mod:`.events` (monitor), :mod:`.traces` (``trace``, ``traces``), :mod:`.inference` (``predict`` and
 ``infer``), :mod:`.batch` (``batch-score``; its Spark engine in :mod:`._spark`). Each has ``add_parser(sub, parent)``;
 ``parent`` carries the global options (addresses, ``--json``, ``--timeout``...) so they may
@@ -18,13 +19,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from infermesh_cli.commands import batch, events, features, inference, models, rollouts, scenes, traces
+from infermesh_cli.commands import batch, events, features, inference, models, rollouts, scenes, streams, traces
 from infermesh_cli.commands._context import Parser, add_global_options, leaf_options
 from infermesh_cli.commands._errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 
 __all__ = ["EXIT_CODES", "Parser", "add_commands", "add_global_options"]
 
-GROUPS = (models, rollouts, scenes, features, events, traces, inference, batch)
+GROUPS = (models, rollouts, scenes, streams, features, events, traces, inference, batch)
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  done

@@ -25,7 +25,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from infermesh_cli.commands._errors import CliError, UsageError
-from infermesh_cli.commands.batch import ScoringPlan, score_batch
+from infermesh_cli.commands._scoring import ScoringPlan, score_batch
 
 try:
     from pyspark.sql import SparkSession

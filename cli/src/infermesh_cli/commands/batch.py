@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,41 +35,16 @@ from infermesh_cli.commands._context import Context, Remote, subcommand
 from infermesh_cli.commands._errors import UsageError
 from infermesh_cli.commands._kserve import (
     TensorMeta,
-    decode_outputs,
-    encode_input,
-    infer_request,
     inference,
     model_metadata,
 )
 from infermesh_cli.commands._output import print_fields
 from infermesh_cli.commands._parse import read_table, write_table
+from infermesh_cli.commands._scoring import ScoringPlan, score_batch
 from infermesh_cli.commands.features import data_gateway, fetch_training_set
 from infermesh_cli.commands.models import control
 
-__all__ = ["ScoringPlan", "add_parser", "score_batch"]
-
-
-@dataclass(frozen=True)
-class ScoringPlan:
-    """What every scoring call needs: where the gateway is, the model, its input and outputs, the batch size."""
-
-    address: str
-    model: str
-    version: str
-    meta: TensorMeta
-    outputs: tuple[str, ...]
-    batch_size: int
-
-    def request(self, rows: np.ndarray) -> service_pb2.ModelInferRequest:
-        """The ModelInfer request of a block of feature rows."""
-        values = rows if self.meta.shape and self.meta.shape[0] == -1 else rows[0]
-        return infer_request(self.model, self.version, [encode_input(self.meta, values)])
-
-
-def score_batch(response: service_pb2.ModelInferResponse) -> tuple[str, dict[str, np.ndarray]]:
-    """The version that served a response and its outputs, one row per input row."""
-    outputs = {name: array.reshape(array.shape[0], -1) for name, (_, array) in decode_outputs(response).items()}
-    return response.model_version, outputs
+__all__ = ["add_parser"]
 
 
 # -- features ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import uvloop
 
 from infermesh_chassis.client import ChannelPool, ServiceClient
 from infermesh_chassis.discovery import Discovery, Instance, create_discovery
-from infermesh_chassis.events import EventEmitter, MonitorSink, open_event_sink
+from infermesh_chassis.events import EventEmitter, IngestRpc, MonitorSink, open_event_sink
 from infermesh_chassis.logs import configure_logging, get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer, metric_prefix, multiprocess_registry
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
@@ -131,19 +131,20 @@ class Runtime:
             tracing=self.tracing,
         )
 
-    def event_emitter(self, monitor_service: str = "monitor") -> EventEmitter:
+    def event_emitter(self, ingest: IngestRpc | None = None, monitor_service: str = "monitor") -> EventEmitter:
         """A started emitter that reports to the monitor, flushed and stopped at shutdown.
 
-        The transport comes from ``settings.events``: NATS JetStream, or the monitor's
-        ``ReportEvents`` (found through discovery as ``monitor_service``), with a disk spool in front
-        when ``events.spool_dir`` is set.
+        The transport comes from ``settings.events``: NATS JetStream, or the monitor's RPC that
+        ``ingest`` names (found through discovery as ``monitor_service``; ValueError without it), with a
+        disk spool in front when ``events.spool_dir`` is set.
         """
-        sink = open_event_sink(
-            self.settings.events,
-            self.settings.service_name,
-            self.metrics,
-            lambda: self.client(monitor_service, MonitorSink.STUB, MonitorSink.IDEMPOTENT),
-        )
+
+        def monitor_sink() -> MonitorSink:
+            if ingest is None:
+                raise ValueError("events.transport 'grpc' needs the monitor's IngestRpc")
+            return MonitorSink(self.client(monitor_service, ingest.stub, (ingest.method,)), ingest)
+
+        sink = open_event_sink(self.settings.events, self.settings.service_name, self.metrics, monitor_sink)
         close = getattr(sink, "close", None)
         if close is not None:
             self.on_stop(close)

@@ -1,13 +1,22 @@
-"""An asyncio circuit breaker over pybreaker.
+"""An asyncio circuit breaker over pybreaker, through its public API only.
 
-pybreaker's own async support is Tornado-only, and its open state calls the guarded
-function synchronously once the reset timeout has passed, so :class:`AsyncCircuitBreaker`
-drives pybreaker's state machine itself: it awaits the call, then reports the outcome to
-the current state (which counts failures, trips, and closes after a successful trial).
-While the breaker is open, calls are refused at once with :class:`CircuitOpenError` (an
-UNAVAILABLE error); while half-open, one trial call goes through and the others are refused.
-The call that trips the breaker raises its own exception, not pybreaker's. The reset timeout is
-measured on ``clock`` (monotonic by default; tests inject their own), not on pybreaker's wall clock.
+pybreaker's own async support is Tornado-only (danielfm/pybreaker #7, #103), and its open state
+calls the guarded function synchronously once the reset timeout has passed, so
+:class:`AsyncCircuitBreaker` wraps it once for asyncio:
+
+- *admission* is decided before the coroutine runs, from ``current_state``: while the breaker is
+  open, calls are refused at once with :class:`CircuitOpenError` (an UNAVAILABLE error); once the
+  reset timeout has passed (measured on ``clock``, monotonic by default, tests inject their own;
+  the moment it opened is noted by a state-change listener) it is moved to half-open with
+  ``half_open()``, and one trial call goes through while the others are refused;
+- the *outcome* of the awaited call is then replayed through pybreaker's synchronous ``call()``
+  (a function that returns, or raises the call's exception), so pybreaker's own state machine
+  counts the failure (or, for an excluded exception, the success), trips, and closes after a
+  successful trial. An outcome that arrives while the breaker is open, or half-open with another
+  call as the trial (a call admitted before it opened), is not counted: it says nothing new.
+
+The call that trips the breaker raises its own exception, not pybreaker's. Since pybreaker is only
+asked to ``call()`` while it is closed or half-open, its wall clock never decides anything.
 """
 
 from __future__ import annotations
@@ -82,7 +91,7 @@ class AsyncCircuitBreaker:
             reset_timeout=reset_timeout_s,
             success_threshold=success_threshold,
             exclude=[*exclude, asyncio.CancelledError],
-            listeners=list(listeners),
+            listeners=[_OnOpen(self._opened), *listeners],
             name=name,
             throw_new_error_on_trip=False,
         )
@@ -108,38 +117,70 @@ class AsyncCircuitBreaker:
     def _seconds_until_trial(self) -> float:
         return max(0.0, self._opened_at + self._reset_timeout_s - self._clock())
 
-    def _admit(self) -> tuple[pybreaker.CircuitBreakerState, bool]:
-        """Decide whether a call may go ahead; returns the state to report to and whether it is a trial."""
-        state = self._breaker.state
-        if state.name == pybreaker.STATE_OPEN:
+    def _opened(self) -> None:
+        self._opened_at = self._clock()
+
+    def _admit(self) -> bool:
+        """Decide whether a call may go ahead (else raise :class:`CircuitOpenError`); True for a trial."""
+        state = self._breaker.current_state
+        if state == pybreaker.STATE_OPEN:
             wait = self._seconds_until_trial()
             if wait > 0:
                 raise CircuitOpenError(self.name, wait)
             self._breaker.half_open()
-            state = self._breaker.state
-        if state.name == pybreaker.STATE_HALF_OPEN:
+            state = pybreaker.STATE_HALF_OPEN
+        if state == pybreaker.STATE_HALF_OPEN:
             if self._trial_in_flight:
                 raise CircuitOpenError(self.name, 0.0)
             self._trial_in_flight = True
-            return state, True
-        return state, False
+            return True
+        return False
+
+    def _counts(self, trial: bool) -> bool:
+        """Whether the outcome of a call admitted as ``trial`` (or not) is reported to pybreaker now."""
+        return trial or self._breaker.current_state == pybreaker.STATE_CLOSED
 
     async def call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Await ``func(*args, **kwargs)`` under the breaker."""
-        state, trial = self._admit()
+        trial = self._admit()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            # pybreaker counts the failure and trips if needed; it re-raises `exc` itself when
-            # the failure threshold is reached, which is not what decides what we raise.
-            with contextlib.suppress(BaseException):
-                state._handle_error(exc, reraise=False)
-            if self._breaker.current_state == pybreaker.STATE_OPEN:  # it just opened (or a trial reopened it)
-                self._opened_at = self._clock()
+            if self._counts(trial):
+                # pybreaker counts it (unless excluded) and trips if needed; it raises it again, and
+                # what the caller gets is the call's own exception in every case
+                with contextlib.suppress(BaseException):
+                    self._breaker.call(_raise, exc)
             raise
         else:
-            state._handle_success()
+            if self._counts(trial):
+                self._breaker.call(_succeed)
             return result
         finally:
             if trial:
                 self._trial_in_flight = False
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _succeed() -> None:
+    return None
+
+
+class _OnOpen(pybreaker.CircuitBreakerListener):
+    """Calls ``opened`` whenever pybreaker opens the breaker (the reset timeout counts from there)."""
+
+    def __init__(self, opened: Callable[[], None]) -> None:
+        self._opened = opened
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        """Call ``opened`` when ``new_state`` is open."""
+        if new_state.name == pybreaker.STATE_OPEN:
+            self._opened()

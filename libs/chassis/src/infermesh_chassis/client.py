@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,9 +26,10 @@ import grpc
 
 from infermesh_chassis import context as ctx
 from infermesh_chassis.discovery import Balancer, Discovery, Instance
-from infermesh_chassis.errors import DeadlineExceeded, from_rpc_error
+from infermesh_chassis.errors import DeadlineExceeded, InfermeshError, from_rpc_error
 from infermesh_chassis.interceptors import CallRecorder
 from infermesh_chassis.metrics import Metrics, RpcMetrics
+from infermesh_chassis.retry import Backoff, retry
 from infermesh_chassis.settings import ClientSettings
 from infermesh_chassis.tracing import TRACEPARENT_METADATA_KEY, Span, Tracing, end_span, exemplar_of
 
@@ -146,12 +146,12 @@ class ServiceClient:
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> Any:
         """Call ``method`` with ``request`` and return its response, or raise an InfermeshError."""
-        attempts = self._settings.max_attempts if method in self._idempotent else 1
         metadata = self._metadata(metadata)
         failed: set[str] = set()
-        backoff = self._settings.initial_backoff_s
-        attempt = 1
-        while True:
+        rpc_error: InfermeshError | None = None
+
+        async def attempt() -> Any:
+            nonlocal rpc_error
             timeout = self._timeout(timeout_s)
             instances = await self._discovery.resolve(self.service)
             fresh = [i for i in instances if i.address not in failed] or instances
@@ -169,23 +169,33 @@ class ServiceClient:
                     response = await call(request, timeout=timeout, metadata=sent)
             except grpc.RpcError as exc:
                 _ended(exc.code(), started, recorder, span)
-                error = from_rpc_error(exc, f"{self.service}/{method} at {instance.address}")
-                if exc.code() not in RETRYABLE_CODES or attempt >= attempts:
-                    raise error from None
                 failed.add(instance.address)
+                rpc_error = from_rpc_error(exc, f"{self.service}/{method} at {instance.address}")
+                raise rpc_error from None
             except asyncio.CancelledError:
                 _ended(grpc.StatusCode.CANCELLED, started, recorder, span)
                 raise
-            else:
-                _ended(grpc.StatusCode.OK, started, recorder, span)
-                return response
-            delay = min(self._settings.max_backoff_s, backoff) * random.uniform(0.5, 1.0)
+            _ended(grpc.StatusCode.OK, started, recorder, span)
+            return response
+
+        def retryable(error: Exception) -> bool:
+            """Only a retryable status of the call itself (not a deadline already passed, nor discovery)."""
+            return rpc_error is not None and error is rpc_error and rpc_error.status_code in RETRYABLE_CODES
+
+        def within_deadline(error: Exception, delay_s: float) -> None:
             remaining = ctx.remaining_time()
-            if remaining is not None and delay >= remaining:
+            if remaining is not None and delay_s >= remaining:
                 raise error
-            await asyncio.sleep(delay)
-            backoff *= 2
-            attempt += 1
+
+        if method not in self._idempotent:
+            return await attempt()
+        return await retry(
+            attempt,
+            Backoff(self._settings.initial_backoff_s, self._settings.max_backoff_s, jitter=0.5),
+            retry_on=retryable,
+            attempts=self._settings.max_attempts,
+            on_failure=within_deadline,
+        )
 
 
 def _ended(code: grpc.StatusCode, started: float, recorder: CallRecorder | None, span: Span | None) -> None:

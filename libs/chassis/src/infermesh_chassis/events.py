@@ -20,7 +20,9 @@ Sinks:
 - :class:`NatsSink` publishes each batch as one :class:`EventBatch` message on JetStream, with
   the batch id as ``Nats-Msg-Id`` (JetStream drops a republished batch within its duplicate
   window), and counts it sent only once JetStream's acknowledgement came back.
-- :class:`MonitorSink` calls the monitor's ``ReportEvents`` (the fallback without a queue).
+- :class:`MonitorSink` calls the monitor's ``ReportEvents`` (the fallback without a queue), named by
+  the emitting service as an :class:`IngestRpc`: the chassis depends on the event envelope
+  (``infermesh.common.v1``, events.proto), never on the monitor's service contract.
 - :class:`SpoolingSink` wraps either: when the transport fails, the batch goes to a
   :class:`DiskSpool` (files under ``spool_dir``), and so does every later batch until the spool
   is empty again, so order is kept; a background task replays the spool, oldest first, as soon as
@@ -39,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import itertools
@@ -51,15 +54,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import grpc
 from nats.js import api as js_api
 
-from infermesh.common.v1 import common_pb2
-from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh_chassis import context as ctx
 from infermesh_chassis import jetstream
 from infermesh_chassis.client import ServiceClient
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.retry import Backoff, retry
 from infermesh_chassis.settings import EventSettings
 from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_chassis.tracing import current_ids
@@ -73,6 +77,7 @@ __all__ = [
     "EventPayload",
     "EventSink",
     "EventSource",
+    "IngestRpc",
     "MonitorSink",
     "NatsSink",
     "PendingEvent",
@@ -89,12 +94,12 @@ __all__ = [
 ]
 
 EVENT_SCHEMA_VERSION = 1
-"""Version of the event schema in protos/infermesh/monitor/v1/monitor.proto."""
+"""Version of the event schema in protos/infermesh/common/v1/events.proto."""
 
 BUILD_CHUNK = 128
 """Events written into a batch between two yields to the event loop (a few hundred microseconds)."""
 
-Event = monitor_pb2.Event
+Event = events_pb2.Event
 
 _log = get_logger("infermesh_chassis.events")
 
@@ -160,7 +165,7 @@ class EncodedBatch:
     @classmethod
     def from_payload(cls, payload: bytes) -> EncodedBatch:
         """The batch a serialized ``EventBatch`` is (its id recomputed from its event ids)."""
-        events = monitor_pb2.EventBatch.FromString(payload).events
+        events = events_pb2.EventBatch.FromString(payload).events
         return cls(batch_id(e.event_id for e in events), payload, len(events))
 
 
@@ -203,7 +208,7 @@ async def encode_events(records: Sequence[PendingEvent], chunk: int = BUILD_CHUN
     large batch never holds up the calls being served for long. (Not in a thread: building runs
     Python code under the GIL, and a second thread would only add switching delays to every call.)
     """
-    batch = monitor_pb2.EventBatch()
+    batch = events_pb2.EventBatch()
     ids: list[str] = []
     for start in range(0, len(records), chunk):
         if start:
@@ -292,7 +297,6 @@ class EventEmitter:
             await asyncio.wait_for(self._wakeup.wait(), self._settings.flush_interval_s)
 
     async def _run(self) -> None:
-        backoff = 0.0
         while True:
             if self._batch is None:
                 if not self._buffer:
@@ -309,19 +313,24 @@ class EventEmitter:
                 if not self._batch.events:
                     self._batch = None
                     continue
+            batch = self._batch
             try:
-                await self._sink.send(self._batch)
-            except Exception as exc:  # the transport is down: keep the batch as it is, back off, try again
-                self._failures.inc()
-                backoff = min(self._max_backoff_s, max(0.05, backoff * 2))
-                _log.warning("event_send_failed", error=str(exc), batch=self._batch.events, retry_in_s=backoff)
-                if self._closing:
-                    return
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
-            self._sent.inc(self._batch.events)
+                await retry(
+                    functools.partial(self._sink.send, batch),
+                    Backoff(0.05, self._max_backoff_s),
+                    on_failure=functools.partial(self._send_failed, batch),
+                )
+            except Exception:  # stopping while the transport is down: the batch stays unsent
+                return
+            self._sent.inc(batch.events)
             self._batch = None
+
+    def _send_failed(self, batch: EncodedBatch, exc: Exception, delay_s: float) -> None:
+        """The transport is down: ``batch`` is kept as it is and sent again after ``delay_s``, unless stopping."""
+        self._failures.inc()
+        _log.warning("event_send_failed", error=str(exc), batch=batch.events, retry_in_s=delay_s)
+        if self._closing:
+            raise exc
 
 
 _ID_PREFIX = os.urandom(8).hex()
@@ -360,39 +369,56 @@ def hash_unit_id(unit_id: str, key: str) -> str:
 
 
 def batch_id(event_ids: Iterable[str]) -> str:
-    """The id of a batch, derived from its event ids in order (see ``EventBatch`` in monitor.proto)."""
+    """The id of a batch, derived from its event ids in order (see ``EventBatch`` in events.proto)."""
     text = "\n".join(event_ids)
     return hashlib.blake2b(f"{text}\n".encode() if text else b"", digest_size=16).hexdigest()
 
 
-def encode_batch(events: Sequence[monitor_pb2.Event]) -> bytes:
+def encode_batch(events: Sequence[events_pb2.Event]) -> bytes:
     """Built ``events`` as one serialized ``EventBatch`` (the monitor's own RPC ingest)."""
-    return monitor_pb2.EventBatch(events=events).SerializeToString()  # type: ignore[no-any-return]
+    return events_pb2.EventBatch(events=events).SerializeToString()  # type: ignore[no-any-return]
 
 
-def decode_batch(payload: bytes) -> list[monitor_pb2.Event]:
+def decode_batch(payload: bytes) -> list[events_pb2.Event]:
     """The events of a serialized ``EventBatch``."""
-    return list(monitor_pb2.EventBatch.FromString(payload).events)
+    return list(events_pb2.EventBatch.FromString(payload).events)
 
 
 # --- sinks ----------------------------------------------------------------------------------------
 
 
-class MonitorSink:
-    """Delivers batches to the monitor's ``ReportEvents`` (idempotent: the monitor de-duplicates by id).
+@dataclass(frozen=True, slots=True)
+class IngestRpc:
+    """The unary RPC the ``grpc`` transport delivers batches to: the monitor's ``ReportEvents``.
 
-    ``client`` is a :class:`ServiceClient` for the monitor built with ``STUB`` and ``IDEMPOTENT``.
+    The chassis knows no service's contract; the service that emits names the RPC (its generated stub,
+    the method, and the request message's ``FromString``). The request must carry the events as field 1,
+    as ``EventBatch`` does, so that a batch's bytes are a request; the receiver must de-duplicate by
+    event id, since a batch may be delivered again.
     """
 
-    STUB = monitor_pb2_grpc.MonitorServiceStub
-    IDEMPOTENT = ("ReportEvents",)
+    stub: Callable[[grpc.aio.Channel], Any]
+    """The receiving service's generated stub class."""
+    method: str
+    """The method that takes a batch (idempotent: retried like a read)."""
+    request: Callable[[bytes], Any]
+    """Parses a serialized ``EventBatch`` as the method's request message."""
 
-    def __init__(self, client: ServiceClient) -> None:
+
+class MonitorSink:
+    """Delivers batches through an :class:`IngestRpc` (idempotent: the monitor de-duplicates by id).
+
+    ``client`` is a :class:`ServiceClient` for the monitor built with ``ingest.stub`` and
+    ``(ingest.method,)`` as its idempotent methods.
+    """
+
+    def __init__(self, client: ServiceClient, ingest: IngestRpc) -> None:
         self._client = client
+        self._ingest = ingest
 
     async def send(self, batch: EncodedBatch) -> None:
         """Report ``batch``; raises (and the emitter retries) when the monitor cannot take it."""
-        await self._client.call("ReportEvents", monitor_pb2.ReportEventsRequest.FromString(batch.payload))
+        await self._client.call(self._ingest.method, self._ingest.request(batch.payload))
 
 
 _SUBJECT_SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -624,7 +650,6 @@ class SpoolingSink:
         _log.error("event_spool_full", dropped=batch.events, spool_bytes=self._spool.size_bytes)
 
     async def _replay(self) -> None:
-        backoff = 0.0
         while True:
             oldest = await asyncio.to_thread(self._spool.peek)
             if oldest is None:
@@ -633,18 +658,15 @@ class SpoolingSink:
                 continue
             path, payload = oldest
             batch = EncodedBatch.from_payload(payload)
-            try:
-                await self._inner.send(batch)
-            except Exception as exc:
-                backoff = min(self._max_backoff_s, max(0.05, backoff * 2))
-                _log.info("event_spool_replay_waiting", error=str(exc), spooled=self._spool.events, retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
+            send = functools.partial(self._inner.send, batch)
+            await retry(send, Backoff(0.05, self._max_backoff_s), on_failure=self._replay_waiting)
             await asyncio.to_thread(self._spool.remove, path)
             self._replayed.inc(batch.events)
             if self._spool.batches == 0:
                 _log.info("event_spool_drained")
+
+    def _replay_waiting(self, exc: Exception, delay_s: float) -> None:
+        _log.info("event_spool_replay_waiting", error=str(exc), spooled=self._spool.events, retry_in_s=delay_s)
 
     async def close(self) -> None:
         """Stop replaying (what is left stays on disk for the next start) and close the transport."""
@@ -660,14 +682,15 @@ def open_event_sink(
     settings: EventSettings,
     service: str,
     metrics: Metrics,
-    monitor_client: Callable[[], ServiceClient],
+    monitor_sink: Callable[[], EventSink],
 ) -> EventSink:
     """The sink ``settings`` ask for (NATS or the monitor's RPC, spooled when ``spool_dir`` is set), started.
 
-    ``monitor_client`` builds the monitor's client (with ``MonitorSink.STUB``/``IDEMPOTENT``) for
-    the ``grpc`` transport. A sink with a ``close()`` coroutine must be closed after the emitter stops.
+    ``monitor_sink`` builds the ``grpc`` transport's sink (a :class:`MonitorSink` for the monitor's
+    :class:`IngestRpc`); it is called only for that transport. A sink with a ``close()`` coroutine
+    must be closed after the emitter stops.
     """
-    inner: EventSink = NatsSink(settings, service) if settings.transport == "nats" else MonitorSink(monitor_client())
+    inner: EventSink = NatsSink(settings, service) if settings.transport == "nats" else monitor_sink()
     if settings.spool_dir is None:
         return inner
     root = settings.spool_dir / _SUBJECT_SAFE.sub("_", service)

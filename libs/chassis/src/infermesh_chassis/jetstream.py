@@ -26,6 +26,7 @@ from nats.js import api as js_api
 
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.retry import Backoff, retry
 from infermesh_chassis.tasks import cancel_and_wait
 
 __all__ = [
@@ -65,12 +66,14 @@ async def connect(urls: str, name: str, timeout_s: float) -> Client:
         raise ConnectionError(f"NATS at {urls} is unreachable: {exc or type(exc).__name__}") from None
 
 
-async def ensure_stream(js: Any, config: js_api.StreamConfig) -> None:
-    """Create the stream ``config`` names, or bring an existing one to ``config`` (idempotent)."""
+async def ensure_stream(js: Any, config: js_api.StreamConfig, *, update: bool = True) -> None:
+    """Create the stream ``config`` names, or bring an existing one to ``config`` (idempotent); with
+    ``update`` False an existing stream is left as it is (a stream someone else owns)."""
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:  # it exists with another configuration
-        await js.update_stream(config)
+        if update:
+            await js.update_stream(config)
 
 
 async def ack_confirmed(message: Msg, timeout_s: float = 5.0) -> bool:
@@ -85,6 +88,14 @@ async def ack_confirmed(message: Msg, timeout_s: float = 5.0) -> bool:
         _log.info("jetstream_ack_failed", error=str(exc))
         return False
     return True
+
+
+_UNREACHABLE = (ConnectionError, nats.errors.Error, OSError, TimeoutError)
+"""What connecting and subscribing raise while NATS cannot be reached (retried with a backoff)."""
+
+
+class _Stopped(Exception):
+    """The consumer stopped while it waited to connect again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,11 @@ class ConsumerSpec:
     """How long a connection attempt may take."""
     request_timeout_s: float
     """Deadline of JetStream API calls (stream and consumer management)."""
+    update_stream: bool = True
+    """Bring an existing stream to ``stream``; False uses it as it is (only a missing one is created)."""
+    update_consumer: bool = False
+    """Bring an existing durable consumer to :meth:`consumer_config` at every (re)connection (its
+    editable fields: ack wait, max ack pending, filter); False binds it as it is."""
 
     def consumer_config(self) -> js_api.ConsumerConfig:
         """The durable consumer: explicit acks, every message of the stream from the first one."""
@@ -135,7 +151,8 @@ class DurableConsumer:
 
     ``consume`` gets the batches of one subscription and returns when they end; it is called again
     after every reconnection. ``metric_prefix`` names two gauges: ``<prefix>_connected`` and
-    ``<prefix>_pending_messages``.
+    ``<prefix>_pending_messages``; several consumers of one service pass ``gauges`` instead, the
+    children (connected, pending) of labelled gauges their owner registered once.
     """
 
     def __init__(
@@ -145,6 +162,8 @@ class DurableConsumer:
         consume: Callable[[Batches], Awaitable[None]],
         metrics: Metrics,
         metric_prefix: str,
+        *,
+        gauges: tuple[Any, Any] | None = None,
     ) -> None:
         self._spec = spec
         self._name = name
@@ -152,6 +171,9 @@ class DurableConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._nc: Client | None = None
+        if gauges is not None:
+            self._connected, self._pending = gauges
+            return
         connected, pending = CONSUMER_GAUGES
         self._connected = metrics.gauge(
             f"{metric_prefix}_{connected}", "1 while the consumer is connected to NATS.", multiprocess_mode="livemin"
@@ -182,24 +204,45 @@ class DurableConsumer:
         spec = self._spec
         self._nc = await connect(spec.url, self._name, spec.connect_timeout_s)
         js = self._nc.jetstream(timeout=spec.request_timeout_s)
-        await ensure_stream(js, spec.stream)
+        await ensure_stream(js, spec.stream, update=spec.update_stream)
+        if spec.update_consumer:
+            await js.add_consumer(spec.stream.name, spec.consumer_config())
         return await js.pull_subscribe(
             spec.subjects[0], durable=spec.durable, stream=spec.stream.name, config=spec.consumer_config()
         )
 
+    async def _connect(self) -> Any:
+        """:meth:`_subscribe`, closing what it opened when NATS cannot be reached."""
+        try:
+            return await self._subscribe()
+        except _UNREACHABLE:
+            await self._close()
+            raise
+
+    def _unreachable(self, exc: Exception, delay_s: float) -> None:
+        _log.warning("jetstream_unreachable", consumer=self._name, error=str(exc), retry_in_s=delay_s)
+
+    async def _pause(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before connecting again; raise :class:`_Stopped` as soon as the consumer stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay_s)
+        if self._stopping.is_set():
+            raise _Stopped
+
     async def _run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         while not self._stopping.is_set():
             try:
-                subscription = await self._subscribe()
-            except (ConnectionError, nats.errors.Error, OSError, TimeoutError) as exc:
-                _log.warning("jetstream_unreachable", consumer=self._name, error=str(exc), retry_in_s=backoff)
-                await self._close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff)
-                backoff = min(5.0, backoff * 2)
-                continue
-            backoff = 0.5
+                subscription = await retry(
+                    self._connect,
+                    backoff,
+                    retry_on=lambda exc: isinstance(exc, _UNREACHABLE),
+                    on_failure=self._unreachable,
+                    sleep=self._pause,
+                )
+            except _Stopped:
+                return
+            backoff.reset()
             self._connected.set(1)
             _log.info(
                 "jetstream_consuming", consumer=self._name, stream=self._spec.stream.name, durable=self._spec.durable

@@ -35,6 +35,7 @@ __all__ = [
     "MAPPING_PARAMETERS",
     "AlternateModel",
     "CachedScore",
+    "CompiledBinding",
     "CompiledExperiment",
     "CompiledLayer",
     "CompiledScene",
@@ -48,6 +49,7 @@ __all__ = [
     "compile_experiment",
     "compile_scene",
     "prediction_from_proto",
+    "subject_matches",
     "unit_fraction",
 ]
 
@@ -59,6 +61,10 @@ MAPPING_PARAMETERS = ("threshold", "label_if_above", "label_otherwise")
 """Variant parameters that override the scene's response mapping for the variant's units."""
 MODEL_PARAMETERS = "model_parameters"
 """Variant parameter whose entries are passed to the model as inference request parameters."""
+STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+"""A JetStream stream or durable consumer name."""
+MAX_STREAM_BATCH = 1000
+MAX_STREAM_DELAY_S = 3600.0
 
 
 class SaltedHash:
@@ -220,6 +226,154 @@ class GrayPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledBinding:
+    """A stream binding of a scene, ready to consume (the compiled ``StreamBinding``)."""
+
+    scene: str
+    name: str
+    stream: str
+    subjects: tuple[str, ...]
+    format: int
+    unit_id_path: tuple[str, ...]
+    feature_paths: tuple[tuple[str, tuple[str, ...]], ...]
+    attribute_paths: tuple[tuple[str, tuple[str, ...]], ...]
+    request_id_path: tuple[str, ...]
+    output_subject: str
+    dead_letter_subject: str
+    max_deliver: int
+    max_ack_pending: int
+    batch_size: int
+    ordered_by_unit: bool
+    pause_when_degraded: bool
+    retry_delay_s: float
+    ack_wait_s: float
+    durable: str
+    enabled: bool
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(scene, binding name): what identifies the binding across config versions."""
+        return self.scene, self.name
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subject ``pattern`` (``*`` one token, ``>`` the rest) takes ``subject``."""
+    tokens, wanted = pattern.split("."), subject.split(".")
+    for i, token in enumerate(tokens):
+        if token == ">":
+            return len(wanted) > i
+        if i >= len(wanted) or (token != "*" and token != wanted[i]):
+            return False
+    return len(tokens) == len(wanted)
+
+
+def _subject(subject: str, field_name: str, *, wildcards: bool) -> str:
+    tokens = subject.split(".")
+    if (
+        not subject
+        or any(not t or any(c.isspace() for c in t) for t in tokens)
+        or any(("*" in t or ">" in t) and t not in ("*", ">") for t in tokens)
+        or ">" in tokens[:-1]
+    ):
+        raise InvalidArgument(f"{field_name}: '{subject}' is not a NATS subject")
+    if not wildcards and ("*" in tokens or ">" in tokens):
+        raise InvalidArgument(f"{field_name}: '{subject}' must not hold wildcards")
+    return subject
+
+
+def _path(path: str, field_name: str) -> tuple[str, ...]:
+    parts = tuple(path.split("."))
+    if not path or any(not p for p in parts):
+        raise InvalidArgument(f"{field_name}: '{path}' is not a path of field names joined by dots")
+    return parts
+
+
+def _stream_duration(binding: pb.StreamBinding, name: str, where: str, default: float) -> float:
+    if not binding.HasField(name):
+        return default
+    return _duration_s(getattr(binding, name), f"{where}.{name}", upper=MAX_STREAM_DELAY_S)
+
+
+def _binding(binding: pb.StreamBinding, scene: str, where: str) -> CompiledBinding:
+    _check_name(binding.name, f"{where}.name")
+    if not STREAM_NAME.match(binding.stream):
+        raise InvalidArgument(f"{where}.stream: '{binding.stream}' must match {STREAM_NAME.pattern}")
+    if not binding.subjects:
+        raise InvalidArgument(f"{where}.subjects: at least one subject is required")
+    subjects = tuple(_subject(s, f"{where}.subjects[{i}]", wildcards=True) for i, s in enumerate(binding.subjects))
+    output = _subject(binding.output_subject, f"{where}.output_subject", wildcards=False)
+    dead = _subject(binding.dead_letter_subject or f"{output}.dead", f"{where}.dead_letter_subject", wildcards=False)
+    if dead == output:
+        raise InvalidArgument(f"{where}.dead_letter_subject: must differ from output_subject")
+    for name, subject in (("output_subject", output), ("dead_letter_subject", dead)):
+        if any(subject_matches(s, subject) for s in subjects):
+            raise InvalidArgument(f"{where}.{name}: '{subject}' is one of the input subjects (a loop)")
+    mapping = binding.json_mapping
+    if binding.format == pb.STREAM_FORMAT_JSON:
+        if not mapping.unit_id:
+            raise InvalidArgument(f"{where}.json_mapping.unit_id: required for format JSON")
+        unit_path = _path(mapping.unit_id, f"{where}.json_mapping.unit_id")
+        features = tuple(
+            (k, _path(v, f"{where}.json_mapping.features.{k}")) for k, v in sorted(mapping.features.items())
+        )
+        attributes = tuple(
+            (k, _path(v, f"{where}.json_mapping.attributes.{k}")) for k, v in sorted(mapping.attributes.items())
+        )
+        request_path = _path(mapping.request_id, f"{where}.json_mapping.request_id") if mapping.request_id else ()
+    elif binding.format == pb.STREAM_FORMAT_PROTOBUF:
+        if binding.HasField("json_mapping"):
+            raise InvalidArgument(f"{where}.json_mapping: only for format JSON")
+        unit_path, features, attributes, request_path = (), (), (), ()
+    else:
+        raise InvalidArgument(f"{where}.format: STREAM_FORMAT_PROTOBUF or STREAM_FORMAT_JSON is required")
+    for name, value, upper in (
+        ("max_deliver", binding.max_deliver, 1000),
+        ("max_ack_pending", binding.max_ack_pending, 1_000_000),
+        ("batch_size", binding.batch_size, MAX_STREAM_BATCH),
+    ):
+        if not 0 <= value <= upper:
+            raise InvalidArgument(f"{where}.{name}: must be in [0, {upper}], got {value}")
+    durable = binding.durable or re.sub(r"[^A-Za-z0-9_-]", "_", f"biz-center_{scene}_{binding.name}")
+    if not STREAM_NAME.match(durable):
+        raise InvalidArgument(f"{where}.durable: '{durable}' must match {STREAM_NAME.pattern}")
+    return CompiledBinding(
+        scene=scene,
+        name=binding.name,
+        stream=binding.stream,
+        subjects=subjects,
+        format=binding.format,
+        unit_id_path=unit_path,
+        feature_paths=features,
+        attribute_paths=attributes,
+        request_id_path=request_path,
+        output_subject=output,
+        dead_letter_subject=dead,
+        max_deliver=binding.max_deliver or 5,
+        max_ack_pending=binding.max_ack_pending or 1024,
+        batch_size=binding.batch_size or 128,
+        ordered_by_unit=binding.ordered_by_unit,
+        pause_when_degraded=binding.pause_when_degraded,
+        retry_delay_s=_stream_duration(binding, "retry_delay", where, 1.0),
+        ack_wait_s=_stream_duration(binding, "ack_wait", where, 30.0),
+        durable=durable,
+        enabled=binding.enabled,
+    )
+
+
+def _bindings(scene: pb.Scene) -> tuple[CompiledBinding, ...]:
+    compiled: list[CompiledBinding] = []
+    for i, binding in enumerate(scene.stream_bindings):
+        where = f"stream_bindings[{i}]"
+        item = _binding(binding, scene.name, where)
+        if any(other.name == item.name for other in compiled):
+            raise InvalidArgument(f"{where}.name: '{item.name}' is used twice in the scene")
+        if any(other.durable == item.durable for other in compiled):
+            raise InvalidArgument(f"{where}.durable: '{item.durable}' is used twice in the scene")
+        compiled.append(item)
+    return tuple(compiled)
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledScene:
     """A scene ready to serve."""
 
@@ -239,6 +393,7 @@ class CompiledScene:
     limit_mode: str
     fallback: tuple[FallbackStep, ...]
     gray: GrayPlan | None
+    bindings: tuple[CompiledBinding, ...] = ()
 
     @property
     def local_fallback(self) -> bool:
@@ -360,6 +515,7 @@ def compile_scene(scene: pb.Scene, *, global_limits: bool) -> CompiledScene:
         limit_mode=mode,
         fallback=_fallback(scene.fallback_chain),
         gray=_gray(scene.gray_release, scene.name),
+        bindings=_bindings(scene),
     )
 
 

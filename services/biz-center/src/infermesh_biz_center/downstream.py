@@ -34,10 +34,12 @@ from infermesh.datagateway.v1 import data_gateway_pb2 as dg
 from infermesh.datagateway.v1 import data_gateway_pb2_grpc as dg_grpc
 from infermesh.modelgateway.v1 import model_gateway_pb2 as mg
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as mg_grpc
+from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_biz_center.catalog import CompiledScene
 from infermesh_biz_center.domain import ModelTarget, PredictInput, RawTensor
 from infermesh_chassis.client import ServiceClient
 from infermesh_chassis.errors import FailedPrecondition, InfermeshError, InvalidArgument, Unavailable
+from infermesh_chassis.events import IngestRpc
 from infermesh_chassis.ids import NOT_CANONICAL, canonical_int64
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "INFERENCE_STUB",
     "MODEL_CONTROL_IDEMPOTENT",
     "MODEL_CONTROL_STUB",
+    "MONITOR_INGEST",
     "EntityRow",
     "FeatureClient",
     "FeatureVector",
@@ -64,6 +67,10 @@ INFERENCE_STUB = service_pb2_grpc.GRPCInferenceServiceStub
 INFERENCE_IDEMPOTENT = ("ModelInfer", "ModelMetadata")
 MODEL_CONTROL_STUB = mg_grpc.ModelControlServiceStub
 MODEL_CONTROL_IDEMPOTENT = ("GetModelVersion",)
+MONITOR_INGEST = IngestRpc(
+    monitor_pb2_grpc.MonitorServiceStub, "ReportEvents", monitor_pb2.ReportEventsRequest.FromString
+)
+"""Where events go when ``events.transport`` is ``grpc``: the monitor's ReportEvents."""
 
 
 def _numpy_dtype(datatype: str) -> Any:

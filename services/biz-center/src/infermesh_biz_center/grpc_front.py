@@ -8,7 +8,9 @@ of RESOURCE_EXHAUSTED).
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -21,7 +23,13 @@ from infermesh_biz_center.predictor import Predictor
 from infermesh_biz_center.registry import ConfigRegistry
 from infermesh_biz_center.store import AuditRecord
 from infermesh_chassis import context as ctx
-from infermesh_chassis.errors import InfermeshError, ResourceExhausted
+from infermesh_chassis.errors import FailedPrecondition, InfermeshError, NotFound, ResourceExhausted
+from infermesh_chassis.logs import get_logger
+
+if TYPE_CHECKING:
+    from infermesh_biz_center.streaming import BindingStatus, StreamBindings
+
+_log = get_logger("infermesh_biz_center.grpc_front")
 
 __all__ = [
     "AdminServicer",
@@ -104,6 +112,28 @@ def _write_error(status: common_pb2.ErrorStatus, error: InfermeshError) -> None:
         status.details["field"] = field
 
 
+def _write_status(message: pb.StreamBindingStatus, status: BindingStatus, binding: pb.StreamBinding) -> None:
+    """Write a :class:`BindingStatus` into ``message`` in place (``binding`` is the scene's own message)."""
+    message.scene = status.binding.scene
+    message.consuming = status.consuming
+    message.pending = status.pending
+    message.ack_pending = status.ack_pending
+    message.redelivered = status.redelivered
+    message.dead_letters = status.dead_letters
+    message.consumed = status.consumed
+    message.scored = status.scored
+    message.degraded = status.degraded
+    message.dead_lettered = status.dead_lettered
+    message.error = status.error
+    message.binding.CopyFrom(binding)
+    message.oldest_pending_age.FromNanoseconds(int(status.oldest_pending_age_s * 1e9))
+
+
+def _scene_bindings(scenes: Sequence[pb.Scene]) -> dict[tuple[str, str], pb.StreamBinding]:
+    """The stream bindings of ``scenes`` as configured, by (scene, binding name)."""
+    return {(scene.name, b.name): b for scene in scenes for b in scene.stream_bindings}
+
+
 def _request_id(request_id: str) -> str:
     return request_id or ctx.current_request_id() or ctx.new_request_id()
 
@@ -141,11 +171,12 @@ class PredictServicer(pb_grpc.BizCenterServiceServicer):
 
 
 class AdminServicer(pb_grpc.BizCenterAdminServiceServicer):
-    """Scenes, experiments and the audit log over gRPC (admin callers only)."""
+    """Scenes, experiments, stream bindings and the audit log over gRPC (admin callers only)."""
 
-    def __init__(self, registry: ConfigRegistry, auth: Authenticator) -> None:
+    def __init__(self, registry: ConfigRegistry, auth: Authenticator, streams: StreamBindings | None = None) -> None:
         self._registry = registry
         self._auth = auth
+        self._streams = streams
 
     def _admin(self, context: grpc.aio.ServicerContext, actor: str = "", reason: str = "") -> AuditRecord:
         principal = self._auth.authenticate(*credentials(context))
@@ -227,3 +258,37 @@ class AdminServicer(pb_grpc.BizCenterAdminServiceServicer):
         self._admin(context)
         entries, token = await self._registry.audit(request.page, request.filter)
         return pb.ListAuditEntriesResponse(entries=entries, page=common_pb2.PageResponse(next_page_token=token))
+
+    def _stream_bindings(self) -> StreamBindings:
+        if self._streams is None:
+            raise FailedPrecondition("stream bindings are not consumed by this instance (streaming.enabled is false)")
+        return self._streams
+
+    async def ListStreamBindings(
+        self, request: pb.ListStreamBindingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListStreamBindingsResponse:
+        """The scenes' stream bindings with their live state."""
+        self._admin(context)
+        streams = self._stream_bindings()
+        statuses = await streams.statuses(request.scene)
+        scenes = []
+        for name in sorted({s.binding.scene for s in statuses}):
+            with contextlib.suppress(NotFound):  # deleted meanwhile: the next call no longer lists it
+                scenes.append(await self._registry.get_scene(name))
+        configured = _scene_bindings(scenes)
+        response = pb.ListStreamBindingsResponse()
+        for status in statuses:
+            binding = configured.get(status.binding.key)
+            if binding is not None:  # else the scene changed meanwhile: the next call shows it
+                _write_status(response.bindings.add(), status, binding)
+        return response
+
+    async def ReplayDeadLetters(
+        self, request: pb.ReplayDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReplayDeadLettersResponse:
+        """Publish a binding's dead letters to their input subject again."""
+        who = self._admin(context, request.actor)
+        streams = self._stream_bindings()
+        replayed = await streams.replay_dead_letters(request.scene, request.binding, request.limit)
+        _log.info("dead_letters_replayed", actor=who.actor, scene=request.scene, binding=request.binding)
+        return pb.ReplayDeadLettersResponse(replayed=replayed)

@@ -2,8 +2,9 @@
 
 :func:`create` builds every piece from the settings (store and registry, authenticator, rate
 limits with Redis when configured, the downstream clients, TLS channels when configured, the
-event emitter, the core), adds the gRPC servicers to the runtime's server (with a TLS listener
-when configured), starts the Thrift front, and registers every cleanup with the runtime.
+event emitter, the core, the consumers of the scenes' stream bindings), adds the gRPC servicers
+to the runtime's server (with a TLS listener when configured), starts the Thrift front, and
+registers every cleanup with the runtime.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from infermesh_biz_center.downstream import (
     INFERENCE_STUB,
     MODEL_CONTROL_IDEMPOTENT,
     MODEL_CONTROL_STUB,
+    MONITOR_INGEST,
     FeatureClient,
     ModelClient,
 )
@@ -33,6 +35,7 @@ from infermesh_biz_center.predictor import Predictor
 from infermesh_biz_center.registry import ConfigRegistry
 from infermesh_biz_center.settings import Settings
 from infermesh_biz_center.store import ConfigStore
+from infermesh_biz_center.streaming import StreamBindings
 from infermesh_biz_center.thrift_front import ThriftFront
 from infermesh_biz_center.tls import SecureChannelPool, server_credentials
 from infermesh_chassis.app import Runtime
@@ -55,6 +58,7 @@ class BizCenter:
     auth: Authenticator
     thrift: ThriftFront | None
     tls_port: int | None
+    streams: StreamBindings | None
 
 
 def _instance(settings: Settings) -> str:
@@ -90,7 +94,9 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
             settings.events,
             settings.service_name,
             runtime.metrics,
-            lambda: client(settings.downstream.monitor, MonitorSink.STUB, MonitorSink.IDEMPOTENT),
+            lambda: MonitorSink(
+                client(settings.downstream.monitor, MONITOR_INGEST.stub, (MONITOR_INGEST.method,)), MONITOR_INGEST
+            ),
         )
         close = getattr(sink, "close", None)
         if close is not None:
@@ -146,6 +152,8 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
         unit_hash_key=settings.events.unit_id_hash_key.get_secret_value(),
     )
 
+    streams = await _start_streams(settings, runtime, registry, predictor)
+
     tls_port: int | None = None
     tls = settings.grpc_tls
 
@@ -161,14 +169,33 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
     runtime.server.add_servicer(add_predict, PredictServicer(predictor, auth), services["BizCenterService"].full_name)
     runtime.server.add_servicer(
         biz_center_pb2_grpc.add_BizCenterAdminServiceServicer_to_server,
-        AdminServicer(registry, auth),
+        AdminServicer(registry, auth, streams),
         services["BizCenterAdminService"].full_name,
     )
 
     if tls_port is not None:
         runtime.server.report_port("grpc_tls", tls_port)
     thrift = await _start_thrift(settings, runtime, predictor, auth)
-    return BizCenter(settings, registry, predictor, auth, thrift, tls_port)
+    return BizCenter(settings, registry, predictor, auth, thrift, tls_port, streams)
+
+
+async def _start_streams(
+    settings: Settings, runtime: Runtime, registry: ConfigRegistry, predictor: Predictor
+) -> StreamBindings | None:
+    """The consumers of the scenes' stream bindings when enabled: started, stopped at shutdown (first)."""
+    if not settings.streaming.enabled:
+        return None
+    streams = StreamBindings(
+        registry,
+        predictor,
+        settings.streaming,
+        settings.streaming.nats_url or settings.events.nats_url,
+        runtime.metrics,
+        watch_interval_s=settings.config.watch_interval_s,
+    )
+    await streams.start()
+    runtime.on_stop(streams.stop)
+    return streams
 
 
 async def _start_thrift(

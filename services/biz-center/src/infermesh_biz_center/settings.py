@@ -23,6 +23,7 @@ __all__ = [
     "RateLimitSettings",
     "ResilienceSettings",
     "Settings",
+    "StreamingSettings",
     "ThriftSettings",
     "TlsListenerSettings",
     "TlsSettings",
@@ -259,6 +260,27 @@ class ThriftSettings(BaseModel):
         return self
 
 
+class StreamingSettings(BaseModel):
+    """Consumption of the scenes' stream bindings (NATS JetStream)."""
+
+    enabled: bool = True
+    """Consume the bindings of the scenes (a scene without bindings needs no NATS)."""
+    nats_url: str = ""
+    """NATS server(s) with JetStream, comma-separated; empty: ``events.nats_url``."""
+    fetch_timeout_s: float = Field(0.5, gt=0)
+    """Longest a fetch waits for messages."""
+    connect_timeout_s: float = Field(2.0, gt=0)
+    """How long a connection attempt may take (consumption retries in the background)."""
+    request_timeout_s: float = Field(5.0, gt=0)
+    """Deadline of a result's publication and of JetStream API calls."""
+    lag_interval_s: float = Field(2.0, gt=0)
+    """How often each binding's lag (pending messages, age of the oldest) is read into the metrics."""
+    batches_in_flight: int = Field(4, ge=1, le=64)
+    """Micro-batches of one binding scored at once (a binding ``ordered_by_unit`` scores one at a time)."""
+    drain_timeout_s: float = Field(10.0, gt=0)
+    """At stop (or when a binding changes), how long the batch in hand may take to finish."""
+
+
 class Settings(ServiceSettings):
     """Business center settings.
 
@@ -276,6 +298,7 @@ class Settings(ServiceSettings):
     downstream: DownstreamSettings = DownstreamSettings()
     predict: PredictSettings = PredictSettings()
     thrift: ThriftSettings = ThriftSettings()
+    streaming: StreamingSettings = StreamingSettings()
     grpc_tls: TlsListenerSettings | None = None
     """A TLS listener of the gRPC front beside the chassis' plaintext port (keep that one on 127.0.0.1)."""
     client_tls: TlsSettings | None = None

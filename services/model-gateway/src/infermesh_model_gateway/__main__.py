@@ -8,7 +8,7 @@ from infermesh.common.v1 import common_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.app import Runtime, run_service
-from infermesh_chassis.events import EventEmitter
+from infermesh_chassis.events import EventEmitter, IngestRpc
 from infermesh_model_gateway.control import ControlServicer
 from infermesh_model_gateway.domain import utc_now
 from infermesh_model_gateway.gateway import ModelGateway
@@ -22,6 +22,10 @@ CONTROL_SERVICE = "infermesh.modelgateway.v1.ModelControlService"
 HEALTH_FOLLOWS_WORKERS = ("", INFERENCE_SERVICE)
 """Health names that say NOT_SERVING while no Triton worker can serve (the server as a whole, which
 discovery and readiness probes check, and the data plane); the control plane stays SERVING."""
+MONITOR_INGEST = IngestRpc(
+    monitor_pb2_grpc.MonitorServiceStub, "ReportEvents", monitor_pb2.ReportEventsRequest.FromString
+)
+"""Where events go when ``events.transport`` is ``grpc``: the monitor's ReportEvents."""
 
 
 async def assemble(
@@ -86,7 +90,7 @@ async def assemble(
 
 async def build(settings: Settings, runtime: Runtime) -> None:
     """The service as ``run_service`` builds it: events go to the monitor when enabled."""
-    await assemble(settings, runtime, runtime.event_emitter() if settings.events.enabled else None)
+    await assemble(settings, runtime, runtime.event_emitter(MONITOR_INGEST) if settings.events.enabled else None)
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from infermesh_chassis.logs import get_logger
 
 __all__ = ["RouterSync", "SharedTriton", "SharedWorker", "TritonState", "pid_alive"]
@@ -42,16 +44,11 @@ _log = get_logger("infermesh_model_gateway.instance")
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (a zombie its parent has not reaped yet counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # ZombieProcess included
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -3,14 +3,14 @@
 :func:`start_gateway` runs the gateway exactly as its process does (``assemble`` on a chassis
 runtime: registry, embedded ``tritonserver`` workers, both servicers), except that its events go
 to a list the test can read. The rest builds requests and reads responses of the KServe v2 data
-plane, and drives load while counting answers, errors and the versions that served.
+plane, and drives load while counting answers, errors and the versions that served. The ONNX
+export helpers it re-exports live in :mod:`.onnx_export` (the demo uses them too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,16 +24,16 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2 as pb
 from infermesh.modelgateway.v1 import model_gateway_pb2_grpc as pb_grpc
-from infermesh.monitor.v1 import monitor_pb2
 from infermesh_chassis.app import Runtime
 from infermesh_chassis.events import EncodedBatch, EventEmitter, decode_batch
 from infermesh_chassis.settings import EventSettings, load_settings
 from infermesh_model_gateway.__main__ import assemble
 from infermesh_model_gateway.domain import utc_now
 from infermesh_model_gateway.gateway import ModelGateway
+from infermesh_model_gateway.onnx_export import TrainedModel, sha256, to_onnx_file
 from infermesh_model_gateway.rollouts import Clock
 from infermesh_model_gateway.settings import Settings
 
@@ -59,21 +59,6 @@ __all__ = [
 ]
 
 
-def sha256(path: Path) -> str:
-    """The SHA-256 of a file, as registration wants it."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    """An artifact on disk and the estimator it came from."""
-
-    name: str
-    path: Path
-    sha256: str
-    estimator: Any
-
-
 @dataclass(frozen=True)
 class ChurnModels:
     """The synthetic churn data set and two classifiers trained on it, as ONNX files."""
@@ -95,19 +80,6 @@ def churn_data(rows: int = 2000, seed: int = 7) -> tuple[np.ndarray, np.ndarray]
     x = rng.normal(size=(rows, CHURN_FEATURES)).astype(np.float32)
     logits = 1.5 * x[:, 0] - 2.0 * x[:, 1] + x[:, 2] * x[:, 3] + 0.5 * rng.normal(size=rows)
     return x, (logits > 0).astype(np.int64)
-
-
-def to_onnx_file(estimator: Any, x: np.ndarray, path: Path) -> TrainedModel:
-    """Convert a fitted scikit-learn classifier to ONNX (no zipmap: label and probabilities tensors)."""
-    try:
-        from skl2onnx import to_onnx  # noqa: PLC0415 - an optional extra, imported where it is needed
-    except ImportError:
-        raise ImportError(
-            "converting models to ONNX needs skl2onnx: install infermesh-model-gateway[testing]"
-        ) from None
-    onx = to_onnx(estimator, x[:1], options={id(estimator): {"zipmap": False}}, target_opset=17)
-    path.write_bytes(onx.SerializeToString())
-    return TrainedModel(path.stem, path, sha256(path), estimator)
 
 
 def train_churn_models(root: Path, rows: int = 2000) -> ChurnModels:
@@ -175,7 +147,7 @@ class ListSink:
     """Collects events in memory (an EventSink)."""
 
     def __init__(self) -> None:
-        self.events: list[monitor_pb2.Event] = []
+        self.events: list[events_pb2.Event] = []
 
     async def send(self, batch: EncodedBatch) -> None:
         self.events.extend(decode_batch(batch.payload))

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -289,13 +290,12 @@ class TritonServer:
             group = int(self._group_file.read_text())
         except (FileNotFoundError, ValueError):
             return
-        marker = str(self.workdir).encode()
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(cmdline.parent.name)
-                if os.getpgid(pid) == group and marker in cmdline.read_bytes():
-                    os.kill(pid, signal.SIGKILL)
-                    _log.warning("triton_leftover_killed", worker=self.worker_id, pid=pid)
+        marker = str(self.workdir)
+        for process in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(OSError, psutil.Error):
+                if os.getpgid(process.pid) == group and marker in "\0".join(process.info["cmdline"] or ()):
+                    os.kill(process.pid, signal.SIGKILL)
+                    _log.warning("triton_leftover_killed", worker=self.worker_id, pid=process.pid)
 
     async def _start_once(self, timeout_s: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from infermesh.monitor.v1 import monitor_pb2
+from infermesh.common.v1 import events_pb2
 from infermesh_chassis.events import EVENT_SCHEMA_VERSION, batch_id
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
@@ -141,7 +141,7 @@ class _Parsed:
 
 def _parse(payload: bytes) -> _Parsed:
     try:
-        events = monitor_pb2.EventBatch.FromString(payload).events
+        events = events_pb2.EventBatch.FromString(payload).events
         frames = delimited_events(payload)
     except (DecodeError, IndexError):
         return _Parsed("", [], [], [], BatchResult(malformed=True))

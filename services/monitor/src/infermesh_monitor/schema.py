@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from infermesh.monitor.v1 import monitor_pb2
+from infermesh.common.v1 import events_pb2
 from infermesh_monitor.settings import StorageSettings
 from infermesh_monitor.store import Store
 
@@ -115,12 +115,12 @@ def protobuf_schema(root: Descriptor) -> str:
     return 'syntax = "proto3";\n\n' + "\n\n".join(rendered.values()) + "\n"
 
 
-EVENT_MESSAGE = monitor_pb2.Event.DESCRIPTOR.full_name.replace(".", "_")
+EVENT_MESSAGE = events_pb2.Event.DESCRIPTOR.full_name.replace(".", "_")
 
 PAYLOAD_KINDS = ("inference", "shadow", "exposure", "audit", "feedback")
 """The fields of ``Event.payload``; events of kind K are inserted into the Null table ``events_in_K``."""
 
-EVENT_SCHEMA = protobuf_schema(monitor_pb2.Event.DESCRIPTOR)
+EVENT_SCHEMA = protobuf_schema(events_pb2.Event.DESCRIPTOR)
 """The ``Event`` message and everything it uses, as one proto file for ClickHouse."""
 
 

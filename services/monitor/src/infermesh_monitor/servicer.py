@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from infermesh.common.v1 import common_pb2
+from infermesh.common.v1 import common_pb2, events_pb2
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis.errors import InvalidArgument, NotFound
 from infermesh_chassis.events import EVENT_SCHEMA_VERSION, encode_batch, hash_unit_id
@@ -225,7 +225,7 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
                 raise InvalidArgument(f"items[{i}]: set request_id or unit_id")
             if subject == "unit_id" and not item.scene:
                 raise InvalidArgument(f"items[{i}]: a label by unit_id needs its scene")
-            feedback = monitor_pb2.FeedbackEvent(
+            feedback = events_pb2.FeedbackEvent(
                 target_request_id=item.request_id if subject == "request_id" else "",
                 unit_id_hash=hash_unit_id(item.unit_id, key) if subject == "unit_id" else "",
                 scene=item.scene,
@@ -236,10 +236,10 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
                 feedback.label_time.CopyFrom(item.label_time)
             else:
                 feedback.label_time.GetCurrentTime()
-            event = monitor_pb2.Event(
+            event = events_pb2.Event(
                 event_id=uuid.uuid4().hex,
                 schema_version=EVENT_SCHEMA_VERSION,
-                source=monitor_pb2.EventSource(service=self._settings.service_name, instance="ReportFeedback"),
+                source=events_pb2.EventSource(service=self._settings.service_name, instance="ReportFeedback"),
                 feedback=feedback,
             )
             event.time.GetCurrentTime()

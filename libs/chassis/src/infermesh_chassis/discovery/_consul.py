@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +16,7 @@ import structlog
 
 from infermesh_chassis.discovery._base import Discovery, DiscoverySettings, Instance
 from infermesh_chassis.errors import Unavailable
+from infermesh_chassis.retry import Backoff, retry
 
 _log = structlog.get_logger()
 
@@ -186,25 +187,27 @@ class ConsulDiscovery(Discovery):
     async def _run_watch(self, service: str, watch: _Watch) -> None:
         settings = self._settings
         index = 0
-        backoff = settings.retry_backoff_s
+        backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_max_s, jitter=0.5)
+
+        def failed(exc: Exception, delay_s: float) -> None:
+            watch.error = _describe(exc)
+            watch.settled.set()
+            _log.warning(
+                "consul_watch_failed",
+                service=service,
+                consul_addr=self._addr,
+                error=watch.error,
+                retry_in_s=round(delay_s, 3),
+                serving_last_known=None if watch.instances is None else len(watch.instances),
+            )
+
         while True:
-            try:
-                new_index, instances = await self._query(service, index)
-            except _CONSUL_ERRORS as exc:
-                watch.error = _describe(exc)
-                watch.settled.set()
-                delay = random.uniform(backoff / 2, backoff)
-                _log.warning(
-                    "consul_watch_failed",
-                    service=service,
-                    consul_addr=self._addr,
-                    error=watch.error,
-                    retry_in_s=round(delay, 3),
-                    serving_last_known=None if watch.instances is None else len(watch.instances),
-                )
-                await asyncio.sleep(delay)
-                backoff = min(backoff * 2, settings.retry_backoff_max_s)
-                continue
+            new_index, instances = await retry(
+                functools.partial(self._query, service, index),
+                backoff,
+                retry_on=lambda exc: isinstance(exc, _CONSUL_ERRORS),
+                on_failure=failed,
+            )
             if watch.error and watch.instances is not None:
                 _log.info("consul_watch_recovered", service=service, consul_addr=self._addr)
             if instances != watch.instances:
@@ -213,7 +216,7 @@ class ConsulDiscovery(Discovery):
                     service=service,
                     addresses=[instance.address for instance in instances],
                 )
-            backoff = settings.retry_backoff_s
+            backoff.reset()
             watch.error = ""
             watch.instances = instances
             watch.settled.set()

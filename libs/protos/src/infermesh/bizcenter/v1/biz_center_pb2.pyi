@@ -39,6 +39,12 @@ class RateLimitMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RATE_LIMIT_MODE_LOCAL: _ClassVar[RateLimitMode]
     RATE_LIMIT_MODE_GLOBAL: _ClassVar[RateLimitMode]
 
+class StreamFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAM_FORMAT_UNSPECIFIED: _ClassVar[StreamFormat]
+    STREAM_FORMAT_PROTOBUF: _ClassVar[StreamFormat]
+    STREAM_FORMAT_JSON: _ClassVar[StreamFormat]
+
 class ExperimentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EXPERIMENT_STATUS_UNSPECIFIED: _ClassVar[ExperimentStatus]
@@ -66,6 +72,9 @@ CONDITION_OPERATOR_EXISTS: ConditionOperator
 RATE_LIMIT_MODE_UNSPECIFIED: RateLimitMode
 RATE_LIMIT_MODE_LOCAL: RateLimitMode
 RATE_LIMIT_MODE_GLOBAL: RateLimitMode
+STREAM_FORMAT_UNSPECIFIED: StreamFormat
+STREAM_FORMAT_PROTOBUF: StreamFormat
+STREAM_FORMAT_JSON: StreamFormat
 EXPERIMENT_STATUS_UNSPECIFIED: ExperimentStatus
 EXPERIMENT_STATUS_DRAFT: ExperimentStatus
 EXPERIMENT_STATUS_RUNNING: ExperimentStatus
@@ -298,7 +307,7 @@ class GrayRelease(_message.Message):
     def __init__(self, enabled: bool = ..., target: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., allowlist_unit_ids: _Optional[_Iterable[str]] = ..., rules: _Optional[_Iterable[_Union[AttributeRule, _Mapping]]] = ..., percentage: _Optional[float] = ..., ramp: _Optional[_Iterable[_Union[RampPoint, _Mapping]]] = ..., salt: _Optional[str] = ...) -> None: ...
 
 class Scene(_message.Message):
-    __slots__ = ("name", "description", "config_version", "feature_service", "feature_definition_version", "unit_id_key", "model_routing", "response_mapping", "slo_deadline", "max_concurrency", "rate_limit", "fallback_chain", "gray_release", "enabled", "owner", "update_time", "updated_by")
+    __slots__ = ("name", "description", "config_version", "feature_service", "feature_definition_version", "unit_id_key", "model_routing", "response_mapping", "slo_deadline", "max_concurrency", "rate_limit", "fallback_chain", "gray_release", "enabled", "owner", "update_time", "updated_by", "stream_bindings")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +325,7 @@ class Scene(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    STREAM_BINDINGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     config_version: int
@@ -333,7 +343,70 @@ class Scene(_message.Message):
     owner: str
     update_time: _timestamp_pb2.Timestamp
     updated_by: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_version: _Optional[int] = ..., feature_service: _Optional[str] = ..., feature_definition_version: _Optional[str] = ..., unit_id_key: _Optional[str] = ..., model_routing: _Optional[_Union[ModelRouting, _Mapping]] = ..., response_mapping: _Optional[_Union[ResponseMapping, _Mapping]] = ..., slo_deadline: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_concurrency: _Optional[int] = ..., rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., fallback_chain: _Optional[_Iterable[_Union[FallbackStep, _Mapping]]] = ..., gray_release: _Optional[_Union[GrayRelease, _Mapping]] = ..., enabled: bool = ..., owner: _Optional[str] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
+    stream_bindings: _containers.RepeatedCompositeFieldContainer[StreamBinding]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., config_version: _Optional[int] = ..., feature_service: _Optional[str] = ..., feature_definition_version: _Optional[str] = ..., unit_id_key: _Optional[str] = ..., model_routing: _Optional[_Union[ModelRouting, _Mapping]] = ..., response_mapping: _Optional[_Union[ResponseMapping, _Mapping]] = ..., slo_deadline: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_concurrency: _Optional[int] = ..., rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., fallback_chain: _Optional[_Iterable[_Union[FallbackStep, _Mapping]]] = ..., gray_release: _Optional[_Union[GrayRelease, _Mapping]] = ..., enabled: bool = ..., owner: _Optional[str] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., stream_bindings: _Optional[_Iterable[_Union[StreamBinding, _Mapping]]] = ...) -> None: ...
+
+class JsonMapping(_message.Message):
+    __slots__ = ("unit_id", "features", "attributes", "request_id")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    UNIT_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    unit_id: str
+    features: _containers.ScalarMap[str, str]
+    attributes: _containers.ScalarMap[str, str]
+    request_id: str
+    def __init__(self, unit_id: _Optional[str] = ..., features: _Optional[_Mapping[str, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StreamBinding(_message.Message):
+    __slots__ = ("name", "stream", "subjects", "format", "json_mapping", "output_subject", "dead_letter_subject", "max_deliver", "max_ack_pending", "batch_size", "ordered_by_unit", "pause_when_degraded", "retry_delay", "ack_wait", "durable", "enabled")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    JSON_MAPPING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELIVER_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACK_PENDING_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ORDERED_BY_UNIT_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_WHEN_DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_DELAY_FIELD_NUMBER: _ClassVar[int]
+    ACK_WAIT_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    stream: str
+    subjects: _containers.RepeatedScalarFieldContainer[str]
+    format: StreamFormat
+    json_mapping: JsonMapping
+    output_subject: str
+    dead_letter_subject: str
+    max_deliver: int
+    max_ack_pending: int
+    batch_size: int
+    ordered_by_unit: bool
+    pause_when_degraded: bool
+    retry_delay: _duration_pb2.Duration
+    ack_wait: _duration_pb2.Duration
+    durable: str
+    enabled: bool
+    def __init__(self, name: _Optional[str] = ..., stream: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., format: _Optional[_Union[StreamFormat, str]] = ..., json_mapping: _Optional[_Union[JsonMapping, _Mapping]] = ..., output_subject: _Optional[str] = ..., dead_letter_subject: _Optional[str] = ..., max_deliver: _Optional[int] = ..., max_ack_pending: _Optional[int] = ..., batch_size: _Optional[int] = ..., ordered_by_unit: bool = ..., pause_when_degraded: bool = ..., retry_delay: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., ack_wait: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., durable: _Optional[str] = ..., enabled: bool = ...) -> None: ...
 
 class ListScenesRequest(_message.Message):
     __slots__ = ("page",)
@@ -538,3 +611,63 @@ class ListAuditEntriesResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[_common_pb2.AuditEntry]
     page: _common_pb2.PageResponse
     def __init__(self, entries: _Optional[_Iterable[_Union[_common_pb2.AuditEntry, _Mapping]]] = ..., page: _Optional[_Union[_common_pb2.PageResponse, _Mapping]] = ...) -> None: ...
+
+class ListStreamBindingsRequest(_message.Message):
+    __slots__ = ("scene",)
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    scene: str
+    def __init__(self, scene: _Optional[str] = ...) -> None: ...
+
+class StreamBindingStatus(_message.Message):
+    __slots__ = ("scene", "binding", "consuming", "pending", "ack_pending", "redelivered", "oldest_pending_age", "dead_letters", "consumed", "scored", "degraded", "dead_lettered", "error")
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
+    CONSUMING_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    ACK_PENDING_FIELD_NUMBER: _ClassVar[int]
+    REDELIVERED_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_PENDING_AGE_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    scene: str
+    binding: StreamBinding
+    consuming: bool
+    pending: int
+    ack_pending: int
+    redelivered: int
+    oldest_pending_age: _duration_pb2.Duration
+    dead_letters: int
+    consumed: int
+    scored: int
+    degraded: int
+    dead_lettered: int
+    error: str
+    def __init__(self, scene: _Optional[str] = ..., binding: _Optional[_Union[StreamBinding, _Mapping]] = ..., consuming: bool = ..., pending: _Optional[int] = ..., ack_pending: _Optional[int] = ..., redelivered: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., dead_letters: _Optional[int] = ..., consumed: _Optional[int] = ..., scored: _Optional[int] = ..., degraded: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListStreamBindingsResponse(_message.Message):
+    __slots__ = ("bindings",)
+    BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    bindings: _containers.RepeatedCompositeFieldContainer[StreamBindingStatus]
+    def __init__(self, bindings: _Optional[_Iterable[_Union[StreamBindingStatus, _Mapping]]] = ...) -> None: ...
+
+class ReplayDeadLettersRequest(_message.Message):
+    __slots__ = ("scene", "binding", "limit", "actor")
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    scene: str
+    binding: str
+    limit: int
+    actor: str
+    def __init__(self, scene: _Optional[str] = ..., binding: _Optional[str] = ..., limit: _Optional[int] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class ReplayDeadLettersResponse(_message.Message):
+    __slots__ = ("replayed",)
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    replayed: int
+    def __init__(self, replayed: _Optional[int] = ...) -> None: ...

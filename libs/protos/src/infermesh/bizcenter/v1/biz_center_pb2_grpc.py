@@ -160,6 +160,16 @@ class BizCenterAdminServiceStub(object):
                 request_serializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListAuditEntriesRequest.SerializeToString,
                 response_deserializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListAuditEntriesResponse.FromString,
                 )
+        self.ListStreamBindings = channel.unary_unary(
+                '/infermesh.bizcenter.v1.BizCenterAdminService/ListStreamBindings',
+                request_serializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListStreamBindingsRequest.SerializeToString,
+                response_deserializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListStreamBindingsResponse.FromString,
+                )
+        self.ReplayDeadLetters = channel.unary_unary(
+                '/infermesh.bizcenter.v1.BizCenterAdminService/ReplayDeadLetters',
+                request_serializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ReplayDeadLettersRequest.SerializeToString,
+                response_deserializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ReplayDeadLettersResponse.FromString,
+                )
 
 
 class BizCenterAdminServiceServicer(object):
@@ -230,6 +240,21 @@ class BizCenterAdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStreamBindings(self, request, context):
+        """Lists the scenes' stream bindings with their live state (lag, counts, dead letters).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetters(self, request, context):
+        """Publishes a binding's dead-lettered messages to their input subject again, then removes them
+        from the dead-letter stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BizCenterAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +302,16 @@ def add_BizCenterAdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEntries,
                     request_deserializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListAuditEntriesRequest.FromString,
                     response_serializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'ListStreamBindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStreamBindings,
+                    request_deserializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListStreamBindingsRequest.FromString,
+                    response_serializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListStreamBindingsResponse.SerializeToString,
+            ),
+            'ReplayDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetters,
+                    request_deserializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ReplayDeadLettersRequest.FromString,
+                    response_serializer=infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ReplayDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,5 +475,39 @@ class BizCenterAdminService(object):
         return grpc.experimental.unary_unary(request, target, '/infermesh.bizcenter.v1.BizCenterAdminService/ListAuditEntries',
             infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListAuditEntriesRequest.SerializeToString,
             infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListAuditEntriesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListStreamBindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/infermesh.bizcenter.v1.BizCenterAdminService/ListStreamBindings',
+            infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListStreamBindingsRequest.SerializeToString,
+            infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ListStreamBindingsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ReplayDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/infermesh.bizcenter.v1.BizCenterAdminService/ReplayDeadLetters',
+            infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ReplayDeadLettersRequest.SerializeToString,
+            infermesh_dot_bizcenter_dot_v1_dot_biz__center__pb2.ReplayDeadLettersResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -140,6 +140,20 @@ class BizCenterAdminServiceStub:
     ]
     """Reads the audit log of scene and experiment changes, newest first."""
 
+    ListStreamBindings: grpc.UnaryUnaryMultiCallable[
+        infermesh.bizcenter.v1.biz_center_pb2.ListStreamBindingsRequest,
+        infermesh.bizcenter.v1.biz_center_pb2.ListStreamBindingsResponse,
+    ]
+    """Lists the scenes' stream bindings with their live state (lag, counts, dead letters)."""
+
+    ReplayDeadLetters: grpc.UnaryUnaryMultiCallable[
+        infermesh.bizcenter.v1.biz_center_pb2.ReplayDeadLettersRequest,
+        infermesh.bizcenter.v1.biz_center_pb2.ReplayDeadLettersResponse,
+    ]
+    """Publishes a binding's dead-lettered messages to their input subject again, then removes them
+    from the dead-letter stream.
+    """
+
 class BizCenterAdminServiceAsyncStub:
     """Administration of scenes and experiments. Changes are validated, applied without restart and
     recorded in the audit log.
@@ -198,6 +212,20 @@ class BizCenterAdminServiceAsyncStub:
         infermesh.bizcenter.v1.biz_center_pb2.ListAuditEntriesResponse,
     ]
     """Reads the audit log of scene and experiment changes, newest first."""
+
+    ListStreamBindings: grpc.aio.UnaryUnaryMultiCallable[
+        infermesh.bizcenter.v1.biz_center_pb2.ListStreamBindingsRequest,
+        infermesh.bizcenter.v1.biz_center_pb2.ListStreamBindingsResponse,
+    ]
+    """Lists the scenes' stream bindings with their live state (lag, counts, dead letters)."""
+
+    ReplayDeadLetters: grpc.aio.UnaryUnaryMultiCallable[
+        infermesh.bizcenter.v1.biz_center_pb2.ReplayDeadLettersRequest,
+        infermesh.bizcenter.v1.biz_center_pb2.ReplayDeadLettersResponse,
+    ]
+    """Publishes a binding's dead-lettered messages to their input subject again, then removes them
+    from the dead-letter stream.
+    """
 
 class BizCenterAdminServiceServicer(metaclass=abc.ABCMeta):
     """Administration of scenes and experiments. Changes are validated, applied without restart and
@@ -275,5 +303,23 @@ class BizCenterAdminServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[infermesh.bizcenter.v1.biz_center_pb2.ListAuditEntriesResponse, collections.abc.Awaitable[infermesh.bizcenter.v1.biz_center_pb2.ListAuditEntriesResponse]]:
         """Reads the audit log of scene and experiment changes, newest first."""
+
+    @abc.abstractmethod
+    def ListStreamBindings(
+        self,
+        request: infermesh.bizcenter.v1.biz_center_pb2.ListStreamBindingsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[infermesh.bizcenter.v1.biz_center_pb2.ListStreamBindingsResponse, collections.abc.Awaitable[infermesh.bizcenter.v1.biz_center_pb2.ListStreamBindingsResponse]]:
+        """Lists the scenes' stream bindings with their live state (lag, counts, dead letters)."""
+
+    @abc.abstractmethod
+    def ReplayDeadLetters(
+        self,
+        request: infermesh.bizcenter.v1.biz_center_pb2.ReplayDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[infermesh.bizcenter.v1.biz_center_pb2.ReplayDeadLettersResponse, collections.abc.Awaitable[infermesh.bizcenter.v1.biz_center_pb2.ReplayDeadLettersResponse]]:
+        """Publishes a binding's dead-lettered messages to their input subject again, then removes them
+        from the dead-letter stream.
+        """
 
 def add_BizCenterAdminServiceServicer_to_server(servicer: BizCenterAdminServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -6,8 +6,8 @@ this service as a fallback), stores them in ClickHouse and answers stats, drift,
 experiment and SLO questions.
 
 Events are delivered at least once; the monitor de-duplicates them by Event.event_id. Each
-message published on the queue is one EventBatch (serialized protobuf); its Nats-Msg-Id header is
-the batch's id (see EventBatch).
+message published on the queue is one infermesh.common.v1.EventBatch (serialized protobuf; the
+envelope is in infermesh/common/v1/events.proto); its Nats-Msg-Id header is the batch's id.
 """
 
 import abc
