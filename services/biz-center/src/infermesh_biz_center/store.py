@@ -24,7 +24,17 @@ from infermesh.common.v1 import common_pb2
 from infermesh_chassis.docstore import Connection, Schema, SqliteStore, Store, upsert
 from infermesh_chassis.errors import Aborted, InvalidArgument, NotFound
 
-__all__ = ["AuditRecord", "ConfigStore", "Objects", "Stored", "WriteCheck", "decode_token", "encode_token"]
+__all__ = [
+    "SCHEMA",
+    "AuditRecord",
+    "ConfigStore",
+    "Objects",
+    "Stored",
+    "WriteCheck",
+    "decode_token",
+    "encode_token",
+    "metadata",
+]
 
 _INTEGER = BigInteger().with_variant(Integer, "sqlite")
 
