@@ -18,6 +18,7 @@ from sqlalchemy import BigInteger, Column, MetaData, Table, Text, select
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from structlog.testing import capture_logs
 
 from infermesh_chassis.docstore import Schema, Store, open_store, upsert
 from infermesh_chassis.errors import InvalidArgument
@@ -97,7 +98,13 @@ async def test_a_database_from_before_migrations_is_stamped_then_upgraded_with_i
             await conn.exec_driver_sql("INSERT INTO notes (key, body) VALUES ('kept', 'from before')")
     finally:
         await engine.dispose()
-    store = await open_store(url, SCHEMA, lock_key=LOCK_KEY)
+    with capture_logs() as logs:
+        store = await open_store(url, SCHEMA, lock_key=LOCK_KEY)
+        await store.close()
+        store = await open_store(url, SCHEMA, lock_key=LOCK_KEY)
+    assert [(e["event"], e["found"], e["now"], e["adopted"]) for e in logs] == [
+        ("store_schema_migrated", "", "0002", True)
+    ], "logged once, by the open that changed the schema"
     try:
         assert await _revision(store) == "0002"
         async with store.read() as conn:

@@ -7,11 +7,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, inspect
+
+from infermesh_chassis.logs import get_logger
 
 __all__ = ["Schema", "migrate"]
 
 _ENVIRONMENT = Path(__file__).with_name("alembic")
+_log = get_logger("infermesh_chassis.docstore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +34,22 @@ class Schema:
 
 
 def migrate(conn: Connection, schema: Schema) -> None:
-    """Bring the schema on ``conn`` to the newest revision, in ``conn``'s transaction."""
+    """Bring the schema on ``conn`` to the newest revision, in ``conn``'s transaction (logged when
+    that changed anything)."""
     config = Config()
     config.set_main_option("script_location", str(_ENVIRONMENT))
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", str(schema.revisions))
     config.attributes["connection"] = conn
     config.attributes["metadata"] = schema.metadata
-    if schema.baseline:
+    found = MigrationContext.configure(conn).get_current_revision()
+    adopted = False
+    if schema.baseline and found is None:
         tables = set(inspect(conn).get_table_names())
         if "alembic_version" not in tables and schema.baseline_table in tables:
             command.stamp(config, schema.baseline)
+            adopted = True
     command.upgrade(config, "head")
+    now = MigrationContext.configure(conn).get_current_revision()
+    if now != found:
+        _log.info("store_schema_migrated", revisions=str(schema.revisions), found=found or "", now=now, adopted=adopted)
