@@ -1,14 +1,16 @@
-"""SQL identifiers are quoted by SQLAlchemy: keywords and quote characters are names, never SQL.
+"""The SQL connector against real SQLite and PostgreSQL: identifiers, and a read cancelled mid-flight.
 
-Against real SQLite and PostgreSQL. A table, a column and a timestamp column named after SQL
-keywords serve through the whole gateway (definitions, push, GetFeatures, materialization's
-offline read). A table and a column whose names hold a double quote and a statement can only
-be reached through the connector (definitions accept plain names only): the rows round-trip
-and a bystander table survives.
+SQL identifiers are quoted by SQLAlchemy: keywords and quote characters are names, never SQL.
+A table, a column and a timestamp column named after SQL keywords serve through the whole
+gateway (definitions, push, GetFeatures, the offline read). A table and a column whose names
+hold a double quote and a statement can only be reached through the connector (definitions
+accept plain names only): the rows round-trip and a bystander table survives. A read cancelled
+while PostgreSQL runs it (a caller's timeout) leaves the pool usable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -150,3 +152,40 @@ async def test_a_quote_in_a_name_cannot_inject_sql(tmp_path: Path, database: tup
     else:
         tables = await _bystander(kind, tmp_path, dsn, "SELECT table_name FROM information_schema.tables")
     assert (INJECTION,) in tables
+
+
+async def test_a_read_cancelled_mid_flight_leaves_the_pool_usable(tmp_path: Path, postgres_server) -> None:
+    folder = tmp_path / "defs"
+    folder.mkdir()
+    source = f'{{kind: postgres, dsn: "{postgres_server.dsn}", pool_size: 1}}'
+    (folder / "features.yaml").write_text(DEFINITIONS.replace("table: select", "table: cancelled").format(db=source))
+    definitions = load_definitions(folder)
+    view = definitions.views["activity"]
+    sql = SqlSource(definitions.sources["db"], SourceMetrics(Metrics("identifiers-test")))
+    stamp = _micros(NOW - timedelta(hours=1))
+    try:
+        await sql.write_online(view, [((1,), {"spend": 2.5, "plan": "pro"}, stamp)])
+        locker = await asyncpg.connect(postgres_server.dsn)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE cancelled IN ACCESS EXCLUSIVE MODE")
+                read = asyncio.ensure_future(sql.read_online(view, [ReadItem((1,), {})]))
+                # The read is in flight, waiting for the lock, when it is cancelled.
+                waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'cancelled'::regclass"
+                for _ in range(1000):
+                    if await locker.fetchval(waiting):
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    pytest.fail("the read never waited for the lock")
+                read.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await read
+        finally:
+            await locker.close()
+        # The only pooled connection had a query in flight when it went back: the next read still gets its answer.
+        (record,) = await sql.read_online(view, [ReadItem((1,), {})])
+        assert record is not None
+        assert dict(record.values) == {"spend": 2.5, "plan": "pro"}
+    finally:
+        await sql.close()
