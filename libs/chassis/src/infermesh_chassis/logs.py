@@ -34,6 +34,8 @@ def configure_logging(service: str, level: str = "INFO", *, json: bool = True, s
     # grpc's own debug records hold references to its Cython call objects; kept alive past the
     # event loop (by a log capture, say) they crash the interpreter when finally freed.
     logging.getLogger("grpc").setLevel(max(numeric, logging.INFO))
+    # Alembic narrates every open in plain lines; the store logs what a migration changed instead
+    logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ from infermesh_biz_center.catalog import (
     compile_experiment,
     compile_scene,
 )
-from infermesh_biz_center.store import AuditRecord, ConfigStore, Stored, decode_token, encode_token
+from infermesh_biz_center.store import AuditRecord, ConfigStore, Objects, Stored, WriteCheck, decode_token, encode_token
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.tasks import cancel_and_wait
@@ -168,7 +167,7 @@ class ConfigRegistry:
         """Stop watching and close the store."""
         await cancel_and_wait(self._task)
         self._task = None
-        await asyncio.to_thread(self._store.close)
+        await self._store.close()
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -193,11 +192,8 @@ class ConfigRegistry:
 
     async def reload(self) -> None:
         """Rebuild the snapshot from the store (when its revision moved)."""
-
-        def read() -> tuple[int, list[Stored], list[Stored]]:
-            return self._store.revision(), self._store.all(SCENE), self._store.all(EXPERIMENT)
-
-        revision, scenes, experiments = await asyncio.to_thread(read)
+        revision = await self._store.revision()
+        scenes, experiments = await self._store.all(SCENE), await self._store.all(EXPERIMENT)
         if revision == self._revision:
             return
         self._snapshot = self._build(scenes, experiments)
@@ -230,13 +226,13 @@ class ConfigRegistry:
 
     async def _apply_seed(self, path: Path) -> None:
         seed = await asyncio.to_thread(load_seed_file, path)
-        applied = await asyncio.to_thread(self._store.meta, "seed_version")
+        applied = await self._store.meta("seed_version")
         if applied is not None and int(applied) >= seed.version:
             return
         for i, scene in enumerate(seed.scenes):
             self._validate(SCENE, _content(scene), f"seed file {path}: scenes[{i}]")
         known = {s.name for s in seed.scenes} | set(self._snapshot.scenes)
-        known |= {s.name for s in await asyncio.to_thread(self._store.all, SCENE)}
+        known |= {s.name for s in await self._store.all(SCENE)}
         for i, experiment in enumerate(seed.experiments):
             self._validate(EXPERIMENT, _content(experiment), f"seed file {path}: experiments[{i}]")
             if experiment.scene not in known:
@@ -246,7 +242,7 @@ class ConfigRegistry:
             await self._put(SCENE, scene, None, who)
         for experiment in seed.experiments:
             await self._put(EXPERIMENT, experiment, None, who)
-        await asyncio.to_thread(self._store.set_meta, "seed_version", str(seed.version))
+        await self._store.set_meta("seed_version", str(seed.version))
         _log.info("seed_file_applied", file=str(path), version=seed.version)
         await self.reload()
 
@@ -266,29 +262,28 @@ class ConfigRegistry:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _checks(self, kind: str, message: Message) -> Callable[[sqlite3.Connection, Stored | None], None]:
+    def _checks(self, kind: str, message: Message) -> WriteCheck:
         """The cross-object checks of a write, run inside its transaction."""
 
-        def check(conn: sqlite3.Connection, current: Stored | None) -> None:
+        async def check(objects: Objects, current: Stored | None) -> None:
             if kind != EXPERIMENT:
                 return
             assert isinstance(message, pb.Experiment)
-            found = conn.execute("SELECT 1 FROM objects WHERE kind = ? AND name = ?", (SCENE, message.scene)).fetchone()
-            if found is None:
+            if await objects.find(SCENE, message.scene) is None:
                 raise FailedPrecondition(f"scene '{message.scene}' does not exist: create it first")
             if message.status != pb.EXPERIMENT_STATUS_RUNNING or not compile_experiment(message).routes_models:
                 return
-            for name, body in conn.execute(
-                "SELECT name, body FROM objects WHERE kind = ? AND name != ?", (EXPERIMENT, message.name)
-            ):
-                other = _parse(body, pb.Experiment())
+            for stored in await objects.all(EXPERIMENT):
+                if stored.name == message.name:
+                    continue
+                other = _parse(stored.body, pb.Experiment())
                 if (
                     other.scene == message.scene
                     and other.status == pb.EXPERIMENT_STATUS_RUNNING
                     and compile_experiment(other).routes_models
                 ):
                     raise FailedPrecondition(
-                        f"scene '{message.scene}' already runs model-routing experiment '{name}':"
+                        f"scene '{message.scene}' already runs model-routing experiment '{stored.name}':"
                         " pause or complete it first"
                     )
 
@@ -310,8 +305,7 @@ class ConfigRegistry:
             return _content(_parse(current.body, type(content)())) == content
 
         async with self._write_lock:
-            stored, entry = await asyncio.to_thread(
-                self._store.put,
+            stored, entry = await self._store.put(
                 kind,
                 name,
                 render,
@@ -334,7 +328,7 @@ class ConfigRegistry:
         """What an upsert would store, without storing it (validate_only)."""
         content = _content(message)
         try:
-            current = await asyncio.to_thread(self._store.get, kind, content.name)
+            current = await self._store.get(kind, content.name)
         except InfermeshError:
             current = None
         version = 0 if current is None else current.config_version
@@ -345,22 +339,20 @@ class ConfigRegistry:
         return content
 
     async def _delete(self, kind: str, name: str, expected: int | None, who: AuditRecord, message: type[M]) -> M:
-        def check(conn: sqlite3.Connection, current: Stored | None) -> None:
+        async def check(objects: Objects, current: Stored | None) -> None:
             if kind != SCENE:
                 return
             live = [
-                other_name
-                for other_name, body in conn.execute("SELECT name, body FROM objects WHERE kind = ?", (EXPERIMENT,))
-                if (other := _parse(body, pb.Experiment())).scene == name
+                stored.name
+                for stored in await objects.all(EXPERIMENT)
+                if (other := _parse(stored.body, pb.Experiment())).scene == name
                 and other.status != pb.EXPERIMENT_STATUS_COMPLETED
             ]
             if live:
                 raise FailedPrecondition(f"scene '{name}' has experiments {live}: complete or delete them first")
 
         async with self._write_lock:
-            stored, entry = await asyncio.to_thread(
-                self._store.delete, kind, name, expected=expected, who=who, check=check
-            )
+            stored, entry = await self._store.delete(kind, name, expected=expected, who=who, check=check)
         self._audited(entry)
         await self.reload()
         return _parse(stored.body, message())
@@ -400,16 +392,16 @@ class ConfigRegistry:
 
     async def get_scene(self, name: str) -> pb.Scene:
         """One scene as stored (NOT_FOUND when unknown)."""
-        return _parse((await asyncio.to_thread(self._store.get, SCENE, name)).body, pb.Scene())
+        return _parse((await self._store.get(SCENE, name)).body, pb.Scene())
 
     async def get_experiment(self, name: str) -> pb.Experiment:
         """One experiment as stored (NOT_FOUND when unknown)."""
-        return _parse((await asyncio.to_thread(self._store.get, EXPERIMENT, name)).body, pb.Experiment())
+        return _parse((await self._store.get(EXPERIMENT, name)).body, pb.Experiment())
 
     async def list_scenes(self, page: common_pb2.PageRequest) -> tuple[list[pb.Scene], str]:
         """A page of scenes by name, and the next page's token ("" on the last page)."""
         size, after = _page(page)
-        stored = [s for s in await asyncio.to_thread(self._store.all, SCENE) if s.name > after]
+        stored = [s for s in await self._store.all(SCENE) if s.name > after]
         token = encode_token(stored[size - 1].name) if len(stored) > size else ""
         return [_parse(s.body, pb.Scene()) for s in stored[:size]], token
 
@@ -420,7 +412,7 @@ class ConfigRegistry:
         size, after = _page(page)
         wanted = set(statuses)
         matching: list[pb.Experiment] = []
-        for stored in await asyncio.to_thread(self._store.all, EXPERIMENT):
+        for stored in await self._store.all(EXPERIMENT):
             if stored.name <= after:
                 continue
             experiment = _parse(stored.body, pb.Experiment())
@@ -436,5 +428,5 @@ class ConfigRegistry:
         """A page of audit entries, newest first."""
         size, after = _page(page)
         seq = parse_uint(after, "page.page_token", what="a token this service issued") if after else None
-        entries, next_seq = await asyncio.to_thread(self._store.audit, query, size, seq)
+        entries, next_seq = await self._store.audit(query, size, seq)
         return entries, encode_token(str(next_seq)) if next_seq is not None else ""

@@ -119,7 +119,7 @@ async def create(settings: Settings, runtime: Runtime) -> BizCenter:
         redis = Redis.from_url(settings.rate_limit.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         runtime.on_stop(redis.aclose)
 
-    store = ConfigStore(settings.config.store_path)
+    store = await ConfigStore.open(settings.config.store_path)
     registry = ConfigRegistry(
         store,
         global_limits=redis is not None,

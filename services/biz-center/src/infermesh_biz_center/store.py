@@ -1,53 +1,71 @@
-"""Durable scenes, experiments and audit log in SQLite.
+"""Durable scenes, experiments and audit log in SQLite, on the chassis' store.
 
 Objects are stored as the contract's JSON (``json_format``) under ``(kind, name)`` with their
-config version. Every change runs in one ``BEGIN IMMEDIATE`` transaction: it re-reads the
-stored object, checks the expected config version (optimistic concurrency, ABORTED on a
-mismatch), writes, appends the audit entry and bumps the store's revision, so several instances
-sharing one database file serialize their writes and see each other's changes by polling
-:meth:`ConfigStore.revision`. All methods block: call them through ``asyncio.to_thread``.
+config version. Every change runs in one write transaction of the
+:class:`~infermesh_chassis.docstore.Store` (``BEGIN IMMEDIATE``): it re-reads the stored object,
+checks the expected config version (optimistic concurrency, ABORTED on a mismatch), writes, appends
+the audit entry and bumps the store's revision, so several instances sharing one database file
+serialize their writes and see each other's changes by polling :meth:`ConfigStore.revision`. The
+schema is the Alembic revisions in ``migrations/``, applied at open.
 """
 
 from __future__ import annotations
 
 import base64
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, Table, Text, cast, delete, func, insert, select
+
 from infermesh.common.v1 import common_pb2
+from infermesh_chassis.docstore import Connection, Schema, SqliteStore, Store, upsert
 from infermesh_chassis.errors import Aborted, InvalidArgument, NotFound
 
-__all__ = ["AuditRecord", "ConfigStore", "Stored", "WriteCheck", "decode_token", "encode_token"]
+__all__ = [
+    "SCHEMA",
+    "AuditRecord",
+    "ConfigStore",
+    "Objects",
+    "Stored",
+    "WriteCheck",
+    "decode_token",
+    "encode_token",
+    "metadata",
+]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects (
-  kind TEXT NOT NULL,
-  name TEXT NOT NULL,
-  config_version INTEGER NOT NULL,
-  body TEXT NOT NULL,
-  PRIMARY KEY (kind, name)
-);
-CREATE TABLE IF NOT EXISTS audit (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  id TEXT NOT NULL,
-  time_us INTEGER NOT NULL,
-  actor TEXT NOT NULL,
-  action TEXT NOT NULL,
-  target TEXT NOT NULL,
-  before_json TEXT NOT NULL,
-  after_json TEXT NOT NULL,
-  reason TEXT NOT NULL,
-  request_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_target ON audit (target);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+_INTEGER = BigInteger().with_variant(Integer, "sqlite")
+
+metadata = MetaData()
+objects = Table(
+    "objects",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("config_version", _INTEGER, nullable=False),
+    Column("body", Text, nullable=False),
+)
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", _INTEGER, primary_key=True),
+    Column("id", Text, nullable=False),
+    Column("time_us", _INTEGER, nullable=False),
+    *(
+        Column(name, Text, nullable=False)
+        for name in ("actor", "action", "target", "before_json", "after_json", "reason", "request_id")
+    ),
+    Index("audit_target", "target"),
+    sqlite_autoincrement=True,
+)
+meta = Table("meta", metadata, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
+
+SCHEMA = Schema(metadata, Path(__file__).with_name("migrations"), baseline="0001", baseline_table="objects")
+"""The tables and their revisions; ``0001`` is the schema the store created before it had migrations."""
+
+_REVISION = select(meta.c.value).where(meta.c.key == "revision")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +87,26 @@ class AuditRecord:
     request_id: str
 
 
-WriteCheck = Callable[[sqlite3.Connection, Stored | None], None]
+class Objects:
+    """Reads of stored objects on one connection (inside a write's transaction, for its checks)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def find(self, kind: str, name: str) -> Stored | None:
+        """One stored object, or None."""
+        query = select(objects.c.config_version, objects.c.body).where(objects.c.kind == kind, objects.c.name == name)
+        row = (await self._conn.execute(query)).first()
+        return None if row is None else Stored(kind, name, row.config_version, row.body)
+
+    async def all(self, kind: str) -> list[Stored]:
+        """Every stored object of ``kind``, by name."""
+        query = select(objects.c.name, objects.c.config_version, objects.c.body).where(objects.c.kind == kind)
+        rows = await self._conn.execute(query.order_by(objects.c.name))
+        return [Stored(kind, name, version, body) for name, version, body in rows]
+
+
+WriteCheck = Callable[[Objects, Stored | None], Awaitable[None]]
 """Runs inside a write's transaction with the stored object (None if absent); raises to refuse."""
 
 
@@ -90,75 +127,49 @@ def decode_token(token: str) -> str:
 
 
 class ConfigStore:
-    """The SQLite database behind the registry (see the module docstring)."""
+    """The store behind the registry (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
-    def close(self) -> None:
+    @classmethod
+    async def open(cls, path: Path) -> ConfigStore:
+        """Open (creating) the database file, and migrate its schema."""
+        return cls(await SqliteStore.open(path, SCHEMA))
+
+    async def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._conn.close()
+        await self._store.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def revision(self) -> int:
+    async def revision(self) -> int:
         """A number that changes with every write, by any instance."""
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
-        return int(row[0]) if row else 0
+        async with self._store.read() as conn:
+            value = await conn.scalar(_REVISION)
+        return int(value or 0)
 
-    def meta(self, key: str) -> str | None:
+    async def meta(self, key: str) -> str | None:
         """A stored meta value (e.g. the last applied seed file version)."""
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        async with self._store.read() as conn:
+            value = await conn.scalar(select(meta.c.value).where(meta.c.key == key))
+        return None if value is None else str(value)
 
-    def set_meta(self, key: str, value: str) -> None:
+    async def set_meta(self, key: str, value: str) -> None:
         """Store a meta value."""
-        with self._transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        async with self._store.transaction() as conn:
+            await conn.execute(upsert(conn, meta, {"key": key, "value": value}, ("value",)))
 
-    def all(self, kind: str) -> list[Stored]:
+    async def all(self, kind: str) -> list[Stored]:
         """Every stored object of ``kind``, by name."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT name, config_version, body FROM objects WHERE kind = ? ORDER BY name", (kind,)
-            ).fetchall()
-        return [Stored(kind, name, version, body) for name, version, body in rows]
+        async with self._store.read() as conn:
+            return await Objects(conn).all(kind)
 
-    def get(self, kind: str, name: str) -> Stored:
+    async def get(self, kind: str, name: str) -> Stored:
         """One stored object (NOT_FOUND when absent)."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT config_version, body FROM objects WHERE kind = ? AND name = ?", (kind, name)
-            ).fetchone()
-        if row is None:
+        async with self._store.read() as conn:
+            stored = await Objects(conn).find(kind, name)
+        if stored is None:
             raise NotFound(f"{kind} '{name}' does not exist")
-        return Stored(kind, name, row[0], row[1])
-
-    @staticmethod
-    def _read(conn: sqlite3.Connection, kind: str, name: str) -> Stored | None:
-        row = conn.execute(
-            "SELECT config_version, body FROM objects WHERE kind = ? AND name = ?", (kind, name)
-        ).fetchone()
-        return None if row is None else Stored(kind, name, row[0], row[1])
+        return stored
 
     @staticmethod
     def _expect(kind: str, name: str, current: Stored | None, expected: int | None) -> None:
@@ -170,8 +181,8 @@ class ConfigStore:
             raise Aborted(f"{kind} '{name}' {state}, not {expected}: re-read it and retry")
 
     @staticmethod
-    def _audit(
-        conn: sqlite3.Connection, action: str, target: str, *, before: str, after: str, who: AuditRecord
+    async def _audit(
+        conn: Connection, action: str, target: str, *, before: str, after: str, who: AuditRecord
     ) -> common_pb2.AuditEntry:
         entry = common_pb2.AuditEntry(
             id=uuid.uuid4().hex,
@@ -185,18 +196,24 @@ class ConfigStore:
         )
         time_us = time.time_ns() // 1000
         entry.time.FromMicroseconds(time_us)
-        conn.execute(
-            "INSERT INTO audit (id, time_us, actor, action, target, before_json, after_json, reason, request_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (entry.id, time_us, who.actor, action, target, before, after, who.reason, who.request_id),
+        await conn.execute(
+            insert(audit).values(
+                id=entry.id,
+                time_us=time_us,
+                actor=who.actor,
+                action=action,
+                target=target,
+                before_json=before,
+                after_json=after,
+                reason=who.reason,
+                request_id=who.request_id,
+            )
         )
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('revision', '1')"
-            " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-        )
+        bump = cast(cast(meta.c.value, BigInteger) + 1, Text)
+        await conn.execute(upsert(conn, meta, {"key": "revision", "value": "1"}, value=bump))
         return entry
 
-    def put(
+    async def put(
         self,
         kind: str,
         name: str,
@@ -213,80 +230,69 @@ class ConfigStore:
         Nothing is written (no version spent, no audit entry) when ``unchanged(stored)`` says the
         stored object already is what is asked for.
         """
-        with self._transaction() as conn:
-            current = self._read(conn, kind, name)
+        async with self._store.transaction() as conn:
+            current = await Objects(conn).find(kind, name)
             self._expect(kind, name, current, expected)
             if check is not None:
-                check(conn, current)
+                await check(Objects(conn), current)
             if current is not None and unchanged is not None and unchanged(current):
                 return current, None
             version = 1 if current is None else current.config_version + 1
             body = render(version)
-            conn.execute(
-                "INSERT OR REPLACE INTO objects (kind, name, config_version, body) VALUES (?, ?, ?, ?)",
-                (kind, name, version, body),
-            )
+            values = {"kind": kind, "name": name, "config_version": version, "body": body}
+            await conn.execute(upsert(conn, objects, values, ("config_version", "body")))
             before = current.body if current else ""
-            entry = self._audit(conn, f"{kind}.upsert", f"{kind}s/{name}", before=before, after=body, who=who)
+            entry = await self._audit(conn, f"{kind}.upsert", f"{kind}s/{name}", before=before, after=body, who=who)
             return Stored(kind, name, version, body), entry
 
-    def delete(
+    async def delete(
         self, kind: str, name: str, *, expected: int | None, who: AuditRecord, check: WriteCheck | None = None
     ) -> tuple[Stored, common_pb2.AuditEntry]:
         """Delete ``(kind, name)``; returns what it was and the audit entry (NOT_FOUND when absent)."""
-        with self._transaction() as conn:
-            current = self._read(conn, kind, name)
+        async with self._store.transaction() as conn:
+            current = await Objects(conn).find(kind, name)
             if current is None:
                 raise NotFound(f"{kind} '{name}' does not exist")
             self._expect(kind, name, current, expected)
             if check is not None:
-                check(conn, current)
-            conn.execute("DELETE FROM objects WHERE kind = ? AND name = ?", (kind, name))
-            entry = self._audit(conn, f"{kind}.delete", f"{kind}s/{name}", before=current.body, after="", who=who)
+                await check(Objects(conn), current)
+            await conn.execute(delete(objects).where(objects.c.kind == kind, objects.c.name == name))
+            entry = await self._audit(conn, f"{kind}.delete", f"{kind}s/{name}", before=current.body, after="", who=who)
             return current, entry
 
-    def audit(
+    async def audit(
         self, query: common_pb2.AuditFilter, page_size: int, after_seq: int | None
     ) -> tuple[list[common_pb2.AuditEntry], int | None]:
         """Audit entries matching ``query``, newest first, after ``after_seq``; returns (entries, next seq)."""
-        clauses, args = ["1 = 1"], []
+        statement = select(audit).order_by(audit.c.seq.desc()).limit(page_size + 1)
         if after_seq is not None:
-            clauses.append("seq < ?")
-            args.append(after_seq)
+            statement = statement.where(audit.c.seq < after_seq)
         if query.target_prefix:
-            clauses.append("substr(target, 1, ?) = ?")
-            args += [len(query.target_prefix), query.target_prefix]
+            prefix = query.target_prefix
+            statement = statement.where(func.substr(audit.c.target, 1, len(prefix)) == prefix)
         if query.actor:
-            clauses.append("actor = ?")
-            args.append(query.actor)
+            statement = statement.where(audit.c.actor == query.actor)
         if query.actions:
-            clauses.append(f"action IN ({', '.join('?' * len(query.actions))})")
-            args += list(query.actions)
+            statement = statement.where(audit.c.action.in_(list(query.actions)))
         if query.HasField("start_time"):
-            clauses.append("time_us >= ?")
-            args.append(query.start_time.ToMicroseconds())
+            statement = statement.where(audit.c.time_us >= query.start_time.ToMicroseconds())
         if query.HasField("end_time"):
-            clauses.append("time_us < ?")
-            args.append(query.end_time.ToMicroseconds())
-        sql = (
-            "SELECT seq, id, time_us, actor, action, target, before_json, after_json, reason, request_id"
-            f" FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
-        )
-        with self._lock:
-            rows = self._conn.execute(sql, (*args, page_size + 1)).fetchall()
+            statement = statement.where(audit.c.time_us < query.end_time.ToMicroseconds())
+        async with self._store.read() as conn:
+            rows = (await conn.execute(statement)).all()
         entries = []
-        for _, entry_id, time_us, actor, action, target, before, after, reason, request_id in rows[:page_size]:
+        for row in rows[:page_size]:
             entry = common_pb2.AuditEntry(
-                id=entry_id,
-                actor=actor,
-                action=action,
-                target=target,
-                before_json=before,
-                after_json=after,
-                reason=reason,
-                request_id=request_id,
+                id=row.id,
+                actor=row.actor,
+                action=row.action,
+                target=row.target,
+                before_json=row.before_json,
+                after_json=row.after_json,
+                reason=row.reason,
+                request_id=row.request_id,
             )
-            entry.time.FromMicroseconds(time_us)
+            entry.time.FromMicroseconds(row.time_us)
             entries.append(entry)
-        next_seq = rows[page_size - 1][0] if len(rows) > page_size else None
+        next_seq = rows[page_size - 1].seq if len(rows) > page_size else None
         return entries, next_seq

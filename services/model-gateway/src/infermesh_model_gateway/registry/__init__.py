@@ -1,9 +1,9 @@
 """The model registry: models, versions, aliases, traffic policies, rollouts, leases and the audit log, in SQL.
 
-SQLite by default (one file, WAL), PostgreSQL when ``registry_url`` says so; the rules live once,
-above a small database interface with one implementation per engine. Split along its seams:
+SQLite by default (one file, WAL), PostgreSQL when ``registry_url`` says so, through the chassis'
+store (:mod:`infermesh_chassis.docstore`); the rules live once, above it. Split along its seams:
 
-- :mod:`.database`: the engines (:class:`Database`, SQLite and PostgreSQL) and the tables;
+- :mod:`.database`: the tables, their Alembic revisions (``migrations/``) and the store;
 - :mod:`.documents`: records as the JSON documents stored and shown in the audit log;
 - :mod:`.tables`: reads and writes of those documents, and audit entries, in one transaction;
 - :mod:`.lifecycle`: the rules (transitions, what traffic and aliases may point at, promote and
@@ -12,7 +12,7 @@ above a small database interface with one implementation per engine. Split along
 - :mod:`.operations`: :class:`Registry`, every read and audited write, and :func:`open_registry`.
 """
 
-from infermesh_model_gateway.registry.database import Connection, Database, PostgresDatabase, SqliteDatabase
+from infermesh_model_gateway.registry.database import open_database
 from infermesh_model_gateway.registry.documents import model_doc, rollout_doc, version_doc
 from infermesh_model_gateway.registry.leases import Leases
 from infermesh_model_gateway.registry.lifecycle import ALIAS_PATTERN, PRODUCTION
@@ -25,14 +25,11 @@ _Tx = Tx
 __all__ = [
     "ALIAS_PATTERN",
     "PRODUCTION",
-    "Connection",
-    "Database",
     "Leases",
-    "PostgresDatabase",
     "Registry",
-    "SqliteDatabase",
     "Tx",
     "model_doc",
+    "open_database",
     "open_registry",
     "rollout_doc",
     "version_doc",

@@ -13,8 +13,10 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from pathlib import Path
 
+from sqlalchemy import bindparam, func, select
+
+from infermesh_chassis.docstore import upsert
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_chassis.validation import parse_uint
 from infermesh_model_gateway.domain import (
@@ -27,7 +29,7 @@ from infermesh_model_gateway.domain import (
     VersionState,
     utc_now,
 )
-from infermesh_model_gateway.registry.database import PostgresDatabase, SqliteDatabase
+from infermesh_model_gateway.registry.database import audit, meta, models, open_database, rollouts, versions
 from infermesh_model_gateway.registry.documents import (
     model_doc,
     model_from,
@@ -54,14 +56,16 @@ from infermesh_model_gateway.registry.tables import Tx
 
 __all__ = ["Registry", "open_registry"]
 
+# built once: what other instances poll, and what the router reads after each change
+_GENERATION = select(meta.c.value).where(meta.c.key == "generation")
+_MODELS = select(models.c.doc).order_by(models.c.name)
+_VERSIONS = select(versions.c.doc).order_by(versions.c.model, versions.c.version)
+_MODEL_VERSIONS = select(versions.c.doc).where(versions.c.model == bindparam("model")).order_by(versions.c.version)
+
 
 async def open_registry(url: str) -> Registry:
     """The registry at ``sqlite:///path`` or ``postgresql://...``."""
-    if url.startswith("sqlite:///"):
-        return Registry(await SqliteDatabase.open(Path(url.removeprefix("sqlite://"))))
-    if url.startswith(("postgresql://", "postgres://")):
-        return Registry(await PostgresDatabase.open(url))
-    raise InvalidArgument(f"registry_url '{url}' is not sqlite:///<path> or postgresql://...")
+    return Registry(await open_database(url))
 
 
 class Registry(Leases):
@@ -75,35 +79,32 @@ class Registry(Leases):
     async def _write(self, actor: str, reason: str) -> AsyncIterator[Tx]:
         async with self._db.transaction() as conn:
             yield Tx(conn, actor, reason)
-            await conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('generation', 1) "
-                "ON CONFLICT (key) DO UPDATE SET value = meta.value + 1"
-            )
+            await conn.execute(upsert(conn, meta, {"key": "generation", "value": 1}, value=meta.c.value + 1))
 
     # --- reads -----------------------------------------------------------------------------------
 
     async def generation(self) -> int:
         """A counter that changes with every write (other instances poll it)."""
         async with self._db.read() as conn:
-            rows = await conn.fetch("SELECT value FROM meta WHERE key = 'generation'")
-        return int(rows[0][0]) if rows else 0
+            value = await conn.scalar(_GENERATION)
+        return int(value or 0)
 
     async def snapshot(self) -> list[tuple[ModelRecord, list[ModelVersionRecord]]]:
         """Every model with its versions (oldest first): what the router and reconciliation need."""
         async with self._db.read() as conn:
-            models = await conn.fetch("SELECT doc FROM models ORDER BY name")
-            versions = await conn.fetch("SELECT doc FROM versions ORDER BY model, version")
+            model_docs = (await conn.scalars(_MODELS)).all()
+            version_docs = (await conn.scalars(_VERSIONS)).all()
         by_model: dict[str, list[ModelVersionRecord]] = {}
-        for (doc,) in versions:
+        for doc in version_docs:
             record = version_from(json.loads(doc))
             by_model.setdefault(record.model, []).append(record)
-        return [(m, by_model.get(m.name, [])) for m in (model_from(json.loads(doc)) for (doc,) in models)]
+        return [(m, by_model.get(m.name, [])) for m in (model_from(json.loads(doc)) for doc in model_docs)]
 
     async def model_versions(self, model: str) -> list[ModelVersionRecord]:
         """Every version of ``model``, oldest first."""
         async with self._db.read() as conn:
-            rows = await conn.fetch("SELECT doc FROM versions WHERE model = ? ORDER BY version", model)
-        return [version_from(json.loads(doc)) for (doc,) in rows]
+            docs = (await conn.scalars(_MODEL_VERSIONS, {"model": model})).all()
+        return [version_from(json.loads(doc)) for doc in docs]
 
     async def get_model(self, name: str) -> ModelRecord:
         """One model (NOT_FOUND when unknown)."""
@@ -126,9 +127,8 @@ class Registry(Leases):
     async def list_models(self, *, page_size: int, page_token: str = "") -> tuple[list[ModelRecord], str]:
         """Models ordered by name, after ``page_token``; the next token ("" at the end)."""
         async with self._db.read() as conn:
-            rows = await conn.fetch(
-                "SELECT name, doc FROM models WHERE name > ? ORDER BY name LIMIT ?", page_token, page_size + 1
-            )
+            query = select(models.c.name, models.c.doc).where(models.c.name > page_token).order_by(models.c.name)
+            rows = (await conn.execute(query.limit(page_size + 1))).all()
         more = len(rows) > page_size
         rows = rows[:page_size]
         return [model_from(json.loads(doc)) for _, doc in rows], (rows[-1][0] if more else "")
@@ -140,12 +140,12 @@ class Registry(Leases):
         before = _token_int(page_token, "page.page_token")
         async with self._db.read() as conn:
             await Tx(conn, "", "").model(model)
-            rows = await conn.fetch(
-                "SELECT version, doc FROM versions WHERE model = ? AND version < ? ORDER BY version DESC LIMIT ?",
-                model,
-                before or 2**62,
-                page_size + 1,
+            query = (
+                select(versions.c.version, versions.c.doc)
+                .where(versions.c.model == model, versions.c.version < (before or 2**62))
+                .order_by(versions.c.version.desc())
             )
+            rows = (await conn.execute(query.limit(page_size + 1))).all()
         more = len(rows) > page_size
         rows = rows[:page_size]
         return [version_from(json.loads(doc)) for _, doc in rows], (str(rows[-1][0]) if more else "")
@@ -156,14 +156,14 @@ class Registry(Leases):
         """Audit entries, newest first, whose target starts with ``target_prefix``."""
         before = _token_int(page_token, "page.page_token")
         async with self._db.read() as conn:
-            rows = await conn.fetch(
-                "SELECT id, time, actor, action, target, before, after, reason, request_id FROM audit "
-                "WHERE id < ? AND substr(target, 1, ?) = ? ORDER BY id DESC LIMIT ?",
-                before or 2**62,
-                len(target_prefix),
-                target_prefix,
-                page_size + 1,
+            query = (
+                select(audit)
+                .where(
+                    audit.c.id < (before or 2**62), func.substr(audit.c.target, 1, len(target_prefix)) == target_prefix
+                )
+                .order_by(audit.c.id.desc())
             )
+            rows = (await conn.execute(query.limit(page_size + 1))).all()
         more = len(rows) > page_size
         rows = rows[:page_size]
         records = [
@@ -177,8 +177,7 @@ class Registry(Leases):
         """Store a new version (numbered after the model's highest), creating the model if needed."""
         now = utc_now()
         async with self._write(actor, reason) as tx:
-            rows = await tx.conn.fetch("SELECT doc FROM models WHERE name = ?", record.model)
-            if rows:
+            if await tx.conn.scalar(select(models.c.name).where(models.c.name == record.model)) is not None:
                 await tx.touch_model(record.model, now)
             else:
                 model = ModelRecord(
@@ -190,8 +189,8 @@ class Registry(Leases):
                 )
                 await tx.put_model(model)
                 await tx.audit("model.create", model_path(record.model), None, model_doc(model))
-            highest = await tx.conn.fetch("SELECT MAX(version) FROM versions WHERE model = ?", record.model)
-            number = int(highest[0][0] or 0) + 1
+            highest = await tx.conn.scalar(select(func.max(versions.c.version)).where(versions.c.model == record.model))
+            number = int(highest or 0) + 1
             stored = dataclasses.replace(
                 record,
                 version=number,
@@ -331,14 +330,14 @@ class Registry(Leases):
         """Store a new PENDING rollout (at most one active rollout per model)."""
         async with self._write(actor, reason) as tx:
             await tx.model(rollout.model)
-            active = await tx.conn.fetch(
-                "SELECT id FROM rollouts WHERE model = ? AND state IN (?, ?, ?)",
-                rollout.model,
-                *(s.value for s in RolloutState if s.active),
+            active = await tx.conn.scalar(
+                select(rollouts.c.id).where(
+                    rollouts.c.model == rollout.model, rollouts.c.state.in_([s.value for s in RolloutState if s.active])
+                )
             )
-            if active:
+            if active is not None:
                 raise FailedPrecondition(
-                    f"model '{rollout.model}' already has an active rollout ({active[0][0]}): abort it first"
+                    f"model '{rollout.model}' already has an active rollout ({active}): abort it first"
                 )
             await require_serving(tx, rollout.model, rollout.candidate, "candidate_version")
             await require_serving(tx, rollout.model, rollout.baseline, "baseline_version")
@@ -358,15 +357,15 @@ class Registry(Leases):
     ) -> tuple[list[Rollout], str]:
         """Rollouts, newest first, optionally of one model and in some states."""
         offset = _token_int(page_token, "page.page_token")
-        wanted = sorted(s.value for s in states)
-        sql = "SELECT doc FROM rollouts WHERE (? = '' OR model = ?)"
-        if wanted:
-            sql += f" AND state IN ({', '.join('?' for _ in wanted)})"
-        sql += " ORDER BY created DESC, id DESC LIMIT ? OFFSET ?"
+        query = select(rollouts.c.doc).order_by(rollouts.c.created.desc(), rollouts.c.id.desc())
+        if model:
+            query = query.where(rollouts.c.model == model)
+        if states:
+            query = query.where(rollouts.c.state.in_(sorted(s.value for s in states)))
         async with self._db.read() as conn:
-            rows = await conn.fetch(sql, model, model, *wanted, page_size + 1, offset)
-        more = len(rows) > page_size
-        records = [rollout_from(json.loads(doc)) for (doc,) in rows[:page_size]]
+            docs = (await conn.scalars(query.limit(page_size + 1).offset(offset))).all()
+        more = len(docs) > page_size
+        records = [rollout_from(json.loads(doc)) for doc in docs[:page_size]]
         return records, (str(offset + page_size) if more else "")
 
     async def change_rollout(
