@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 
 import grpc
-from benchkit import cpu_s, free_port, peak_rss_mib, status_mib
+from benchkit import cpu_s, free_port, peak_rss_mib, rss_mib
 
 from infermesh_chassis.ready import wait_ready
 
@@ -391,7 +391,7 @@ def _ingest(workdir: Path, nats: subprocess.Popen[bytes], nats_url: str, seconds
         while publisher.poll() is None:
             stored = _scrape(metrics_port, "infermesh_monitor_events_ingested_total")
             progress.write_text(str(int(stored)))
-            rss.append((time.monotonic() - began, status_mib(monitor.pid, "VmRSS")))
+            rss.append((time.monotonic() - began, rss_mib(monitor.pid)))
             time.sleep(0.25)
         out, _ = publisher.communicate()
         published = json.loads(out.strip().splitlines()[-1])
@@ -399,7 +399,7 @@ def _ingest(workdir: Path, nats: subprocess.Popen[bytes], nats_url: str, seconds
         while stored < published["sent"] and time.monotonic() < deadline:
             time.sleep(0.2)
             stored = _scrape(metrics_port, "infermesh_monitor_events_ingested_total")
-            rss.append((time.monotonic() - began, status_mib(monitor.pid, "VmRSS")))
+            rss.append((time.monotonic() - began, rss_mib(monitor.pid)))
         ingest_s = time.monotonic() - began
         steady = [value for t, value in rss if t >= 2.0]
         third = max(1, len(steady) // 3)

@@ -40,7 +40,7 @@ import nats
 import nats.errors
 import yaml
 from bench_mesh import API_KEY, CUSTOMERS, Service, biz_settings, start_mesh
-from benchkit import children, cpu_s, drive, free_port, process_name, status_mib
+from benchkit import children, cpu_s, drive, free_port, peak_rss_mib, process_name
 from google.protobuf import json_format
 from nats.js import api as js_api
 
@@ -269,8 +269,8 @@ def main() -> int:
         } | {f"triton stub {stub}": stub for stub in children(triton)}
         batch, batch_cpu = asyncio.run(_predict_batch(biz.address, pids))
         stream = asyncio.run(_stream(url, pids))
-        rss = {"biz-center": status_mib(biz.process.pid, "VmHWM"), "nats": status_mib(nats_process.pid, "VmHWM")}
-        rss["client"] = status_mib(os.getpid(), "VmHWM")
+        rss = {"biz-center": peak_rss_mib(biz.process.pid), "nats": peak_rss_mib(nats_process.pid)}
+        rss["client"] = peak_rss_mib(os.getpid())
     finally:
         for service in reversed(services):
             service.stop()

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def _start_monitor(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
                 "metrics": {"port": 0},
                 "logging": {"level": "WARNING"},
                 "storage": {"chdb_path": str(workdir / "chdb")},
+                "events": {"unit_id_hash_key": secrets.token_hex(16)},
             }
         )
     )
