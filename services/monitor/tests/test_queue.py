@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import grpc
 import numpy as np
-from monitor_support import MonitorProcess, NatsServer, number, rows_written, stored_count, until
+from monitor_support import MonitorProcess, number, rows_written, stored_count, until
 
 from infermesh.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from infermesh_chassis import context as ctx
@@ -19,6 +19,7 @@ from infermesh_chassis.app import Runtime
 from infermesh_chassis.events import EventEmitter, EventSource, NatsSink
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings, ServiceSettings
+from infermesh_chassis.testing import NatsServer
 
 SERVICE = "test.Scoring"
 

