@@ -29,6 +29,7 @@ M = TypeVar("M", bound=BaseModel)
 
 _VALUE_ERROR = "Value error, "
 _KEY = "[key]"
+_SHOWN_CHARS = 60
 
 
 class DocumentError(ValueError):
@@ -89,11 +90,11 @@ class Document:
 
     def problems(self, exc: ValidationError, model: type[BaseModel], loc: Loc = ()) -> list[str]:
         """One line per error of ``exc``, raised by ``model`` validating the value at ``loc``."""
-        lines = []
+        found = []
         for error in exc.errors(include_url=False):
-            where = tuple(part for part in error["loc"] if part != _KEY)
-            lines.append(self.problem((*loc, *where), _message(error, model, where)))
-        return lines
+            where = (*loc, *(part for part in error["loc"] if part != _KEY))
+            found.append((self.line(where), self.problem(where, _message(error, model, where[len(loc) :]))))
+        return [problem for _, problem in sorted(found, key=lambda item: item[0])]
 
 
 def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
@@ -103,6 +104,9 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
     if kind == "extra_forbidden":
         allowed = _keys_at(model, loc[:-1])
         return f"unknown key; expected one of {', '.join(allowed)}" if allowed else "unknown key"
+    if kind.endswith("_type"):
+        shown = repr(error["input"])
+        return f"{message}, not {shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 3] + '...'}"
     return message.removeprefix(_VALUE_ERROR)
 
 

@@ -550,15 +550,18 @@ def _read_files(root: Path) -> tuple[list[Document], list[str], str]:
     return docs, problems, digest.hexdigest()[:12]
 
 
-def _collect(docs: list[Document], problems: list[str]) -> dict[str, dict[str, _Section]]:
-    """Every file's sections, each file checked by :class:`_File`; the names declared twice are problems."""
+def _collect(docs: list[Document], problems: list[str]) -> tuple[dict[str, dict[str, _Section]], dict[str, _Source]]:
+    """Every file's sections and sources, each checked by its model; a name declared twice is a problem."""
     sections: dict[str, dict[str, _Section]] = {s: {} for s in _SECTIONS}
+    shapes: dict[str, _Source] = {}
     for doc in docs:
         try:
             parsed = doc.validate(_File)
         except DocumentError as exc:
             problems.extend(exc.problems)
+            _source_shapes(doc, problems)
             continue
+        file_shapes = _source_shapes(doc, problems)
         for section in _SECTIONS:
             items = getattr(parsed, section)
             if items is None:
@@ -572,19 +575,27 @@ def _collect(docs: list[Document], problems: list[str]) -> dict[str, dict[str, _
                     problems.append(at.problem(f"declared twice (first at {first.at.file}:{first.at.line})"))
                     continue
                 sections[section][name] = _Section(name, model, at)
-    return sections
+                if section == "sources" and name in file_shapes:
+                    shapes[name] = file_shapes[name]
+    return sections, shapes
 
 
-def _source_shapes(sections: Mapping[str, _Section], problems: list[str]) -> dict[str, _Source]:
-    """Each source checked by the model of its kind."""
+def _source_shapes(doc: Document, problems: list[str]) -> dict[str, _Source]:
+    """The sources of a file, each checked by the model of its kind (the rest of the file is :class:`_File`'s)."""
     shapes = {}
-    for name, item in sections.items():
-        kind = item.model.get("kind")
+    declared = doc.data.get("sources") if isinstance(doc.data, dict) else None
+    for name, raw in (declared if isinstance(declared, dict) else {}).items():
+        if not isinstance(raw, dict):
+            continue
+        kind = raw.get("kind")
         if kind not in SOURCE_KINDS:
-            problems.append(item.at.key("kind").problem(f"kind must be one of {', '.join(SOURCE_KINDS)}, not {kind!r}"))
+            expected = ", ".join(SOURCE_KINDS)
+            problems.append(
+                _at(doc, ("sources", name, "kind")).problem(f"kind must be one of {expected}, not {kind!r}")
+            )
             continue
         try:
-            shapes[name] = item.at.doc.validate(_SOURCE_MODELS[kind], item.at.loc)
+            shapes[name] = doc.validate(_SOURCE_MODELS[kind], ("sources", name))
         except DocumentError as exc:
             problems.extend(exc.problems)
     return shapes
@@ -864,8 +875,7 @@ def load_definitions(root: str | Path, variables: Mapping[str, str] | None = Non
     """
     root = Path(root)
     docs, problems, digest = _read_files(root)
-    sections = _collect(docs, problems)
-    shapes = _source_shapes(sections["sources"], problems)
+    sections, shapes = _collect(docs, problems)
     if problems:
         raise DefinitionError("\n".join(problems))
     base_dir = root if root.is_dir() else root.parent
