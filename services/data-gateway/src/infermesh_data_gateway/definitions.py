@@ -192,6 +192,7 @@ _SOURCE_MODELS: dict[str, type[_Source]] = {
     "request": _Source,
 }
 _COMMON_SOURCE_KEYS = tuple(_Source.model_fields)
+_KINDS = ", ".join(SOURCE_KINDS)
 
 
 class _Cache(_Model):
@@ -589,10 +590,8 @@ def _source_shapes(doc: Document, problems: list[str]) -> dict[str, _Source]:
             continue
         kind = raw.get("kind")
         if kind not in SOURCE_KINDS:
-            expected = ", ".join(SOURCE_KINDS)
-            problems.append(
-                _at(doc, ("sources", name, "kind")).problem(f"kind must be one of {expected}, not {kind!r}")
-            )
+            given = f"not {kind!r}" if "kind" in raw else "required"
+            problems.append(_at(doc, ("sources", name, "kind")).problem(f"kind must be one of {_KINDS}; {given}"))
             continue
         try:
             shapes[name] = doc.validate(_SOURCE_MODELS[kind], ("sources", name))
