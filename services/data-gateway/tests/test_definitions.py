@@ -193,6 +193,34 @@ def test_every_problem_of_every_file_is_reported_together(tmp_path: Path):
     ]
 
 
+def test_reference_problems_of_every_item_of_a_section_are_reported_together(tmp_path: Path):
+    text = (BASE % "v.y").replace("source: store", "source: nowhere") + (
+        "  other:\n"
+        "    entities: [customer]\n"
+        "    features: [{name: g, expr: 'w.x'}]\n"
+        "  third:\n"
+        "    entities: [client]\n"
+        "    features: [{name: h, expr: '1'}]\n"
+    )
+    (tmp_path / "defs.yaml").write_text(text)
+    with pytest.raises(DefinitionError) as caught:  # the views first: a service over a broken view would mislead
+        load_definitions(tmp_path)
+    assert str(caught.value).splitlines() == [
+        f"{tmp_path}/defs.yaml:9: feature_views.v.source: unknown source 'nowhere' (declared: store)"
+    ]
+    (tmp_path / "defs.yaml").write_text(text.replace("source: nowhere", "source: store"))
+    with pytest.raises(DefinitionError) as caught:
+        load_definitions(tmp_path)
+    problems = str(caught.value).splitlines()
+    assert [p.split(": ", 2)[:2] for p in problems] == [
+        [f"{tmp_path}/defs.yaml:15", "feature_services.svc.features[0](f).expr"],
+        [f"{tmp_path}/defs.yaml:18", "feature_services.other.features[0](g).expr"],
+        [f"{tmp_path}/defs.yaml:20", "feature_services.third.entities[0]"],
+    ]
+    assert "'y' is not a field of view 'v'" in problems[0] and "unknown feature view 'w'" in problems[1]
+    assert problems[2].endswith("unknown entity 'client'")
+
+
 def test_duplicates_across_files_name_both_places(tmp_path: Path):
     (tmp_path / "a.yaml").write_text(BASE % "v.x")
     (tmp_path / "b.yaml").write_text("entities:\n  customer:\n    keys: {id: INT64}\n")

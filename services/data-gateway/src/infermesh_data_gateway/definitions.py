@@ -18,10 +18,10 @@ import fnmatch
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
 
@@ -59,6 +59,8 @@ SOURCE_KINDS = ("redis", "postgres", "sqlite", "file", "http", "request")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECTIONS = ("project", "statistics", "entities", "sources", "feature_views", "feature_services")
+
+T = TypeVar("T")
 
 
 class DefinitionError(ValueError):
@@ -865,12 +867,27 @@ def _default(value: Any, at: _At, kind: str, dtype: str, shape: tuple[int, ...])
     return cast
 
 
+def _each(items: Mapping[str, _Section], build: Callable[[_Section], T]) -> dict[str, T]:
+    """``build`` of every item; the problems of all of them together (one per item)."""
+    built: dict[str, T] = {}
+    problems = []
+    for name, item in items.items():
+        try:
+            built[name] = build(item)
+        except DefinitionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DefinitionError("\n".join(problems))
+    return built
+
+
 def load_definitions(root: str | Path, variables: Mapping[str, str] | None = None) -> Definitions:
     """Load and validate the definitions under ``root`` (a folder of YAML files, or one file).
 
     ``${NAME}`` in source options reads the environment, then ``variables`` (values the gateway
     provides, such as ``DATA_GATEWAY_STATE_DIR``), then the ``${NAME:-default}`` default. The
-    shape of every file is checked first, and all its problems are reported together.
+    shape of every file is checked first, and all its problems are reported together; then each
+    section in turn (entities, sources, views, services), the first problem of each item of it.
     """
     root = Path(root)
     docs, problems, digest = _read_files(root)
@@ -881,17 +898,13 @@ def load_definitions(root: str | Path, variables: Mapping[str, str] | None = Non
     project_section = sections["project"].get("project")
     project: _Project = project_section.model if project_section is not None else _Project()
     statistics = {name: (item.model.mean, item.model.std) for name, item in sections["statistics"].items()}
-    entities = {name: _entity(item) for name, item in sections["entities"].items()}
-    sources = {
-        name: _source(item, shapes[name], base_dir, variables or {}) for name, item in sections["sources"].items()
-    }
+    entities = _each(sections["entities"], _entity)
+    sources = _each(sections["sources"], lambda item: _source(item, shapes[item.name], base_dir, variables or {}))
     online = project.online_store
     if online is not None and online not in sources and project_section is not None:
         raise project_section.at.key("online_store").error(f"unknown source {online!r}")
-    views = {name: _view(item, entities, sources, online) for name, item in sections["feature_views"].items()}
-    services = {
-        name: _service(item, entities, views, statistics) for name, item in sections["feature_services"].items()
-    }
+    views = _each(sections["feature_views"], lambda item: _view(item, entities, sources, online))
+    services = _each(sections["feature_services"], lambda item: _service(item, entities, views, statistics))
     return Definitions(
         version=project.version or f"sha-{digest}",
         project=project.name,
