@@ -183,13 +183,13 @@ def test_every_problem_of_every_file_is_reported_together(tmp_path: Path):
         "FP64, INT16, INT32, INT64, INT8, STRING, TIMESTAMP, UINT16, UINT32, UINT64, UINT8",
         f"{tmp_path}/a.yaml:15: feature_services.svc.features[0].shape[0]: Input should be greater than 0",
         f"{tmp_path}/b.yaml:4: entities.merchant.colour: unknown key; expected one of keys, description",
-        f"{tmp_path}/b.yaml:10: feature_services.svc.features: "
-        "List should have at least 1 item after validation, not 0",
         f"{tmp_path}/b.yaml:6: sources.cache.kind: kind must be one of redis, postgres, sqlite, file, http, request; "
         "not 'memcached'",
         f"{tmp_path}/b.yaml:7: sources.lake.format: Input should be 'parquet' or 'csv'",
         f"{tmp_path}/b.yaml:8: sources.db.kind: kind must be one of redis, postgres, sqlite, file, http, request; "
         "required",
+        f"{tmp_path}/b.yaml:10: feature_services.svc.features: "
+        "List should have at least 1 item after validation, not 0",
     ]
 
 

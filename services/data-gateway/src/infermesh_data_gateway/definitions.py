@@ -558,13 +558,16 @@ def _collect(docs: list[Document], problems: list[str]) -> tuple[dict[str, dict[
     sections: dict[str, dict[str, _Section]] = {s: {} for s in _SECTIONS}
     shapes: dict[str, _Source] = {}
     for doc in docs:
+        found: list[str] = []
+        parsed = None
         try:
             parsed = doc.validate(_File)
         except DocumentError as exc:
-            problems.extend(exc.problems)
-            _source_shapes(doc, problems)
+            found.extend(exc.problems)
+        file_shapes = _source_shapes(doc, found)
+        problems.extend(sorted(found, key=lambda problem: _line_of(doc, problem)))
+        if parsed is None:
             continue
-        file_shapes = _source_shapes(doc, problems)
         for section in _SECTIONS:
             items = getattr(parsed, section)
             if items is None:
@@ -581,6 +584,11 @@ def _collect(docs: list[Document], problems: list[str]) -> tuple[dict[str, dict[
                 if section == "sources" and name in file_shapes:
                     shapes[name] = file_shapes[name]
     return sections, shapes
+
+
+def _line_of(doc: Document, problem: str) -> int:
+    """The line a problem of ``doc`` names (every problem starts with ``file:line:``)."""
+    return int(problem.removeprefix(f"{doc.file}:").split(":", 1)[0])
 
 
 def _source_shapes(doc: Document, problems: list[str]) -> dict[str, _Source]:
