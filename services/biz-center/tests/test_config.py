@@ -27,6 +27,9 @@ from google.protobuf import json_format
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
+from infermesh_biz_center.registry import ConfigRegistry, load_seed_file
+from infermesh_biz_center.store import ConfigStore
+from infermesh_chassis.errors import InvalidArgument
 from infermesh_chassis.settings import SettingsError
 
 ADMIN = scoring(ADMIN_KEY)
@@ -262,6 +265,85 @@ def test_seed_file_format_is_the_contract_json():
     data = yaml.safe_load(EXAMPLE.read_text())
     scene = json_format.ParseDict(data["scenes"][0], pb.Scene())
     assert scene.fallback_chain[0].alternate_model.timeout.ToMilliseconds() == 100
+
+
+def _edited_seed(tmp_path: Path, *edits: tuple[str, str]) -> tuple[Path, str]:
+    text = EXAMPLE.read_text()
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1)
+    path = tmp_path / "seed.yaml"
+    path.write_text(text)
+    return path, text
+
+
+def _line(text: str, needle: str) -> int:
+    return text[: text.index(needle)].count("\n") + 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        (
+            "    enabled: true\n",
+            "    enabeld: true\n",
+            "scenes[0].enabeld: unknown key; expected one of name, description,",
+        ),
+        ("max_concurrency: 64", "max_concurrency: many", "scenes[0].max_concurrency: expected an integer, not 'many'"),
+        ("slo_deadline: 0.25s", "slo_deadline: 250ms", "scenes[0].slo_deadline: a duration is text such as '0.25s'"),
+        ("status: EXPERIMENT_STATUS_RUNNING", "status: RUNNING", "experiments[0].status: expected one of"),
+        (
+            "owner: growth@example.com",
+            "owner: [growth]",
+            "scenes[0].owner: Input should be a valid string, not ['growth']",
+        ),
+        (
+            "      - cached_score: {max_age: 3600s}",
+            "      - cached_score: {max_age: 3600s}\n        rule_default: {}",
+            "scenes[0].fallback_chain[1]: give only one of alternate_model, cached_score, rule_default",
+        ),
+    ],
+)
+def test_seed_file_shape_errors_name_file_line_and_field(tmp_path: Path, old: str, new: str, problem: str):
+    path, text = _edited_seed(tmp_path, (old, new))
+    with pytest.raises(InvalidArgument) as refused:
+        load_seed_file(path)
+    assert refused.value.message.startswith(f"seed file {path}:{_line(text, new)}: {problem}")
+    assert len(refused.value.message.splitlines()) == 1
+
+
+def test_every_problem_of_a_seed_file_is_reported_together(tmp_path: Path):
+    path, text = _edited_seed(
+        tmp_path,
+        ("version: 1\n", "versoin: 1\n"),
+        ("label_if_above: churn", "label_if_above: 1"),
+        ("bucket_count: 1000", "bucket_count: lots"),
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        load_seed_file(path)
+    assert refused.value.message.splitlines() == [
+        f"seed file {path}:1: version: required",
+        f"seed file {path}:{_line(text, 'versoin')}: versoin: unknown key; "
+        "expected one of version, scenes, experiments",
+        f"seed file {path}:{_line(text, 'label_if_above')}: scenes[0].response_mapping.label_if_above: "
+        "Input should be a valid string, not 1",
+        f"seed file {path}:{_line(text, 'bucket_count')}: experiments[0].layers[0].bucket_count: "
+        "expected an integer, not 'lots'",
+    ]
+
+
+async def test_a_seed_entry_the_registry_refuses_is_named_by_its_line(tmp_path: Path):
+    path, text = _edited_seed(
+        tmp_path, ("\nexperiments:", "  - {name: broken, feature_service: churn}\n\nexperiments:")
+    )
+    store = await ConfigStore.open(tmp_path / "config.db")
+    registry = ConfigRegistry(store, global_limits=False, seed_file=path)
+    try:
+        with pytest.raises(InvalidArgument) as refused:
+            await registry.start()
+    finally:
+        await registry.stop()
+    assert refused.value.message.startswith(f"seed file {path}:{_line(text, '{name: broken')}: scenes[1]: ")
 
 
 def test_the_process_refuses_to_start_without_a_unit_id_hash_key(tmp_path: Path):

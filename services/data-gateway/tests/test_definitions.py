@@ -89,6 +89,138 @@ def test_bad_definitions_name_file_and_line(tmp_path: Path, old: str, new: str, 
         _load(tmp_path, (BASE % "v.x").replace(old, new, 1))
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "problems"),
+    [
+        (  # a typo: the unknown key is refused, and what it should have been is missing
+            "    source: store",
+            "    sorce: store",
+            [
+                "defs.yaml:7: feature_views.v.source: required",
+                "defs.yaml:9: feature_views.v.sorce: unknown key; expected one of entities, fields, ttl, owner, "
+                "description, source, fallbacks, routes, offline, online_store, timestamp_field, bindings, cache, "
+                "unavailable",
+            ],
+        ),
+        (
+            "dtype: FP32",
+            "dtpye: FP32",
+            [
+                "defs.yaml:15: feature_services.svc.features[0].dtpye: unknown key; expected one of name, dtype, "
+                "shape, expr, field, default, allow_missing, description"
+            ],
+        ),
+        (  # the options a source takes depend on its kind
+            "{kind: sqlite, path: x.db}",
+            "{kind: sqlite, path: x.db, url: 'redis://x'}",
+            [
+                "defs.yaml:5: sources.store.url: unknown key; expected one of kind, timeout, pool_size, "
+                "health_interval, description, path"
+            ],
+        ),
+        (  # wrong types are refused, not converted
+            "path: x.db}",
+            "path: x.db, pool_size: '8'}",
+            ["defs.yaml:5: sources.store.pool_size: Input should be a valid integer, not '8'"],
+        ),
+        (
+            "expr: ",
+            "allow_missing: 'yes', expr: ",
+            [
+                "defs.yaml:15: feature_services.svc.features[0].allow_missing: "
+                "Input should be a valid boolean, not 'yes'"
+            ],
+        ),
+        (
+            "store: {kind: sqlite, path: x.db}",
+            "store: [sqlite, x.db]",
+            ["defs.yaml:5: sources.store: Input should be a valid dictionary, not ['sqlite', 'x.db']"],
+        ),
+        (  # a missing field names the field, at the line of what should hold it
+            "    keys: {customer_id: INT64}",
+            "    description: customers",
+            ["defs.yaml:2: entities.customer.keys: required"],
+        ),
+        (
+            "    entities: [customer]\n    features",
+            "    features",
+            ["defs.yaml:12: feature_services.svc.entities: required"],
+        ),
+    ],
+)
+def test_the_shape_of_a_file_is_checked_naming_file_line_and_field(
+    tmp_path: Path, old: str, new: str, problems: list[str]
+):
+    text = (BASE % "v.x").replace(old, new, 1)
+    assert text != BASE % "v.x"
+    with pytest.raises(DefinitionError) as caught:
+        _load(tmp_path, text)
+    assert str(caught.value).splitlines() == [f"{tmp_path}/{problem}" for problem in problems]
+
+
+def test_every_problem_of_every_file_is_reported_together(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text(
+        (BASE % "v.x").replace("{x: FP64,", "{x: FP65,").replace("dtype: FP32", "dtype: FP32, shape: [0]")
+    )
+    (tmp_path / "b.yaml").write_text(
+        "entities:\n"
+        "  merchant:\n"
+        "    keys: {merchant_id: INT64}\n"
+        "    colour: red\n"
+        "sources:\n"
+        "  cache: {kind: memcached}\n"
+        "  lake: {kind: file, path: data, format: xlsx}\n"
+        "  db: {path: x.db}\n"
+        "feature_services:\n"
+        "  svc: {entities: [customer], features: []}\n"
+    )
+    (tmp_path / "c.yaml").write_text("entities:\n  - [unclosed\n")
+    with pytest.raises(DefinitionError) as caught:
+        load_definitions(tmp_path)
+    assert str(caught.value).splitlines() == [
+        f"{tmp_path}/c.yaml:3: not valid YAML: expected ',' or ']', but got '<stream end>'",
+        f"{tmp_path}/a.yaml:10: feature_views.v.fields.x: unknown dtype 'FP65'; expected one of BOOL, FP16, FP32, "
+        "FP64, INT16, INT32, INT64, INT8, STRING, TIMESTAMP, UINT16, UINT32, UINT64, UINT8",
+        f"{tmp_path}/a.yaml:15: feature_services.svc.features[0].shape[0]: Input should be greater than 0",
+        f"{tmp_path}/b.yaml:4: entities.merchant.colour: unknown key; expected one of keys, description",
+        f"{tmp_path}/b.yaml:6: sources.cache.kind: kind must be one of redis, postgres, sqlite, file, http, request; "
+        "not 'memcached'",
+        f"{tmp_path}/b.yaml:7: sources.lake.format: Input should be 'parquet' or 'csv'",
+        f"{tmp_path}/b.yaml:8: sources.db.kind: kind must be one of redis, postgres, sqlite, file, http, request; "
+        "required",
+        f"{tmp_path}/b.yaml:10: feature_services.svc.features: "
+        "List should have at least 1 item after validation, not 0",
+    ]
+
+
+def test_reference_problems_of_every_item_of_a_section_are_reported_together(tmp_path: Path):
+    text = (BASE % "v.y").replace("source: store", "source: nowhere") + (
+        "  other:\n"
+        "    entities: [customer]\n"
+        "    features: [{name: g, expr: 'w.x'}]\n"
+        "  third:\n"
+        "    entities: [client]\n"
+        "    features: [{name: h, expr: '1'}]\n"
+    )
+    (tmp_path / "defs.yaml").write_text(text)
+    with pytest.raises(DefinitionError) as caught:  # the views first: a service over a broken view would mislead
+        load_definitions(tmp_path)
+    assert str(caught.value).splitlines() == [
+        f"{tmp_path}/defs.yaml:9: feature_views.v.source: unknown source 'nowhere' (declared: store)"
+    ]
+    (tmp_path / "defs.yaml").write_text(text.replace("source: nowhere", "source: store"))
+    with pytest.raises(DefinitionError) as caught:
+        load_definitions(tmp_path)
+    problems = str(caught.value).splitlines()
+    assert [p.split(": ", 2)[:2] for p in problems] == [
+        [f"{tmp_path}/defs.yaml:15", "feature_services.svc.features[0](f).expr"],
+        [f"{tmp_path}/defs.yaml:18", "feature_services.other.features[0](g).expr"],
+        [f"{tmp_path}/defs.yaml:20", "feature_services.third.entities[0]"],
+    ]
+    assert "'y' is not a field of view 'v'" in problems[0] and "unknown feature view 'w'" in problems[1]
+    assert problems[2].endswith("unknown entity 'client'")
+
+
 def test_duplicates_across_files_name_both_places(tmp_path: Path):
     (tmp_path / "a.yaml").write_text(BASE % "v.x")
     (tmp_path / "b.yaml").write_text("entities:\n  customer:\n    keys: {id: INT64}\n")

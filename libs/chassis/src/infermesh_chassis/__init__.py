@@ -7,5 +7,6 @@ status codes), :mod:`.interceptors` and :mod:`.metrics` (RED metrics, error mapp
 :mod:`.client` (channels, deadlines, idempotent retries), :mod:`.discovery` (static and
 Consul), :mod:`.breaker` and :mod:`.ratelimit` (resilience), :mod:`.events` (non-blocking
 event emission), :mod:`.jetstream` (NATS JetStream streams and durable consumers),
-:mod:`.docstore` (records in SQLite or PostgreSQL, serialized writes, Alembic migrations).
+:mod:`.docstore` (records in SQLite or PostgreSQL, serialized writes, Alembic migrations),
+:mod:`.documents` (YAML files checked by pydantic models, problems named by file, line and field).
 """

@@ -8,7 +8,9 @@ swapping in a new :class:`~.catalog.Snapshot`. Changes made by another instance 
 store are picked up by polling its revision.
 
 The seed file is YAML: ``version`` (an integer that grows with every edit), ``scenes`` and
-``experiments`` (lists of the contract's ``Scene`` / ``Experiment`` in their JSON form). At
+``experiments`` (lists of the contract's ``Scene`` / ``Experiment`` in their JSON form). Its shape
+(keys, types, enum names, durations) is checked by pydantic models derived from the contract,
+every problem named by file, line and field, before protobuf's JSON parser reads it. At
 start, and whenever it changes on disk, a file whose version is newer than the last one applied
 is validated as a whole and applied object by object (unchanged objects are left alone), with
 actor ``seed-file``. A file never deletes: objects it no longer lists stay until deleted
@@ -24,11 +26,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict, Field
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
@@ -40,6 +42,7 @@ from infermesh_biz_center.catalog import (
     compile_scene,
 )
 from infermesh_biz_center.store import AuditRecord, ConfigStore, Objects, Stored, WriteCheck, decode_token, encode_token
+from infermesh_chassis.documents import Document, DocumentError, load_yaml, proto_json_model
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.tasks import cancel_and_wait
@@ -90,36 +93,58 @@ class SeedFile:
     version: int
     scenes: tuple[pb.Scene, ...]
     experiments: tuple[pb.Experiment, ...]
+    document: Document | None = None
+    """The file as read, for the line of each entry in messages."""
+
+    def where(self, key: str, index: int) -> str:
+        """``seed file <file>:<line>: scenes[0]``: what an error about one entry starts with."""
+        if self.document is None:
+            return f"seed file: {key}[{index}]"
+        return f"seed file {self.document.file}:{self.document.line((key, index))}: {key}[{index}]"
 
 
-def _items(data: dict[str, Any], key: str, message: type[M], path: Path) -> tuple[M, ...]:
-    items = data.get(key) or []
-    if not isinstance(items, list):
-        raise InvalidArgument(f"seed file {path}: '{key}' must be a list")
+_SceneJson = proto_json_model(pb.Scene.DESCRIPTOR)
+_ExperimentJson = proto_json_model(pb.Experiment.DESCRIPTOR)
+
+
+class _SeedShape(BaseModel):
+    """The shape of a seed file; each entry is the JSON form of the contract's message."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    version: int = Field(ge=1)
+    """Grows with every edit."""
+    scenes: list[_SceneJson] | None = None  # type: ignore[valid-type]
+    experiments: list[_ExperimentJson] | None = None  # type: ignore[valid-type]
+
+
+def _items(document: Document, key: str, message: type[M]) -> tuple[M, ...]:
     parsed = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(document.data.get(key) or []):
         try:
             parsed.append(json_format.ParseDict(item, message()))
         except json_format.ParseError as exc:
-            raise InvalidArgument(f"seed file {path}: {key}[{i}]: {exc}") from None
+            raise InvalidArgument(f"seed file {document.problem((key, i), str(exc))}") from None
     return tuple(parsed)
 
 
 def load_seed_file(path: Path) -> SeedFile:
-    """Parse a seed file (INVALID_ARGUMENT naming what is wrong)."""
+    """Parse a seed file (INVALID_ARGUMENT naming the file, line and field of every problem of its shape)."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         raise InvalidArgument(f"seed file {path}: cannot be read ({exc})") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"seed file {path}: must hold a mapping with version, scenes and experiments")
-    unknown = set(data) - {"version", "scenes", "experiments"}
-    if unknown:
-        raise InvalidArgument(f"seed file {path}: unknown keys {sorted(unknown)}")
-    version = data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InvalidArgument(f"seed file {path}: 'version' must be an integer >= 1")
-    return SeedFile(version, _items(data, "scenes", pb.Scene, path), _items(data, "experiments", pb.Experiment, path))
+    try:
+        document = load_yaml(text, str(path))
+        shape = document.validate(_SeedShape)
+    except DocumentError as exc:
+        raise InvalidArgument("\n".join(f"seed file {problem}" for problem in exc.problems)) from None
+    return SeedFile(
+        shape.version,
+        _items(document, "scenes", pb.Scene),
+        _items(document, "experiments", pb.Experiment),
+        document,
+    )
 
 
 class ConfigRegistry:
@@ -230,13 +255,13 @@ class ConfigRegistry:
         if applied is not None and int(applied) >= seed.version:
             return
         for i, scene in enumerate(seed.scenes):
-            self._validate(SCENE, _content(scene), f"seed file {path}: scenes[{i}]")
+            self._validate(SCENE, _content(scene), seed.where("scenes", i))
         known = {s.name for s in seed.scenes} | set(self._snapshot.scenes)
         known |= {s.name for s in await self._store.all(SCENE)}
         for i, experiment in enumerate(seed.experiments):
-            self._validate(EXPERIMENT, _content(experiment), f"seed file {path}: experiments[{i}]")
+            self._validate(EXPERIMENT, _content(experiment), seed.where("experiments", i))
             if experiment.scene not in known:
-                raise InvalidArgument(f"seed file {path}: experiments[{i}]: scene '{experiment.scene}' does not exist")
+                raise InvalidArgument(f"{seed.where('experiments', i)}: scene '{experiment.scene}' does not exist")
         who = AuditRecord(SEED_ACTOR, f"seed file {path} version {seed.version}", "")
         for scene in seed.scenes:
             await self._put(SCENE, scene, None, who)

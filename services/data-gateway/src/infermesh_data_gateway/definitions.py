@@ -3,9 +3,13 @@
 A definitions folder holds ``*.yaml`` files; each may declare any of the top-level sections
 ``project``, ``statistics``, ``entities``, ``sources``, ``feature_views`` and
 ``feature_services`` (a name declared twice, in one file or two, is an error naming both
-places). Every error names the file and line of the offending value. The version of a set
-of definitions is ``project.version`` when declared, otherwise a digest of the files'
-contents; a version, once loaded, never changes meaning. See the service README for the format.
+places). The shape of every file (which keys, of which types) is checked by the pydantic models
+below, strictly, unknown keys refused, every problem of every file reported together; what a
+model cannot say alone (references between definitions, expressions, bindings that depend on a
+source's kind) is checked after. Every error names the file and line of the offending value and
+its field path. The version of a set of definitions is ``project.version`` when declared,
+otherwise a digest of the files' contents; a version, once loaded, never changes meaning. See the
+service README for the format.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import fnmatch
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
 
+from infermesh_chassis.documents import Document, DocumentError, Loc, format_loc, load_yaml
 from infermesh_data_gateway.expressions import (
     NUM,
     STR,
@@ -55,109 +60,290 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECTIONS = ("project", "statistics", "entities", "sources", "feature_views", "feature_services")
 
+T = TypeVar("T")
+
 
 class DefinitionError(ValueError):
-    """The definitions are not valid; the message starts with ``file:line:``."""
+    """The definitions are not valid; one line per problem, each starting with ``file:line:``."""
 
 
 # ------------------------------------------------------------------------------------------------
-# YAML with line numbers
+# The shape of a file, as pydantic models
 # ------------------------------------------------------------------------------------------------
 
 
-class _Map(dict[str, Any]):
-    """A YAML mapping that remembers the line of itself and of each key."""
-
-    line: int
-    key_lines: dict[str, int]
-
-
-class _List(list[Any]):
-    """A YAML sequence that remembers the line of itself and of each item."""
-
-    line: int
-    item_lines: list[int]
+def _valid_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid name (letters, digits, underscores; not starting with a digit)")
+    return value
 
 
-class _Loader(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Map:  # type: ignore[override]
-        result = _Map()
-        result.line = node.start_mark.line + 1
-        result.key_lines = {}
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool):
-                raise DefinitionError(f"{node.start_mark.name}:{key_node.start_mark.line + 1}: keys must be text")
-            key = str(key)
-            if key in result:
-                raise DefinitionError(f"{node.start_mark.name}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
-            result[key] = self.construct_object(value_node, deep=True)
-            result.key_lines[key] = key_node.start_mark.line + 1
-        return result
-
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> _List:  # type: ignore[override]
-        result = _List(self.construct_object(child, deep=True) for child in node.value)
-        result.line = node.start_mark.line + 1
-        result.item_lines = [child.start_mark.line + 1 for child in node.value]
-        return result
+def _as_text(value: Any) -> Any:
+    """Numbers are text too (``version: 7``); null is the empty text."""
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, int | float) else value
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_sequence)
+def _as_names(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _as_duration(value: Any) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+def _field_dtype(value: Any) -> DType:
+    if not isinstance(value, str):
+        raise ValueError(f"a dtype is text such as FP64 or STRING, not {value!r}")
+    return DType.field(value)
+
+
+def _key_dtype(value: Any) -> DType:
+    parsed = _field_dtype(value)
+    if parsed.name not in KEY_DTYPES:
+        raise ValueError(f"a key is INT64 or STRING, not {value}")
+    return parsed
+
+
+def _feature_dtype(value: Any) -> str:
+    dtype = str(value).upper()
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(sorted(FEATURE_DTYPES))}, not {dtype!r}")
+    return dtype
+
+
+Name = Annotated[str, AfterValidator(_valid_name)]
+"""Letters, digits and underscores, not starting with a digit."""
+Names = Annotated[list[Name], BeforeValidator(_as_names)]
+"""A name, or a list of names."""
+Text = Annotated[str, BeforeValidator(_as_text)]
+Duration = Annotated[float | None, BeforeValidator(_as_duration)]
+"""Seconds, or text such as ``250ms``, ``30s``, ``7d``."""
+FieldDType = Annotated[DType, PlainValidator(_field_dtype)]
+KeyDType = Annotated[DType, PlainValidator(_key_dtype)]
+FeatureDType = Annotated[str, BeforeValidator(_feature_dtype)]
+Required = Annotated[str, Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    """Strict types, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Project(_Model):
+    name: Text = "default"
+    version: Text = ""
+    online_store: Name | None = None
+    description: Text = ""
+
+
+class _Statistics(_Model):
+    mean: float
+    std: float = Field(gt=0)
+    computed_from: Any = None
+    computed_at: Any = None
+
+
+class _Entity(_Model):
+    keys: dict[Name, KeyDType] = Field(min_length=1)
+    """Key name → dtype, e.g. ``{customer_id: INT64}``."""
+    description: Text = ""
+
+
+class _Source(_Model):
+    """What every kind of source takes; each kind adds its own options."""
+
+    kind: str
+    timeout: Duration = None
+    pool_size: int = Field(default=8, gt=0)
+    health_interval: Duration = None
+    description: Text = ""
+
+
+class _RedisSource(_Source):
+    url: Required
+    key_prefix: str | None = None
+
+
+class _PostgresSource(_Source):
+    dsn: Required
+
+
+class _SqliteSource(_Source):
+    path: Required
+
+
+class _FileSource(_Source):
+    path: Required
+    format: Literal["parquet", "csv"] = "parquet"
+
+
+class _HttpSource(_Source):
+    url: Required
+    headers: dict[str, Text] | None = None
+
+
+_SOURCE_MODELS: dict[str, type[_Source]] = {
+    "redis": _RedisSource,
+    "postgres": _PostgresSource,
+    "sqlite": _SqliteSource,
+    "file": _FileSource,
+    "http": _HttpSource,
+    "request": _Source,
+}
+_COMMON_SOURCE_KEYS = tuple(_Source.model_fields)
+_KINDS = ", ".join(SOURCE_KINDS)
+
+
+class _Cache(_Model):
+    ttl: Duration = None
+    max_entries: int = Field(default=100_000, gt=0)
+
+
+class _RouteIn(_Model):
+    when: dict[str, Any] | None = None
+    """Routing attribute → glob pattern, and ``keys``: entity key → regular expression."""
+    source: Name
+    fallbacks: Names = []
+
+
+class _View(_Model):
+    entities: Names
+    fields: dict[Name, FieldDType] = Field(min_length=1)
+    ttl: Duration = None
+    owner: Text = ""
+    description: Text = ""
+    source: Name
+    fallbacks: Names = []
+    routes: list[_RouteIn] = []
+    offline: Name | None = None
+    online_store: Name | None = None
+    timestamp_field: Name = "event_time"
+    bindings: dict[Name, dict[str, Any]] | None = None
+    """Source → how it stores the view; checked by the source's kind (:data:`_BINDING_MODELS`)."""
+    cache: _Cache | None = None
+    unavailable: Literal["fail", "default"] = "fail"
+
+
+class _Binding(_Model):
+    """How a source of a kind stores a view."""
+
+
+class _ColumnsBinding(_Binding):
+    columns: dict[str, Name] | None = None
+    """Field → column, where they differ."""
+
+
+class _RedisBinding(_Binding):
+    key_prefix: str | None = None
+
+
+class _SqlBinding(_ColumnsBinding):
+    table: Name | None = None
+    timestamp_format: Literal["iso", "epoch_s", "native"] | None = None
+
+
+class _FileBinding(_ColumnsBinding):
+    path: str | None = None
+
+
+class _HttpBinding(_Binding):
+    path: str | None = None
+    fields_key: str | None = None
+    timestamp_key: str | None = None
+
+
+_BINDING_MODELS: dict[str, type[_Binding]] = {
+    "redis": _RedisBinding,
+    "postgres": _SqlBinding,
+    "sqlite": _SqlBinding,
+    "file": _FileBinding,
+    "http": _HttpBinding,
+    "request": _ColumnsBinding,
+}
+
+
+class _RequestValue(_Model):
+    dtype: FieldDType
+    required: bool = False
+
+
+def _as_request_value(value: Any) -> Any:
+    return {"dtype": value} if isinstance(value, str) else value
+
+
+class _Feature(_Model):
+    name: Name
+    dtype: FeatureDType = "FP32"
+    shape: list[Annotated[int, Field(gt=0)]] | None = None
+    expr: Annotated[str, BeforeValidator(_as_text)] | None = None
+    field: Annotated[str, BeforeValidator(_as_text)] | None = None
+    default: Any = None
+    allow_missing: bool = False
+    description: Text = ""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _Feature:
+        if ("expr" in self.model_fields_set) == ("field" in self.model_fields_set):
+            raise ValueError("give exactly one of expr (an expression) or field (<view>.<field>)")
+        return self
+
+
+class _Service(_Model):
+    description: Text = ""
+    owner: Text = ""
+    entities: Names
+    request_values: dict[Name, Annotated[_RequestValue, BeforeValidator(_as_request_value)]] | None = None
+    features: list[_Feature] = Field(min_length=1)
+
+
+class _File(_Model):
+    """One definitions file: any of the sections."""
+
+    project: _Project | None = None
+    statistics: dict[Name, _Statistics] | None = None
+    entities: dict[Name, _Entity] | None = None
+    sources: dict[Name, dict[str, Any]] | None = None
+    """Name → source; checked by its kind (:data:`_SOURCE_MODELS`)."""
+    feature_views: dict[Name, _View] | None = None
+    feature_services: dict[Name, _Service] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _At:
-    """Where a value is: its file, line and dotted path, for error messages."""
+    """Where a value is: its document and position, and the dotted path shown in messages."""
 
-    file: str
-    line: int
+    doc: Document
+    loc: Loc
     path: str
 
+    @property
+    def file(self) -> str:
+        return self.doc.file
+
+    @property
+    def line(self) -> int:
+        return self.doc.line(self.loc)
+
+    def problem(self, message: str) -> str:
+        return f"{self.file}:{self.line}: {self.path}: {message}"
+
     def error(self, message: str) -> DefinitionError:
-        return DefinitionError(f"{self.file}:{self.line}: {self.path}: {message}")
+        return DefinitionError(self.problem(message))
 
-    def key(self, mapping: Any, key: str | int) -> _At:
-        line = self.line
-        if isinstance(mapping, _Map):
-            line = mapping.key_lines.get(str(key), mapping.line)
-        elif isinstance(mapping, _List) and isinstance(key, int) and key < len(mapping.item_lines):
-            line = mapping.item_lines[key]
+    def key(self, key: str | int) -> _At:
         sep = f"[{key}]" if isinstance(key, int) else f".{key}"
-        return _At(self.file, line, f"{self.path}{sep}" if self.path else str(key))
+        return _At(self.doc, (*self.loc, key), f"{self.path}{sep}" if self.path else str(key))
+
+    def named(self, name: str) -> _At:
+        """The same place, its path suffixed with ``(name)`` (a feature in a list)."""
+        return _At(self.doc, self.loc, f"{self.path}({name})")
 
 
-def _mapping(value: Any, at: _At, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise at.error(f"expected a mapping, got {type(value).__name__}")
-    if allowed is not None:
-        for key in value:
-            if key not in allowed:
-                raise at.key(value, key).error(f"unknown key; expected one of {', '.join(allowed)}")
-    return value
-
-
-def _name(value: Any, at: _At) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise at.error(f"{value!r} is not a valid name (letters, digits, underscores; not starting with a digit)")
-    return value
-
-
-def _text(mapping: Mapping[str, Any], key: str, at: _At, default: str = "") -> str:
-    value = mapping.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, str | int | float):
-        raise at.key(mapping, key).error("expected text")
-    return str(value)
-
-
-def _names(value: Any, at: _At) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (_name(value, at),)
-    if not isinstance(value, list):
-        raise at.error("expected a name or a list of names")
-    return tuple(_name(item, at.key(value, i)) for i, item in enumerate(value))
+def _at(doc: Document, loc: Loc) -> _At:
+    return _At(doc, loc, format_loc(loc))
 
 
 def _expand_env(value: Any, at: _At, variables: Mapping[str, str]) -> Any:
@@ -338,14 +524,15 @@ class Definitions:
 
 @dataclass
 class _Section:
-    """One declared item: its raw mapping and where it is."""
+    """One declared item: its validated shape and where it is."""
 
     name: str
-    raw: Any
+    model: Any
     at: _At
 
 
-def _read_files(root: Path) -> tuple[list[tuple[str, Any]], str]:
+def _read_files(root: Path) -> tuple[list[Document], list[str], str]:
+    """The parsed files, the problems of those that are not valid YAML, and a digest of them all."""
     if root.is_file():
         paths = [root]
     elif root.is_dir():
@@ -355,289 +542,206 @@ def _read_files(root: Path) -> tuple[list[tuple[str, Any]], str]:
     if not paths:
         raise DefinitionError(f"{root}: no *.yaml definition files")
     digest = hashlib.sha256()
-    docs = []
+    docs, problems = [], []
     for path in paths:
         text = path.read_text()
         digest.update(str(path.relative_to(root) if root.is_dir() else path.name).encode() + b"\0" + text.encode())
-        loader = _Loader(text)
-        loader.name = str(path)
         try:
-            doc = loader.get_single_data()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            line = mark.line + 1 if mark is not None else 1
-            raise DefinitionError(f"{path}:{line}: not valid YAML: {exc.problem}") from None
-        finally:
-            loader.dispose()
-        docs.append((str(path), doc))
-    return docs, digest.hexdigest()[:12]
+            docs.append(load_yaml(text, str(path)))
+        except DocumentError as exc:
+            problems.extend(exc.problems)
+    return docs, problems, digest.hexdigest()[:12]
 
 
-def _collect(docs: list[tuple[str, Any]]) -> dict[str, dict[str, _Section]]:
+def _collect(docs: list[Document], problems: list[str]) -> tuple[dict[str, dict[str, _Section]], dict[str, _Source]]:
+    """Every file's sections and sources, each checked by its model; a name declared twice is a problem."""
     sections: dict[str, dict[str, _Section]] = {s: {} for s in _SECTIONS}
-    for path, doc in docs:
-        if doc is None:
+    shapes: dict[str, _Source] = {}
+    for doc in docs:
+        found: list[str] = []
+        parsed = None
+        try:
+            parsed = doc.validate(_File)
+        except DocumentError as exc:
+            found.extend(exc.problems)
+        file_shapes = _source_shapes(doc, found)
+        problems.extend(sorted(found, key=lambda problem: _line_of(doc, problem)))
+        if parsed is None:
             continue
-        top = _At(path, 1, "")
-        _mapping(doc, top, _SECTIONS)
-        for section, items in doc.items():
-            at = top.key(doc, section)
-            if section == "project":
-                if "project" in sections["project"]:
-                    first = sections["project"]["project"].at
-                    raise at.error(f"declared twice (first at {first.file}:{first.line})")
-                sections["project"]["project"] = _Section("project", items, at)
+        for section in _SECTIONS:
+            items = getattr(parsed, section)
+            if items is None:
                 continue
-            for name, raw in _mapping(items or {}, at).items():
-                item_at = at.key(items, name)
-                _name(name, item_at)
-                if name in sections[section]:
-                    first = sections[section][name].at
-                    raise item_at.error(f"declared twice (first at {first.file}:{first.line})")
-                sections[section][name] = _Section(name, raw, item_at)
-    return sections
+            if section == "project":
+                items = {"project": items}
+            for name, model in items.items():
+                at = _at(doc, (section,) if section == "project" else (section, name))
+                first = sections[section].get(name)
+                if first is not None:
+                    problems.append(at.problem(f"declared twice (first at {first.at.file}:{first.at.line})"))
+                    continue
+                sections[section][name] = _Section(name, model, at)
+                if section == "sources" and name in file_shapes:
+                    shapes[name] = file_shapes[name]
+    return sections, shapes
+
+
+def _line_of(doc: Document, problem: str) -> int:
+    """The line a problem of ``doc`` names (every problem starts with ``file:line:``)."""
+    return int(problem.removeprefix(f"{doc.file}:").split(":", 1)[0])
+
+
+def _source_shapes(doc: Document, problems: list[str]) -> dict[str, _Source]:
+    """The sources of a file, each checked by the model of its kind (the rest of the file is :class:`_File`'s)."""
+    shapes = {}
+    declared = doc.data.get("sources") if isinstance(doc.data, dict) else None
+    for name, raw in (declared if isinstance(declared, dict) else {}).items():
+        if not isinstance(raw, dict):
+            continue
+        kind = raw.get("kind")
+        if kind not in SOURCE_KINDS:
+            given = f"not {kind!r}" if "kind" in raw else "required"
+            problems.append(_at(doc, ("sources", name, "kind")).problem(f"kind must be one of {_KINDS}; {given}"))
+            continue
+        try:
+            shapes[name] = doc.validate(_SOURCE_MODELS[kind], ("sources", name))
+        except DocumentError as exc:
+            problems.extend(exc.problems)
+    return shapes
 
 
 def _entity(item: _Section) -> EntityDef:
-    raw = _mapping(item.raw, item.at, ("keys", "description"))
-    if "keys" not in raw:
-        raise item.at.error("keys is required (key name → dtype, e.g. {customer_id: INT64})")
-    keys_at = item.at.key(raw, "keys")
-    keys = []
-    for name, dtype in _mapping(raw["keys"], keys_at).items():
-        at = keys_at.key(raw["keys"], name)
-        _name(name, at)
-        try:
-            parsed = DType.field(str(dtype))
-        except ValueError as exc:
-            raise at.error(str(exc)) from None
-        if parsed.name not in KEY_DTYPES:
-            raise at.error(f"a key is INT64 or STRING, not {dtype}")
-        keys.append(KeyDef(name, parsed))
-    if not keys:
-        raise keys_at.error("an entity needs at least one key")
-    return EntityDef(item.name, tuple(keys), _text(raw, "description", item.at))
+    entity: _Entity = item.model
+    return EntityDef(item.name, tuple(KeyDef(n, d) for n, d in entity.keys.items()), entity.description)
 
 
-_SOURCE_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # kind: (required options, optional options)
-    "redis": (("url",), ("key_prefix",)),
-    "postgres": (("dsn",), ()),
-    "sqlite": (("path",), ()),
-    "file": (("path",), ("format",)),
-    "http": (("url",), ("headers",)),
-    "request": ((), ()),
-}
-_COMMON_SOURCE_KEYS = ("kind", "timeout", "pool_size", "health_interval", "description")
-
-
-def _duration(raw: Mapping[str, Any], key: str, at: _At, default: float | None) -> float | None:
-    if key not in raw or raw[key] is None:
-        return default
-    try:
-        return parse_duration(raw[key])
-    except ValueError as exc:
-        raise at.key(raw, key).error(str(exc)) from None
-
-
-def _source(item: _Section, base_dir: Path, variables: Mapping[str, str]) -> SourceDef:
-    raw = _mapping(item.raw, item.at)
-    kind = raw.get("kind")
-    if kind not in SOURCE_KINDS:
-        raise item.at.key(raw, "kind").error(f"kind must be one of {', '.join(SOURCE_KINDS)}, not {kind!r}")
-    required, optional = _SOURCE_OPTIONS[kind]
-    _mapping(raw, item.at, (*_COMMON_SOURCE_KEYS, *required, *optional))
-    for key in required:
-        if not raw.get(key):
-            raise item.at.error(f"a {kind} source needs {key}")
-    pool = raw.get("pool_size", 8)
-    if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
-        raise item.at.key(raw, "pool_size").error("pool_size must be a positive integer")
-    options = {
-        k: _expand_env(v, item.at.key(raw, k), variables) for k, v in raw.items() if k not in _COMMON_SOURCE_KEYS
-    }
-    if kind == "file" and options.get("format", "parquet") not in ("parquet", "csv"):
-        raise item.at.key(raw, "format").error("format is parquet or csv")
+def _source(item: _Section, shape: _Source, base_dir: Path, variables: Mapping[str, str]) -> SourceDef:
+    raw: dict[str, Any] = item.model
+    options = {k: _expand_env(v, item.at.key(k), variables) for k, v in raw.items() if k not in _COMMON_SOURCE_KEYS}
     return SourceDef(
         name=item.name,
-        kind=kind,
+        kind=shape.kind,
         options=options,
-        timeout_s=_duration(raw, "timeout", item.at, 0.5) or 0.5,
-        pool_size=pool,
-        health_interval_s=_duration(raw, "health_interval", item.at, 2.0) or 2.0,
+        timeout_s=shape.timeout or 0.5,
+        pool_size=shape.pool_size,
+        health_interval_s=shape.health_interval or 2.0,
         base_dir=base_dir,
     )
 
 
-def _entity_keys(
-    raw: Mapping[str, Any], at: _At, entities: Mapping[str, EntityDef]
-) -> tuple[tuple[str, ...], list[KeyDef]]:
-    """The ``entities`` a view or a service names, and their key columns in order."""
-    names = _names(raw["entities"], at.key(raw, "entities"))
+def _entity_keys(names: list[str], at: _At, entities: Mapping[str, EntityDef]) -> tuple[tuple[str, ...], list[KeyDef]]:
+    """The ``entities`` a view or a service names (at ``at``), and their key columns in order."""
     keys: list[KeyDef] = []
     for index, name in enumerate(names):
         if name not in entities:
-            raise at.key(raw, "entities").key(raw["entities"], index).error(f"unknown entity {name!r}")
+            raise at.key(index).error(f"unknown entity {name!r}")
         keys.extend(entities[name].keys)
-    return names, keys
-
-
-_VIEW_KEYS = (
-    "entities", "fields", "ttl", "owner", "description", "source", "fallbacks", "routes", "offline", "online_store",
-    "timestamp_field", "bindings", "cache", "unavailable",
-)  # fmt: skip
+    return tuple(names), keys
 
 
 def _view(
     item: _Section, entities: Mapping[str, EntityDef], sources: Mapping[str, SourceDef], online: str | None
 ) -> ViewDef:
-    raw = _mapping(item.raw, item.at, _VIEW_KEYS)
+    raw: _View = item.model
     at = item.at
 
-    def known_source(name: Any, where: _At) -> str:
-        _name(name, where)
+    def known_source(name: str, where: _At) -> str:
         if name not in sources:
             raise where.error(f"unknown source {name!r} (declared: {', '.join(sorted(sources)) or 'none'})")
-        return str(name)
+        return name
 
-    for key in ("entities", "fields", "source"):
-        if key not in raw:
-            raise at.error(f"{key} is required")
-    view_entities, keys = _entity_keys(raw, at, entities)
-    fields = _fields(raw["fields"], at.key(raw, "fields"), keys)
-    primary = known_source(raw["source"], at.key(raw, "source"))
-    fallbacks = _names(raw.get("fallbacks", []), at.key(raw, "fallbacks"))
-    chain = (primary, *(known_source(f, at.key(raw, "fallbacks")) for f in fallbacks))
+    view_entities, keys = _entity_keys(raw.entities, at.key("entities"), entities)
+    fields = dict(raw.fields)
+    clash = {k.name for k in keys} & set(fields)
+    if clash:
+        raise at.key("fields").error(f"{', '.join(sorted(clash))} is an entity key, not a field")
+    primary = known_source(raw.source, at.key("source"))
+    fallbacks_at = at.key("fallbacks")
+    chain = (primary, *(known_source(f, fallbacks_at.key(i)) for i, f in enumerate(raw.fallbacks)))
     if len(set(chain)) != len(chain):
-        raise at.key(raw, "fallbacks").error("a source appears twice in the chain")
-    routes = _routes(raw.get("routes", []), at.key(raw, "routes"), keys, known_source)
+        raise fallbacks_at.error("a source appears twice in the chain")
+    routes = _routes(raw.routes, at.key("routes"), keys, known_source)
     bindings: dict[str, Mapping[str, Any]] = {}
-    bindings_raw = _mapping(raw.get("bindings", {}) or {}, at.key(raw, "bindings"))
-    for source, options in bindings_raw.items():
-        where = at.key(raw, "bindings").key(bindings_raw, source)
+    for source, options in (raw.bindings or {}).items():
+        where = at.key("bindings").key(source)
         known_source(source, where)
         bindings[source] = _binding(options, where, sources[source].kind, fields)
-    offline = raw.get("offline")
+    offline = raw.offline
     if offline is not None:
-        offline = known_source(offline, at.key(raw, "offline"))
+        known_source(offline, at.key("offline"))
         if sources[offline].kind in ("request", "http"):
-            raise at.key(raw, "offline").error(f"a {sources[offline].kind} source cannot be read in batch")
+            raise at.key("offline").error(f"a {sources[offline].kind} source cannot be read in batch")
     else:
         offline = next((s for s in chain if sources[s].kind in ("postgres", "sqlite", "file")), None)
-    store = raw.get("online_store", online)
+    declared_store = "online_store" in raw.model_fields_set
+    store = raw.online_store if declared_store else online
     if store is not None:
-        store = known_source(store, at.key(raw, "online_store") if "online_store" in raw else at)
+        known_source(store, at.key("online_store") if declared_store else at)
         if sources[store].kind not in ("redis", "postgres", "sqlite"):
             raise at.error(f"online store {store!r} must be a redis, postgres or sqlite source")
-    ttl = _duration(raw, "ttl", at, None)
-    cache_raw = _mapping(raw.get("cache", {}) or {}, at.key(raw, "cache"), ("ttl", "max_entries"))
-    cache_ttl = _duration(cache_raw, "ttl", at.key(raw, "cache"), None)
-    max_entries = cache_raw.get("max_entries", 100_000)
-    if not isinstance(max_entries, int) or max_entries < 1:
-        raise at.key(raw, "cache").error("max_entries must be a positive integer")
-    unavailable = raw.get("unavailable", "fail")
-    if unavailable not in ("fail", "default"):
-        raise at.key(raw, "unavailable").error("unavailable is 'fail' (UNAVAILABLE) or 'default' (serve defaults)")
-    timestamp = _name(raw.get("timestamp_field", "event_time"), at.key(raw, "timestamp_field"))
+    cache = raw.cache or _Cache()
     return ViewDef(
         name=item.name,
         entities=view_entities,
         keys=tuple(keys),
         fields=fields,
-        ttl_s=ttl,
-        owner=_text(raw, "owner", at),
-        description=_text(raw, "description", at),
+        ttl_s=raw.ttl,
+        owner=raw.owner,
+        description=raw.description,
         chain=chain,
         routes=routes,
         offline_source=offline,
         online_store=store,
-        timestamp_field=timestamp,
+        timestamp_field=raw.timestamp_field,
         bindings=bindings,
-        cache_ttl_s=cache_ttl,
-        cache_max_entries=max_entries,
-        defaults_when_unavailable=unavailable == "default",
+        cache_ttl_s=cache.ttl,
+        cache_max_entries=cache.max_entries,
+        defaults_when_unavailable=raw.unavailable == "default",
     )
 
 
-def _fields(raw: Any, at: _At, keys: list[KeyDef]) -> dict[str, DType]:
-    fields: dict[str, DType] = {}
-    for name, dtype in _mapping(raw, at).items():
-        where = at.key(raw, name)
-        _name(name, where)
-        try:
-            fields[name] = DType.field(str(dtype))
-        except ValueError as exc:
-            raise where.error(str(exc)) from None
-    if not fields:
-        raise at.error("a feature view needs at least one field")
-    clash = {k.name for k in keys} & set(fields)
-    if clash:
-        raise at.error(f"{', '.join(sorted(clash))} is an entity key, not a field")
-    return fields
-
-
-_BINDING_KEYS = {
-    "redis": ("key_prefix",),
-    "postgres": ("table", "columns", "timestamp_format"),
-    "sqlite": ("table", "columns", "timestamp_format"),
-    "file": ("path", "columns"),
-    "http": ("path", "fields_key", "timestamp_key"),
-    "request": ("columns",),
-}
-
-
-def _binding(raw: Any, at: _At, kind: str, fields: Mapping[str, DType]) -> Mapping[str, Any]:
-    options = dict(_mapping(raw, at, _BINDING_KEYS[kind]))
-    if "table" in options:
-        _name(options["table"], at.key(raw, "table"))
-    if "timestamp_format" in options and options["timestamp_format"] not in ("iso", "epoch_s", "native"):
-        raise at.key(raw, "timestamp_format").error("timestamp_format is iso, epoch_s or native")
-    columns = _mapping(options.get("columns", {}) or {}, at.key(raw, "columns"))
-    for name, column in columns.items():
-        where = at.key(raw, "columns").key(columns, name)
+def _binding(options: dict[str, Any], at: _At, kind: str, fields: Mapping[str, DType]) -> Mapping[str, Any]:
+    try:
+        binding = at.doc.validate(_BINDING_MODELS[kind], at.loc)
+    except DocumentError as exc:
+        raise DefinitionError(str(exc)) from None
+    for name in getattr(binding, "columns", None) or {}:
         if name not in fields:
-            raise where.error(f"{name!r} is not a field of the view")
-        _name(column, where)
-    return options
+            raise at.key("columns").key(name).error(f"{name!r} is not a field of the view")
+    return dict(options)
 
 
-def _routes(raw: Any, at: _At, keys: list[KeyDef], known_source: Any) -> tuple[Route, ...]:
-    if not isinstance(raw, list):
-        raise at.error("routes is a list of {when: ..., source: ..., fallbacks: [...]}")
+def _routes(rules: list[_RouteIn], at: _At, keys: list[KeyDef], known_source: Any) -> tuple[Route, ...]:
     key_names = {k.name for k in keys}
     routes = []
-    for index, item in enumerate(raw):
-        where = at.key(raw, index)
-        rule = _mapping(item, where, ("when", "source", "fallbacks"))
-        if "source" not in rule:
-            raise where.error("a route needs a source")
+    for index, rule in enumerate(rules):
+        where = at.key(index)
+        fallbacks_at = where.key("fallbacks")
         chain = (
-            known_source(rule["source"], where.key(rule, "source")),
-            *(known_source(f, where.key(rule, "fallbacks")) for f in _names(rule.get("fallbacks", []), where)),
+            known_source(rule.source, where.key("source")),
+            *(known_source(f, fallbacks_at.key(i)) for i, f in enumerate(rule.fallbacks)),
         )
-        when_at = where.key(rule, "when")
-        when = _mapping(rule.get("when", {}) or {}, when_at)
-        if not when:
+        when_at = where.key("when")
+        if not rule.when:
             raise when_at.error("a route needs at least one condition (routing attributes or keys)")
         attributes: dict[str, str] = {}
         patterns: dict[str, re.Pattern[str]] = {}
-        for name, pattern in when.items():
-            cond_at = when_at.key(when, name)
-            if name == "keys":
-                for key, regex in _mapping(pattern, cond_at).items():
-                    if key not in key_names:
-                        raise cond_at.key(pattern, key).error(f"{key!r} is not a key of the view's entities")
-                    try:
-                        patterns[key] = re.compile(str(regex))
-                    except re.error as exc:
-                        raise cond_at.key(pattern, key).error(f"not a regular expression: {exc}") from None
-            else:
+        for name, pattern in rule.when.items():
+            cond_at = when_at.key(name)
+            if name != "keys":
                 attributes[name] = str(pattern)
+                continue
+            if not isinstance(pattern, dict):
+                raise cond_at.error(f"expected a mapping of key → regular expression, got {type(pattern).__name__}")
+            for key, regex in pattern.items():
+                if key not in key_names:
+                    raise cond_at.key(key).error(f"{key!r} is not a key of the view's entities")
+                try:
+                    patterns[key] = re.compile(str(regex))
+                except re.error as exc:
+                    raise cond_at.key(key).error(f"not a regular expression: {exc}") from None
         routes.append(Route(chain, attributes, patterns))
     return tuple(routes)
-
-
-_FEATURE_KEYS = ("name", "dtype", "shape", "expr", "field", "default", "allow_missing", "description")
 
 
 def _service(
@@ -646,38 +750,34 @@ def _service(
     views: Mapping[str, ViewDef],
     statistics: Mapping[str, tuple[float, float]],
 ) -> ServiceDef:
-    raw = _mapping(item.raw, item.at, ("description", "owner", "entities", "request_values", "features"))
+    raw: _Service = item.model
     at = item.at
-    for key in ("entities", "features"):
-        if key not in raw:
-            raise at.error(f"{key} is required")
-    service_entities, keys = _entity_keys(raw, at, entities)
-    request_values = _request_values(raw.get("request_values", {}) or {}, at.key(raw, "request_values"))
+    service_entities, keys = _entity_keys(raw.entities, at.key("entities"), entities)
+    request_values = tuple(
+        RequestValueDef(name, value.dtype, value.required) for name, value in (raw.request_values or {}).items()
+    )
     by_name = {r.name: r for r in request_values}
-    features_raw = raw["features"]
-    features_at = at.key(raw, "features")
-    if not isinstance(features_raw, list) or not features_raw:
-        raise features_at.error("features is a non-empty list")
     features: list[FeatureDef] = []
     used_views: list[str] = []
-    for index, feature_raw in enumerate(features_raw):
+    for index, feature_raw in enumerate(raw.features):
+        feature_at = at.key("features").key(index)
         feature = _feature(
             feature_raw,
-            features_at.key(features_raw, index),
+            feature_at,
             views=views,
             request_values=by_name,
             statistics=statistics,
             service_entities=set(service_entities),
         )
         if any(f.name == feature.name for f in features):
-            raise features_at.key(features_raw, index).error(f"feature {feature.name!r} is declared twice")
+            raise feature_at.error(f"feature {feature.name!r} is declared twice")
         features.append(feature)
         if feature.view is not None and feature.view not in used_views:
             used_views.append(feature.view)
     return ServiceDef(
         name=item.name,
-        description=_text(raw, "description", at),
-        owner=_text(raw, "owner", at),
+        description=raw.description,
+        owner=raw.owner,
         entities=service_entities,
         keys=tuple(keys),
         request_values=request_values,
@@ -687,25 +787,8 @@ def _service(
     )
 
 
-def _request_values(raw: Any, at: _At) -> tuple[RequestValueDef, ...]:
-    values = []
-    for name, given in _mapping(raw, at).items():
-        where = at.key(raw, name)
-        _name(name, where)
-        spec = _mapping({"dtype": given} if isinstance(given, str) else given, where, ("dtype", "required"))
-        try:
-            dtype = DType.field(str(spec.get("dtype", "")))
-        except ValueError as exc:
-            raise where.error(str(exc)) from None
-        required = spec.get("required", False)
-        if not isinstance(required, bool):
-            raise where.key(spec, "required").error("required is true or false")
-        values.append(RequestValueDef(name, dtype, required))
-    return tuple(values)
-
-
 def _feature(
-    raw: Any,
+    raw: _Feature,
     at: _At,
     *,
     views: Mapping[str, ViewDef],
@@ -713,15 +796,10 @@ def _feature(
     statistics: Mapping[str, tuple[float, float]],
     service_entities: set[str],
 ) -> FeatureDef:
-    raw = _mapping(raw, at, _FEATURE_KEYS)
-    name = _name(raw.get("name"), at.key(raw, "name"))
-    at = _At(at.file, at.line, f"{at.path}({name})")
-    if ("expr" in raw) == ("field" in raw):
-        raise at.error("give exactly one of expr (an expression) or field (<view>.<field>)")
-    text = str(raw.get("expr", raw.get("field")))
-    dtype = str(raw.get("dtype", "FP32")).upper()
-    if dtype not in FEATURE_DTYPES:
-        raise at.key(raw, "dtype").error(f"dtype must be one of {', '.join(sorted(FEATURE_DTYPES))}, not {dtype!r}")
+    at = at.named(raw.name)
+    source_key = "expr" if "expr" in raw.model_fields_set else "field"
+    text = str(raw.expr if source_key == "expr" else raw.field)
+    dtype = raw.dtype
 
     def resolve(prefix: str, attr: str) -> DType:
         if prefix == "request":
@@ -735,7 +813,7 @@ def _feature(
             raise KeyError(f"{attr!r} is not a field of view {prefix!r} ({', '.join(view.fields)})")
         return view.fields[attr]
 
-    where = at.key(raw, "expr" if "expr" in raw else "field")
+    where = at.key(source_key)
     try:
         compiled = compile_expression(text, resolve, statistics)
     except ExpressionError as exc:
@@ -750,38 +828,29 @@ def _feature(
     if kind == TS:
         raise where.error("a timestamp is not a model input; use a date part (hour(), day_of_week()...) or age_days()")
     if kind == STR and dtype != "BYTES":
-        raise at.key(raw, "dtype").error(f"a text value needs dtype BYTES (or one_hot() it), not {dtype}")
+        raise at.key("dtype").error(f"a text value needs dtype BYTES (or one_hot() it), not {dtype}")
     if kind != STR and dtype == "BYTES":
-        raise at.key(raw, "dtype").error("dtype BYTES needs a text value")
-    shape = _shape(raw, at, compiled.root.size if kind == VEC else 0)
-    default, has_default = None, "default" in raw and raw["default"] is not None
-    if has_default:
-        default = _default(raw["default"], at.key(raw, "default"), kind, dtype, shape)
-    allow_missing = raw.get("allow_missing", False)
-    if not isinstance(allow_missing, bool):
-        raise at.key(raw, "allow_missing").error("allow_missing is true or false")
+        raise at.key("dtype").error("dtype BYTES needs a text value")
+    shape = _shape(raw.shape, at.key("shape"), compiled.root.size if kind == VEC else 0)
+    has_default = raw.default is not None
+    default = _default(raw.default, at.key("default"), kind, dtype, shape) if has_default else None
     return FeatureDef(
-        name=name,
+        name=raw.name,
         dtype=dtype,
         shape=shape,
         view=view,
         expression=compiled,
         default=default,
         has_default=has_default,
-        allow_missing=allow_missing,
-        description=_text(raw, "description", at),
+        allow_missing=raw.allow_missing,
+        description=raw.description,
     )
 
 
-def _shape(raw: Mapping[str, Any], at: _At, size: int) -> tuple[int, ...]:
+def _shape(shape: list[int] | None, at: _At, size: int) -> tuple[int, ...]:
     expected = (size,) if size else ()
-    if "shape" not in raw:
-        return expected
-    shape = raw["shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise at.key(raw, "shape").error("shape is a list of positive integers")
-    if tuple(shape) != expected:
-        raise at.key(raw, "shape").error(f"the expression gives shape {list(expected)}, not {shape}")
+    if shape is not None and tuple(shape) != expected:
+        raise at.error(f"the expression gives shape {list(expected)}, not {shape}")
     return expected
 
 
@@ -806,52 +875,52 @@ def _default(value: Any, at: _At, kind: str, dtype: str, shape: tuple[int, ...])
     return cast
 
 
-def _statistics(item: _Section) -> tuple[float, float]:
-    raw = _mapping(item.raw, item.at, ("mean", "std", "computed_from", "computed_at"))
-    try:
-        mean, std = float(raw["mean"]), float(raw["std"])
-    except (KeyError, TypeError, ValueError):
-        raise item.at.error("statistics need numeric mean and std") from None
-    if not std > 0:
-        raise item.at.key(raw, "std").error("std must be > 0")
-    return mean, std
+def _each(items: Mapping[str, _Section], build: Callable[[_Section], T]) -> dict[str, T]:
+    """``build`` of every item; the problems of all of them together (one per item)."""
+    built: dict[str, T] = {}
+    problems = []
+    for name, item in items.items():
+        try:
+            built[name] = build(item)
+        except DefinitionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DefinitionError("\n".join(problems))
+    return built
 
 
 def load_definitions(root: str | Path, variables: Mapping[str, str] | None = None) -> Definitions:
     """Load and validate the definitions under ``root`` (a folder of YAML files, or one file).
 
     ``${NAME}`` in source options reads the environment, then ``variables`` (values the gateway
-    provides, such as ``DATA_GATEWAY_STATE_DIR``), then the ``${NAME:-default}`` default.
+    provides, such as ``DATA_GATEWAY_STATE_DIR``), then the ``${NAME:-default}`` default. The
+    shape of every file is checked first, and all its problems are reported together; then each
+    section in turn (entities, sources, views, services), the first problem of each item of it.
     """
     root = Path(root)
-    docs, digest = _read_files(root)
-    sections = _collect(docs)
+    docs, problems, digest = _read_files(root)
+    sections, shapes = _collect(docs, problems)
+    if problems:
+        raise DefinitionError("\n".join(problems))
     base_dir = root if root.is_dir() else root.parent
-    project_raw: dict[str, Any] = {}
-    project_at = _At(str(root), 1, "project")
-    if "project" in sections["project"]:
-        section = sections["project"]["project"]
-        project_raw = _mapping(section.raw or {}, section.at, ("name", "version", "online_store", "description"))
-        project_at = section.at
-    statistics = {name: _statistics(item) for name, item in sections["statistics"].items()}
-    entities = {name: _entity(item) for name, item in sections["entities"].items()}
-    sources = {name: _source(item, base_dir, variables or {}) for name, item in sections["sources"].items()}
-    online = project_raw.get("online_store")
-    if online is not None and online not in sources:
-        raise project_at.key(project_raw, "online_store").error(f"unknown source {online!r}")
-    views = {name: _view(item, entities, sources, online) for name, item in sections["feature_views"].items()}
-    services = {
-        name: _service(item, entities, views, statistics) for name, item in sections["feature_services"].items()
-    }
-    version = _text(project_raw, "version", project_at) or f"sha-{digest}"
+    project_section = sections["project"].get("project")
+    project: _Project = project_section.model if project_section is not None else _Project()
+    statistics = {name: (item.model.mean, item.model.std) for name, item in sections["statistics"].items()}
+    entities = _each(sections["entities"], _entity)
+    sources = _each(sections["sources"], lambda item: _source(item, shapes[item.name], base_dir, variables or {}))
+    online = project.online_store
+    if online is not None and online not in sources and project_section is not None:
+        raise project_section.at.key("online_store").error(f"unknown source {online!r}")
+    views = _each(sections["feature_views"], lambda item: _view(item, entities, sources, online))
+    services = _each(sections["feature_services"], lambda item: _service(item, entities, views, statistics))
     return Definitions(
-        version=version,
-        project=_text(project_raw, "name", project_at, "default"),
+        version=project.version or f"sha-{digest}",
+        project=project.name,
         root=root,
         entities=entities,
         sources=sources,
         views=views,
         services=services,
         statistics=statistics,
-        files=tuple(path for path, _ in docs),
+        files=tuple(doc.file for doc in docs),
     )
