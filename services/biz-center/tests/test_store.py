@@ -13,7 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from infermesh.common.v1 import common_pb2
-from infermesh_biz_center.store import AuditRecord, ConfigStore, Objects, Stored, metadata
+from infermesh_biz_center.store import SCHEMA, AuditRecord, ConfigStore, Objects, Stored, metadata
+from infermesh_chassis.docstore import migrate
 from infermesh_chassis.errors import Aborted, FailedPrecondition
 
 _PREVIOUS_SCHEMA = """
@@ -117,4 +118,36 @@ async def test_a_file_created_before_migrations_is_adopted_with_its_data(tmp_pat
     finally:
         await store.close()
     # the old tables are gone; what is there is what the store declares
+    assert _schema(path) == ("0002", [])
+
+
+async def test_a_file_at_the_previous_revision_moves_its_rows_into_the_shared_tables(tmp_path: Path):
+    path = tmp_path / "config.db"
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            migrate(conn, SCHEMA, "0001")
+            conn.exec_driver_sql("INSERT INTO objects VALUES ('scene', 'home', 3, '{}'), ('experiment', 'ab', 1, '{}')")
+            for n in range(1, 3):
+                conn.exec_driver_sql(
+                    "INSERT INTO audit (id, time_us, actor, action, target, before_json, after_json, reason,"
+                    f" request_id) VALUES ('e{n}', {n}, 'bob', 'scene.upsert', 'scenes/home', '', '{{}}', '', 'r{n}')"
+                )
+            conn.exec_driver_sql("INSERT INTO meta VALUES ('revision', '2'), ('seed_version', 'v1')")
+    finally:
+        engine.dispose()
+
+    store = await ConfigStore.open(path)
+    try:
+        assert [(s.kind, s.name, s.config_version) for s in await store.all("scene")] == [("scene", "home", 3)]
+        assert [s.name for s in await store.all("experiment")] == ["ab"]
+        assert (await store.revision(), await store.meta("seed_version")) == (2, "v1")
+        await store.delete("experiment", "ab", expected=1, who=WHO)
+        assert await store.revision() == 3
+        entries, token = await store.audit(common_pb2.AuditFilter(), 2, None)
+        assert [(e.action, e.request_id) for e in entries] == [("experiment.delete", "req-1"), ("scene.upsert", "r2")]
+        assert token == 2, "the copied entries kept their seq"
+        assert [e.id for e in (await store.audit(common_pb2.AuditFilter(), 2, token))[0]] == ["e1"]
+    finally:
+        await store.close()
     assert _schema(path) == ("0002", [])

@@ -21,8 +21,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import REAL, Float, column, table
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from infermesh_chassis.docstore import migrate
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_model_gateway.domain import (
     DeploymentConfig,
@@ -39,7 +40,7 @@ from infermesh_model_gateway.domain import (
     VersionState,
 )
 from infermesh_model_gateway.registry import Registry, open_registry, rollout_doc
-from infermesh_model_gateway.registry.database import TABLES, leases, metadata
+from infermesh_model_gateway.registry.database import SCHEMA, TABLES, leases, metadata
 
 documents = TABLES.documents
 
@@ -586,45 +587,40 @@ async def test_an_empty_database_gets_the_newest_schema(empty_url: str):
     assert await _schema(empty_url) == ("0002", [])
 
 
-async def test_a_database_created_before_migrations_is_adopted_with_its_data(empty_url: str):
-    engine = _engine(empty_url)
-    try:
-        async with engine.begin() as conn:
-            for statement in (*_PREVIOUS_SCHEMA, _PREVIOUS_AUDIT[conn.dialect.name]):
-                await conn.exec_driver_sql(statement)
-            await conn.execute(models.insert().values(name="churn", doc=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME)))
-            await conn.execute(
-                versions.insert().values(model="churn", version=1, doc=json.dumps(_STORED_BEFORE_LABELS))
+async def _fill_previous_tables(conn: AsyncConnection) -> None:
+    """What the gateway stored in its tables before they moved into the shared ones."""
+    await conn.execute(models.insert().values(name="churn", doc=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME)))
+    await conn.execute(versions.insert().values(model="churn", version=1, doc=json.dumps(_STORED_BEFORE_LABELS)))
+    await conn.execute(meta.insert().values(key="generation", value=7))
+    for rollout in _OLD_ROLLOUTS:
+        assert rollout.created_at is not None
+        await conn.execute(
+            rollouts.insert().values(
+                id=rollout.id,
+                model=rollout.model,
+                state=rollout.state.value,
+                created=rollout.created_at.isoformat(),
+                doc=json.dumps(rollout_doc(rollout)),
             )
-            await conn.execute(meta.insert().values(key="generation", value=7))
-            for rollout in _OLD_ROLLOUTS:
-                assert rollout.created_at is not None
-                await conn.execute(
-                    rollouts.insert().values(
-                        id=rollout.id,
-                        model=rollout.model,
-                        state=rollout.state.value,
-                        created=rollout.created_at.isoformat(),
-                        doc=json.dumps(rollout_doc(rollout)),
-                    )
-                )
-            await conn.execute(leases.insert().values(name="model:churn", holder="gw-a", expires=time.time() + 3600))
-            await conn.execute(
-                audit.insert().values(
-                    time="2026-11-01T10:00:00+00:00",
-                    actor="t",
-                    action="model_version.register",
-                    target="models/churn/versions/1",
-                    before="null",
-                    after=json.dumps(_STORED_BEFORE_LABELS),
-                    reason="",
-                    request_id="",
-                )
-            )
-    finally:
-        await engine.dispose()
+        )
+    await conn.execute(leases.insert().values(name="model:churn", holder="gw-a", expires=time.time() + 3600))
+    await conn.execute(
+        audit.insert().values(
+            time="2026-11-01T10:00:00+00:00",
+            actor="t",
+            action="model_version.register",
+            target="models/churn/versions/1",
+            before="null",
+            after=json.dumps(_STORED_BEFORE_LABELS),
+            reason="",
+            request_id="",
+        )
+    )
 
-    registry = await open_registry(empty_url)
+
+async def _check_previous_data(url: str) -> None:
+    """The registry at ``url`` serves what :func:`_fill_previous_tables` stored, and goes on from it."""
+    registry = await open_registry(url)
     try:
         assert await registry.generation() == 7
         assert (await registry.get_model("churn")).owner == "risk"
@@ -645,8 +641,33 @@ async def test_a_database_created_before_migrations_is_adopted_with_its_data(emp
         active, _ = await registry.list_rollouts(model="churn", states=frozenset({RolloutState.RUNNING}), page_size=5)
         assert [r.id for r in active] == ["r-new"]
         assert (await registry.get_rollout("r-old")).state is RolloutState.ROLLED_BACK
+        assert [v.version for v in await registry.model_versions("churn")] == [1, 2]
     finally:
         await registry.close()
+
+
+async def test_a_database_at_the_previous_revision_moves_its_data_into_the_shared_tables(empty_url: str):
+    engine = _engine(empty_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, SCHEMA, "0001")
+            await _fill_previous_tables(conn)
+    finally:
+        await engine.dispose()
+    await _check_previous_data(empty_url)
+    assert await _schema(empty_url) == ("0002", [])
+
+
+async def test_a_database_created_before_migrations_is_adopted_with_its_data(empty_url: str):
+    engine = _engine(empty_url)
+    try:
+        async with engine.begin() as conn:
+            for statement in (*_PREVIOUS_SCHEMA, _PREVIOUS_AUDIT[conn.dialect.name]):
+                await conn.exec_driver_sql(statement)
+            await _fill_previous_tables(conn)
+    finally:
+        await engine.dispose()
+    await _check_previous_data(empty_url)
     revision, differences = await _schema(empty_url)
     assert revision == "0002"
     # the old tables moved into the shared ones; ``leases`` stays as the gateway created it before, with

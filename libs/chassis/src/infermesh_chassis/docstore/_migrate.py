@@ -33,9 +33,9 @@ class Schema:
     baseline_table: str = ""
 
 
-def migrate(conn: Connection, schema: Schema) -> None:
-    """Bring the schema on ``conn`` to the newest revision, in ``conn``'s transaction (logged when
-    that changed anything)."""
+def migrate(conn: Connection, schema: Schema, revision: str = "head") -> None:
+    """Bring the schema on ``conn`` to ``revision`` (the newest unless told: a test builds an older
+    schema with it), in ``conn``'s transaction (logged when that changed anything)."""
     config = Config()
     config.set_main_option("script_location", str(_ENVIRONMENT))
     config.set_main_option("path_separator", "os")
@@ -49,7 +49,7 @@ def migrate(conn: Connection, schema: Schema) -> None:
         if "alembic_version" not in tables and schema.baseline_table in tables:
             command.stamp(config, schema.baseline)
             adopted = True
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
     now = MigrationContext.configure(conn).get_current_revision()
     if now != found:
         _log.info("store_schema_migrated", revisions=str(schema.revisions), found=found or "", now=now, adopted=adopted)
