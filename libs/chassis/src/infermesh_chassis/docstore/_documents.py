@@ -17,8 +17,10 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Row,
+    Select,
     Table,
     Text,
+    bindparam,
     delete,
     func,
     insert,
@@ -45,13 +47,17 @@ _AUDIT_TEXT = ("actor", "action", "target", "before", "after", "reason", "reques
 _REVISION = "revision"
 
 
-@dataclass(frozen=True, slots=True)
 class DocumentTables:
-    """The shared tables, declared in one service's metadata."""
+    """The shared tables, declared in one service's metadata, and the statements read most often
+    (built once: the revision others poll, the document every write starts from)."""
 
-    documents: Table
-    audit: Table
-    meta: Table
+    def __init__(self, documents: Table, audit: Table, meta: Table) -> None:
+        self.documents = documents
+        self.audit = audit
+        self.meta = meta
+        self.revision: Select[tuple[Any]] = select(meta.c.value).where(meta.c.key == _REVISION)
+        c = documents.c
+        self.document: Select[Any] = select(documents).where(c.kind == bindparam("kind"), c.key == bindparam("key"))
 
 
 def document_tables(metadata: MetaData) -> DocumentTables:
@@ -174,8 +180,7 @@ class Documents:
 
     async def get(self, kind: str, key: str) -> Document | None:
         """One document, or None."""
-        table = self._tables.documents
-        row = (await self.conn.execute(select(table).where(table.c.kind == kind, table.c.key == key))).first()
+        row = (await self.conn.execute(self._tables.document, {"kind": kind, "key": key})).first()
         return None if row is None else _document(row)
 
     async def list(
@@ -286,7 +291,7 @@ class DocumentStore:
         anything, the store's revision moves on by one unless ``revise`` is false (a change nobody
         needs to reload for; its documents still carry the next revision)."""
         async with self.store.transaction() as conn:
-            revision = await _revision(conn, self.tables.meta) + 1
+            revision = await _revision(conn, self.tables) + 1
             documents = Documents(self.tables, conn, revision)
             yield documents
             if documents.changed and revise:
@@ -296,7 +301,7 @@ class DocumentStore:
     async def revision(self) -> int:
         """A number that moves on with every revising write, by any store sharing the database."""
         async with self.store.read() as conn:
-            return await _revision(conn, self.tables.meta)
+            return await _revision(conn, self.tables)
 
     async def changes(self, since: int, kind: str | None = None) -> list[Document]:
         """The documents (of ``kind``) written after revision ``since``, oldest change first (deleted
@@ -358,6 +363,5 @@ class DocumentStore:
         return entries, (entries[-1].seq if len(rows) > limit else None)
 
 
-async def _revision(conn: Connection, meta: Table) -> int:
-    value = await conn.scalar(select(meta.c.value).where(meta.c.key == _REVISION))
-    return int(value or 0)
+async def _revision(conn: Connection, tables: DocumentTables) -> int:
+    return int(await conn.scalar(tables.revision) or 0)
