@@ -151,3 +151,38 @@ async def test_a_file_at_the_previous_revision_moves_its_rows_into_the_shared_ta
     finally:
         await store.close()
     assert _schema(path) == ("0002", [])
+
+
+async def test_a_downgrade_moves_the_rows_back_and_an_upgrade_moves_them_again(tmp_path: Path):
+    path = tmp_path / "config.db"
+    store = await ConfigStore.open(path)
+    try:
+        await store.put("scene", "home", lambda v: f'{{"v": {v}}}', expected=None, who=WHO)
+        await store.put("scene", "home", lambda v: f'{{"v": {v}}}', expected=None, who=WHO)
+        await store.set_meta("seed_version", "v3")
+    finally:
+        await store.close()
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            migrate(conn, SCHEMA, "0001")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT * FROM objects").all() == [("scene", "home", 2, '{"v": 2}')]
+            audit = conn.exec_driver_sql("SELECT seq, actor, before_json, after_json FROM audit ORDER BY seq").all()
+            assert audit == [(1, "alice", "", '{"v": 1}'), (2, "alice", '{"v": 1}', '{"v": 2}')]
+            meta = conn.exec_driver_sql("SELECT key, value FROM meta ORDER BY key").all()
+            assert meta == [("revision", "2"), ("seed_version", "v3")]
+    finally:
+        engine.dispose()
+    assert _schema(path)[0] == "0001"
+
+    store = await ConfigStore.open(path)
+    try:
+        assert (await store.get("scene", "home")).config_version == 2
+        await store.put("scene", "home", lambda v: "{}", expected=2, who=WHO)
+        assert (await store.revision(), await store.meta("seed_version")) == (3, "v3")
+        entries, _ = await store.audit(common_pb2.AuditFilter(), 10, None)
+        assert [e.after_json for e in entries] == ["{}", '{"v": 2}', '{"v": 1}']
+    finally:
+        await store.close()
+    assert _schema(path) == ("0002", [])

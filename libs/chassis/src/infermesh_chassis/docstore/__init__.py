@@ -53,6 +53,7 @@ from infermesh_chassis.docstore._documents import (
     DocumentStore,
     DocumentTables,
     copy_audit,
+    copy_numbered,
     create_document_tables,
     document_tables,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "copy_audit",
+    "copy_numbered",
     "create_document_tables",
     "document_tables",
     "migrate",

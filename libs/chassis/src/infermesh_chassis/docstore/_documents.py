@@ -38,6 +38,7 @@ __all__ = [
     "DocumentTables",
     "Documents",
     "copy_audit",
+    "copy_numbered",
     "create_document_tables",
     "document_tables",
 ]
@@ -115,16 +116,21 @@ def create_document_tables(bind: SyncConnection) -> DocumentTables:
     return tables
 
 
-def copy_audit(bind: SyncConnection, tables: DocumentTables, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert audit ``rows`` that keep their ``seq`` (paging tokens already issued stay valid); on
-    PostgreSQL the sequence then continues after the highest."""
+def copy_numbered(bind: SyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` that keep the numbers of ``table``'s autoincrementing primary key; on
+    PostgreSQL its sequence then continues after the highest (SQLite's does by itself)."""
     if not rows:
         return
-    bind.execute(insert(tables.audit), list(rows))
+    bind.execute(insert(table), list(rows))
     if bind.dialect.name == "postgresql":
-        bind.exec_driver_sql(
-            "SELECT setval(pg_get_serial_sequence('audit_log', 'seq'), (SELECT max(seq) FROM audit_log))"
-        )
+        (key,) = table.primary_key.columns
+        sequence = func.pg_get_serial_sequence(table.name, key.name)
+        bind.execute(select(func.setval(sequence, select(func.max(key)).scalar_subquery())))
+
+
+def copy_audit(bind: SyncConnection, tables: DocumentTables, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert audit ``rows`` that keep their ``seq`` (paging tokens already issued stay valid)."""
+    copy_numbered(bind, tables.audit, rows)
 
 
 @dataclass(frozen=True, slots=True)
