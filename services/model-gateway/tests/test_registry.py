@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import REAL, Float, column, table
+from sqlalchemy import REAL, Float, column, select, table
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -523,7 +523,7 @@ rollouts = table("rollouts", *(column(name) for name in ("id", "model", "state",
 meta = table("meta", column("key"), column("value"))
 audit = table(
     "audit",
-    *(column(name) for name in ("time", "actor", "action", "target", "before", "after", "reason", "request_id")),
+    *(column(name) for name in ("id", "time", "actor", "action", "target", "before", "after", "reason", "request_id")),
 )
 """The previous tables, to fill with what the gateway stored in them."""
 
@@ -702,3 +702,44 @@ _OLD_ROLLOUTS = [
 
 _SQLITE_NULLABLE_KEYS = [("leases", "name")]
 """The primary keys the old DDL did not say NOT NULL of, in the tables the registry keeps."""
+
+
+async def test_a_downgrade_moves_the_data_back_and_an_upgrade_moves_it_again(empty_url: str):
+    engine = _engine(empty_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, SCHEMA, "0001")
+            await _fill_previous_tables(conn)
+        await _check_previous_data(empty_url)  # moved into the shared tables, and one more version
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, SCHEMA, "0001")
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(versions.c.model, versions.c.version))).all() == [
+                ("churn", 1),
+                ("churn", 2),
+            ]
+            assert (await conn.execute(select(models.c.name))).all() == [("churn",)]
+            assert (await conn.execute(select(meta.c.key, meta.c.value))).all() == [("generation", 8)]
+            assert (await conn.execute(select(rollouts.c.id, rollouts.c.created).order_by(rollouts.c.id))).all() == [
+                ("r-new", "2026-11-03T10:00:00+00:00"),
+                ("r-old", "2026-11-02T10:00:00+00:00"),
+            ]
+            moved = (await conn.execute(select(audit.c.id, audit.c.time, audit.c.target).order_by(audit.c.id))).all()
+            assert [row.id for row in moved] == [1, 2]
+            assert moved[0].time == "2026-11-01T10:00:00+00:00"
+            assert moved[1].target == "models/churn/versions/2"
+    finally:
+        await engine.dispose()
+    assert (await _schema(empty_url))[0] == "0001"
+
+    registry = await open_registry(empty_url)
+    try:
+        assert await registry.generation() == 8
+        await registry.register_version(_record(), actor="t")
+        entries, _ = await registry.list_audit(page_size=10)
+        assert [e.id for e in entries] == [3, 2, 1]
+        assert [v.version for v in await registry.model_versions("churn")] == [1, 2, 3]
+        assert [r.id for r in (await registry.list_rollouts(page_size=5))[0]] == ["r-new", "r-old"]
+    finally:
+        await registry.close()
+    assert await _schema(empty_url) == ("0002", [])
