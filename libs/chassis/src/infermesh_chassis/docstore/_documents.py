@@ -233,7 +233,7 @@ class Documents:
         values = {
             "kind": kind,
             "key": key,
-            "version": version or 1,
+            "version": 1 if version is None else version,
             "revision": revision,
             "updated_us": time.time_ns() // 1000,
             "body": body,
