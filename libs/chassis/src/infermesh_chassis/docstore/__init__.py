@@ -6,8 +6,8 @@ What a service's store (the model gateway's registry, say) stands on, whatever i
   process sharing the database (SQLite's ``BEGIN IMMEDIATE``; a PostgreSQL transaction-level
   advisory lock);
 - :class:`Schema` and :func:`migrate`: the store's tables and the Alembic revisions that build
-  them, applied at open in one write transaction; a database created before the store had
-  migrations is stamped with a baseline revision instead;
+  them, applied at open in one write transaction (or down to an older revision, on request); a
+  database created before the store had migrations is stamped with a baseline revision instead;
 - :func:`upsert`: the engine's own insert-or-update, rendered by SQLAlchemy;
 - :class:`DocumentStore`: the document layer on such a store, the one both the business center's
   configuration store and the model gateway's registry keep their records in (below).
@@ -32,8 +32,9 @@ active rollout of a model). This was chosen over narrow service tables beside th
 write per record instead of two kept in step, and one migration path for every service. State that
 is not a document (the registry's leases: a holder and an expiry, no audit) stays in a service table
 beside the shared ones, in the same database and transactions. A service adopts the tables with one
-Alembic revision that calls :func:`create_document_tables` and moves its rows over (audit entries
-keep their ``seq`` through :func:`copy_audit`, so paging tokens already issued stay valid).
+Alembic revision that calls :func:`create_document_tables` and moves its rows over, and back on a
+downgrade (audit entries keep their ``seq`` through :func:`copy_audit`, so paging tokens already
+issued stay valid; :func:`copy_numbered` does the same for the old tables on the way back).
 
 Needs the ``docstore`` extra: ``infermesh-chassis[docstore]``.
 """
