@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
-from infermesh_chassis.docstore import DocumentStore, Schema, Store, document_tables, open_store, upsert
+from infermesh_chassis.docstore import DocumentStore, Schema, Store, document_tables, migrate, open_store, upsert
 from infermesh_chassis.errors import InvalidArgument
 
 metadata = MetaData()
@@ -112,6 +112,24 @@ async def test_a_database_from_before_migrations_is_stamped_then_upgraded_with_i
             assert (await conn.execute(select(notes.c.key, notes.c.body, notes.c.version))).all() == [
                 ("kept", "from before", 0)
             ]
+    finally:
+        await store.close()
+
+
+async def test_migrate_goes_down_to_an_older_revision_and_up_again(url: str):
+    store = await open_store(url, SCHEMA, lock_key=LOCK_KEY)
+    try:
+        async with store.transaction() as conn:
+            await conn.execute(upsert(conn, notes, {"key": "a", "body": "one", "version": 3}, ("body",)))
+            await conn.run_sync(migrate, SCHEMA, "0001")
+        assert await _revision(store) == "0001"
+        async with store.read() as conn:
+            assert (await conn.exec_driver_sql("SELECT * FROM notes")).all() == [("a", "one")]
+    finally:
+        await store.close()
+    store = await open_store(url, SCHEMA, lock_key=LOCK_KEY)
+    try:
+        assert await _revision(store) == "0002"
     finally:
         await store.close()
 
