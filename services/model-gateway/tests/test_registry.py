@@ -18,11 +18,12 @@ import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import REAL, Float
+from sqlalchemy import REAL, Float, column, select, table
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from infermesh_chassis.docstore import migrate
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_model_gateway.domain import (
     DeploymentConfig,
@@ -31,12 +32,17 @@ from infermesh_model_gateway.domain import (
     ModelFormat,
     ModelRecord,
     ModelVersionRecord,
+    Rollout,
+    RolloutState,
+    RolloutStep,
     TensorSchema,
     TrafficPolicy,
     VersionState,
 )
-from infermesh_model_gateway.registry import Registry, open_registry
-from infermesh_model_gateway.registry.database import audit, leases, meta, metadata, models, versions
+from infermesh_model_gateway.registry import Registry, open_registry, rollout_doc
+from infermesh_model_gateway.registry.database import SCHEMA, TABLES, leases, metadata
+
+documents = TABLES.documents
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +63,8 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     registry = await open_registry(url)
     if request.param == "postgresql":
         async with registry._db.transaction() as conn:  # a clean slate per test on the shared server
-            for table in ("models", "versions", "audit", "meta"):
-                await conn.execute(metadata.tables[table].delete())
+            for name in ("documents", "audit_log", "store_meta"):
+                await conn.execute(metadata.tables[name].delete())
     try:
         yield registry
     finally:
@@ -304,7 +310,7 @@ async def test_versions_stored_before_labels_and_authors_still_load(registry: Re
     await registry.register_version(_record(), actor="t")
     async with registry._db.transaction() as conn:
         await conn.execute(
-            versions.update().where(versions.c.model == "churn").values(doc=json.dumps(_STORED_BEFORE_LABELS))
+            documents.update().where(documents.c.parent == "churn").values(body=json.dumps(_STORED_BEFORE_LABELS))
         )
     stored = await registry.get_version("churn", 1)
     assert stored.created_by == ""
@@ -465,10 +471,14 @@ async def test_rows_stored_before_these_fields_still_load_and_gain_them(registry
     }
     async with registry._db.transaction() as conn:
         await conn.execute(
-            versions.update().where(versions.c.version == 1).values(doc=json.dumps(_STORED_BEFORE_LABELS))
+            documents.update().where(documents.c.key == "churn/1").values(body=json.dumps(_STORED_BEFORE_LABELS))
         )
-        await conn.execute(versions.update().where(versions.c.version == 2).values(doc=json.dumps(retiring)))
-        await conn.execute(models.update().values(doc=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME)))
+        await conn.execute(documents.update().where(documents.c.key == "churn/2").values(body=json.dumps(retiring)))
+        await conn.execute(
+            documents.update()
+            .where(documents.c.kind == "model")
+            .values(body=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME))
+        )
     old = await registry.get_version("churn", 1)
     assert [t.description for t in (*old.inputs, *old.outputs)] == ["", ""]
     assert (old.artifact_size_bytes, old.drift_baseline, old.deployment.preferred_batch_sizes) == (0, None, ())
@@ -506,6 +516,16 @@ _PREVIOUS_AUDIT = {
     "reason TEXT NOT NULL, request_id TEXT NOT NULL)",
 }
 """The tables as the gateway created them at every open before its schema was migrated by Alembic."""
+
+models = table("models", column("name"), column("doc"))
+versions = table("versions", column("model"), column("version"), column("doc"))
+rollouts = table("rollouts", *(column(name) for name in ("id", "model", "state", "created", "doc")))
+meta = table("meta", column("key"), column("value"))
+audit = table(
+    "audit",
+    *(column(name) for name in ("id", "time", "actor", "action", "target", "before", "after", "reason", "request_id")),
+)
+"""The previous tables, to fill with what the gateway stored in them."""
 
 
 @pytest_asyncio.fixture(params=["sqlite", "postgresql"])
@@ -564,37 +584,43 @@ async def test_an_empty_database_gets_the_newest_schema(empty_url: str):
         assert await registry.generation() == 1
     finally:
         await registry.close()
-    assert await _schema(empty_url) == ("0001", [])
+    assert await _schema(empty_url) == ("0002", [])
 
 
-async def test_a_database_created_before_migrations_is_adopted_with_its_data(empty_url: str):
-    engine = _engine(empty_url)
-    try:
-        async with engine.begin() as conn:
-            for statement in (*_PREVIOUS_SCHEMA, _PREVIOUS_AUDIT[conn.dialect.name]):
-                await conn.exec_driver_sql(statement)
-            await conn.execute(models.insert().values(name="churn", doc=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME)))
-            await conn.execute(
-                versions.insert().values(model="churn", version=1, doc=json.dumps(_STORED_BEFORE_LABELS))
+async def _fill_previous_tables(conn: AsyncConnection) -> None:
+    """What the gateway stored in its tables before they moved into the shared ones."""
+    await conn.execute(models.insert().values(name="churn", doc=json.dumps(_MODEL_STORED_BEFORE_UPDATE_TIME)))
+    await conn.execute(versions.insert().values(model="churn", version=1, doc=json.dumps(_STORED_BEFORE_LABELS)))
+    await conn.execute(meta.insert().values(key="generation", value=7))
+    for rollout in _OLD_ROLLOUTS:
+        assert rollout.created_at is not None
+        await conn.execute(
+            rollouts.insert().values(
+                id=rollout.id,
+                model=rollout.model,
+                state=rollout.state.value,
+                created=rollout.created_at.isoformat(),
+                doc=json.dumps(rollout_doc(rollout)),
             )
-            await conn.execute(meta.insert().values(key="generation", value=7))
-            await conn.execute(leases.insert().values(name="model:churn", holder="gw-a", expires=time.time() + 3600))
-            await conn.execute(
-                audit.insert().values(
-                    time="2026-11-01T10:00:00+00:00",
-                    actor="t",
-                    action="model_version.register",
-                    target="models/churn/versions/1",
-                    before="null",
-                    after=json.dumps(_STORED_BEFORE_LABELS),
-                    reason="",
-                    request_id="",
-                )
-            )
-    finally:
-        await engine.dispose()
+        )
+    await conn.execute(leases.insert().values(name="model:churn", holder="gw-a", expires=time.time() + 3600))
+    await conn.execute(
+        audit.insert().values(
+            time="2026-11-01T10:00:00+00:00",
+            actor="t",
+            action="model_version.register",
+            target="models/churn/versions/1",
+            before="null",
+            after=json.dumps(_STORED_BEFORE_LABELS),
+            reason="",
+            request_id="",
+        )
+    )
 
-    registry = await open_registry(empty_url)
+
+async def _check_previous_data(url: str) -> None:
+    """The registry at ``url`` serves what :func:`_fill_previous_tables` stored, and goes on from it."""
+    registry = await open_registry(url)
     try:
         assert await registry.generation() == 7
         assert (await registry.get_model("churn")).owner == "risk"
@@ -608,12 +634,45 @@ async def test_a_database_created_before_migrations_is_adopted_with_its_data(emp
             ("model_version.register", "models/churn/versions/1"),
         ]
         assert entries[0].id > entries[1].id
+        assert entries[1].time == datetime(2026, 11, 1, 10, tzinfo=UTC)
+        newest, token = await registry.list_rollouts(page_size=1)
+        assert [r.id for r in newest] == ["r-new"] and token
+        assert [r.id for r in (await registry.list_rollouts(page_size=1, page_token=token))[0]] == ["r-old"]
+        active, _ = await registry.list_rollouts(model="churn", states=frozenset({RolloutState.RUNNING}), page_size=5)
+        assert [r.id for r in active] == ["r-new"]
+        assert (await registry.get_rollout("r-old")).state is RolloutState.ROLLED_BACK
+        assert [v.version for v in await registry.model_versions("churn")] == [1, 2]
     finally:
         await registry.close()
+
+
+async def test_a_database_at_the_previous_revision_moves_its_data_into_the_shared_tables(empty_url: str):
+    engine = _engine(empty_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, SCHEMA, "0001")
+            await _fill_previous_tables(conn)
+    finally:
+        await engine.dispose()
+    await _check_previous_data(empty_url)
+    assert await _schema(empty_url) == ("0002", [])
+
+
+async def test_a_database_created_before_migrations_is_adopted_with_its_data(empty_url: str):
+    engine = _engine(empty_url)
+    try:
+        async with engine.begin() as conn:
+            for statement in (*_PREVIOUS_SCHEMA, _PREVIOUS_AUDIT[conn.dialect.name]):
+                await conn.exec_driver_sql(statement)
+            await _fill_previous_tables(conn)
+    finally:
+        await engine.dispose()
+    await _check_previous_data(empty_url)
     revision, differences = await _schema(empty_url)
-    assert revision == "0001"
-    # the baseline is the schema the gateway created before, but for SQLite's legacy quirk of letting a
-    # primary key that is not an INTEGER hold NULL unless it says NOT NULL, as the old DDL did not
+    assert revision == "0002"
+    # the old tables moved into the shared ones; ``leases`` stays as the gateway created it before, with
+    # SQLite's legacy quirk of letting a primary key that is not an INTEGER hold NULL unless it says
+    # NOT NULL, as the old DDL did not
     quirk = [
         (table, column)
         for ((change, _, table, column, *_),) in differences
@@ -623,5 +682,64 @@ async def test_a_database_created_before_migrations_is_adopted_with_its_data(emp
     assert sorted(quirk) == (_SQLITE_NULLABLE_KEYS if empty_url.startswith("sqlite") else [])
 
 
-_SQLITE_NULLABLE_KEYS = [("audit", "id"), ("leases", "name"), ("meta", "key"), ("models", "name"), ("rollouts", "id")]
-"""The primary keys the old DDL did not say NOT NULL of (an SQLite rowid reads back as nullable too)."""
+_OLD_ROLLOUTS = [
+    Rollout(
+        id=rollout_id,
+        model="churn",
+        candidate=1,
+        baseline=1,
+        steps=(RolloutStep(50.0),),
+        gates="{}",
+        min_dwell_s=0,
+        min_requests=0,
+        evaluation_interval_s=1,
+        state=state,
+        created_at=datetime(2026, 11, day, 10, tzinfo=UTC),
+    )
+    for rollout_id, state, day in (("r-new", RolloutState.RUNNING, 3), ("r-old", RolloutState.ROLLED_BACK, 2))
+]
+"""Rollouts as the gateway stored them in its ``rollouts`` table, the newer one listed first."""
+
+_SQLITE_NULLABLE_KEYS = [("leases", "name")]
+"""The primary keys the old DDL did not say NOT NULL of, in the tables the registry keeps."""
+
+
+async def test_a_downgrade_moves_the_data_back_and_an_upgrade_moves_it_again(empty_url: str):
+    engine = _engine(empty_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, SCHEMA, "0001")
+            await _fill_previous_tables(conn)
+        await _check_previous_data(empty_url)  # moved into the shared tables, and one more version
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, SCHEMA, "0001")
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(versions.c.model, versions.c.version))).all() == [
+                ("churn", 1),
+                ("churn", 2),
+            ]
+            assert (await conn.execute(select(models.c.name))).all() == [("churn",)]
+            assert (await conn.execute(select(meta.c.key, meta.c.value))).all() == [("generation", 8)]
+            assert (await conn.execute(select(rollouts.c.id, rollouts.c.created).order_by(rollouts.c.id))).all() == [
+                ("r-new", "2026-11-03T10:00:00+00:00"),
+                ("r-old", "2026-11-02T10:00:00+00:00"),
+            ]
+            moved = (await conn.execute(select(audit.c.id, audit.c.time, audit.c.target).order_by(audit.c.id))).all()
+            assert [row.id for row in moved] == [1, 2]
+            assert moved[0].time == "2026-11-01T10:00:00+00:00"
+            assert moved[1].target == "models/churn/versions/2"
+    finally:
+        await engine.dispose()
+    assert (await _schema(empty_url))[0] == "0001"
+
+    registry = await open_registry(empty_url)
+    try:
+        assert await registry.generation() == 8
+        await registry.register_version(_record(), actor="t")
+        entries, _ = await registry.list_audit(page_size=10)
+        assert [e.id for e in entries] == [3, 2, 1]
+        assert [v.version for v in await registry.model_versions("churn")] == [1, 2, 3]
+        assert [r.id for r in (await registry.list_rollouts(page_size=5))[0]] == ["r-new", "r-old"]
+    finally:
+        await registry.close()
+    assert await _schema(empty_url) == ("0002", [])

@@ -266,8 +266,8 @@ async def test_one_active_rollout_per_model_and_valid_specs(registry, clock):
 async def test_a_candidate_that_stops_serving_fails_the_rollout(registry, clock):
     rollout = await _start(registry, clock)
     record = await registry.get_version("churn", 2)
-    async with registry._db.transaction() as conn:  # simulate a version lost behind the controller's back
-        await _Tx(conn, "", "").put_version(dataclasses.replace(record, state=VersionState.FAILED))
+    async with registry._docs.write(revise=False) as documents:  # a version lost behind the controller's back
+        await _Tx(documents, "", "").put_version(dataclasses.replace(record, state=VersionState.FAILED))
     current = await _tick(_controller(registry, ScriptedGate(PASS), clock), registry, rollout.id, clock)
     assert current.state is RolloutState.FAILED
     assert "candidate version 2 is no longer serving" in current.state_detail

@@ -1,27 +1,34 @@
-"""Durable scenes, experiments and audit log in SQLite, on the chassis' store.
+"""Durable scenes, experiments and audit log in SQLite, on the chassis' document store.
 
-Objects are stored as the contract's JSON (``json_format``) under ``(kind, name)`` with their
-config version. Every change runs in one write transaction of the
-:class:`~infermesh_chassis.docstore.Store` (``BEGIN IMMEDIATE``): it re-reads the stored object,
-checks the expected config version (optimistic concurrency, ABORTED on a mismatch), writes, appends
-the audit entry and bumps the store's revision, so several instances sharing one database file
-serialize their writes and see each other's changes by polling :meth:`ConfigStore.revision`. The
-schema is the Alembic revisions in ``migrations/``, applied at open.
+Objects are stored as the contract's JSON (``json_format``) in the chassis' shared ``documents``
+table: kind and name as the document's kind and key, the config version as its version. Every change
+runs in one write of the :class:`~infermesh_chassis.docstore.DocumentStore` (``BEGIN IMMEDIATE``): it
+re-reads the stored object, checks the expected config version (optimistic concurrency, ABORTED on a
+mismatch), writes, appends the audit entry to the shared ``audit_log`` and moves the store's
+revision on, so several instances sharing one database file serialize their writes and see each
+other's changes by polling :meth:`ConfigStore.revision`. The schema is the Alembic revisions in
+``migrations/``, applied at open (``0002`` moved the store's own tables into the shared ones).
 """
 
 from __future__ import annotations
 
 import base64
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, Table, Text, cast, delete, func, insert, select
+from sqlalchemy import MetaData
 
 from infermesh.common.v1 import common_pb2
-from infermesh_chassis.docstore import Connection, Schema, SqliteStore, Store, upsert
+from infermesh_chassis.docstore import (
+    AuditEntry,
+    Document,
+    Documents,
+    DocumentStore,
+    Schema,
+    SqliteStore,
+    document_tables,
+)
 from infermesh_chassis.errors import Aborted, InvalidArgument, NotFound
 
 __all__ = [
@@ -36,36 +43,11 @@ __all__ = [
     "metadata",
 ]
 
-_INTEGER = BigInteger().with_variant(Integer, "sqlite")
-
 metadata = MetaData()
-objects = Table(
-    "objects",
-    metadata,
-    Column("kind", Text, primary_key=True),
-    Column("name", Text, primary_key=True),
-    Column("config_version", _INTEGER, nullable=False),
-    Column("body", Text, nullable=False),
-)
-audit = Table(
-    "audit",
-    metadata,
-    Column("seq", _INTEGER, primary_key=True),
-    Column("id", Text, nullable=False),
-    Column("time_us", _INTEGER, nullable=False),
-    *(
-        Column(name, Text, nullable=False)
-        for name in ("actor", "action", "target", "before_json", "after_json", "reason", "request_id")
-    ),
-    Index("audit_target", "target"),
-    sqlite_autoincrement=True,
-)
-meta = Table("meta", metadata, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
+TABLES = document_tables(metadata)
 
 SCHEMA = Schema(metadata, Path(__file__).with_name("migrations"), baseline="0001", baseline_table="objects")
 """The tables and their revisions; ``0001`` is the schema the store created before it had migrations."""
-
-_REVISION = select(meta.c.value).where(meta.c.key == "revision")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +69,24 @@ class AuditRecord:
     request_id: str
 
 
+def _stored(document: Document) -> Stored:
+    return Stored(document.kind, document.key, document.version, document.body)
+
+
 class Objects:
     """Reads of stored objects on one connection (inside a write's transaction, for its checks)."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, documents: Documents) -> None:
+        self._documents = documents
 
     async def find(self, kind: str, name: str) -> Stored | None:
         """One stored object, or None."""
-        query = select(objects.c.config_version, objects.c.body).where(objects.c.kind == kind, objects.c.name == name)
-        row = (await self._conn.execute(query)).first()
-        return None if row is None else Stored(kind, name, row.config_version, row.body)
+        document = await self._documents.get(kind, name)
+        return None if document is None else _stored(document)
 
     async def all(self, kind: str) -> list[Stored]:
         """Every stored object of ``kind``, by name."""
-        query = select(objects.c.name, objects.c.config_version, objects.c.body).where(objects.c.kind == kind)
-        rows = await self._conn.execute(query.order_by(objects.c.name))
-        return [Stored(kind, name, version, body) for name, version, body in rows]
+        return [_stored(document) for document in await self._documents.list(kind)]
 
 
 WriteCheck = Callable[[Objects, Stored | None], Awaitable[None]]
@@ -129,13 +112,13 @@ def decode_token(token: str) -> str:
 class ConfigStore:
     """The store behind the registry (see the module docstring)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: DocumentStore) -> None:
         self._store = store
 
     @classmethod
     async def open(cls, path: Path) -> ConfigStore:
         """Open (creating) the database file, and migrate its schema."""
-        return cls(await SqliteStore.open(path, SCHEMA))
+        return cls(DocumentStore(await SqliteStore.open(path, SCHEMA), TABLES))
 
     async def close(self) -> None:
         """Close the database."""
@@ -143,30 +126,25 @@ class ConfigStore:
 
     async def revision(self) -> int:
         """A number that changes with every write, by any instance."""
-        async with self._store.read() as conn:
-            value = await conn.scalar(_REVISION)
-        return int(value or 0)
+        return await self._store.revision()
 
     async def meta(self, key: str) -> str | None:
         """A stored meta value (e.g. the last applied seed file version)."""
-        async with self._store.read() as conn:
-            value = await conn.scalar(select(meta.c.value).where(meta.c.key == key))
-        return None if value is None else str(value)
+        return await self._store.meta(key)
 
     async def set_meta(self, key: str, value: str) -> None:
         """Store a meta value."""
-        async with self._store.transaction() as conn:
-            await conn.execute(upsert(conn, meta, {"key": key, "value": value}, ("value",)))
+        await self._store.set_meta(key, value)
 
     async def all(self, kind: str) -> list[Stored]:
         """Every stored object of ``kind``, by name."""
-        async with self._store.read() as conn:
-            return await Objects(conn).all(kind)
+        async with self._store.read() as documents:
+            return await Objects(documents).all(kind)
 
     async def get(self, kind: str, name: str) -> Stored:
         """One stored object (NOT_FOUND when absent)."""
-        async with self._store.read() as conn:
-            stored = await Objects(conn).find(kind, name)
+        async with self._store.read() as documents:
+            stored = await Objects(documents).find(kind, name)
         if stored is None:
             raise NotFound(f"{kind} '{name}' does not exist")
         return stored
@@ -182,36 +160,12 @@ class ConfigStore:
 
     @staticmethod
     async def _audit(
-        conn: Connection, action: str, target: str, *, before: str, after: str, who: AuditRecord
+        documents: Documents, action: str, target: str, *, before: str, after: str, who: AuditRecord
     ) -> common_pb2.AuditEntry:
-        entry = common_pb2.AuditEntry(
-            id=uuid.uuid4().hex,
-            actor=who.actor,
-            action=action,
-            target=target,
-            before_json=before,
-            after_json=after,
-            reason=who.reason,
-            request_id=who.request_id,
+        entry = await documents.audit(
+            action, target, before=before, after=after, actor=who.actor, reason=who.reason, request_id=who.request_id
         )
-        time_us = time.time_ns() // 1000
-        entry.time.FromMicroseconds(time_us)
-        await conn.execute(
-            insert(audit).values(
-                id=entry.id,
-                time_us=time_us,
-                actor=who.actor,
-                action=action,
-                target=target,
-                before_json=before,
-                after_json=after,
-                reason=who.reason,
-                request_id=who.request_id,
-            )
-        )
-        bump = cast(cast(meta.c.value, BigInteger) + 1, Text)
-        await conn.execute(upsert(conn, meta, {"key": "revision", "value": "1"}, value=bump))
-        return entry
+        return _entry(entry)
 
     async def put(
         self,
@@ -230,69 +184,65 @@ class ConfigStore:
         Nothing is written (no version spent, no audit entry) when ``unchanged(stored)`` says the
         stored object already is what is asked for.
         """
-        async with self._store.transaction() as conn:
-            current = await Objects(conn).find(kind, name)
+        async with self._store.write() as documents:
+            current = await Objects(documents).find(kind, name)
             self._expect(kind, name, current, expected)
             if check is not None:
-                await check(Objects(conn), current)
+                await check(Objects(documents), current)
             if current is not None and unchanged is not None and unchanged(current):
                 return current, None
             version = 1 if current is None else current.config_version + 1
             body = render(version)
-            values = {"kind": kind, "name": name, "config_version": version, "body": body}
-            await conn.execute(upsert(conn, objects, values, ("config_version", "body")))
+            await documents.put(kind, name, body, version=version)
             before = current.body if current else ""
-            entry = await self._audit(conn, f"{kind}.upsert", f"{kind}s/{name}", before=before, after=body, who=who)
+            entry = await self._audit(
+                documents, f"{kind}.upsert", f"{kind}s/{name}", before=before, after=body, who=who
+            )
             return Stored(kind, name, version, body), entry
 
     async def delete(
         self, kind: str, name: str, *, expected: int | None, who: AuditRecord, check: WriteCheck | None = None
     ) -> tuple[Stored, common_pb2.AuditEntry]:
         """Delete ``(kind, name)``; returns what it was and the audit entry (NOT_FOUND when absent)."""
-        async with self._store.transaction() as conn:
-            current = await Objects(conn).find(kind, name)
+        async with self._store.write() as documents:
+            current = await Objects(documents).find(kind, name)
             if current is None:
                 raise NotFound(f"{kind} '{name}' does not exist")
             self._expect(kind, name, current, expected)
             if check is not None:
-                await check(Objects(conn), current)
-            await conn.execute(delete(objects).where(objects.c.kind == kind, objects.c.name == name))
-            entry = await self._audit(conn, f"{kind}.delete", f"{kind}s/{name}", before=current.body, after="", who=who)
+                await check(Objects(documents), current)
+            await documents.delete(kind, name)
+            entry = await self._audit(
+                documents, f"{kind}.delete", f"{kind}s/{name}", before=current.body, after="", who=who
+            )
             return current, entry
 
     async def audit(
         self, query: common_pb2.AuditFilter, page_size: int, after_seq: int | None
     ) -> tuple[list[common_pb2.AuditEntry], int | None]:
         """Audit entries matching ``query``, newest first, after ``after_seq``; returns (entries, next seq)."""
-        statement = select(audit).order_by(audit.c.seq.desc()).limit(page_size + 1)
-        if after_seq is not None:
-            statement = statement.where(audit.c.seq < after_seq)
-        if query.target_prefix:
-            prefix = query.target_prefix
-            statement = statement.where(func.substr(audit.c.target, 1, len(prefix)) == prefix)
-        if query.actor:
-            statement = statement.where(audit.c.actor == query.actor)
-        if query.actions:
-            statement = statement.where(audit.c.action.in_(list(query.actions)))
-        if query.HasField("start_time"):
-            statement = statement.where(audit.c.time_us >= query.start_time.ToMicroseconds())
-        if query.HasField("end_time"):
-            statement = statement.where(audit.c.time_us < query.end_time.ToMicroseconds())
-        async with self._store.read() as conn:
-            rows = (await conn.execute(statement)).all()
-        entries = []
-        for row in rows[:page_size]:
-            entry = common_pb2.AuditEntry(
-                id=row.id,
-                actor=row.actor,
-                action=row.action,
-                target=row.target,
-                before_json=row.before_json,
-                after_json=row.after_json,
-                reason=row.reason,
-                request_id=row.request_id,
-            )
-            entry.time.FromMicroseconds(row.time_us)
-            entries.append(entry)
-        next_seq = rows[page_size - 1].seq if len(rows) > page_size else None
-        return entries, next_seq
+        entries, next_seq = await self._store.audit_page(
+            limit=page_size,
+            before_seq=after_seq,
+            target_prefix=query.target_prefix,
+            actor=query.actor,
+            actions=list(query.actions),
+            start_us=query.start_time.ToMicroseconds() if query.HasField("start_time") else None,
+            end_us=query.end_time.ToMicroseconds() if query.HasField("end_time") else None,
+        )
+        return [_entry(entry) for entry in entries], next_seq
+
+
+def _entry(entry: AuditEntry) -> common_pb2.AuditEntry:
+    message = common_pb2.AuditEntry(
+        id=entry.id,
+        actor=entry.actor,
+        action=entry.action,
+        target=entry.target,
+        before_json=entry.before,
+        after_json=entry.after,
+        reason=entry.reason,
+        request_id=entry.request_id,
+    )
+    message.time.FromMicroseconds(entry.time_us)
+    return message

@@ -8,6 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, inspect
 
 from infermesh_chassis.logs import get_logger
@@ -33,9 +34,10 @@ class Schema:
     baseline_table: str = ""
 
 
-def migrate(conn: Connection, schema: Schema) -> None:
-    """Bring the schema on ``conn`` to the newest revision, in ``conn``'s transaction (logged when
-    that changed anything)."""
+def migrate(conn: Connection, schema: Schema, revision: str = "head") -> None:
+    """Bring the schema on ``conn`` to ``revision``, up or down (the newest unless told: a test builds
+    an older schema, or goes back to one, with it), in ``conn``'s transaction (logged when that
+    changed anything)."""
     config = Config()
     config.set_main_option("script_location", str(_ENVIRONMENT))
     config.set_main_option("path_separator", "os")
@@ -49,7 +51,15 @@ def migrate(conn: Connection, schema: Schema) -> None:
         if "alembic_version" not in tables and schema.baseline_table in tables:
             command.stamp(config, schema.baseline)
             adopted = True
-    command.upgrade(config, "head")
+    if found is not None and revision != found and revision in _older(config, found):
+        command.downgrade(config, revision)
+    else:
+        command.upgrade(config, revision)
     now = MigrationContext.configure(conn).get_current_revision()
     if now != found:
         _log.info("store_schema_migrated", revisions=str(schema.revisions), found=found or "", now=now, adopted=adopted)
+
+
+def _older(config: Config, revision: str) -> set[str]:
+    """The revisions ``revision`` stands on."""
+    return {script.revision for script in ScriptDirectory.from_config(config).iterate_revisions(revision, "base")}

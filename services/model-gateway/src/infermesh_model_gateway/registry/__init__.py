@@ -1,11 +1,13 @@
 """The model registry: models, versions, aliases, traffic policies, rollouts, leases and the audit log, in SQL.
 
 SQLite by default (one file, WAL), PostgreSQL when ``registry_url`` says so, through the chassis'
-store (:mod:`infermesh_chassis.docstore`); the rules live once, above it. Split along its seams:
+store's document layer (:class:`infermesh_chassis.docstore.DocumentStore`: documents, audit log,
+revision); the rules live once, above it. Split along its seams:
 
 - :mod:`.database`: the tables, their Alembic revisions (``migrations/``) and the store;
 - :mod:`.documents`: records as the JSON documents stored and shown in the audit log;
-- :mod:`.tables`: reads and writes of those documents, and audit entries, in one transaction;
+- :mod:`.tables`: reads and writes of those documents (their kinds, keys and index columns), and
+  audit entries, in one transaction;
 - :mod:`.lifecycle`: the rules (transitions, what traffic and aliases may point at, promote and
   rollback);
 - :mod:`.leases`: named leases with an expiry (one rollout controller per model);

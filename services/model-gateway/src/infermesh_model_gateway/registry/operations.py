@@ -2,8 +2,8 @@
 
 Every write runs in one transaction (see :mod:`.database`), checks the rules of :mod:`.lifecycle`,
 writes its audit entry (who, when, what, the object before and after as JSON) in the same
-transaction, and bumps a generation counter that other gateway instances poll to refresh their
-routing.
+transaction, and moves the document store's revision on: the generation that other gateway
+instances poll to refresh their routing.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import func
 
-from infermesh_chassis.docstore import upsert
+from infermesh_chassis.docstore import DocumentStore
 from infermesh_chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_chassis.validation import parse_uint
 from infermesh_model_gateway.domain import (
@@ -29,7 +29,7 @@ from infermesh_model_gateway.domain import (
     VersionState,
     utc_now,
 )
-from infermesh_model_gateway.registry.database import audit, meta, models, open_database, rollouts, versions
+from infermesh_model_gateway.registry.database import open_database
 from infermesh_model_gateway.registry.documents import (
     model_doc,
     model_from,
@@ -52,15 +52,11 @@ from infermesh_model_gateway.registry.lifecycle import (
     transition_refusal,
     with_production,
 )
-from infermesh_model_gateway.registry.tables import Tx
+from infermesh_model_gateway.registry.tables import MODEL, ROLLOUT, VERSION, Tx
 
 __all__ = ["Registry", "open_registry"]
 
-# built once: what other instances poll, and what the router reads after each change
-_GENERATION = select(meta.c.value).where(meta.c.key == "generation")
-_MODELS = select(models.c.doc).order_by(models.c.name)
-_VERSIONS = select(versions.c.doc).order_by(versions.c.model, versions.c.version)
-_MODEL_VERSIONS = select(versions.c.doc).where(versions.c.model == bindparam("model")).order_by(versions.c.version)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 async def open_registry(url: str) -> Registry:
@@ -71,50 +67,57 @@ async def open_registry(url: str) -> Registry:
 class Registry(Leases):
     """Registry operations and their rules (see the module docstring), with :class:`.Leases`' too."""
 
+    def __init__(self, docs: DocumentStore) -> None:
+        super().__init__(docs.store)
+        self._docs = docs
+
     async def close(self) -> None:
         """Close the database."""
-        await self._db.close()
+        await self._docs.close()
 
     @contextlib.asynccontextmanager
     async def _write(self, actor: str, reason: str) -> AsyncIterator[Tx]:
-        async with self._db.transaction() as conn:
-            yield Tx(conn, actor, reason)
-            await conn.execute(upsert(conn, meta, {"key": "generation", "value": 1}, value=meta.c.value + 1))
+        async with self._docs.write() as documents:
+            yield Tx(documents, actor, reason)
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[Tx]:
+        async with self._docs.read() as documents:
+            yield Tx(documents, "", "")
 
     # --- reads -----------------------------------------------------------------------------------
 
     async def generation(self) -> int:
         """A counter that changes with every write (other instances poll it)."""
-        async with self._db.read() as conn:
-            value = await conn.scalar(_GENERATION)
-        return int(value or 0)
+        return await self._docs.revision()
 
     async def snapshot(self) -> list[tuple[ModelRecord, list[ModelVersionRecord]]]:
         """Every model with its versions (oldest first): what the router and reconciliation need."""
-        async with self._db.read() as conn:
-            model_docs = (await conn.scalars(_MODELS)).all()
-            version_docs = (await conn.scalars(_VERSIONS)).all()
+        async with self._docs.read() as documents:
+            model_docs = await documents.list(MODEL)
+            version_docs = await documents.list(VERSION, order_by=[documents.c.parent, documents.c.ordinal])
         by_model: dict[str, list[ModelVersionRecord]] = {}
         for doc in version_docs:
-            record = version_from(json.loads(doc))
+            record = version_from(json.loads(doc.body))
             by_model.setdefault(record.model, []).append(record)
-        return [(m, by_model.get(m.name, [])) for m in (model_from(json.loads(doc)) for doc in model_docs)]
+        return [(m, by_model.get(m.name, [])) for m in (model_from(json.loads(doc.body)) for doc in model_docs)]
 
     async def model_versions(self, model: str) -> list[ModelVersionRecord]:
         """Every version of ``model``, oldest first."""
-        async with self._db.read() as conn:
-            docs = (await conn.scalars(_MODEL_VERSIONS, {"model": model})).all()
-        return [version_from(json.loads(doc)) for doc in docs]
+        async with self._docs.read() as documents:
+            c = documents.c
+            docs = await documents.list(VERSION, c.parent == model, order_by=[c.ordinal])
+        return [version_from(json.loads(doc.body)) for doc in docs]
 
     async def get_model(self, name: str) -> ModelRecord:
         """One model (NOT_FOUND when unknown)."""
-        async with self._db.read() as conn:
-            return await Tx(conn, "", "").model(name)
+        async with self._read() as tx:
+            return await tx.model(name)
 
     async def get_version(self, model: str, version: int) -> ModelVersionRecord:
         """One version (NOT_FOUND naming what is missing)."""
-        async with self._db.read() as conn:
-            return await Tx(conn, "", "").version(model, version)
+        async with self._read() as tx:
+            return await tx.version(model, version)
 
     async def resolve_alias(self, model: str, alias: str) -> int:
         """The version an alias points at (NOT_FOUND listing the aliases there are)."""
@@ -126,50 +129,54 @@ class Registry(Leases):
 
     async def list_models(self, *, page_size: int, page_token: str = "") -> tuple[list[ModelRecord], str]:
         """Models ordered by name, after ``page_token``; the next token ("" at the end)."""
-        async with self._db.read() as conn:
-            query = select(models.c.name, models.c.doc).where(models.c.name > page_token).order_by(models.c.name)
-            rows = (await conn.execute(query.limit(page_size + 1))).all()
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        return [model_from(json.loads(doc)) for _, doc in rows], (rows[-1][0] if more else "")
+        async with self._docs.read() as documents:
+            docs = await documents.list(MODEL, documents.c.key > page_token, limit=page_size + 1)
+        more = len(docs) > page_size
+        docs = docs[:page_size]
+        return [model_from(json.loads(doc.body)) for doc in docs], (docs[-1].key if more else "")
 
     async def list_versions(
         self, model: str, *, page_size: int, page_token: str = ""
     ) -> tuple[list[ModelVersionRecord], str]:
         """Versions of ``model``, newest first, before ``page_token``; the next token."""
         before = _token_int(page_token, "page.page_token")
-        async with self._db.read() as conn:
-            await Tx(conn, "", "").model(model)
-            query = (
-                select(versions.c.version, versions.c.doc)
-                .where(versions.c.model == model, versions.c.version < (before or 2**62))
-                .order_by(versions.c.version.desc())
+        async with self._read() as tx:
+            await tx.model(model)
+            c = tx.documents.c
+            docs = await tx.documents.list(
+                VERSION,
+                c.parent == model,
+                c.ordinal < (before or 2**62),
+                order_by=[c.ordinal.desc()],
+                limit=page_size + 1,
             )
-            rows = (await conn.execute(query.limit(page_size + 1))).all()
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        return [version_from(json.loads(doc)) for _, doc in rows], (str(rows[-1][0]) if more else "")
+        more = len(docs) > page_size
+        docs = docs[:page_size]
+        return [version_from(json.loads(doc.body)) for doc in docs], (str(docs[-1].ordinal) if more else "")
 
     async def list_audit(
         self, *, target_prefix: str = "", page_size: int, page_token: str = ""
     ) -> tuple[list[AuditRecord], str]:
         """Audit entries, newest first, whose target starts with ``target_prefix``."""
         before = _token_int(page_token, "page.page_token")
-        async with self._db.read() as conn:
-            query = (
-                select(audit)
-                .where(
-                    audit.c.id < (before or 2**62), func.substr(audit.c.target, 1, len(target_prefix)) == target_prefix
-                )
-                .order_by(audit.c.id.desc())
-            )
-            rows = (await conn.execute(query.limit(page_size + 1))).all()
-        more = len(rows) > page_size
-        rows = rows[:page_size]
+        entries, next_seq = await self._docs.audit_page(
+            limit=page_size, before_seq=before or None, target_prefix=target_prefix
+        )
         records = [
-            AuditRecord(int(r[0]), datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows
+            AuditRecord(
+                e.seq,
+                _EPOCH + timedelta(microseconds=e.time_us),
+                e.actor,
+                e.action,
+                e.target,
+                e.before,
+                e.after,
+                e.reason,
+                e.request_id,
+            )
+            for e in entries
         ]
-        return records, (str(rows[-1][0]) if more else "")
+        return records, ("" if next_seq is None else str(next_seq))
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -177,7 +184,7 @@ class Registry(Leases):
         """Store a new version (numbered after the model's highest), creating the model if needed."""
         now = utc_now()
         async with self._write(actor, reason) as tx:
-            if await tx.conn.scalar(select(models.c.name).where(models.c.name == record.model)) is not None:
+            if await tx.documents.get(MODEL, record.model) is not None:
                 await tx.touch_model(record.model, now)
             else:
                 model = ModelRecord(
@@ -189,7 +196,8 @@ class Registry(Leases):
                 )
                 await tx.put_model(model)
                 await tx.audit("model.create", model_path(record.model), None, model_doc(model))
-            highest = await tx.conn.scalar(select(func.max(versions.c.version)).where(versions.c.model == record.model))
+            c = tx.documents.c
+            highest = await tx.documents.scalar(VERSION, func.max(c.ordinal), c.parent == record.model)
             number = int(highest or 0) + 1
             stored = dataclasses.replace(
                 record,
@@ -330,14 +338,12 @@ class Registry(Leases):
         """Store a new PENDING rollout (at most one active rollout per model)."""
         async with self._write(actor, reason) as tx:
             await tx.model(rollout.model)
-            active = await tx.conn.scalar(
-                select(rollouts.c.id).where(
-                    rollouts.c.model == rollout.model, rollouts.c.state.in_([s.value for s in RolloutState if s.active])
-                )
-            )
-            if active is not None:
+            c = tx.documents.c
+            active = [s.value for s in RolloutState if s.active]
+            running = await tx.documents.list(ROLLOUT, c.parent == rollout.model, c.label.in_(active), limit=1)
+            if running:
                 raise FailedPrecondition(
-                    f"model '{rollout.model}' already has an active rollout ({active}): abort it first"
+                    f"model '{rollout.model}' already has an active rollout ({running[0].key}): abort it first"
                 )
             await require_serving(tx, rollout.model, rollout.candidate, "candidate_version")
             await require_serving(tx, rollout.model, rollout.baseline, "baseline_version")
@@ -349,23 +355,24 @@ class Registry(Leases):
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
         """One rollout (NOT_FOUND when unknown)."""
-        async with self._db.read() as conn:
-            return await Tx(conn, "", "").rollout(rollout_id)
+        async with self._read() as tx:
+            return await tx.rollout(rollout_id)
 
     async def list_rollouts(
         self, *, model: str = "", states: frozenset[RolloutState] = frozenset(), page_size: int, page_token: str = ""
     ) -> tuple[list[Rollout], str]:
         """Rollouts, newest first, optionally of one model and in some states."""
         offset = _token_int(page_token, "page.page_token")
-        query = select(rollouts.c.doc).order_by(rollouts.c.created.desc(), rollouts.c.id.desc())
-        if model:
-            query = query.where(rollouts.c.model == model)
-        if states:
-            query = query.where(rollouts.c.state.in_(sorted(s.value for s in states)))
-        async with self._db.read() as conn:
-            docs = (await conn.scalars(query.limit(page_size + 1).offset(offset))).all()
+        async with self._docs.read() as documents:
+            c = documents.c
+            where = [c.parent == model] if model else []
+            if states:
+                where.append(c.label.in_(sorted(s.value for s in states)))
+            docs = await documents.list(
+                ROLLOUT, *where, order_by=[c.ordinal.desc(), c.key.desc()], limit=page_size + 1, offset=offset
+            )
         more = len(docs) > page_size
-        records = [rollout_from(json.loads(doc)) for doc in docs[:page_size]]
+        records = [rollout_from(json.loads(doc.body)) for doc in docs[:page_size]]
         return records, (str(offset + page_size) if more else "")
 
     async def change_rollout(
@@ -400,8 +407,8 @@ class Registry(Leases):
 
     async def record_evaluation(self, rollout_id: str, *, evaluation: str, next_decision_at: datetime) -> None:
         """Store a gate evaluation that changed nothing, and when to evaluate again (no audit entry)."""
-        async with self._db.transaction() as conn:
-            tx = Tx(conn, "", "")
+        async with self._docs.write(revise=False) as documents:
+            tx = Tx(documents, "", "")
             rollout = await tx.rollout(rollout_id)
             if rollout.state is RolloutState.RUNNING:
                 await tx.put_rollout(

@@ -1,19 +1,24 @@
-"""The registry's tables as records: reads and writes of documents, and audit entries, in one transaction."""
+"""The registry's records as documents: reads and writes of them, and audit entries, in one transaction.
+
+Kinds and keys: a model is ``model`` under its name; a version is ``version`` under
+``<model>/<number>``, with the model as its ``parent`` and its number as its ``ordinal``; a rollout
+is ``rollout`` under its id, with its model as ``parent``, its state as ``label`` and its creation
+time (microseconds since the epoch) as ``ordinal``. Those index columns keep the registry's queries
+(a model's versions in order, its highest number, rollouts newest first, a model's active rollout)
+on the shared table's indexes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
-
 from infermesh_chassis import context as ctx
-from infermesh_chassis.docstore import Connection, upsert
+from infermesh_chassis.docstore import Documents
 from infermesh_chassis.errors import NotFound
-from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, Rollout, utc_now
-from infermesh_model_gateway.registry.database import audit, models, rollouts, versions
+from infermesh_model_gateway.domain import ModelRecord, ModelVersionRecord, Rollout
 from infermesh_model_gateway.registry.documents import (
     dumps,
     model_doc,
@@ -24,63 +29,72 @@ from infermesh_model_gateway.registry.documents import (
     version_from,
 )
 
-__all__ = ["Tx"]
+__all__ = ["MODEL", "ROLLOUT", "VERSION", "Tx", "micros", "version_key"]
 
-# built once: the reads every write and most reads begin with
-_MODEL = select(models.c.doc).where(models.c.name == bindparam("name"))
-_VERSION = select(versions.c.doc).where(
-    versions.c.model == bindparam("model"), versions.c.version == bindparam("version")
-)
-_ROLLOUT = select(rollouts.c.doc).where(rollouts.c.id == bindparam("id"))
+MODEL = "model"
+VERSION = "version"
+ROLLOUT = "rollout"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(when: datetime) -> int:
+    """``when`` in microseconds since the epoch (a time without a zone is UTC)."""
+    aware = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return (aware - _EPOCH) // timedelta(microseconds=1)
+
+
+def version_key(model: str, version: int) -> str:
+    """A version's document key."""
+    return f"{model}/{version}"
 
 
 class Tx:
-    """The registry's records on one connection: a write transaction, whose audit entries name
-    ``actor`` and ``reason``, or a read connection (no actor, no audit)."""
+    """The registry's records on one connection's documents: a write (:meth:`DocumentStore.write`),
+    whose audit entries name ``actor`` and ``reason``, or a read (no actor, no audit)."""
 
-    def __init__(self, conn: Connection, actor: str, reason: str) -> None:
-        self.conn = conn
+    def __init__(self, documents: Documents, actor: str, reason: str) -> None:
+        self.documents = documents
         self.actor = actor
         self.reason = reason
 
     async def model(self, name: str) -> ModelRecord:
         """One model (NOT_FOUND when unknown)."""
-        doc = await self.conn.scalar(_MODEL, {"name": name})
-        if doc is None:
+        document = await self.documents.get(MODEL, name)
+        if document is None:
             raise NotFound(f"model '{name}' is not registered")
-        return model_from(json.loads(doc))
+        return model_from(json.loads(document.body))
 
     async def version(self, model: str, version: int) -> ModelVersionRecord:
         """One version (NOT_FOUND naming the model or the version missing)."""
-        doc = await self.conn.scalar(_VERSION, {"model": model, "version": version})
-        if doc is None:
+        document = await self.documents.get(VERSION, version_key(model, version))
+        if document is None:
             await self.model(model)
             raise NotFound(f"model '{model}' has no version {version}")
-        return version_from(json.loads(doc))
+        return version_from(json.loads(document.body))
 
     async def rollout(self, rollout_id: str) -> Rollout:
         """One rollout (NOT_FOUND when unknown)."""
-        doc = await self.conn.scalar(_ROLLOUT, {"id": rollout_id})
-        if doc is None:
+        document = await self.documents.get(ROLLOUT, rollout_id)
+        if document is None:
             raise NotFound(f"no rollout '{rollout_id}'")
-        return rollout_from(json.loads(doc))
+        return rollout_from(json.loads(document.body))
 
     async def put_rollout(self, rollout: Rollout) -> None:
         """Insert or replace a rollout."""
         assert rollout.created_at is not None
-        values = {
-            "id": rollout.id,
-            "model": rollout.model,
-            "state": rollout.state.value,
-            "created": rollout.created_at.isoformat(),
-            "doc": dumps(rollout_doc(rollout)),
-        }
-        await self.conn.execute(upsert(self.conn, rollouts, values, ("state", "doc")))
+        await self.documents.put(
+            ROLLOUT,
+            rollout.id,
+            dumps(rollout_doc(rollout)),
+            parent=rollout.model,
+            label=rollout.state.value,
+            ordinal=micros(rollout.created_at),
+        )
 
     async def put_model(self, record: ModelRecord) -> None:
         """Insert or replace a model."""
-        values = {"name": record.name, "doc": dumps(model_doc(record))}
-        await self.conn.execute(upsert(self.conn, models, values, ("doc",)))
+        await self.documents.put(MODEL, record.name, dumps(model_doc(record)))
 
     async def touch_model(self, name: str, when: datetime) -> None:
         """Record that one of the model's versions changed at ``when``."""
@@ -88,22 +102,19 @@ class Tx:
 
     async def put_version(self, record: ModelVersionRecord) -> None:
         """Insert or replace a version."""
-        values = {"model": record.model, "version": record.version, "doc": dumps(version_doc(record))}
-        await self.conn.execute(upsert(self.conn, versions, values, ("doc",)))
+        key = version_key(record.model, record.version)
+        await self.documents.put(VERSION, key, dumps(version_doc(record)), parent=record.model, ordinal=record.version)
 
     async def audit(
         self, action: str, target: str, before: dict[str, Any] | None, after: dict[str, Any] | None
     ) -> None:
         """Record a change of ``target`` (its documents before and after) by this transaction's actor."""
-        await self.conn.execute(
-            insert(audit).values(
-                time=utc_now().isoformat(),
-                actor=self.actor,
-                action=action,
-                target=target,
-                before=dumps(before),
-                after=dumps(after),
-                reason=self.reason,
-                request_id=ctx.current_request_id() or "",
-            )
+        await self.documents.audit(
+            action,
+            target,
+            before=dumps(before),
+            after=dumps(after),
+            actor=self.actor,
+            reason=self.reason,
+            request_id=ctx.current_request_id() or "",
         )
