@@ -19,14 +19,20 @@ it and the scene bound to the stream ``BENCH_TXN`` (protobuf ``PredictRequest`` 
 Prints both beside each other, the ratio stream/PredictBatch, CPU per message per process and the peak
 RSS (VmHWM) of the business center and NATS, and ends with one JSON line ``{"bench": "streaming", ...}``.
 Goal (issue 16): at least 5,000 messages/s with nothing lost or doubled.
+
+``--profile PATH.svg`` also samples the business center with ``py-spy record --nonblocking`` (Python
+frames, never pausing it) from the burst's first publication to its last result, and writes the flame
+graph there (``bench/profiles/streaming/``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +64,7 @@ DURATION_S = 4.0
 WARMUP_S = 1.0
 WAIT_S = 180.0
 GOAL_MSGS_PER_S = 5000
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 def _start_nats(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -187,7 +194,25 @@ async def _read_ids(js: Any) -> list[str]:
         await subscription.unsubscribe()
 
 
-async def _stream(url: str, pids: dict[str, int]) -> dict[str, Any]:
+async def _spy(pid: int, profile: Path | None) -> asyncio.subprocess.Process | None:
+    """``py-spy record`` on ``pid`` until :func:`_spied` stops it (None without ``profile``)."""
+    if profile is None:
+        return None
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    args = ["record", "--pid", str(pid), "--nonblocking", "--rate", "200", "--format", "flamegraph"]
+    return await asyncio.create_subprocess_exec(str(PY_SPY), *args, "--output", str(profile))
+
+
+async def _spied(spy: asyncio.subprocess.Process | None) -> None:
+    """Stop ``py-spy record`` (SIGINT: it writes the flame graph) and wait for it."""
+    if spy is None:
+        return
+    spy.send_signal(signal.SIGINT)
+    if await spy.wait() != 0:
+        raise SystemExit(f"py-spy exited with {spy.returncode}: is ptrace allowed here (root, or CAP_SYS_PTRACE)?")
+
+
+async def _stream(url: str, pids: dict[str, int], profile: Path | None) -> dict[str, Any]:
     payloads = [bz.PredictRequest(scene="churn-score", unit_id=str(c)).SerializeToString() for c in CUSTOMERS]
     nc = await nats.connect(url)
     try:
@@ -200,12 +225,14 @@ async def _stream(url: str, pids: dict[str, int]) -> dict[str, Any]:
         results.latencies_ms.clear()
 
         burst = [f"burst-{i}" for i in range(BURST)]
+        spy = await _spy(pids["biz-center"], profile)
         before = _cpu(pids)
         began = time.perf_counter()
         await _publish(js, results, burst, payloads)
         published_s = time.perf_counter() - began
         await asyncio.wait_for(results.done.wait(), WAIT_S)
         after = _cpu(pids)
+        await _spied(spy)
         elapsed = results.last - began
         rate = BURST / elapsed
         cpu_ms = _per(before, after, BURST)
@@ -246,6 +273,9 @@ async def _stream(url: str, pids: dict[str, int]) -> dict[str, Any]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", type=Path, help="flame graph (SVG) of the business center during the burst")
+    args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     services: list[Service] = []
     nats_process: subprocess.Popen[bytes] | None = None
@@ -268,7 +298,7 @@ def main() -> int:
             "nats": nats_process.pid,
         } | {f"triton stub {stub}": stub for stub in children(triton)}
         batch, batch_cpu = asyncio.run(_predict_batch(biz.address, pids))
-        stream = asyncio.run(_stream(url, pids))
+        stream = asyncio.run(_stream(url, pids, args.profile))
         rss = {"biz-center": peak_rss_mib(biz.process.pid), "nats": peak_rss_mib(nats_process.pid)}
         rss["client"] = peak_rss_mib(os.getpid())
     finally:

@@ -8,6 +8,15 @@ name every instance shares, so JetStream splits the messages between the instanc
 instance joins by starting; it follows the registry's snapshot, so a binding added, changed or
 removed (admin API or seed file) is started, restarted or stopped without a restart of the process.
 
+A binding that leaves the configuration (removed from its scene, its scene deleted) takes its durable
+consumer with it: the instance that sees the change deletes the consumer from the stream, and so does
+a binding whose stream, subjects or durable changed, before the new consumer starts (which then
+begins at the stream's first message on its subjects, as a new binding does). Every instance sees the
+change and tries; a consumer already gone is no error, one that NATS could not delete is tried again
+at the next watch, and a consumer whose filter is no longer the removed binding's (another instance
+already made the new binding's) is left alone. A disabled binding or scene keeps its consumer, so it
+resumes where it left off once enabled again.
+
 Each fetch is one micro-batch (at most ``batch_size`` messages, at most ``max_ack_pending``
 delivered and not yet acknowledged across every instance: backpressure). A batch is decoded and
 scored by :meth:`Predictor.predict_batch`, the core of the ``PredictBatch`` RPC, so experiments,
@@ -183,6 +192,14 @@ def decode_message(binding: CompiledBinding, data: bytes, default_request_id: st
     return PredictInput(
         binding.scene, str(unit), features, attributes, str(request_id) if request_id else default_request_id
     )
+
+
+_Consumer = tuple[str, str, frozenset[str]]
+"""A binding's durable consumer as JetStream knows it: (stream, durable, filter subjects)."""
+
+
+def _consumer(binding: CompiledBinding) -> _Consumer:
+    return binding.stream, binding.durable, frozenset(binding.subjects)
 
 
 def _header(text: str) -> str:
@@ -490,6 +507,7 @@ class StreamBindings:
         self._running: dict[tuple[str, str], _BindingConsumer] = {}
         self._counts: dict[tuple[str, str], _Counts] = {}
         self._seen: Snapshot | None = None
+        self._orphans: set[_Consumer] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: Client | None = None
         self._js: Any = None
@@ -582,6 +600,13 @@ class StreamBindings:
             if binding.enabled
         }
 
+    @staticmethod
+    def _consumers(snapshot: Snapshot | None) -> set[_Consumer]:
+        """The durable consumers of every binding of ``snapshot`` (enabled or not)."""
+        if snapshot is None:
+            return set()
+        return {_consumer(binding) for scene in snapshot.scenes.values() for binding in scene.bindings}
+
     async def _reconcile(self, snapshot: Snapshot) -> None:
         wanted = self._wanted(snapshot)
         for key, consumer in list(self._running.items()):
@@ -590,6 +615,9 @@ class StreamBindings:
                 await consumer.stop()
                 self.connected.labels(*key).set(0)
                 _log.info("stream_binding_stopped", scene=key[0], binding=key[1])
+        kept = self._consumers(snapshot)
+        self._orphans = (self._orphans | self._consumers(self._seen)) - kept
+        await self._delete_orphans()
         for key, binding in wanted.items():
             if key not in self._running:
                 consumer = self._running[key] = _BindingConsumer(self, binding)
@@ -601,11 +629,40 @@ class StreamBindings:
         while True:
             await asyncio.sleep(self._watch_interval_s)
             snapshot = self.registry.snapshot
-            if snapshot is not self._seen:
-                try:
+            try:
+                if snapshot is not self._seen:
                     await self._reconcile(snapshot)
-                except Exception:
-                    _log.exception("stream_bindings_reconcile_failed")
+                elif self._orphans:
+                    await self._delete_orphans()
+            except Exception:
+                _log.exception("stream_bindings_reconcile_failed")
+
+    async def _delete_orphans(self) -> None:
+        """Delete the durable consumers no binding uses any more; those NATS could not delete stay for the next try."""
+        for orphan in sorted(self._orphans, key=lambda c: (c[0], c[1], sorted(c[2]))):
+            try:
+                deleted = await self._delete_consumer(*orphan)
+            except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
+                _log.warning(
+                    "stream_consumer_delete_failed", stream=orphan[0], durable=orphan[1], error=str(exc) or repr(exc)
+                )
+                continue
+            self._orphans.discard(orphan)
+            if deleted:
+                _log.info("stream_consumer_deleted", stream=orphan[0], durable=orphan[1])
+
+    async def _delete_consumer(self, stream: str, durable: str, subjects: frozenset[str]) -> bool:
+        """Delete the durable consumer ``durable`` of ``stream`` if it still takes ``subjects``; whether it did."""
+        js = await self._jetstream()
+        try:
+            info = await js.consumer_info(stream, durable)
+            config = info.config
+            if frozenset(config.filter_subjects or [config.filter_subject]) != subjects:
+                return False  # the durable's name is in use by another binding already
+            await js.delete_consumer(stream, durable)
+        except nats.js.errors.NotFoundError:  # no such stream or consumer: nothing left behind
+            return False
+        return True
 
     async def _observe(self) -> None:
         while True:
