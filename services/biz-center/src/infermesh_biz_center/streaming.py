@@ -613,7 +613,8 @@ class StreamBindings:
             if wanted.get(key) != consumer.binding:
                 del self._running[key]
                 await consumer.stop()
-                self.connected.labels(*key).set(0)
+                for gauge in (self.connected, self.pending, self.ack_pending, self.oldest_age):
+                    gauge.labels(*key).set(0)  # a stopped binding is no one's lag (and alerts on none)
                 _log.info("stream_binding_stopped", scene=key[0], binding=key[1])
         kept = self._consumers(snapshot)
         self._orphans = (self._orphans | self._consumers(self._seen)) - kept
