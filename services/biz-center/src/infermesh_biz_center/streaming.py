@@ -84,7 +84,14 @@ from infermesh_biz_center.predictor import Predictor
 from infermesh_biz_center.registry import ConfigRegistry
 from infermesh_biz_center.settings import StreamingSettings
 from infermesh_chassis.errors import InfermeshError, InvalidArgument, NotFound, ResourceExhausted
-from infermesh_chassis.jetstream import Batches, ConsumerSpec, DurableConsumer, ack_confirmed, connect
+from infermesh_chassis.jetstream import (
+    Batches,
+    ConsumerSpec,
+    DurableConsumer,
+    StoredPublisher,
+    ack_confirmed,
+    connect,
+)
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.tasks import cancel_and_wait
@@ -402,12 +409,15 @@ class _BindingConsumer:
             rounds[k].append(item)
         return rounds
 
-    def _request_id(self, msg: Msg, msg_id: str) -> str:
+    @staticmethod
+    def _request_id(msg: Msg, msg_id: str) -> str:
+        """The message id as the request id, or ``<stream>:<sequence>`` when it cannot be one."""
         try:
-            return check_request_id(msg_id, "request_id")
+            check_request_id(msg_id, "request_id")
         except InvalidArgument:
             meta = msg.metadata
             return f"{meta.stream}:{meta.sequence.stream}"
+        return msg_id
 
     async def _publish(self, results: list[tuple[_Item, PredictOutcome]]) -> None:
         """Publish the results, all in flight at once, and acknowledge each input whose result JetStream
@@ -434,23 +444,25 @@ class _BindingConsumer:
             messages.append((binding.output_subject, data, headers))
         stored = await owner.publish_all(messages)
         counts = owner.counts(binding)
-        acks = []
-        degraded = 0
+        failed = []
+        published = degraded = 0
         for (item, outcome), error in zip(results, stored, strict=True):
             if error is not None:
-                acks.append(self._hand_back(item.msg, f"publishing the result failed: {error}"))
+                failed.append(self._hand_back(item.msg, f"publishing the result failed: {error}"))
                 continue
+            published += 1
             degraded += outcome.degradation.degraded
-            acks.append(item.msg.ack())
-        published = len(results) - sum(e is not None for e in stored)
+            try:  # a plain ack only queues a publication on the connection: one after the other, no task each
+                await item.msg.ack()
+            except nats.errors.Error as exc:
+                _log.info("stream_ack_failed", scene=binding.scene, binding=binding.name, error=str(exc))
         counts.scored += published
         counts.degraded += degraded
         owner.scored.labels(*self._labels).inc(published)
         if degraded:
             owner.degraded.labels(*self._labels).inc(degraded)
-        for outcome in await asyncio.gather(*acks, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                _log.info("stream_ack_failed", scene=binding.scene, binding=binding.name, error=str(outcome))
+        if failed:
+            await asyncio.gather(*failed)
 
     async def _dead_letter(self, msg: Msg, msg_id: str, why: str, reason: str) -> None:
         owner, binding = self._owner, self.binding
@@ -511,6 +523,7 @@ class StreamBindings:
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: Client | None = None
         self._js: Any = None
+        self._publisher: StoredPublisher | None = None
         self._connecting = asyncio.Lock()
         self._ensured: set[tuple[str, str]] = set()
         self._ensuring = asyncio.Lock()
@@ -573,7 +586,7 @@ class StreamBindings:
         self._tasks = []
         running, self._running = self._running, {}
         await asyncio.gather(*(consumer.stop() for consumer in running.values()))
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc, self._js, self._publisher = self._nc, None, None, None
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.close()
@@ -686,10 +699,11 @@ class StreamBindings:
     async def _jetstream(self) -> Any:
         async with self._connecting:
             if self._nc is not None and self._nc.is_closed:
-                self._nc = self._js = None
+                self._nc = self._js = self._publisher = None
             if self._js is None:
                 nc = await connect(self.url, "biz-center-stream-results", self.settings.connect_timeout_s)
                 self._nc, self._js = nc, nc.jetstream(timeout=self.settings.request_timeout_s)
+                self._publisher = StoredPublisher(nc)
             return self._js
 
     async def publish(self, subject: str, data: bytes, headers: Mapping[str, str]) -> None:
@@ -701,21 +715,11 @@ class StreamBindings:
         """Publish ``messages`` (subject, data, headers) all in flight at once; per message None once
         JetStream stored it, else why not (within ``request_timeout_s`` for them all)."""
         try:
-            js = await self._jetstream()
-            futures = [await js.publish_async(subject, data, headers=headers) for subject, data, headers in messages]
+            await self._jetstream()
+            assert self._publisher is not None
+            return await self._publisher.publish_all(messages, self.settings.request_timeout_s)
         except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
             return [str(exc) or type(exc).__name__] * len(messages)
-        await asyncio.wait(futures, timeout=self.settings.request_timeout_s)
-        errors: list[str | None] = []
-        for future in futures:
-            if not future.done():
-                future.cancel()
-                errors.append("no acknowledgement from JetStream in time")
-            elif (error := future.exception()) is not None:
-                errors.append(str(error) or type(error).__name__)
-            else:
-                errors.append(None)
-        return errors
 
     async def ensure_outputs(self, binding: CompiledBinding) -> None:
         """Make sure a stream holds the binding's output and dead-letter subjects (``<stream>_RESULTS``
