@@ -15,6 +15,9 @@ it and the scene bound to the stream ``BENCH_TXN`` (protobuf ``PredictRequest`` 
 - **End to end**: messages published at half that rate for a few seconds; the time from each
   publication to its result arriving at a subscriber of the output subject (p50, p99).
 - **Nothing lost or doubled**: the output stream is read back and counted by ``Nats-Msg-Id``.
+- **Degraded**: the answers flagged degraded in each run (``degraded``, ``predict_batch_degraded``):
+  fallbacks cost less than the scoring they stand in for, so CPU figures of runs with many do not
+  compare (a starved machine misses deadlines).
 
 Prints both beside each other, the ratio stream/PredictBatch, CPU per message per process and the peak
 RSS (VmHWM) of the business center and NATS, and ends with one JSON line ``{"bench": "streaming", ...}``.
@@ -125,12 +128,13 @@ async def _predict_batch(address: str, pids: dict[str, int]) -> tuple[dict[str, 
     async with grpc.aio.insecure_channel(address) as channel:
         call_batch = bz_grpc.BizCenterServiceStub(channel).PredictBatch
 
-        failed = 0
+        failed = degraded = 0
 
         async def call(n: int) -> object:
-            nonlocal failed
+            nonlocal failed, degraded
             reply = await call_batch(requests[n % len(requests)], metadata=metadata, timeout=30)
             failed += sum(r.HasField("error") for r in reply.results)
+            degraded += sum(r.response.degradation.degraded for r in reply.results)
             return reply
 
         before = _cpu(pids)
@@ -140,6 +144,7 @@ async def _predict_batch(address: str, pids: dict[str, int]) -> tuple[dict[str, 
         raise SystemExit(f"PredictBatch answered {failed} items with an error")
     items = figures["rps"] * (WARMUP_S + DURATION_S) * BATCH
     figures["items_per_s"] = figures["rps"] * BATCH
+    figures["degraded"] = degraded
     return figures, _per(before, after, round(items))
 
 
@@ -150,14 +155,17 @@ class _Results:
         self.sent: dict[str, float] = {}
         self.latencies_ms: list[float] = []
         self.last = 0.0
+        self.degraded = 0
         self.waiting: set[str] = set()
         self.done = asyncio.Event()
 
     async def on_result(self, msg: Any) -> None:
-        msg_id = (msg.headers or {}).get("Infermesh-Input-Id", "")
-        began = self.sent.pop(msg_id, None)
+        headers = msg.headers or {}
+        began = self.sent.pop(headers.get("Infermesh-Input-Id", ""), None)
         if began is None:
             return
+        msg_id = headers["Infermesh-Input-Id"]
+        self.degraded += headers.get("Infermesh-Degraded") == "true"
         now = time.perf_counter()
         self.latencies_ms.append((now - began) * 1000)
         self.last = now
@@ -267,6 +275,7 @@ async def _stream(url: str, pids: dict[str, int], profile: Path | None) -> dict[
             "lost": len(expected - unique),
             "duplicates": len(stored) - len(unique),
             "unexpected": len(unique - expected),
+            "degraded": results.degraded,
         }
     finally:
         await nc.close()
@@ -326,7 +335,8 @@ def main() -> int:
         f"stream/PredictBatch {ratio:.2f}; burst of {BURST} published at {stream['publish_per_s']:.0f}/s; "
         f"end to end at {stream['paced_rate']:.0f} msgs/s: p50 {stream['p50_ms']:.1f} ms, "
         f"p99 {stream['p99_ms']:.1f} ms; "
-        f"lost {stream['lost']}, duplicates {stream['duplicates']}; PredictBatch of {BATCH} at c{BATCH_CONCURRENCY}: "
+        f"lost {stream['lost']}, duplicates {stream['duplicates']}, degraded {stream['degraded']} "
+        f"(PredictBatch {batch['degraded']}); PredictBatch of {BATCH} at c{BATCH_CONCURRENCY}: "
         f"p99 {batch['p99_ms']:.1f} ms per call"
     )
     print("peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
@@ -348,6 +358,8 @@ def main() -> int:
         "cpu_ms_per_msg_model_gateway": round(stream["cpu_ms"]["model-gateway"], 3),
         "cpu_ms_per_msg_triton": round(triton_cpu(stream["cpu_ms"]), 3),
         "cpu_ms_per_msg_nats": round(stream["cpu_ms"]["nats"], 3),
+        "degraded": stream["degraded"],
+        "predict_batch_degraded": batch["degraded"],
         "biz_center_peak_rss_mib": round(rss["biz-center"]),
         "nats_peak_rss_mib": round(rss["nats"]),
     }
