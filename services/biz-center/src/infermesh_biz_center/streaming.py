@@ -652,7 +652,8 @@ class StreamBindings:
                 _log.exception("stream_bindings_reconcile_failed")
 
     async def _delete_orphans(self) -> None:
-        """Delete the durable consumers no binding uses any more; those NATS could not delete stay for the next try."""
+        """Delete the durable consumers no binding uses any more; those NATS could not delete stay for the next
+        try (all of them once NATS cannot be reached: the bindings to start do not wait on each)."""
         for orphan in sorted(self._orphans, key=lambda c: (c[0], c[1], sorted(c[2]))):
             try:
                 deleted = await self._delete_consumer(*orphan)
@@ -660,6 +661,8 @@ class StreamBindings:
                 _log.warning(
                     "stream_consumer_delete_failed", stream=orphan[0], durable=orphan[1], error=str(exc) or repr(exc)
                 )
+                if isinstance(exc, ConnectionError):
+                    return
                 continue
             self._orphans.discard(orphan)
             if deleted:
@@ -716,8 +719,10 @@ class StreamBindings:
         JetStream stored it, else why not (within ``request_timeout_s`` for them all)."""
         try:
             await self._jetstream()
-            assert self._publisher is not None
-            return await self._publisher.publish_all(messages, self.settings.request_timeout_s)
+            publisher = self._publisher
+            if publisher is None:  # stopped meanwhile
+                raise ConnectionError("the stream bindings stopped")
+            return await publisher.publish_all(messages, self.settings.request_timeout_s)
         except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
             return [str(exc) or type(exc).__name__] * len(messages)
 
