@@ -15,18 +15,27 @@ it and the scene bound to the stream ``BENCH_TXN`` (protobuf ``PredictRequest`` 
 - **End to end**: messages published at half that rate for a few seconds; the time from each
   publication to its result arriving at a subscriber of the output subject (p50, p99).
 - **Nothing lost or doubled**: the output stream is read back and counted by ``Nats-Msg-Id``.
+- **Degraded**: the answers flagged degraded in each run (``degraded``, ``predict_batch_degraded``):
+  fallbacks cost less than the scoring they stand in for, so CPU figures of runs with many do not
+  compare (a starved machine misses deadlines).
 
 Prints both beside each other, the ratio stream/PredictBatch, CPU per message per process and the peak
 RSS (VmHWM) of the business center and NATS, and ends with one JSON line ``{"bench": "streaming", ...}``.
 Goal (issue 16): at least 5,000 messages/s with nothing lost or doubled.
+
+``--profile PATH.svg`` also samples the business center with ``py-spy record --nonblocking`` (Python
+frames, never pausing it) from the burst's first publication to its last result, and writes the flame
+graph there (``bench/profiles/streaming/``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +67,7 @@ DURATION_S = 4.0
 WARMUP_S = 1.0
 WAIT_S = 180.0
 GOAL_MSGS_PER_S = 5000
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 def _start_nats(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -118,12 +128,13 @@ async def _predict_batch(address: str, pids: dict[str, int]) -> tuple[dict[str, 
     async with grpc.aio.insecure_channel(address) as channel:
         call_batch = bz_grpc.BizCenterServiceStub(channel).PredictBatch
 
-        failed = 0
+        failed = degraded = 0
 
         async def call(n: int) -> object:
-            nonlocal failed
+            nonlocal failed, degraded
             reply = await call_batch(requests[n % len(requests)], metadata=metadata, timeout=30)
             failed += sum(r.HasField("error") for r in reply.results)
+            degraded += sum(r.response.degradation.degraded for r in reply.results)
             return reply
 
         before = _cpu(pids)
@@ -133,6 +144,7 @@ async def _predict_batch(address: str, pids: dict[str, int]) -> tuple[dict[str, 
         raise SystemExit(f"PredictBatch answered {failed} items with an error")
     items = figures["rps"] * (WARMUP_S + DURATION_S) * BATCH
     figures["items_per_s"] = figures["rps"] * BATCH
+    figures["degraded"] = degraded
     return figures, _per(before, after, round(items))
 
 
@@ -143,14 +155,17 @@ class _Results:
         self.sent: dict[str, float] = {}
         self.latencies_ms: list[float] = []
         self.last = 0.0
+        self.degraded = 0
         self.waiting: set[str] = set()
         self.done = asyncio.Event()
 
     async def on_result(self, msg: Any) -> None:
-        msg_id = (msg.headers or {}).get("Infermesh-Input-Id", "")
-        began = self.sent.pop(msg_id, None)
+        headers = msg.headers or {}
+        began = self.sent.pop(headers.get("Infermesh-Input-Id", ""), None)
         if began is None:
             return
+        msg_id = headers["Infermesh-Input-Id"]
+        self.degraded += headers.get("Infermesh-Degraded") == "true"
         now = time.perf_counter()
         self.latencies_ms.append((now - began) * 1000)
         self.last = now
@@ -187,7 +202,25 @@ async def _read_ids(js: Any) -> list[str]:
         await subscription.unsubscribe()
 
 
-async def _stream(url: str, pids: dict[str, int]) -> dict[str, Any]:
+async def _spy(pid: int, profile: Path | None) -> asyncio.subprocess.Process | None:
+    """``py-spy record`` on ``pid`` until :func:`_spied` stops it (None without ``profile``)."""
+    if profile is None:
+        return None
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    args = ["record", "--pid", str(pid), "--nonblocking", "--rate", "200", "--format", "flamegraph"]
+    return await asyncio.create_subprocess_exec(str(PY_SPY), *args, "--output", str(profile))
+
+
+async def _spied(spy: asyncio.subprocess.Process | None) -> None:
+    """Stop ``py-spy record`` (SIGINT: it writes the flame graph) and wait for it."""
+    if spy is None:
+        return
+    spy.send_signal(signal.SIGINT)
+    if await spy.wait() != 0:
+        raise SystemExit(f"py-spy exited with {spy.returncode}: is ptrace allowed here (root, or CAP_SYS_PTRACE)?")
+
+
+async def _stream(url: str, pids: dict[str, int], profile: Path | None) -> dict[str, Any]:
     payloads = [bz.PredictRequest(scene="churn-score", unit_id=str(c)).SerializeToString() for c in CUSTOMERS]
     nc = await nats.connect(url)
     try:
@@ -200,12 +233,14 @@ async def _stream(url: str, pids: dict[str, int]) -> dict[str, Any]:
         results.latencies_ms.clear()
 
         burst = [f"burst-{i}" for i in range(BURST)]
+        spy = await _spy(pids["biz-center"], profile)
         before = _cpu(pids)
         began = time.perf_counter()
         await _publish(js, results, burst, payloads)
         published_s = time.perf_counter() - began
         await asyncio.wait_for(results.done.wait(), WAIT_S)
         after = _cpu(pids)
+        await _spied(spy)
         elapsed = results.last - began
         rate = BURST / elapsed
         cpu_ms = _per(before, after, BURST)
@@ -240,12 +275,16 @@ async def _stream(url: str, pids: dict[str, int]) -> dict[str, Any]:
             "lost": len(expected - unique),
             "duplicates": len(stored) - len(unique),
             "unexpected": len(unique - expected),
+            "degraded": results.degraded,
         }
     finally:
         await nc.close()
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", type=Path, help="flame graph (SVG) of the business center during the burst")
+    args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     services: list[Service] = []
     nats_process: subprocess.Popen[bytes] | None = None
@@ -268,7 +307,7 @@ def main() -> int:
             "nats": nats_process.pid,
         } | {f"triton stub {stub}": stub for stub in children(triton)}
         batch, batch_cpu = asyncio.run(_predict_batch(biz.address, pids))
-        stream = asyncio.run(_stream(url, pids))
+        stream = asyncio.run(_stream(url, pids, args.profile))
         rss = {"biz-center": peak_rss_mib(biz.process.pid), "nats": peak_rss_mib(nats_process.pid)}
         rss["client"] = peak_rss_mib(os.getpid())
     finally:
@@ -296,7 +335,8 @@ def main() -> int:
         f"stream/PredictBatch {ratio:.2f}; burst of {BURST} published at {stream['publish_per_s']:.0f}/s; "
         f"end to end at {stream['paced_rate']:.0f} msgs/s: p50 {stream['p50_ms']:.1f} ms, "
         f"p99 {stream['p99_ms']:.1f} ms; "
-        f"lost {stream['lost']}, duplicates {stream['duplicates']}; PredictBatch of {BATCH} at c{BATCH_CONCURRENCY}: "
+        f"lost {stream['lost']}, duplicates {stream['duplicates']}, degraded {stream['degraded']} "
+        f"(PredictBatch {batch['degraded']}); PredictBatch of {BATCH} at c{BATCH_CONCURRENCY}: "
         f"p99 {batch['p99_ms']:.1f} ms per call"
     )
     print("peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
@@ -318,6 +358,8 @@ def main() -> int:
         "cpu_ms_per_msg_model_gateway": round(stream["cpu_ms"]["model-gateway"], 3),
         "cpu_ms_per_msg_triton": round(triton_cpu(stream["cpu_ms"]), 3),
         "cpu_ms_per_msg_nats": round(stream["cpu_ms"]["nats"], 3),
+        "degraded": stream["degraded"],
+        "predict_batch_degraded": batch["degraded"],
         "biz_center_peak_rss_mib": round(rss["biz-center"]),
         "nats_peak_rss_mib": round(rss["nats"]),
     }

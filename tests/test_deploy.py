@@ -581,6 +581,15 @@ def test_mesh_dashboard_shows_red_per_service_events_dropped_and_workers():
     assert "infermesh_model_gateway_workers_available" in exprs
 
 
+def test_mesh_dashboard_shows_each_stream_bindings_lag_and_throughput():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "infermesh-mesh.json").read_text())
+    exprs = "\n".join(dashboard_exprs(dashboard))
+    for name in ("pending_messages", "oldest_pending_age_seconds", "consumed_total", "scored_total"):
+        assert f"by (scene, binding) (infermesh_biz_center_stream_{name}" in exprs or (
+            f"by (scene, binding) (rate(infermesh_biz_center_stream_{name}" in exprs
+        ), name
+
+
 def test_dashboard_checks_catch_unknown_metrics_and_datasources():
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "infermesh-mesh.json").read_text())
     broken = copy.deepcopy(dashboard)

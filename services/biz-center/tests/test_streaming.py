@@ -257,6 +257,71 @@ async def test_a_binding_change_takes_effect_without_restart_and_bad_bindings_ar
         assert "stream_bindings[0].output_subject" in (refused.value.details() or "")
 
 
+async def _consumers(js: JetStreamContext) -> set[str]:
+    """The names of the input stream's consumers."""
+    return {info.name for info in await js.consumers_info(STREAM)}
+
+
+async def test_a_binding_that_leaves_the_configuration_takes_its_durable_consumer_along(
+    doubles: Doubles, nats_server, tmp_path
+):
+    settings = biz_settings(tmp_path, doubles.static(), streaming=streaming_settings(nats_server))
+    admin = scoring(ADMIN_KEY)
+    async with run_biz(settings) as biz, jetstream(nats_server) as js:
+        names = ("gone", "moved", "refiltered")
+        await edit_scene(biz, lambda scene: scene.stream_bindings.extend([binding(n) for n in names]))
+        copy = (await biz.admin.GetScene(pb.GetSceneRequest(name="churn-score"), metadata=admin)).scene
+        copy.name = "churn-copy"
+        del copy.stream_bindings[:]
+        copy.stream_bindings.append(binding("copy"))
+        await biz.admin.UpsertScene(pb.UpsertSceneRequest(scene=copy), metadata=admin)
+        refiltered = "biz-center_churn-score_refiltered"
+        first = {f"biz-center_churn-score_{n}" for n in names} | {"biz-center_churn-copy_copy"}
+        await until_async(lambda: _consumers_are(js, first))
+        created = (await js.consumer_info(STREAM, refiltered)).created
+        await js.publish("txn.gone", churn_request(1).SerializeToString(), headers={"Nats-Msg-Id": "g1"})
+        await until_async(lambda: _has(js, "scored.gone", 1))
+
+        def shrink(scene: pb.Scene) -> None:
+            del scene.stream_bindings[0]  # "gone"
+            scene.stream_bindings[0].durable = "moved-2"
+            scene.stream_bindings[1].subjects[:] = ["txn.refiltered.v2"]
+
+        await edit_scene(biz, shrink)
+        await biz.admin.DeleteScene(pb.DeleteSceneRequest(name="churn-copy"), metadata=admin)
+        await until_async(lambda: _consumers_are(js, {"moved-2", refiltered}))
+        # new subjects, same durable name: the old consumer was deleted and a new one made
+        await until_async(lambda: _filters(js, refiltered, "txn.refiltered.v2"))
+        assert (await js.consumer_info(STREAM, refiltered)).created != created
+
+        # nothing consumes the removed binding's subject any more: a message on it stays unanswered
+        await js.publish("txn.gone", churn_request(2).SerializeToString(), headers={"Nats-Msg-Id": "g2"})
+        await js.publish("txn.moved", churn_request(3).SerializeToString(), headers={"Nats-Msg-Id": "m1"})
+        await until_async(lambda: _has(js, "scored.moved", 1))
+        metrics = biz.runtime.metrics.registry
+        gone = {"scene": "churn-score", "binding": "gone"}
+        assert metrics.get_sample_value("infermesh_biz_center_stream_consumed_total", gone) == 1
+        assert await count(js, "scored.gone") == 1
+
+        # added again, the binding gets a new consumer, from the stream's first message on its subject
+        # (the first message's result again, within the output's duplicate window, is dropped)
+        await edit_scene(biz, lambda scene: scene.stream_bindings.append(binding("gone")))
+        await until_async(lambda: _has(js, "scored.gone", 2))
+        assert [h["Nats-Msg-Id"] for h, _ in await read(js, "scored.gone")] == ["g1", "g2"]
+        assert await _consumers(js) == {"moved-2", refiltered, "biz-center_churn-score_gone"}
+
+
+async def _consumers_are(js: JetStreamContext, wanted: set[str]) -> bool:
+    return await _consumers(js) == wanted
+
+
+async def _filters(js: JetStreamContext, durable: str, subject: str) -> bool:
+    try:
+        return (await js.consumer_info(STREAM, durable)).config.filter_subject == subject
+    except nats.js.errors.NotFoundError:
+        return False
+
+
 def _seed_with_binding(tmp_path: Path, name: str, **fields: Any) -> Path:
     """The example seed file with a binding on churn-score."""
     data = yaml.safe_load(EXAMPLE.read_text())

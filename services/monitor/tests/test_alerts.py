@@ -3,7 +3,8 @@
 With ``promtool`` (Debian ``prometheus``, or ``PROMTOOL`` naming the binary) the rules are checked
 and their unit tests (``data/alerts_test.yml``) run; without it a schema check of the rule groups
 stands in. Either way, every metric a rule names must be one the services' registries expose: the
-monitor's, the model gateway's (built, not started) and a service's chassis emitter.
+monitor's, the model gateway's (built, not started), the business center's stream bindings' (built,
+not started) and a service's chassis emitter.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import yaml
 from monitor_support import MonitorThread, inference_event, until
 
 from infermesh.monitor.v1 import monitor_pb2
+from infermesh_biz_center.settings import StreamingSettings
+from infermesh_biz_center.streaming import StreamBindings
 from infermesh_chassis.events import DiskSpool, EventEmitter, SpoolingSink
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
@@ -112,13 +115,16 @@ async def test_every_metric_the_rules_name_is_exported(stub, monitor: MonitorThr
     gateway = Metrics("model-gateway")
     ModelGateway(ModelGatewaySettings(data_dir=tmp_path / "model-gateway", metrics={"enabled": False}), gateway)
     names |= _series_names(gateway)
+    biz = Metrics("biz-center")
+    StreamBindings(None, None, StreamingSettings(), "", biz, watch_interval_s=1.0)  # type: ignore[arg-type]
+    names |= _series_names(biz)
 
     expressions = [rule["expr"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
     for expr in expressions:
         for pattern in re.findall(r'__name__=~"([^"]+)"', expr):
             assert any(re.fullmatch(pattern, name) for name in service_names | names), f"nothing matches {pattern}"
         for name in re.findall(r"\b(infermesh_[a-z0-9_]+)\b", re.sub(r'__name__=~"[^"]+"', "", expr)):
-            assert name in names, f"{name} is exported by neither the monitor nor the model gateway"
+            assert name in names, f"{name} is exported by none of the monitor, model gateway, stream bindings"
 
 
 class _NeverSink:

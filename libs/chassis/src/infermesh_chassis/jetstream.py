@@ -7,12 +7,23 @@
   the fetched batches to the owner's ``consume`` coroutine, which acknowledges each message itself
   (:func:`ack_confirmed`, ``message.nak(delay=...)``). Every process that names the same durable
   shares it: JetStream hands each message to one of them.
+- :func:`fetch` pulls one batch of a pull subscription (what ``DurableConsumer`` uses);
+  :class:`StoredPublisher` publishes many messages at once and tells which JetStream stored.
+
+Both speak the same JetStream protocol as nats-py's ``PullSubscription.fetch`` and
+``JetStreamContext.publish_async`` without their cost per message (nats-py waits for each fetched
+message with ``Subscription.next_msg``, two tasks and a uuid; ``publish_async`` takes a semaphore
+through ``asyncio.wait_for``, one task): at thousands of messages a second that task churn was a
+large share of a consumer's CPU. :func:`fetch` reads the pull subscription's inbox queue, as
+nats-py's own fetch does (its ``_sub``, ``_nms`` and ``_deliver``: nats-py is pinned in uv.lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +44,11 @@ __all__ = [
     "CONSUMER_GAUGES",
     "ConsumerSpec",
     "DurableConsumer",
+    "StoredPublisher",
     "ack_confirmed",
     "connect",
     "ensure_stream",
+    "fetch",
 ]
 
 _log = get_logger("infermesh_chassis.jetstream")
@@ -88,6 +101,153 @@ async def ack_confirmed(message: Msg, timeout_s: float = 5.0) -> bool:
         _log.info("jetstream_ack_failed", error=str(exc))
         return False
     return True
+
+
+_STATUS = js_api.Header.STATUS
+_NO_MESSAGES = js_api.StatusCode.NO_MESSAGES
+_REQUEST_TIMEOUT = js_api.StatusCode.REQUEST_TIMEOUT
+_CONFLICT = js_api.StatusCode.CONFLICT
+_HEARTBEAT = "100"
+_NO_RESPONDERS = "503"
+
+
+async def fetch(subscription: Any, batch: int, timeout_s: float) -> list[Msg]:
+    """Up to ``batch`` messages of the pull ``subscription`` (``[]`` when none came within ``timeout_s``).
+
+    The protocol of nats-py's ``PullSubscription.fetch``: what the inbox already holds (left by an
+    earlier request) first; then one ``no_wait`` pull request (waiting until ``timeout_s`` for a first
+    message when nothing is in hand); it ends at ``batch`` messages or at the server's status that the
+    request is over (no messages, timeout, conflict). Every message queued in the inbox is taken
+    at once; the only wait (one timer) is while the inbox is empty. Raises ConnectionClosedError once
+    the connection is closed, and nats-py's APIError for a status that is not a temporary one.
+    """
+    sub = subscription._sub
+    queue: asyncio.Queue[Msg] = sub._pending_queue
+    deadline = time.monotonic() + timeout_s
+    messages: list[Msg] = []
+
+    def taken(msg: Msg) -> str | None:
+        """``msg`` out of the subscription's pending accounting; its status, else appended to ``messages``."""
+        sub._pending_size -= len(msg.data)
+        status = msg.headers.get(_STATUS) if msg.headers else None
+        if not status:
+            messages.append(msg)
+        return status
+
+    while not queue.empty():  # statuses here answered earlier requests
+        taken(queue.get_nowait())
+    if len(messages) >= batch:
+        return messages
+    # no_wait: the request ends once what is there is delivered; with expires (nothing in hand yet) the
+    # server waits for the first message until then, and the request still ends after what is there
+    request: dict[str, Any] = {"batch": batch - len(messages), "no_wait": True}
+    if not messages:
+        request["expires"] = max(1, int(timeout_s * 1e9) - 100_000)  # ends on the server before it does here
+    await sub._conn.publish(subscription._nms, json.dumps(request).encode(), subscription._deliver)
+    while len(messages) < batch:
+        if queue.empty():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                break
+        else:
+            msg = queue.get_nowait()
+        status = taken(msg)
+        if status in (_NO_MESSAGES, _REQUEST_TIMEOUT, _CONFLICT):
+            break
+        if status and status != _HEARTBEAT:
+            raise nats.js.errors.APIError.from_msg(msg)
+    if not messages and sub._conn.is_closed:
+        raise nats.errors.ConnectionClosedError
+    return messages
+
+
+class _Batch:
+    """The publications of one :meth:`StoredPublisher.publish_all` waiting for JetStream's answers."""
+
+    __slots__ = ("done", "errors", "left")
+
+    def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+        self.errors: list[str | None] = ["no acknowledgement from JetStream in time"] * size
+        self.left = size
+        self.done = done
+
+
+class StoredPublisher:
+    """Publishes batches of messages to JetStream on connection ``nc``, all in flight at once, and
+    tells which of them JetStream stored (see the module docstring).
+
+    One subscription (a wildcard under a fresh inbox, made at the first use) receives every
+    publication's answer; each names its batch and position through the reply subject.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._subscribing = asyncio.Lock()
+        self._waiting: dict[str, tuple[_Batch, int]] = {}
+        self._sequence = 0
+
+    async def _inbox(self) -> str:
+        async with self._subscribing:
+            if not self._prefix:
+                prefix = f"{self._nc.new_inbox()}."
+                await self._nc.subscribe(f"{prefix}*", cb=self._answered)
+                self._prefix = prefix
+        return self._prefix
+
+    async def _answered(self, msg: Msg) -> None:
+        waiting = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if waiting is None:  # too late: its batch gave up on it
+            return
+        batch, index = waiting
+        batch.errors[index] = self._error(msg)
+        batch.left -= 1
+        if batch.left == 0 and not batch.done.done():
+            batch.done.set_result(None)
+
+    @staticmethod
+    def _error(msg: Msg) -> str | None:
+        """None when JetStream stored the message (a duplicate it dropped included), else why not."""
+        if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+            return "no stream takes the subject"
+        try:
+            answer = json.loads(msg.data)
+        except ValueError:
+            return "an unreadable acknowledgement"
+        error = answer.get("error") if isinstance(answer, dict) else "an unreadable acknowledgement"
+        if error:
+            return str(error.get("description") or error) if isinstance(error, dict) else str(error)
+        return None
+
+    async def publish_all(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str]]], timeout_s: float
+    ) -> list[str | None]:
+        """Publish ``messages`` (subject, data, headers); per message None once JetStream stored it, else
+        why not (all within ``timeout_s``). A connection error raises before anything is awaited."""
+        if not messages:
+            return []
+        prefix = await self._inbox()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch = _Batch(len(messages), done)
+        tokens = []
+        try:
+            for index, (subject, data, headers) in enumerate(messages):
+                self._sequence += 1
+                token = str(self._sequence)
+                tokens.append(token)
+                self._waiting[token] = (batch, index)
+                await self._nc.publish(subject, data, reply=prefix + token, headers=headers)
+            await asyncio.wait_for(asyncio.shield(done), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            for token in tokens:
+                self._waiting.pop(token, None)
+        return batch.errors
 
 
 _UNREACHABLE = (ConnectionError, nats.errors.Error, OSError, TimeoutError)
@@ -257,9 +417,7 @@ class DurableConsumer:
         polls = 0
         while not self._stopping.is_set():
             try:
-                messages = await subscription.fetch(self._spec.fetch_batch, timeout=self._spec.fetch_timeout_s)
-            except TimeoutError:
-                messages = []
+                messages = await fetch(subscription, self._spec.fetch_batch, self._spec.fetch_timeout_s)
             except nats.errors.ConnectionClosedError:
                 return
             except nats.errors.Error as exc:

@@ -8,6 +8,15 @@ name every instance shares, so JetStream splits the messages between the instanc
 instance joins by starting; it follows the registry's snapshot, so a binding added, changed or
 removed (admin API or seed file) is started, restarted or stopped without a restart of the process.
 
+A binding that leaves the configuration (removed from its scene, its scene deleted) takes its durable
+consumer with it: the instance that sees the change deletes the consumer from the stream, and so does
+a binding whose stream, subjects or durable changed, before the new consumer starts (which then
+begins at the stream's first message on its subjects, as a new binding does). Every instance sees the
+change and tries; a consumer already gone is no error, one that NATS could not delete is tried again
+at the next watch, and a consumer whose filter is no longer the removed binding's (another instance
+already made the new binding's) is left alone. A disabled binding or scene keeps its consumer, so it
+resumes where it left off once enabled again.
+
 Each fetch is one micro-batch (at most ``batch_size`` messages, at most ``max_ack_pending``
 delivered and not yet acknowledged across every instance: backpressure). A batch is decoded and
 scored by :meth:`Predictor.predict_batch`, the core of the ``PredictBatch`` RPC, so experiments,
@@ -75,7 +84,14 @@ from infermesh_biz_center.predictor import Predictor
 from infermesh_biz_center.registry import ConfigRegistry
 from infermesh_biz_center.settings import StreamingSettings
 from infermesh_chassis.errors import InfermeshError, InvalidArgument, NotFound, ResourceExhausted
-from infermesh_chassis.jetstream import Batches, ConsumerSpec, DurableConsumer, ack_confirmed, connect
+from infermesh_chassis.jetstream import (
+    Batches,
+    ConsumerSpec,
+    DurableConsumer,
+    StoredPublisher,
+    ack_confirmed,
+    connect,
+)
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.tasks import cancel_and_wait
@@ -183,6 +199,14 @@ def decode_message(binding: CompiledBinding, data: bytes, default_request_id: st
     return PredictInput(
         binding.scene, str(unit), features, attributes, str(request_id) if request_id else default_request_id
     )
+
+
+_Consumer = tuple[str, str, frozenset[str]]
+"""A binding's durable consumer as JetStream knows it: (stream, durable, filter subjects)."""
+
+
+def _consumer(binding: CompiledBinding) -> _Consumer:
+    return binding.stream, binding.durable, frozenset(binding.subjects)
 
 
 def _header(text: str) -> str:
@@ -385,12 +409,15 @@ class _BindingConsumer:
             rounds[k].append(item)
         return rounds
 
-    def _request_id(self, msg: Msg, msg_id: str) -> str:
+    @staticmethod
+    def _request_id(msg: Msg, msg_id: str) -> str:
+        """The message id as the request id, or ``<stream>:<sequence>`` when it cannot be one."""
         try:
-            return check_request_id(msg_id, "request_id")
+            check_request_id(msg_id, "request_id")
         except InvalidArgument:
             meta = msg.metadata
             return f"{meta.stream}:{meta.sequence.stream}"
+        return msg_id
 
     async def _publish(self, results: list[tuple[_Item, PredictOutcome]]) -> None:
         """Publish the results, all in flight at once, and acknowledge each input whose result JetStream
@@ -417,23 +444,25 @@ class _BindingConsumer:
             messages.append((binding.output_subject, data, headers))
         stored = await owner.publish_all(messages)
         counts = owner.counts(binding)
-        acks = []
-        degraded = 0
+        failed = []
+        published = degraded = 0
         for (item, outcome), error in zip(results, stored, strict=True):
             if error is not None:
-                acks.append(self._hand_back(item.msg, f"publishing the result failed: {error}"))
+                failed.append(self._hand_back(item.msg, f"publishing the result failed: {error}"))
                 continue
+            published += 1
             degraded += outcome.degradation.degraded
-            acks.append(item.msg.ack())
-        published = len(results) - sum(e is not None for e in stored)
+            try:  # a plain ack only queues a publication on the connection: one after the other, no task each
+                await item.msg.ack()
+            except nats.errors.Error as exc:
+                _log.info("stream_ack_failed", scene=binding.scene, binding=binding.name, error=str(exc))
         counts.scored += published
         counts.degraded += degraded
         owner.scored.labels(*self._labels).inc(published)
         if degraded:
             owner.degraded.labels(*self._labels).inc(degraded)
-        for outcome in await asyncio.gather(*acks, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                _log.info("stream_ack_failed", scene=binding.scene, binding=binding.name, error=str(outcome))
+        if failed:
+            await asyncio.gather(*failed)
 
     async def _dead_letter(self, msg: Msg, msg_id: str, why: str, reason: str) -> None:
         owner, binding = self._owner, self.binding
@@ -490,9 +519,11 @@ class StreamBindings:
         self._running: dict[tuple[str, str], _BindingConsumer] = {}
         self._counts: dict[tuple[str, str], _Counts] = {}
         self._seen: Snapshot | None = None
+        self._orphans: set[_Consumer] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: Client | None = None
         self._js: Any = None
+        self._publisher: StoredPublisher | None = None
         self._connecting = asyncio.Lock()
         self._ensured: set[tuple[str, str]] = set()
         self._ensuring = asyncio.Lock()
@@ -555,7 +586,7 @@ class StreamBindings:
         self._tasks = []
         running, self._running = self._running, {}
         await asyncio.gather(*(consumer.stop() for consumer in running.values()))
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc, self._js, self._publisher = self._nc, None, None, None
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.close()
@@ -582,14 +613,25 @@ class StreamBindings:
             if binding.enabled
         }
 
+    @staticmethod
+    def _consumers(snapshot: Snapshot | None) -> set[_Consumer]:
+        """The durable consumers of every binding of ``snapshot`` (enabled or not)."""
+        if snapshot is None:
+            return set()
+        return {_consumer(binding) for scene in snapshot.scenes.values() for binding in scene.bindings}
+
     async def _reconcile(self, snapshot: Snapshot) -> None:
         wanted = self._wanted(snapshot)
         for key, consumer in list(self._running.items()):
             if wanted.get(key) != consumer.binding:
                 del self._running[key]
                 await consumer.stop()
-                self.connected.labels(*key).set(0)
+                for gauge in (self.connected, self.pending, self.ack_pending, self.oldest_age):
+                    gauge.labels(*key).set(0)  # a stopped binding is no one's lag (and alerts on none)
                 _log.info("stream_binding_stopped", scene=key[0], binding=key[1])
+        kept = self._consumers(snapshot)
+        self._orphans = (self._orphans | self._consumers(self._seen)) - kept
+        await self._delete_orphans()
         for key, binding in wanted.items():
             if key not in self._running:
                 consumer = self._running[key] = _BindingConsumer(self, binding)
@@ -601,11 +643,43 @@ class StreamBindings:
         while True:
             await asyncio.sleep(self._watch_interval_s)
             snapshot = self.registry.snapshot
-            if snapshot is not self._seen:
-                try:
+            try:
+                if snapshot is not self._seen:
                     await self._reconcile(snapshot)
-                except Exception:
-                    _log.exception("stream_bindings_reconcile_failed")
+                elif self._orphans:
+                    await self._delete_orphans()
+            except Exception:
+                _log.exception("stream_bindings_reconcile_failed")
+
+    async def _delete_orphans(self) -> None:
+        """Delete the durable consumers no binding uses any more; those NATS could not delete stay for the next
+        try (all of them once NATS cannot be reached: the bindings to start do not wait on each)."""
+        for orphan in sorted(self._orphans, key=lambda c: (c[0], c[1], sorted(c[2]))):
+            try:
+                deleted = await self._delete_consumer(*orphan)
+            except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
+                _log.warning(
+                    "stream_consumer_delete_failed", stream=orphan[0], durable=orphan[1], error=str(exc) or repr(exc)
+                )
+                if isinstance(exc, ConnectionError):
+                    return
+                continue
+            self._orphans.discard(orphan)
+            if deleted:
+                _log.info("stream_consumer_deleted", stream=orphan[0], durable=orphan[1])
+
+    async def _delete_consumer(self, stream: str, durable: str, subjects: frozenset[str]) -> bool:
+        """Delete the durable consumer ``durable`` of ``stream`` if it still takes ``subjects``; whether it did."""
+        js = await self._jetstream()
+        try:
+            info = await js.consumer_info(stream, durable)
+            config = info.config
+            if frozenset(config.filter_subjects or [config.filter_subject]) != subjects:
+                return False  # the durable's name is in use by another binding already
+            await js.delete_consumer(stream, durable)
+        except nats.js.errors.NotFoundError:  # no such stream or consumer: nothing left behind
+            return False
+        return True
 
     async def _observe(self) -> None:
         while True:
@@ -628,10 +702,11 @@ class StreamBindings:
     async def _jetstream(self) -> Any:
         async with self._connecting:
             if self._nc is not None and self._nc.is_closed:
-                self._nc = self._js = None
+                self._nc = self._js = self._publisher = None
             if self._js is None:
                 nc = await connect(self.url, "biz-center-stream-results", self.settings.connect_timeout_s)
                 self._nc, self._js = nc, nc.jetstream(timeout=self.settings.request_timeout_s)
+                self._publisher = StoredPublisher(nc)
             return self._js
 
     async def publish(self, subject: str, data: bytes, headers: Mapping[str, str]) -> None:
@@ -643,21 +718,13 @@ class StreamBindings:
         """Publish ``messages`` (subject, data, headers) all in flight at once; per message None once
         JetStream stored it, else why not (within ``request_timeout_s`` for them all)."""
         try:
-            js = await self._jetstream()
-            futures = [await js.publish_async(subject, data, headers=headers) for subject, data, headers in messages]
+            await self._jetstream()
+            publisher = self._publisher
+            if publisher is None:  # stopped meanwhile
+                raise ConnectionError("the stream bindings stopped")
+            return await publisher.publish_all(messages, self.settings.request_timeout_s)
         except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
             return [str(exc) or type(exc).__name__] * len(messages)
-        await asyncio.wait(futures, timeout=self.settings.request_timeout_s)
-        errors: list[str | None] = []
-        for future in futures:
-            if not future.done():
-                future.cancel()
-                errors.append("no acknowledgement from JetStream in time")
-            elif (error := future.exception()) is not None:
-                errors.append(str(error) or type(error).__name__)
-            else:
-                errors.append(None)
-        return errors
 
     async def ensure_outputs(self, binding: CompiledBinding) -> None:
         """Make sure a stream holds the binding's output and dead-letter subjects (``<stream>_RESULTS``
