@@ -6,6 +6,7 @@ was expected, so a typo ends as one clear line with exit code 2.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -17,11 +18,13 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
-import yaml
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
+from pydantic import BaseModel
 
 from infermesh.common.v1 import common_pb2
+from infermesh_chassis.documents import Document, DocumentError, Loc, load_yaml, proto_json_model
 from infermesh_cli.commands._errors import UsageError
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "parse_message",
     "parse_pairs",
     "parse_time",
+    "read_document",
     "read_table",
     "time_range",
     "to_duration",
@@ -154,22 +158,40 @@ def value_to_proto(value: Any, what: str = "value") -> common_pb2.Value:
     return out
 
 
-def load_document(path: Path) -> Any:
-    """A YAML or JSON file (JSON is YAML), parsed."""
+def read_document(path: Path) -> Document:
+    """A YAML or JSON file (JSON is YAML), parsed, with the line of every key and item in it."""
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not YAML or JSON: {' '.join(str(exc).split())}") from None
-
-
-def parse_message(document: Any, message: Message, where: str) -> Message:
-    """A protobuf message from its JSON form (snake_case or camelCase names, enums by name)."""
     try:
-        return json_format.ParseDict(document, message)
+        return load_yaml(text, str(path))
+    except DocumentError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_document(path: Path) -> Any:
+    """A YAML or JSON file (JSON is YAML), parsed into plain values."""
+    return read_document(path).data
+
+
+@functools.cache
+def _shape(descriptor: Descriptor) -> type[BaseModel]:
+    return proto_json_model(descriptor)
+
+
+def parse_message(document: Document, message: Message, loc: Loc = ()) -> Message:
+    """The protobuf message at ``loc`` of ``document``, from its JSON form (snake_case or camelCase
+    names, enums by name): its shape is checked first (unknown keys, types, one field per oneof), every
+    problem named by the file, the line and the field."""
+    try:
+        document.validate(_shape(message.DESCRIPTOR), loc)
+    except DocumentError as exc:
+        raise UsageError("; ".join(exc.problems)) from None
+    try:
+        return json_format.ParseDict(document.at(loc), message)
     except (json_format.ParseError, TypeError, AttributeError) as exc:
-        raise UsageError(f"{where}: {exc}") from None
+        raise UsageError(document.problem(loc, str(exc))) from None
 
 
 def read_table(path: Path) -> pa.Table:

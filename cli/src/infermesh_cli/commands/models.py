@@ -15,7 +15,7 @@ from infermesh_cli.commands._context import Context, Remote, all_pages, audit_fi
 from infermesh_cli.commands._convert import audit_view, enum_name, print_audit, seconds, timestamp
 from infermesh_cli.commands._errors import UsageError
 from infermesh_cli.commands._output import cell, print_fields, print_table
-from infermesh_cli.commands._parse import load_document, parse_duration, parse_message, parse_pairs, to_duration
+from infermesh_cli.commands._parse import parse_duration, parse_message, parse_pairs, read_document, to_duration
 from infermesh_model_gateway.domain import queue_delay_text
 
 __all__ = ["add_parser", "control", "model_view", "traffic_view", "version_view"]
@@ -321,7 +321,7 @@ def register_request(ctx: Context, args: argparse.Namespace) -> pb.RegisterModel
     """The RegisterModelVersion request of ``models register``: the spec file, then the options over it."""
     request = pb.RegisterModelVersionRequest()
     if args.spec is not None:
-        parse_message(load_document(args.spec), request, str(args.spec))
+        parse_message(read_document(args.spec), request)
     request.model = args.name
     request.actor = ctx.actor
     if args.reason:

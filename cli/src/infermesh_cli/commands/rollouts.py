@@ -21,7 +21,7 @@ from infermesh_cli.commands._convert import (
 )
 from infermesh_cli.commands._errors import CliError, UsageError
 from infermesh_cli.commands._output import print_fields, print_table
-from infermesh_cli.commands._parse import load_document, parse_duration, parse_message, to_duration
+from infermesh_cli.commands._parse import parse_duration, parse_message, read_document, to_duration
 from infermesh_cli.commands.models import control
 
 __all__ = ["add_gate_options", "add_parser", "gates_from_args", "rollout_view"]
@@ -198,7 +198,7 @@ async def start(ctx: Context, args: argparse.Namespace) -> None:
     """Start an SLO-gated rollout of a candidate version (steps, dwell, minimum requests, gates)."""
     spec = pb.RolloutSpec()
     if args.file is not None:
-        parse_message(load_document(args.file), spec, str(args.file))
+        parse_message(read_document(args.file), spec)
     if args.model:
         spec.model = args.model
     if args.candidate:

@@ -24,7 +24,7 @@ from infermesh_cli.commands._context import Context, Remote, all_pages, audit_fi
 from infermesh_cli.commands._convert import audit_view, enum_name, print_audit
 from infermesh_cli.commands._errors import UsageError
 from infermesh_cli.commands._output import print_table
-from infermesh_cli.commands._parse import load_document, parse_message
+from infermesh_cli.commands._parse import parse_message, read_document
 
 __all__ = ["add_parser", "config_document"]
 
@@ -109,20 +109,22 @@ EXPERIMENTS = Kind(
 
 
 def _objects(kind: Kind, path: Path) -> list[Message]:
-    document = load_document(path)
-    if isinstance(document, dict) and kind.plural in document:
-        items = document[kind.plural] or []
-    elif isinstance(document, dict) and ("scenes" in document or "experiments" in document):
+    document = read_document(path)
+    data = document.data
+    base: tuple[str, ...] = ()
+    if isinstance(data, dict) and kind.plural in data:
+        items, base = data[kind.plural] or [], (kind.plural,)
+    elif isinstance(data, dict) and ("scenes" in data or "experiments" in data):
         items = []
-    elif isinstance(document, dict):
-        items = [document]
-    elif isinstance(document, list):
-        items = document
+    elif isinstance(data, dict):
+        return [parse_message(document, kind.message())]
+    elif isinstance(data, list):
+        items = data
     else:
         raise UsageError(f"{path}: expected a {kind.noun}, a list of {kind.plural}, or a `{kind.plural}:` list")
     if not items:
         raise UsageError(f"{path}: no {kind.plural} in it")
-    return [parse_message(item, kind.message(), f"{path}: {kind.plural}[{i}]") for i, item in enumerate(items)]
+    return [parse_message(document, kind.message(), (*base, i)) for i in range(len(items))]
 
 
 def _show(ctx: Context, documents: list[dict[str, Any]] | dict[str, Any]) -> None:
