@@ -6,6 +6,7 @@ Spans go to a real OTLP/gRPC receiver (the standard ``TraceService/Export``) sta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -69,9 +70,17 @@ async def call(address: str, method: str, payload: bytes, metadata: tuple[tuple[
 
 
 async def flushed(collector: Collector, tracings: list[Tracing], count: int) -> list[dict[str, Any]]:
-    """The collected spans once ``count`` have arrived (every tracing flushed; export is synchronous)."""
-    for tracing in tracings:
-        await tracing.flush()
+    """The collected spans once ``count`` have arrived (every tracing flushed; export is synchronous).
+
+    A server span ends in the handler's ``finally``, which may run just after its caller has the
+    answer (an aborted call), so flushing goes on until the spans are in, for at most 10 s."""
+    async with asyncio.timeout(10):
+        while True:
+            for tracing in tracings:
+                await tracing.flush()
+            if len(collector.spans) >= count:
+                break
+            await asyncio.sleep(0.01)
     assert len(collector.spans) == count, collector.spans
     return collector.spans
 

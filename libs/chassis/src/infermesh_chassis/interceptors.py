@@ -148,11 +148,12 @@ class _ServerCall:
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.refusal: InvalidArgument | None = None
-        rid = None
+        rid = traceparent = None
         for key, value in context.invocation_metadata() or ():
             if key == ctx.REQUEST_ID_METADATA_KEY:
                 rid = value if isinstance(value, str) else value.decode(errors="replace")
-                break
+            elif key == TRACEPARENT_METADATA_KEY:
+                traceparent = value
         if rid is not None:
             try:
                 check_request_id(rid, f"metadata {ctx.REQUEST_ID_METADATA_KEY}")
@@ -166,11 +167,6 @@ class _ServerCall:
         self.span = None
         self.exemplar: dict[str, str] | None = None
         if tracing is not None:
-            traceparent = None
-            for key, value in context.invocation_metadata() or ():
-                if key == TRACEPARENT_METADATA_KEY:
-                    traceparent = value
-                    break
             self.span, self._span_token = tracing.start_server(method[1:], traceparent, self.request_id, call)
 
     def finish(self) -> None:

@@ -41,7 +41,6 @@ from typing import Any
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
@@ -50,6 +49,7 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, S
 from infermesh_chassis import context as ctx
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics
+from infermesh_chassis.otlp import encode_spans
 from infermesh_chassis.settings import TracingSettings
 from infermesh_chassis.tasks import cancel_and_wait
 
@@ -78,37 +78,49 @@ TRACE_ID_METADATA_KEY = "x-trace-id"
 """Trailing metadata key naming the trace a sampled call was recorded in (``infermesh trace`` shows it)."""
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NEW_TRACE = otel_context.Context()
 """The parent context of a span that starts a new trace (not whatever happens to be current)."""
 
 _log = get_logger("infermesh_chassis.tracing")
 
 
-def parse_traceparent(value: str | bytes | None) -> SpanContext | None:
-    """The remote span context a W3C ``traceparent`` names, or None when it is absent or malformed.
+def _fields(value: str | bytes) -> tuple[str, str, str] | None:
+    """``(trace_hex, span_hex, flags_hex)`` of a valid W3C ``traceparent``, else None.
 
     Version ``00`` must have exactly four fields; a later version may append more (the spec's forward
     compatibility); version ``ff``, upper-case hex and all-zero ids are invalid.
     """
-    if value is None:
-        return None
     if isinstance(value, bytes):
         value = value.decode("ascii", errors="replace")
     match = _TRACEPARENT.fullmatch(value.strip())
     if match is None:
         return None
     version, trace_hex, span_hex, flags_hex, rest = match.groups()
-    if version == "ff" or (version == "00" and rest is not None):
+    if version == "ff" or (version == "00" and rest is not None) or trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
         return None
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-    if trace_id == 0 or span_id == 0:
+    return trace_hex, span_hex, flags_hex
+
+
+def parse_traceparent(value: str | bytes | None) -> SpanContext | None:
+    """The remote span context a W3C ``traceparent`` names, or None when it is absent or malformed."""
+    fields = None if value is None else _fields(value)
+    if fields is None:
         return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags_hex, 16) & 0x01))
+    trace_hex, span_hex, flags_hex = fields
+    flags = TraceFlags(int(flags_hex, 16) & 0x01)
+    return SpanContext(int(trace_hex, 16), int(span_hex, 16), is_remote=True, trace_flags=flags)
 
 
 def _unsampled() -> str:
-    """A ``traceparent`` for a new trace that is not sampled (its ids are random, as the spec asks)."""
-    return f"00-{random.getrandbits(128) or 1:032x}-{random.getrandbits(64) or 1:016x}-00"
+    """A ``traceparent`` for a new trace that is not sampled (its ids are random, as the spec asks; the
+    low bit of each is set so neither is all zeros)."""
+    ids = f"{random.getrandbits(192) | _LOW_BITS:048x}"
+    return f"00-{ids[:32]}-{ids[32:]}-00"
+
+
+_LOW_BITS = 1 | 1 << 64
 
 
 def format_traceparent(span_context: SpanContext) -> str:
@@ -269,18 +281,20 @@ class Tracing:
         only its unsampled ``traceparent`` on ``call`` for the calls it makes (so every hop behind keeps
         the decision): (None, None). That keeps the 99 unsampled requests of 100 nearly free.
         """
-        remote = parse_traceparent(traceparent)
-        if remote is None:
+        fields = None if traceparent is None else _fields(traceparent)
+        if fields is None:
             if self._ratio < 1.0 and random.random() >= self._ratio:
                 if call is not None:
                     call.traceparent = _unsampled()
                 return None, None
             parent = _NEW_TRACE
-        elif not remote.trace_flags.sampled:
-            if call is not None:
-                call.traceparent = format_traceparent(remote)
-            return None, None
         else:
+            trace_hex, span_hex, flags_hex = fields
+            if not int(flags_hex, 16) & 0x01:
+                if call is not None:
+                    call.traceparent = f"00-{trace_hex}-{span_hex}-00"
+                return None, None
+            remote = SpanContext(int(trace_hex, 16), int(span_hex, 16), is_remote=True, trace_flags=_SAMPLED)
             parent = trace.set_span_in_context(NonRecordingSpan(remote), _NEW_TRACE)
         server_span = self.tracer.start_span(
             name,
@@ -300,13 +314,11 @@ class Tracing:
         """Open the CLIENT span of one downstream call and its ``traceparent``: a child of the current span
         when the request is sampled; none in an unsampled request (its unsampled ``traceparent`` is passed
         on as it came); outside any request, a new trace sampled at ``sample_ratio``."""
-        parent = trace.get_current_span()
-        if not parent.is_recording():
-            call = ctx.current()
-            if call is not None and call.traceparent:
-                return None, call.traceparent
-            if self._ratio < 1.0 and random.random() >= self._ratio:
-                return None, _unsampled()
+        call = ctx.current()
+        if call is not None and call.traceparent:  # set only in an unsampled request
+            return None, call.traceparent
+        if not trace.get_current_span().is_recording() and self._ratio < 1.0 and random.random() >= self._ratio:
+            return None, _unsampled()
         client_span = self.tracer.start_span(
             name, kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc", "rpc.method": name, "net.peer.name": peer}
         )
