@@ -5,12 +5,15 @@ The whole mesh runs as in ``bench_mesh.py`` (data gateway, model gateway with on
 bounded hard: ``max_concurrency`` 16 and a local rate limit of 200 calls/s with a burst of 50. One
 grpc.aio client in this process fires ``BURST`` Predict calls at once over 8 connections, waits for
 every answer, pauses (the bucket refills), and does it ``ROUNDS`` times; most calls of each burst must
-be refused with RESOURCE_EXHAUSTED.
+be refused. Two business centers in turn, same downstreams: the chassis' bound on calls waiting for the
+event loop (``grpc.max_pending_calls`` 1024, "before"), then the business center's own (128, "after"):
+beyond it gRPC core refuses a call before any Python runs (CANCELLED), the scene's limits refuse the
+others (RESOURCE_EXHAUSTED) once the event loop takes them up, one at a time.
 
-Prints the calls by status with their p50/p99 latency (from the burst's start, as the caller sees it),
-the business center's CPU per call of the bursts, the peak RSS (VmHWM) of every process, and ends
-with one JSON line ``{"bench": "burst", ...}``. Goal: refusals are answered well before successes
-(``refused_to_ok_p50`` far below 1).
+Prints the calls by status with their p50/p99 latency (each from its own start, as the caller sees it),
+the CPU each process spent per call of the bursts, the peak RSS (VmHWM) of every process, and ends
+with one JSON line ``{"bench": "burst", ...}``: "refused" is every call not answered OK. Goal: refusals
+are answered well before successes (``refused_to_ok_p50`` far below 1).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from benchkit import children, cpu_s, peak_rss_mib, process_name, spread_channel
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as bz
 from infermesh.bizcenter.v1 import biz_center_pb2_grpc as bz_grpc
+from infermesh_biz_center.settings import FrontGrpcSettings
+from infermesh_chassis.settings import GrpcServerSettings
 
 BURST = 600
 ROUNDS = 5
@@ -39,8 +44,9 @@ PAUSE_S = 1.0
 TIMEOUT_S = 10.0
 MAX_CONCURRENCY = 16
 RATE = {"requests_per_second": 200, "burst": 50, "mode": "RATE_LIMIT_MODE_LOCAL"}
-MAX_IN_FLIGHT = 24
-"""The business center's server-wide bound in the second run: a little above the scene's."""
+FRONT_PENDING = FrontGrpcSettings().max_pending_calls
+CHASSIS_PENDING = GrpcServerSettings().max_pending_calls
+"""The chassis' default ``grpc.max_pending_calls`` (the business center's before it had its own)."""
 
 
 @dataclass
@@ -54,18 +60,19 @@ class Run:
     biz_rss_mib: float
 
 
-def _bounded_biz(workdir: Path, data: Service, model: Service, max_in_flight: int | None) -> Service:
-    """A business center whose scene is bounded by :data:`MAX_CONCURRENCY` and :data:`RATE`, and its
-    server by ``grpc.max_in_flight_calls``."""
-    settings = biz_settings(workdir, data, model, f"biz-burst-{max_in_flight}.db")
+def _bounded_biz(workdir: Path, data: Service, model: Service, pending: int | None) -> Service:
+    """A business center whose scene is bounded by :data:`MAX_CONCURRENCY` and :data:`RATE`, with
+    ``grpc.max_pending_calls`` ``pending`` (None: its default)."""
+    settings = biz_settings(workdir, data, model, f"biz-burst-{pending}.db")
     settings["grpc"] = {"host": "127.0.0.1", "port": 0, "grace_period_s": 2, "workers": 1}
-    settings["grpc"]["max_in_flight_calls"] = max_in_flight
+    if pending is not None:
+        settings["grpc"]["max_pending_calls"] = pending
     scenes_file = Path(str(settings["config"]["seed_file"]))  # type: ignore[index]
     scenes = yaml.safe_load(scenes_file.read_text())
     scenes["scenes"][0]["max_concurrency"] = MAX_CONCURRENCY
     scenes["scenes"][0]["rate_limit"] = RATE
     scenes_file.write_text(yaml.safe_dump(scenes))
-    biz = Service(f"biz-center-{max_in_flight}", "infermesh_biz_center", workdir, settings)
+    biz = Service(f"biz-center-{pending or 'default'}", "infermesh_biz_center", workdir, settings)
     biz.wait_serving()
     return biz
 
@@ -80,8 +87,9 @@ async def _bursts(address: str) -> dict[str, list[float]]:
         for channel in channels:
             await channel.channel_ready()
 
-        async def call(n: int, began: float) -> None:
+        async def call(n: int) -> None:
             request = bz.PredictRequest(scene="churn-score", unit_id=str(CUSTOMERS[n % len(CUSTOMERS)]))
+            began = time.perf_counter()
             try:
                 await predicts[n % len(predicts)](request, metadata=metadata, timeout=TIMEOUT_S)
                 status = "OK"
@@ -90,8 +98,7 @@ async def _bursts(address: str) -> dict[str, list[float]]:
             outcomes[status].append(time.perf_counter() - began)
 
         for _ in range(ROUNDS):
-            began = time.perf_counter()
-            await asyncio.gather(*(call(n, began) for n in range(BURST)))
+            await asyncio.gather(*(call(n) for n in range(BURST)))
             await asyncio.sleep(PAUSE_S)
     finally:
         for channel in channels:
@@ -105,7 +112,8 @@ def _quantile_ms(values: list[float], q: float) -> float:
 
 
 def _figures(outcomes: dict[str, list[float]]) -> dict[str, float | int | None]:
-    refused, ok = outcomes.get("RESOURCE_EXHAUSTED", []), outcomes.get("OK", [])
+    refused = [latency for status, latencies in outcomes.items() if status != "OK" for latency in latencies]
+    ok = outcomes.get("OK", [])
     refused_p50, ok_p50 = _quantile_ms(refused, 0.5), _quantile_ms(ok, 0.5)
     return {
         "refused_p50_ms": round(refused_p50, 1),
@@ -117,10 +125,10 @@ def _figures(outcomes: dict[str, list[float]]) -> dict[str, float | int | None]:
     }
 
 
-def _run(workdir: Path, data: Service, model: Service, max_in_flight: int | None, pids: dict[str, int]) -> Run:
-    """One business center bounded by ``max_in_flight``: the bursts' outcomes, CPU ms per call by
-    process and the business center's peak RSS."""
-    biz = _bounded_biz(workdir, data, model, max_in_flight)
+def _run(workdir: Path, data: Service, model: Service, pending: int | None, pids: dict[str, int]) -> Run:
+    """One business center with ``grpc.max_pending_calls`` ``pending``: the bursts' outcomes, CPU ms
+    per call by process and the business center's peak RSS."""
+    biz = _bounded_biz(workdir, data, model, pending)
     try:
         measured = pids | {"biz-center": biz.process.pid}
         before = {name: cpu_s(pid) for name, pid in measured.items()}
@@ -150,8 +158,8 @@ def main() -> int:
         services.remove(biz)
         triton_pid = next(p for p in children(model.process.pid) if process_name(p) == "tritonserver")
         pids = {s.name: s.process.pid for s in services} | {"tritonserver": triton_pid}
-        scene_only = _run(workdir, data, model, None, pids)
-        bounded = _run(workdir, data, model, MAX_IN_FLIGHT, pids)
+        before = _run(workdir, data, model, CHASSIS_PENDING, pids)
+        after = _run(workdir, data, model, None, pids)
         rss = {name: peak_rss_mib(pid) for name, pid in pids.items()}
         rss["client"] = peak_rss_mib(os.getpid())
     finally:
@@ -160,27 +168,26 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"{ROUNDS} bursts of {BURST} Predict calls at once; scene max_concurrency {MAX_CONCURRENCY}, rate {RATE}")
-    _print("scene limits only (grpc.max_in_flight_calls unset):", scene_only)
-    _print(f"grpc.max_in_flight_calls {MAX_IN_FLIGHT} as well:", bounded)
+    _print(f"before: grpc.max_pending_calls {CHASSIS_PENDING} (the chassis' default)", before)
+    _print(f"after: the business center's default grpc.max_pending_calls ({FRONT_PENDING})", after)
     print(
         "peak RSS MiB: "
         + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
-        + f", biz-center {scene_only.biz_rss_mib:.0f} / {bounded.biz_rss_mib:.0f}"
+        + f", biz-center {before.biz_rss_mib:.0f} before / {after.biz_rss_mib:.0f} after"
     )
-    before = _figures(scene_only.outcomes)
     result = {
         "bench": "burst",
         "burst": BURST,
         "rounds": ROUNDS,
-        "max_in_flight_calls": MAX_IN_FLIGHT,
-        **_figures(bounded.outcomes),
-        **{f"scene_only_{key}": value for key, value in before.items()},
-        "cpu_ms_per_call_biz_center": round(bounded.cpu_ms["biz-center"], 3),
-        "scene_only_cpu_ms_per_call_biz_center": round(scene_only.cpu_ms["biz-center"], 3),
-        "cpu_ms_per_call_data_gateway": round(bounded.cpu_ms["data-gateway"], 3),
-        "cpu_ms_per_call_model_gateway": round(bounded.cpu_ms["model-gateway"], 3),
-        "cpu_ms_per_call_triton": round(bounded.cpu_ms["tritonserver"], 3),
-        "biz_center_peak_rss_mib": round(bounded.biz_rss_mib),
+        "max_pending_calls": FRONT_PENDING,
+        **_figures(after.outcomes),
+        **{f"before_{key}": value for key, value in _figures(before.outcomes).items()},
+        "cpu_ms_per_call_biz_center": round(after.cpu_ms["biz-center"], 3),
+        "before_cpu_ms_per_call_biz_center": round(before.cpu_ms["biz-center"], 3),
+        "cpu_ms_per_call_data_gateway": round(after.cpu_ms["data-gateway"], 3),
+        "cpu_ms_per_call_model_gateway": round(after.cpu_ms["model-gateway"], 3),
+        "cpu_ms_per_call_triton": round(after.cpu_ms["tritonserver"], 3),
+        "biz_center_peak_rss_mib": round(after.biz_rss_mib),
         "data_gateway_peak_rss_mib": round(rss["data-gateway"]),
         "model_gateway_peak_rss_mib": round(rss["model-gateway"]),
         "tritonserver_peak_rss_mib": round(rss["tritonserver"]),

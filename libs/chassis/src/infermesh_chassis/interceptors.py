@@ -14,11 +14,6 @@ that each call
   traceback goes to the log);
 - counts requests, errors by status code, and latency; a call the caller cancelled (or whose
   deadline passed) is counted as CANCELLED (DEADLINE_EXCEEDED) and logged;
-- with a server-wide bound on unary calls in flight (:class:`Admission`), refuses a unary call
-  beyond it first thing, before the request id, tracing or any servicer work: RESOURCE_EXHAUSTED
-  with a ``retry-after-ms`` hint (the recent mean latency of admitted calls), counted as such. Under a
-  burst every call waits its turn on the event loop; the cheaper the refusal, the sooner the refused
-  calls (and those behind them) are answered. Health checks are never refused;
 - with tracing on (:mod:`.tracing`), opens the call's SERVER span, child of the caller's ``traceparent``
   metadata, current for the call and ended with its status; a sampled call's latency carries its trace
   id as an exemplar, and its trailing metadata the trace id (``x-trace-id``). With tracing off, that is
@@ -42,7 +37,7 @@ import grpc
 from opentelemetry import context as otel_context
 
 from infermesh_chassis import context as ctx
-from infermesh_chassis.errors import InfermeshError, InvalidArgument, retry_after_ms
+from infermesh_chassis.errors import InfermeshError, InvalidArgument
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import RpcMetrics
 from infermesh_chassis.tracing import (
@@ -54,13 +49,9 @@ from infermesh_chassis.tracing import (
 )
 from infermesh_chassis.validation import bound_message, check_fields, check_request_id
 
-__all__ = ["Admission", "CallRecorder", "ServerInterceptor", "split_method"]
+__all__ = ["CallRecorder", "ServerInterceptor", "split_method"]
 
 _log = get_logger("infermesh_chassis.interceptors")
-
-_EWMA_WEIGHT = 0.1
-_UNBOUNDED_METHODS = ("/grpc.health.v1.Health/",)
-"""Methods the in-flight bound never refuses (health checks must answer under load)."""
 
 
 def split_method(full_method: str) -> tuple[str, str]:
@@ -92,53 +83,6 @@ class CallRecorder:
             if child is None:
                 child = self._error_children[code] = self._errors.labels(*self._labels, code.name)
             child.inc()
-
-
-class Admission:
-    """A bound on the unary calls this server runs at once, checked before any other work of a call.
-
-    Not thread-safe (one event loop). ``refused`` counts the calls refused so far; ``on_refused`` is
-    called once per refusal (a metric's ``inc``).
-    """
-
-    __slots__ = ("_on_refused", "_trailing", "in_flight", "limit", "mean_s", "refused")
-
-    def __init__(self, limit: int, on_refused: Callable[[], None] | None = None) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        self.limit = limit
-        self.in_flight = 0
-        self.refused = 0
-        self.mean_s = 0.01
-        """Recent mean latency of admitted calls (the retry-after hint: when a slot likely frees)."""
-        self._on_refused = on_refused
-        self._trailing: tuple[tuple[str, str], ...] = ()
-
-    def enter(self) -> bool:
-        """Take a slot; False (and the refusal counted) when all ``limit`` are taken."""
-        if self.in_flight >= self.limit:
-            self.refused += 1
-            if self._on_refused is not None:
-                self._on_refused()
-            return False
-        self.in_flight += 1
-        return True
-
-    def leave(self, elapsed_s: float) -> None:
-        """Give back a slot taken by :meth:`enter`, with the call's latency."""
-        self.in_flight -= 1
-        self.mean_s += _EWMA_WEIGHT * (elapsed_s - self.mean_s)
-
-    async def refuse(self, context: grpc.aio.ServicerContext) -> None:
-        """Answer RESOURCE_EXHAUSTED with the retry hint (always raises)."""
-        hint = str(retry_after_ms(self.mean_s))
-        if not self._trailing or self._trailing[0][1] != hint:
-            self._trailing = (("retry-after-ms", hint),)
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"server at its limit of {self.limit} calls in flight; retry in {hint} ms",
-            self._trailing,
-        )
 
 
 class _Undecodable:
@@ -297,25 +241,6 @@ class _ServerCall:
 Behavior = Callable[..., Any]
 
 
-def _wrap_unary_unary(
-    behavior: Behavior, method: str, recorder: CallRecorder, tracing: Tracing | None, admission: Admission
-) -> Behavior:
-    """:func:`_wrap_unary_response` behind ``admission``: a call beyond the bound is refused first thing."""
-    wrapped = _wrap_unary_response(behavior, method, recorder, tracing, streaming_request=False)
-
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        if not admission.enter():
-            recorder.record(grpc.StatusCode.RESOURCE_EXHAUSTED, started)
-            await admission.refuse(context)
-        try:
-            return await wrapped(request, context)
-        finally:
-            admission.leave(time.perf_counter() - started)
-
-    return handler
-
-
 def _wrap_unary_response(
     behavior: Behavior, method: str, recorder: CallRecorder, tracing: Tracing | None, *, streaming_request: bool
 ) -> Behavior:
@@ -363,10 +288,9 @@ def _wrap_stream_response(
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """The one server interceptor of every service (see the module docstring)."""
 
-    def __init__(self, metrics: RpcMetrics, tracing: Tracing | None = None, admission: Admission | None = None) -> None:
+    def __init__(self, metrics: RpcMetrics, tracing: Tracing | None = None) -> None:
         self._metrics = metrics
         self._tracing = tracing
-        self._admission = admission
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -392,13 +316,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            if self._admission is not None and not method.startswith(_UNBOUNDED_METHODS):
-                behavior = _wrap_unary_unary(handler.unary_unary, method, recorder, self._tracing, self._admission)
-            else:
-                behavior = _wrap_unary_response(
-                    handler.unary_unary, method, recorder, self._tracing, streaming_request=False
-                )
-            return grpc.unary_unary_rpc_method_handler(behavior, **kwargs)
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary_response(handler.unary_unary, method, recorder, self._tracing, streaming_request=False),
+                **kwargs,
+            )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 _wrap_unary_response(handler.stream_unary, method, recorder, self._tracing, streaming_request=True),

@@ -1,8 +1,7 @@
 """The grpc.aio server bootstrap every service uses, with an explicit lifecycle.
 
 :class:`GrpcServer` builds the server from settings (message size limits, keepalive, a cap
-on concurrent calls, optionally a cheaper bound on unary calls in flight: :class:`~.interceptors.Admission`),
-installs the chassis interceptor, the standard health service
+on concurrent calls), installs the chassis interceptor, the standard health service
 (``grpc.health.v1``, a status per service) and server reflection, and serves /metrics.
 ``start()`` binds (a free port when 0 is asked for), serves, marks every service SERVING,
 registers the instance in discovery and, when ``ready_file`` is set, writes the ports it bound
@@ -30,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from infermesh_chassis.discovery import Discovery, Instance
-from infermesh_chassis.interceptors import Admission, ServerInterceptor
+from infermesh_chassis.interceptors import ServerInterceptor
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
@@ -85,14 +84,8 @@ class GrpcServer:
             ("grpc.server.max_pending_requests", cfg.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ]
-        self.admission: Admission | None = None
-        if cfg.max_in_flight_calls is not None:
-            shed = self.metrics.counter(
-                "grpc_server_shed", "Unary calls refused by the server-wide bound on calls in flight."
-            )
-            self.admission = Admission(cfg.max_in_flight_calls, shed.inc)
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.metrics.server, tracing, self.admission), *interceptors],
+            interceptors=[ServerInterceptor(self.metrics.server, tracing), *interceptors],
             options=options,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )

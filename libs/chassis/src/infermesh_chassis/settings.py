@@ -61,13 +61,6 @@ class GrpcServerSettings(BaseModel):
     the queue forms there, before any handler or interceptor can refuse: this bounds the wait of
     every admitted call and makes the refusal of the rest immediate. At about 1 ms of event-loop time
     per call the default bounds that wait near a second; a front door with a tight SLO sets less."""
-    max_in_flight_calls: int | None = Field(None, gt=0)
-    """Unary calls (health checks aside) this process runs at once, beyond which a call is refused
-    first thing, before the request id, tracing, parsing checks or any servicer work, with
-    RESOURCE_EXHAUSTED and a ``retry-after-ms`` hint (the recent mean latency of admitted calls). Far
-    cheaper than a refusal by the service itself (a scene's limit, a rate limit), so under a burst
-    the refused calls are answered well before the admitted ones. Counted in
-    ``infermesh_<service>_grpc_server_shed_total``. None: no bound (the service's own limits apply)."""
     keepalive_time_s: float = Field(30.0, gt=0)
     """Interval of server keepalive pings on idle connections."""
     keepalive_timeout_s: float = Field(10.0, gt=0)
