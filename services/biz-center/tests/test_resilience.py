@@ -192,13 +192,12 @@ async def test_a_burst_beyond_the_pending_bound_is_refused_in_grpc_core_before_a
         codes = await loop.run_in_executor(pool, lambda: [future.code() for future in futures])
     assert {future.code() for future in refused_in_core} == {grpc.StatusCode.CANCELLED}
     assert all(not future.trailing_metadata() for future in refused_in_core)
-    let_through = calls - len(refused_in_core)
-    assert set(codes[i] for i, f in enumerate(futures) if f not in refused_in_core) <= {
-        grpc.StatusCode.OK,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-    assert codes.count(grpc.StatusCode.OK) <= let_through <= pending + 2
-    assert sum(doubles.models.batch_sizes) - scored_before <= let_through
+    refused = {id(future) for future in refused_in_core}
+    let_through = [code for future, code in zip(futures, codes, strict=True) if id(future) not in refused]
+    assert len(let_through) <= pending + 2
+    assert set(let_through) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert let_through.count(grpc.StatusCode.OK) >= 1
+    assert sum(doubles.models.batch_sizes) - scored_before <= let_through.count(grpc.StatusCode.OK)
     assert biz.biz.predictor.gate.in_flight("churn-score") == 0
 
 
