@@ -5,8 +5,10 @@ load shedding under overload."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -27,6 +29,7 @@ from bizcenter_support import (
 )
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
+from infermesh.bizcenter.v1 import biz_center_pb2_grpc as pb_grpc
 from infermesh.common.v1 import common_pb2
 
 REASONS = common_pb2.DegradationReason
@@ -156,6 +159,46 @@ async def test_deadline_exhaustion_without_fallback_is_deadline_exceeded(biz: Ha
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await biz.predict.Predict(churn_request(3), metadata=scoring())
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _burst(predict: grpc.UnaryUnaryMultiCallable, calls: int, refusals: int) -> list[grpc.Future]:
+    """Send ``calls`` Predicts at once and return once ``refusals`` of them are answered."""
+    answered = threading.Semaphore(0)
+    futures = [predict.future(churn_request(1 + i % 4), metadata=scoring(), timeout=60) for i in range(calls)]
+    for future in futures:
+        future.add_done_callback(lambda _: answered.release())
+    for _ in range(refusals):
+        assert answered.acquire(timeout=20), "gRPC core did not refuse the burst while the event loop was held"
+    return futures
+
+
+async def test_a_burst_beyond_the_pending_bound_is_refused_in_grpc_core_before_any_scoring(
+    biz: Harness, doubles: Doubles
+):
+    """The front door's default bound on calls waiting for its event loop: while the loop is held
+    (as a burst holds it), gRPC core refuses the calls beyond it itself, CANCELLED with no request id
+    (no handler saw them), and only the calls it let through reach the scoring path."""
+    pending = biz.runtime.server.settings.grpc.max_pending_calls
+    assert pending == 128
+    calls = pending + 40
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1) as pool, grpc.insecure_channel(biz.address) as channel:
+        predict = pb_grpc.BizCenterServiceStub(channel).Predict
+        await loop.run_in_executor(pool, lambda: predict(churn_request(1), metadata=scoring(), timeout=30))
+        scored_before = sum(doubles.models.batch_sizes)
+        burst = pool.submit(_burst, predict, calls, calls - pending - 2)
+        futures = burst.result(timeout=60)  # holds this event loop: no Python of the business center runs
+        refused_in_core = [future for future in futures if future.done()]
+        codes = await loop.run_in_executor(pool, lambda: [future.code() for future in futures])
+    assert {future.code() for future in refused_in_core} == {grpc.StatusCode.CANCELLED}
+    assert all(not future.trailing_metadata() for future in refused_in_core)
+    refused = {id(future) for future in refused_in_core}
+    let_through = [code for future, code in zip(futures, codes, strict=True) if id(future) not in refused]
+    assert len(let_through) <= pending + 2
+    assert set(let_through) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert let_through.count(grpc.StatusCode.OK) >= 1
+    assert sum(doubles.models.batch_sizes) - scored_before <= let_through.count(grpc.StatusCode.OK)
+    assert biz.biz.predictor.gate.in_flight("churn-score") == 0
 
 
 async def test_shedding_refuses_beyond_the_scene_concurrency_at_once(biz: Harness, doubles: Doubles):

@@ -60,7 +60,9 @@ class GrpcServerSettings(BaseModel):
     refuses new ones at once, without any Python running (the caller sees CANCELLED). Under a burst
     the queue forms there, before any handler or interceptor can refuse: this bounds the wait of
     every admitted call and makes the refusal of the rest immediate. At about 1 ms of event-loop time
-    per call the default bounds that wait near a second; a front door with a tight SLO sets less."""
+    per call the default bounds that wait near a second; a front door with a tight SLO sets less (the
+    business center: 128). A refusal in Python cannot replace this bound: grpc.aio takes calls up one
+    per event-loop turn, so a call refused by a handler still waits behind every call before it."""
     keepalive_time_s: float = Field(30.0, gt=0)
     """Interval of server keepalive pings on idle connections."""
     keepalive_timeout_s: float = Field(10.0, gt=0)
