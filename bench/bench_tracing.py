@@ -2,8 +2,9 @@
 
 A server process runs two chassis servers, ``front`` and ``back``: each ``Forward`` call to the front
 makes one downstream call to the back through ``ServiceClient``, so a request is two server spans and
-one client span, the chassis' whole tracing path. The same process is started with tracing off, at
-sample ratio 0.01 and at 1.0, exporting to a real monitor (chdb); one grpc.aio client drives each at
+one client span, the chassis' whole tracing path. The same process is started with tracing off, with
+tracing off but a random ``traceparent`` on every downstream call (what the header alone costs gRPC),
+at sample ratio 0.01 and at 1.0, exporting to a real monitor (chdb); one grpc.aio client drives each at
 concurrency 16, three times interleaved (medians). The cost is the server process' CPU per request
 against tracing off (CPU, not throughput: the box is shared and loaded). Then Export calls of 512
 spans each go straight to the monitor: spans stored per second. Ends with one JSON line ``{"bench": "tracing", ...}``.
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -33,7 +35,9 @@ from infermesh_chassis.ready import wait_ready
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 256
 CONCURRENCY = 16
-MODES = ("off", "0.01", "1.0")
+MODES = ("off", "header", "0.01", "1.0")
+"""``header``: tracing off, but every downstream call carries a random W3C ``traceparent``, as an
+unsampled request's does: what the header alone costs gRPC, the floor of the 0.01 figure."""
 ROUNDS = 3
 """Each mode runs this many times, interleaved, and its figures are the medians (the box is shared)."""
 EXPORT_BATCH = 512
@@ -50,8 +54,8 @@ async def _serve(mode: str, endpoint: str, port_file: Path) -> None:
     from infermesh_chassis.tracing import Tracing  # noqa: PLC0415
 
     configure_logging("bench-tracing", "WARNING")
-    ratio = 0.0 if mode == "off" else float(mode)
-    tracing_settings = TracingSettings(endpoint="" if mode == "off" else endpoint, sample_ratio=ratio)
+    traced = mode not in ("off", "header")
+    tracing_settings = TracingSettings(endpoint=endpoint if traced else "", sample_ratio=float(mode) if traced else 0.0)
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
@@ -87,6 +91,9 @@ async def _serve(mode: str, endpoint: str, port_file: Path) -> None:
     )
 
     async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if mode == "header":
+            traceparent = f"00-{random.getrandbits(128) | 1:032x}-{random.getrandbits(64) | 1:016x}-00"
+            return await downstream.call("Echo", request, metadata=(("traceparent", traceparent),))  # type: ignore[no-any-return]
         return await downstream.call("Echo", request)  # type: ignore[no-any-return]
 
     front = start("front", forward)
@@ -235,6 +242,7 @@ async def _measure() -> None:
         "bench": "tracing",
         "overhead_pct_ratio_001": overhead("0.01"),
         "overhead_pct_ratio_1": overhead("1.0"),
+        "overhead_pct_traceparent_only": overhead("header"),
         "spans_per_s_stored": round(stored_per_s),
         "cpu_us_per_request_off": round(off, 1),
         "unsampled_added_us_per_request": round(unsampled_us, 2),
