@@ -10,7 +10,6 @@ import re
 import socket
 import threading
 import urllib.request
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -24,6 +23,7 @@ from infermesh_chassis.ready import ReadyTimeout, read_ready, wait_ready
 from infermesh_chassis.server import GrpcServer
 from infermesh_chassis.settings import ServiceSettings
 from infermesh_chassis.tasks import cancel_and_wait
+from infermesh_chassis.testing import settled
 
 
 async def test_health_reports_serving_per_service(start_server, echo_stub):
@@ -202,18 +202,6 @@ def _samples(text: str, name: str) -> list[float]:
     return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
 
 
-async def _settled(read: Callable[[], int], expected: int) -> int:
-    """``read()`` once it equals ``expected`` (core records a call's status just after its caller
-    has it), or its last value after a bounded wait."""
-    value = read()
-    for _ in range(500):
-        if value == expected:
-            break
-        await asyncio.sleep(0.02)
-        value = read()
-    return value
-
-
 def _sample(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
@@ -299,7 +287,7 @@ async def test_a_burst_beyond_the_pending_bound_is_refused_while_the_loop_is_bus
     assert after.count(grpc.StatusCode.OK) == calls - len(while_frozen)
     refused = after.count(grpc.StatusCode.CANCELLED)
     assert server.core_calls is not None
-    assert await _settled(server.core_calls.unanswered, refused) == refused
+    assert await settled(server.core_calls.unanswered, refused) == refused
     text = await asyncio.to_thread(_scrape, server.metrics_port)
     core = {
         what: _value(text, f"infermesh_echo_grpc_core_calls_{what}_total")
@@ -323,7 +311,7 @@ async def test_calls_unanswered_in_core_are_logged_at_most_once_per_interval(sta
     assert server.core_calls is not None
     now = [0.0]
     core_calls = CoreCalls(server.core_calls.server_id, lambda: 0, max_pending_calls=pending, clock=lambda: now[0])
-    assert await _settled(core_calls.unanswered, refused) == refused
+    assert await settled(core_calls.unanswered, refused) == refused
 
     def warnings() -> list[dict]:
         return [e for e in log_events() if e["event"] == "grpc_core_calls_unanswered"]
@@ -341,7 +329,7 @@ async def test_calls_unanswered_in_core_are_logged_at_most_once_per_interval(sta
         None, _burst_while_frozen, server.address, service, calls, calls - pending - 2
     )
     total = refused + again.count(grpc.StatusCode.CANCELLED)
-    assert await _settled(core_calls.unanswered, total) == total
+    assert await settled(core_calls.unanswered, total) == total
     now[0] = 20.0
     core_calls.check()
     core_calls.check()
