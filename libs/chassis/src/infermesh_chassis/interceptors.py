@@ -258,8 +258,8 @@ def _wrap_unary_response(
     streaming_request: bool,
 ) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        held.count += 1
         call = _ServerCall(context, method, tracing)
+        held.count += 1
         try:
             request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             result = behavior(request_or_iterator, context)
@@ -287,8 +287,8 @@ def _wrap_stream_response(
     streaming_request: bool,
 ) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        held.count += 1
         call = _ServerCall(context, method, tracing)
+        held.count += 1
         try:
             request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             produced = behavior(request_or_iterator, context)
