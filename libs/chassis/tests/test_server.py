@@ -17,11 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from infermesh_chassis import errors
+from infermesh_chassis.corecalls import WARN_EVERY_S, CoreCalls
 from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
 from infermesh_chassis.ready import ReadyTimeout, read_ready, wait_ready
 from infermesh_chassis.server import GrpcServer
 from infermesh_chassis.settings import ServiceSettings
 from infermesh_chassis.tasks import cancel_and_wait
+from infermesh_chassis.testing import settled
 
 
 async def test_health_reports_serving_per_service(start_server, echo_stub):
@@ -189,6 +191,17 @@ def _scrape(port: int) -> str:
         return reply.read().decode()
 
 
+def _value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} in /metrics")
+
+
+def _samples(text: str, name: str) -> list[float]:
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+
+
 def _sample(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
@@ -272,6 +285,60 @@ async def test_a_burst_beyond_the_pending_bound_is_refused_while_the_loop_is_bus
     )
     assert set(while_frozen) == {grpc.StatusCode.CANCELLED}
     assert after.count(grpc.StatusCode.OK) == calls - len(while_frozen)
+    refused = after.count(grpc.StatusCode.CANCELLED)
+    assert server.core_calls is not None
+    assert await settled(server.core_calls.unanswered, refused) == refused
+    text = await asyncio.to_thread(_scrape, server.metrics_port)
+    core = {
+        what: _value(text, f"infermesh_echo_grpc_core_calls_{what}_total")
+        for what in ("started", "succeeded", "failed")
+    }
+    handled = sum(_samples(text, "infermesh_echo_grpc_server_requests_total"))
+    assert core["started"] - handled == refused  # no handler saw them
+    assert core["started"] - core["succeeded"] - core["failed"] == refused  # core ended them with no status
+    assert _value(text, "infermesh_echo_grpc_core_calls_unanswered") == refused
+
+
+async def test_calls_unanswered_in_core_are_logged_at_most_once_per_interval(start_server, log_events):
+    """The warning names the calls core refused, once they stayed unanswered over two checks, and
+    waits its interval before naming more (an injected clock, no sleep)."""
+    pending, calls = 4, 24
+    server, service = await start_server(grpc={"max_pending_calls": pending})
+    _, after = await asyncio.get_running_loop().run_in_executor(
+        None, _burst_while_frozen, server.address, service, calls, calls - pending - 2
+    )
+    refused = after.count(grpc.StatusCode.CANCELLED)
+    assert server.core_calls is not None
+    now = [0.0]
+    core_calls = CoreCalls(server.core_calls.server_id, lambda: 0, max_pending_calls=pending, clock=lambda: now[0])
+    assert await settled(core_calls.unanswered, refused) == refused
+
+    def warnings() -> list[dict]:
+        return [e for e in log_events() if e["event"] == "grpc_core_calls_unanswered"]
+
+    core_calls.check()  # one reading: not yet a warning
+    assert warnings() == []
+    now[0] = 10.0
+    core_calls.check()
+    assert [(w["level"], w["unanswered"], w["new"], w["max_pending_calls"]) for w in warnings()] == [
+        ("warning", refused, refused, pending)
+    ]
+    service.frozen.clear()
+    service.thaw.clear()
+    _, again = await asyncio.get_running_loop().run_in_executor(
+        None, _burst_while_frozen, server.address, service, calls, calls - pending - 2
+    )
+    total = refused + again.count(grpc.StatusCode.CANCELLED)
+    assert await settled(core_calls.unanswered, total) == total
+    now[0] = 20.0
+    core_calls.check()
+    core_calls.check()
+    assert len(warnings()) == 1  # grown, but within the interval
+    now[0] = 10.0 + WARN_EVERY_S
+    core_calls.check()
+    assert [(w["unanswered"], w["new"]) for w in warnings()][1:] == [(total, total - refused)]
+    core_calls.check()
+    assert len(warnings()) == 2  # nothing new
 
 
 async def test_oversize_message_is_refused(start_server, echo_stub):

@@ -31,6 +31,7 @@ from bizcenter_support import (
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.bizcenter.v1 import biz_center_pb2_grpc as pb_grpc
 from infermesh.common.v1 import common_pb2
+from infermesh_chassis.testing import settled
 
 REASONS = common_pb2.DegradationReason
 SERVED = common_pb2.ServedBy
@@ -177,7 +178,8 @@ async def test_a_burst_beyond_the_pending_bound_is_refused_in_grpc_core_before_a
 ):
     """The front door's default bound on calls waiting for its event loop: while the loop is held
     (as a burst holds it), gRPC core refuses the calls beyond it itself, CANCELLED with no request id
-    (no handler saw them), and only the calls it let through reach the scoring path."""
+    (no handler saw them), and only the calls it let through reach the scoring path. Core's own counts
+    (channelz) show them: started, neither succeeded nor failed, and held by no handler."""
     pending = biz.runtime.server.settings.grpc.max_pending_calls
     assert pending == 128
     calls = pending + 40
@@ -199,6 +201,15 @@ async def test_a_burst_beyond_the_pending_bound_is_refused_in_grpc_core_before_a
     assert let_through.count(grpc.StatusCode.OK) >= 1
     assert sum(doubles.models.batch_sizes) - scored_before <= let_through.count(grpc.StatusCode.OK)
     assert biz.biz.predictor.gate.in_flight("churn-score") == 0
+    core_calls = biz.runtime.server.core_calls  # what gRPC core counted of the calls no handler saw
+    assert core_calls is not None
+    refused = codes.count(grpc.StatusCode.CANCELLED)
+    assert refused >= len(refused_in_core) > 0
+    assert await settled(core_calls.unanswered, refused) == refused
+    counts = core_calls.counts()
+    assert counts.started - counts.succeeded - counts.failed == refused
+    text = biz.runtime.server.metrics.render().decode()
+    assert f"infermesh_biz_center_grpc_core_calls_unanswered {float(refused)}" in text
 
 
 async def test_shedding_refuses_beyond_the_scene_concurrency_at_once(biz: Harness, doubles: Doubles):

@@ -13,7 +13,9 @@ that each call
   what gRPC metadata carries, and anything unexpected to INTERNAL with a generic message (the
   traceback goes to the log);
 - counts requests, errors by status code, and latency; a call the caller cancelled (or whose
-  deadline passed) is counted as CANCELLED (DEADLINE_EXCEEDED) and logged;
+  deadline passed) is counted as CANCELLED (DEADLINE_EXCEEDED) and logged; and keeps how many calls
+  its handlers hold now (:attr:`ServerInterceptor.held`, compared with gRPC core's own counts by
+  :mod:`.corecalls`);
 - with tracing on (:mod:`.tracing`), opens the call's SERVER span, child of the caller's ``traceparent``
   metadata, current for the call and ended with its status; a sampled call's latency carries its trace
   id as an exemplar, and its trailing metadata the trace id (``x-trace-id``). With tracing off, that is
@@ -237,11 +239,27 @@ class _ServerCall:
 Behavior = Callable[..., Any]
 
 
+class _Held:
+    """How many calls the wrapped handlers hold now (begun, not yet ended)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 def _wrap_unary_response(
-    behavior: Behavior, method: str, recorder: CallRecorder, tracing: Tracing | None, *, streaming_request: bool
+    behavior: Behavior,
+    method: str,
+    recorder: CallRecorder,
+    tracing: Tracing | None,
+    held: _Held,
+    *,
+    streaming_request: bool,
 ) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _ServerCall(context, method, tracing)
+        held.count += 1
         try:
             request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             result = behavior(request_or_iterator, context)
@@ -252,6 +270,7 @@ def _wrap_unary_response(
         except BaseException as exc:  # every outcome must be mapped and counted
             await call.fail(exc)
         finally:
+            held.count -= 1
             call.finish()
             recorder.record(call.code, call.started, call.exemplar)
 
@@ -259,10 +278,17 @@ def _wrap_unary_response(
 
 
 def _wrap_stream_response(
-    behavior: Behavior, method: str, recorder: CallRecorder, tracing: Tracing | None, *, streaming_request: bool
+    behavior: Behavior,
+    method: str,
+    recorder: CallRecorder,
+    tracing: Tracing | None,
+    held: _Held,
+    *,
+    streaming_request: bool,
 ) -> Behavior:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = _ServerCall(context, method, tracing)
+        held.count += 1
         try:
             request_or_iterator = call.admit(request_or_iterator, streaming_request=streaming_request)
             produced = behavior(request_or_iterator, context)
@@ -275,6 +301,7 @@ def _wrap_stream_response(
         except BaseException as exc:  # every outcome must be mapped and counted
             await call.fail(exc)
         finally:
+            held.count -= 1
             call.finish()
             recorder.record(call.code, call.started, call.exemplar)
 
@@ -287,7 +314,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: RpcMetrics, tracing: Tracing | None = None) -> None:
         self._metrics = metrics
         self._tracing = tracing
+        self._held = _Held()
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    @property
+    def held(self) -> int:
+        """Calls the wrapped handlers hold now: begun and not yet ended."""
+        return self._held.count
 
     async def intercept_service(
         self,
@@ -313,20 +346,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, method, recorder, self._tracing, streaming_request=False),
+                _wrap_unary_response(
+                    handler.unary_unary, method, recorder, self._tracing, self._held, streaming_request=False
+                ),
                 **kwargs,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, method, recorder, self._tracing, streaming_request=True),
+                _wrap_unary_response(
+                    handler.stream_unary, method, recorder, self._tracing, self._held, streaming_request=True
+                ),
                 **kwargs,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, method, recorder, self._tracing, streaming_request=False),
+                _wrap_stream_response(
+                    handler.unary_stream, method, recorder, self._tracing, self._held, streaming_request=False
+                ),
                 **kwargs,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(handler.stream_stream, method, recorder, self._tracing, streaming_request=True),
+            _wrap_stream_response(
+                handler.stream_stream, method, recorder, self._tracing, self._held, streaming_request=True
+            ),
             **kwargs,
         )

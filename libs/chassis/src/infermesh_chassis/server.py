@@ -8,7 +8,9 @@ registers the instance in discovery and, when ``ready_file`` is set, writes the 
 there (with those the service reported through :meth:`GrpcServer.report_port`; see
 :mod:`infermesh_chassis.ready`). ``stop()`` removes the ready file, marks everything NOT_SERVING,
 deregisters, stops accepting calls and lets in-flight calls finish within the grace period.
-:func:`serve` runs a server until SIGTERM or SIGINT.
+:func:`serve` runs a server until SIGTERM or SIGINT. gRPC core's own counts of the server's calls
+(channelz: calls it refused beyond ``max_pending_calls`` before any Python included) go to /metrics,
+and a warning to the log when calls go unanswered (:mod:`infermesh_chassis.corecalls`).
 
 As one of several worker processes of an instance (``worker``, see :mod:`infermesh_chassis.workers`)
 the server binds with ``SO_REUSEPORT``, leaves /metrics, discovery and the ready file to the parent,
@@ -28,12 +30,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from infermesh_chassis.corecalls import CHECK_EVERY_S, CoreCalls, server_ids
 from infermesh_chassis.discovery import Discovery, Instance
 from infermesh_chassis.interceptors import ServerInterceptor
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
 from infermesh_chassis.settings import ServiceSettings
+from infermesh_chassis.tasks import cancel_and_wait
 from infermesh_chassis.tracing import Tracing
 from infermesh_chassis.workers import WorkerSlot
 
@@ -84,11 +88,20 @@ class GrpcServer:
             ("grpc.server.max_pending_requests", cfg.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ]
+        interceptor = ServerInterceptor(self.metrics.server, tracing)
+        known = server_ids()
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.metrics.server, tracing), *interceptors],
+            interceptors=[interceptor, *interceptors],
             options=options,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )
+        self.core_calls = CoreCalls.created_since(
+            known, lambda: interceptor.held, max_pending_calls=cfg.max_pending_calls
+        )
+        """gRPC core's counts of this server's calls (None where channelz shows none)."""
+        if self.core_calls is not None:
+            self.core_calls.register(self.metrics)
+        self._core_task: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._service_names: list[str] = []
@@ -162,6 +175,13 @@ class GrpcServer:
                     await self._apply(name)
             await asyncio.sleep(_GATE_POLL_S)
 
+    @staticmethod
+    async def _watch_core(core_calls: CoreCalls) -> None:
+        """Warn when calls go unanswered in gRPC core (see :mod:`infermesh_chassis.corecalls`)."""
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            core_calls.check()
+
     async def start(self) -> None:
         """Bind, serve, mark SERVING, expose /metrics and register in discovery."""
         cfg = self.settings.grpc
@@ -172,6 +192,8 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
         await self._server.start()
+        if self.core_calls is not None:
+            self._core_task = asyncio.create_task(self._watch_core(self.core_calls))
         if self._worker is not None:
             await self.set_serving(("", *self._service_names), True)
             self._worker.write_ports(self._reported)
@@ -225,6 +247,8 @@ class GrpcServer:
         if self._gate_task is not None:
             self._gate_task.cancel()
             self._gate_task = None
+        await cancel_and_wait(self._core_task)
+        self._core_task = None
         if self.settings.ready_file is not None and self._worker is None:
             remove_ready(self.settings.ready_file, os.getpid())
         await self.health.enter_graceful_shutdown()

