@@ -155,7 +155,15 @@ async def test_one_request_is_one_trace_across_hops(collector, traced, log_event
 async def test_a_malformed_traceparent_starts_a_new_trace_and_never_fails_the_call(collector, traced) -> None:
     receiver, endpoint = collector
     server, _, tracing = await traced("svc", endpoint)
-    bad = ("garbage", "00-00000000000000000000000000000000-b7ad6b7169203331-01", "00-" + "a" * 4000)
+    bad = (
+        "garbage",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-" + "a" * 4000,
+        # unsampled-looking but invalid: never passed on as an unsampled decision
+        "00-00000000000000000000000000000000-b7ad6b7169203331-00",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-00",
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-00",
+    )
     for value in bad:
         assert await call(server.address, "Echo", b"x", (("traceparent", value),)) == b"x"
     spans = await flushed(receiver, [tracing], len(bad))
