@@ -1,6 +1,6 @@
 """A burst against the business center: how fast the calls it must refuse are refused.
 
-The whole mesh runs as in ``bench_mesh.py`` (data gateway, model gateway with one embedded
+The whole mesh runs as in ``bench_mesh.py`` (``meshkit.py``: data gateway, model gateway with one embedded
 ``tritonserver``, business center, each its own process with one worker), with the example scene
 bounded hard: ``max_concurrency`` 16 and a local rate limit of 200 calls/s with a burst of 50. One
 grpc.aio client in this process fires ``BURST`` Predict calls at once over 8 connections, waits for
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import grpc
 import yaml
-from bench_mesh import API_KEY, CUSTOMERS, Service, biz_settings, start_mesh
-from benchkit import children, cpu_s, peak_rss_mib, process_name, spread_channels
+from benchkit import cpu_s, peak_rss_mib, spread_channels
+from meshkit import API_KEY, CUSTOMERS, Service, biz_settings, mesh_pids, start_mesh
 from prometheus_client.parser import text_string_to_metric_families
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as bz
@@ -221,8 +221,7 @@ def main() -> int:
         data, model, biz, _ = start_mesh(workdir, services)
         biz.stop()
         services.remove(biz)
-        triton_pid = next(p for p in children(model.process.pid) if process_name(p) == "tritonserver")
-        pids = {s.name: s.process.pid for s in services} | {"tritonserver": triton_pid}
+        pids = mesh_pids(services, model)
         before = _run(workdir, data, model, pids, "before", pending=CHASSIS_PENDING)
         after = _run(workdir, data, model, pids, "after")
         deadline = _run(
