@@ -1,7 +1,7 @@
 """Streaming inference against PredictBatch: the same scene scored from a JetStream stream and through
 the ``PredictBatch`` RPC, same mesh, same run.
 
-The mesh is bench_mesh's (each service its own process: the data gateway on the churn example, the
+The mesh is bench_mesh's, from meshkit.py (each service its own process: the data gateway on the churn example, the
 model gateway with one embedded ``tritonserver`` serving a logistic regression, the business center
 on the example scene with its experiment paused), with a ``nats-server`` (JetStream on disk) beside
 it and the scene bound to the stream ``BENCH_TXN`` (protobuf ``PredictRequest`` per message on
@@ -48,9 +48,9 @@ import grpc
 import nats
 import nats.errors
 import yaml
-from bench_mesh import API_KEY, CUSTOMERS, Service, biz_settings, start_mesh
 from benchkit import children, cpu_s, drive, free_port, peak_rss_mib, process_name
 from google.protobuf import json_format
+from meshkit import API_KEY, CUSTOMERS, Service, biz_settings, start_mesh
 from nats.js import api as js_api
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as bz
@@ -291,7 +291,7 @@ def main() -> int:
     try:
         nats_process, url = _start_nats(workdir)
         data, model, reference, _ = start_mesh(workdir, services)
-        reference.stop()  # bench_mesh's own business center: the bound one below serves both runs
+        reference.stop()  # the mesh's own business center: the bound one below serves both runs
         settings = biz_settings(workdir, data, model, "biz-stream.db")
         settings["config"]["seed_file"] = str(_bound_seed(Path(settings["config"]["seed_file"])))
         settings["streaming"] = {"nats_url": url}

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from bench_mesh import API_KEY, CUSTOMERS, Service, start_mesh
 from benchkit import cpu_s, drive
+from meshkit import API_KEY, CUSTOMERS, Service, start_mesh
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as bz
 from infermesh.bizcenter.v1 import biz_center_pb2_grpc as bz_grpc

@@ -31,7 +31,9 @@ from deploy_support import (
     settings_class,
 )
 
+from infermesh_chassis.corecalls import CoreCalls
 from infermesh_chassis.events import EventEmitter
+from infermesh_chassis.interceptors import DeadlineShedding
 from infermesh_chassis.jetstream import CONSUMER_GAUGES
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import (
@@ -336,6 +338,8 @@ def known_metrics() -> set[str]:
     for service in SERVICES:
         metrics = Metrics(service)
         EventEmitter(sink=None, settings=EventSettings(), metrics=metrics)  # type: ignore[arg-type]
+        DeadlineShedding(metrics)  # what every service's GrpcServer adds: calls shed, gRPC core's counts
+        CoreCalls(0, lambda: 0, max_pending_calls=1).register(metrics)
         families = list(metrics.registry.collect())
         for source in (ROOT / "services" / service / "src").rglob("*.py"):
             text = source.read_text()

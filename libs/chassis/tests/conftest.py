@@ -36,6 +36,7 @@ class EchoStub:
         for name in ("Echo", "Fail", "Crash", "Slow", "WhoAmI", "Forward", "Unimplemented", "Lookup", "Hold", "Freeze"):
             setattr(self, name, channel.unary_unary(f"/{SERVICE}/{name}"))
         self.Count = channel.unary_stream(f"/{SERVICE}/Count")
+        self.Join = channel.stream_unary(f"/{SERVICE}/Join")
 
 
 class EchoService:
@@ -109,6 +110,10 @@ class EchoService:
         for i in range(int(request.decode())):
             yield str(i).encode()
 
+    async def join(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        self.seen_request_ids.append(ctx.current_request_id())
+        return b"".join([request async for request in requests])
+
     def handler(self) -> grpc.GenericRpcHandler:
         unary = grpc.unary_unary_rpc_method_handler
         return grpc.method_handlers_generic_handler(
@@ -125,6 +130,7 @@ class EchoService:
                 "Hold": unary(self.hold),
                 "Freeze": unary(self.freeze),
                 "Count": grpc.unary_stream_rpc_method_handler(self.count),
+                "Join": grpc.stream_unary_rpc_method_handler(self.join),
             },
         )
 

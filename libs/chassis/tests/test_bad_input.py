@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from infermesh.common.v1 import common_pb2
 from infermesh.modelgateway.v1 import model_gateway_pb2
 from infermesh_chassis import errors
+from infermesh_chassis.interceptors import DEADLINE_SKEW_S, _ServerCall, cancelled_code
 from infermesh_chassis.validation import (
     INT64_MAX,
     MAX_IDENTIFIER_CHARS,
@@ -189,6 +190,54 @@ async def test_cancelled_calls_are_counted_and_logged(start_server, echo_stub, l
     assert logged["code"] == expected and logged["rpc"] == "/test.Echo/Hold"
     assert logged["request_id"]
     await _eventually(lambda: f'grpc_code="{expected}",grpc_method="Hold"' in server.metrics.render().decode())
+
+
+@pytest.mark.parametrize(
+    ("remaining", "code"),
+    [
+        (None, grpc.StatusCode.CANCELLED),  # no deadline: only the caller can have gone
+        (30.0, grpc.StatusCode.CANCELLED),
+        (DEADLINE_SKEW_S + 0.001, grpc.StatusCode.CANCELLED),
+        (DEADLINE_SKEW_S, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (0.003, grpc.StatusCode.DEADLINE_EXCEEDED),  # the caller's RST_STREAM beat the server's own deadline
+        (0.0, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (-0.5, grpc.StatusCode.DEADLINE_EXCEEDED),
+    ],
+)
+def test_a_call_ended_near_its_deadline_is_deadline_exceeded(remaining, code):
+    assert cancelled_code(remaining) == code
+
+
+class _Context:
+    """The little of a grpc.aio servicer context a call's bookkeeping reads, with injected remaining times."""
+
+    def __init__(self, *remaining: float | None) -> None:
+        self._remaining = list(remaining)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-request-id", "req-1"),)
+
+    def time_remaining(self) -> float | None:
+        return self._remaining.pop(0)
+
+
+@pytest.mark.parametrize(
+    ("at_start", "at_end", "expected"),
+    [
+        (3.0, 0.002, "DEADLINE_EXCEEDED"),
+        (3.0, 0.0, "DEADLINE_EXCEEDED"),
+        (3.0, 1.5, "CANCELLED"),
+        (None, None, "CANCELLED"),
+    ],
+)
+def test_a_cancelled_call_is_classified_by_its_remaining_time(log_events, at_start, at_end, expected):
+    """What the server's context says is left when the call ends decides, with no timing involved."""
+    call = _ServerCall(_Context(at_start, at_end), "/test.Echo/Hold")  # type: ignore[arg-type]
+    call.cancelled()
+    call.finish()
+    [logged] = _events(log_events, "rpc_cancelled")
+    assert logged["code"] == expected == call.code.name
+    assert logged["request_id"] == "req-1"
 
 
 PARSE_CASES = [

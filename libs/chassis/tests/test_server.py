@@ -4,11 +4,13 @@ request ids and metrics."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
 import socket
 import threading
+import time
 import urllib.request
 
 import grpc
@@ -19,6 +21,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from infermesh_chassis import errors
 from infermesh_chassis.corecalls import WARN_EVERY_S, CoreCalls
 from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery
+from infermesh_chassis.interceptors import DEADLINE_SKEW_S, DeadlineShedding
+from infermesh_chassis.logs import configure_logging
+from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.ready import ReadyTimeout, read_ready, wait_ready
 from infermesh_chassis.server import GrpcServer
 from infermesh_chassis.settings import ServiceSettings
@@ -198,8 +203,12 @@ def _value(text: str, name: str) -> float:
     raise AssertionError(f"no sample {name} in /metrics")
 
 
-def _samples(text: str, name: str) -> list[float]:
-    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+def _samples(text: str, name: str, **labels: str) -> list[float]:
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+    ]
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -339,6 +348,108 @@ async def test_calls_unanswered_in_core_are_logged_at_most_once_per_interval(sta
     assert [(w["unanswered"], w["new"]) for w in warnings()][1:] == [(total, total - refused)]
     core_calls.check()
     assert len(warnings()) == 2  # nothing new
+
+
+async def test_a_call_with_less_than_the_minimum_deadline_left_is_shed_before_its_handler(
+    start_server, echo_stub, log_events
+):
+    """``grpc.min_deadline_ms`` far above a call's whole deadline: shed whatever the machine's speed."""
+    server, service = await start_server(grpc={"min_deadline_ms": 30_000})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = echo_stub(channel)
+        assert await stub.Echo(b"no deadline") == b"no deadline"
+        assert await stub.Echo(b"long deadline", timeout=120) == b"long deadline"
+        for _ in range(3):
+            call = stub.Echo(b"short deadline", timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as shed:
+                await call
+            assert shed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "shed before it was served" in shed.value.details()
+            assert dict(await call.trailing_metadata())["x-request-id"]
+        with pytest.raises(grpc.aio.AioRpcError) as shed:
+            await stub.Join(iter([b"a", b"b"]), timeout=5)
+        assert shed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(service.seen_request_ids) == 2  # the two calls served; no handler ran for the others
+    text = server.metrics.render().decode()
+    shed_total = "infermesh_echo_grpc_server_shed_total"
+    assert _sample(text, shed_total, grpc_method="Echo", reason="deadline") == 3
+    assert _sample(text, shed_total, grpc_method="Join", reason="deadline") == 1
+    errors_total = "infermesh_echo_grpc_server_errors_total"
+    assert _sample(text, errors_total, grpc_method="Echo", grpc_code="DEADLINE_EXCEEDED") == 3
+    logged = [e for e in log_events() if e["event"] == "rpc_shed"]
+    assert logged and logged[0]["level"] == "warning" and logged[0]["shed"] == 1
+    assert logged[0]["rpc"] == "/test.Echo/Echo" and logged[0]["min_deadline_ms"] == 30_000
+
+
+def _expire_while_frozen(address: str, service, core_calls: CoreCalls, echoes: int, joins: int) -> list:
+    """From a thread: freeze the server's event loop, send calls with a 0.3 s deadline, wait until
+    gRPC core has them all (its deadline for each then runs out by 0.3 s later) and that time has
+    passed, and until their callers have DEADLINE_EXCEEDED; then thaw. Their codes."""
+    answered = threading.Semaphore(0)
+    with grpc.insecure_channel(address) as channel:
+        frozen = channel.unary_unary("/test.Echo/Freeze").future(b"", timeout=30)
+        assert service.frozen.wait(20)
+        echo = channel.unary_unary("/test.Echo/Echo")
+        join = channel.stream_unary("/test.Echo/Join")
+        futures = [echo.future(b"x", timeout=0.3) for _ in range(echoes)]
+        futures += [join.future(iter([b"x"]), timeout=0.3) for _ in range(joins)]
+        for future in futures:
+            future.add_done_callback(lambda _: answered.release())
+        for _ in range(2000):
+            if core_calls.counts().started == 1 + len(futures):
+                break
+            time.sleep(0.01)
+        all_in = time.monotonic()
+        assert core_calls.counts().started == 1 + len(futures), "gRPC core did not receive the calls"
+        for _ in futures:
+            assert answered.acquire(timeout=20), "the callers' deadlines did not pass"
+        time.sleep(max(0.0, all_in + 0.3 + DEADLINE_SKEW_S - time.monotonic()))  # core's deadlines too
+        service.thaw.set()
+        assert frozen.result() == b"thawed"
+    return [future.code() for future in futures]
+
+
+async def test_calls_whose_deadline_passed_while_the_loop_was_busy_never_run_their_handler(start_server):
+    """A unary request whose deadline passed in gRPC core's queue is dropped by grpc.aio before any
+    handler (gRPC core counts it failed); a streaming one reaches the handler and is shed there."""
+    echoes, joins = 8, 4
+    server, service = await start_server()
+    assert server.core_calls is not None
+    codes = await asyncio.get_running_loop().run_in_executor(
+        None, _expire_while_frozen, server.address, service, server.core_calls, echoes, joins
+    )
+    assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    shed_total = "infermesh_echo_grpc_server_shed_total"
+
+    def shed(method: str) -> float:
+        text = server.metrics.render().decode()
+        return sum(_samples(text, shed_total, grpc_method=method, reason="deadline"))
+
+    assert await settled(lambda: shed("Join"), joins) == joins
+    assert shed("Echo") == 0
+    assert service.seen_request_ids == []  # neither Echo's nor Join's servicer ran
+    text = server.metrics.render().decode()
+    # the interceptor looked Echo up for each call, but no handler saw one: no RED count
+    assert _sample(text, "infermesh_echo_grpc_server_requests_total", grpc_method="Echo") == 0
+    assert (await settled(lambda: server.core_calls.counts().failed, echoes + joins)) == echoes + joins
+
+
+def test_shedding_logs_at_most_once_per_interval():
+    now = [0.0]
+    metrics = Metrics("shed-test")
+    shedding = DeadlineShedding(metrics, 0.05, clock=lambda: now[0], log_every_s=10)
+    stream = io.StringIO()
+    configure_logging("shed-test", "INFO", stream=stream)
+    shedding.check("/a.B/C", None)
+    shedding.check("/a.B/C", 0.051)
+    for at in (0.0, 5.0, 9.9, 10.0):
+        now[0] = at
+        with pytest.raises(errors.DeadlineExceeded, match=r"0\.05 ms left"):
+            shedding.check("/a.B/C", 0.00005)
+    logged = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["event"], e["shed"]) for e in logged] == [("rpc_shed", 1), ("rpc_shed", 3)]
+    shed = _sample(metrics.render().decode(), "infermesh_shed_test_grpc_server_shed_total", grpc_method="C")
+    assert shed == 4
 
 
 async def test_oversize_message_is_refused(start_server, echo_stub):

@@ -4,7 +4,7 @@ With ``promtool`` (Debian ``prometheus``, or ``PROMTOOL`` naming the binary) the
 and their unit tests (``data/alerts_test.yml``) run; without it a schema check of the rule groups
 stands in. Either way, every metric a rule names must be one the services' registries expose: the
 monitor's, the model gateway's (built, not started), the business center's stream bindings' (built,
-not started) and a service's chassis emitter.
+not started), a service's chassis emitter and its gRPC core counts.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from monitor_support import MonitorThread, inference_event, until
 from infermesh.monitor.v1 import monitor_pb2
 from infermesh_biz_center.settings import StreamingSettings
 from infermesh_biz_center.streaming import StreamBindings
+from infermesh_chassis.corecalls import CoreCalls
 from infermesh_chassis.events import DiskSpool, EventEmitter, SpoolingSink
 from infermesh_chassis.metrics import Metrics
 from infermesh_chassis.settings import EventSettings
@@ -111,6 +112,7 @@ async def test_every_metric_the_rules_name_is_exported(stub, monitor: MonitorThr
     service = Metrics("biz-center")
     sink = SpoolingSink(_NeverSink(), DiskSpool(tmp_path / "spool", max_bytes=1 << 20), service)
     EventEmitter(sink, EventSettings(), service)
+    CoreCalls(0, lambda: 0, max_pending_calls=128).register(service)  # what a service's GrpcServer registers
     service_names = _series_names(service)
     gateway = Metrics("model-gateway")
     ModelGateway(ModelGatewaySettings(data_dir=tmp_path / "model-gateway", metrics={"enabled": False}), gateway)

@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from infermesh_chassis.corecalls import CHECK_EVERY_S, CoreCalls, server_ids
 from infermesh_chassis.discovery import Discovery, Instance
-from infermesh_chassis.interceptors import ServerInterceptor
+from infermesh_chassis.interceptors import DeadlineShedding, ServerInterceptor
 from infermesh_chassis.logs import get_logger
 from infermesh_chassis.metrics import Metrics, MetricsHttpServer
 from infermesh_chassis.ready import Ready, remove_ready, write_ready
@@ -88,7 +88,8 @@ class GrpcServer:
             ("grpc.server.max_pending_requests", cfg.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ]
-        interceptor = ServerInterceptor(self.metrics.server, tracing)
+        shedding = DeadlineShedding(self.metrics, cfg.min_deadline_ms / 1000)
+        interceptor = ServerInterceptor(self.metrics.server, shedding, tracing)
         known = server_ids()
         self._server = grpc.aio.server(
             interceptors=[interceptor, *interceptors],

@@ -63,6 +63,11 @@ class GrpcServerSettings(BaseModel):
     per call the default bounds that wait near a second; a front door with a tight SLO sets less (the
     business center: 128). A refusal in Python cannot replace this bound: grpc.aio takes calls up one
     per event-loop turn, so a call refused by a handler still waits behind every call before it."""
+    min_deadline_ms: float = Field(0.0, ge=0)
+    """A call that reaches its handler with no more than this left of its deadline is answered
+    DEADLINE_EXCEEDED at once, its handler never run (counted in ``grpc_server_shed_total``); 0: only
+    a call whose deadline has passed. Set it to what a call needs at least to be answered in time: a
+    call with less left only spends downstream work its caller will not wait for."""
     keepalive_time_s: float = Field(30.0, gt=0)
     """Interval of server keepalive pings on idle connections."""
     keepalive_timeout_s: float = Field(10.0, gt=0)
