@@ -19,6 +19,10 @@ For a request in scene S for unit U, :meth:`Predictor.predict`:
    DEADLINE_EXCEEDED when the deadline is what ran out. A caller error in its values
    (INVALID_ARGUMENT from the data gateway) is returned as such, never hidden by a fallback.
 
+:meth:`Predictor.predict_batch` admits each item as a Predict, then scores the items in waves that
+share their downstream calls (one GetFeatures, one ModelInfer per model and chunk of rows) before each
+item without an answer walks the fallback chain on its own.
+
 Every answer names the variant and the model version that served; an inference event with
 per-hop latencies and an exposure event per assignment go to the monitor through the chassis
 emitter, off the critical path. A unit's exposure to a variant is reported once per
