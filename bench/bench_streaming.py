@@ -23,9 +23,11 @@ Prints both beside each other, the ratio stream/PredictBatch, CPU per message pe
 RSS (VmHWM) of the business center and NATS, and ends with one JSON line ``{"bench": "streaming", ...}``.
 Goal (issue 16): at least 5,000 messages/s with nothing lost or doubled.
 
-``--profile PATH.svg`` also samples the business center with ``py-spy record --nonblocking`` (Python
-frames, never pausing it) from the burst's first publication to its last result, and writes the flame
-graph there (``bench/profiles/streaming/``).
+``--profile PREFIX`` also samples the business center, the data gateway and the model gateway with
+``py-spy record --nonblocking`` (Python frames, never pausing them) from the burst's first publication
+to its last result, and writes their flame graphs to ``PREFIX-<process>.svg``
+(``bench/profiles/streaming/``). The bench's own process (publisher and result subscriber) shares the
+cores too: its CPU per message is reported as ``client``.
 """
 
 from __future__ import annotations
@@ -202,25 +204,34 @@ async def _read_ids(js: Any) -> list[str]:
         await subscription.unsubscribe()
 
 
-async def _spy(pid: int, profile: Path | None) -> asyncio.subprocess.Process | None:
-    """``py-spy record`` on ``pid`` until :func:`_spied` stops it (None without ``profile``)."""
+PROFILED = ("biz-center", "data-gateway", "model-gateway")
+"""The processes ``--profile`` samples."""
+
+
+async def _spy(pids: dict[str, int], profile: str | None) -> list[asyncio.subprocess.Process]:
+    """``py-spy record`` on each of :data:`PROFILED` until :func:`_spied` stops them (none without ``profile``)."""
     if profile is None:
-        return None
-    profile.parent.mkdir(parents=True, exist_ok=True)
-    args = ["record", "--pid", str(pid), "--nonblocking", "--rate", "200", "--format", "flamegraph"]
-    return await asyncio.create_subprocess_exec(str(PY_SPY), *args, "--output", str(profile))
+        return []
+    Path(profile).parent.mkdir(parents=True, exist_ok=True)
+    args = ["record", "--nonblocking", "--rate", "200", "--format", "flamegraph"]
+    return [
+        await asyncio.create_subprocess_exec(
+            str(PY_SPY), *args, "--pid", str(pids[name]), "--output", f"{profile}-{name}.svg"
+        )
+        for name in PROFILED
+    ]
 
 
-async def _spied(spy: asyncio.subprocess.Process | None) -> None:
-    """Stop ``py-spy record`` (SIGINT: it writes the flame graph) and wait for it."""
-    if spy is None:
-        return
-    spy.send_signal(signal.SIGINT)
-    if await spy.wait() != 0:
-        raise SystemExit(f"py-spy exited with {spy.returncode}: is ptrace allowed here (root, or CAP_SYS_PTRACE)?")
+async def _spied(spies: list[asyncio.subprocess.Process]) -> None:
+    """Stop each ``py-spy record`` (SIGINT: it writes the flame graph) and wait for it."""
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        if await spy.wait() != 0:
+            raise SystemExit(f"py-spy exited with {spy.returncode}: is ptrace allowed here (root, or CAP_SYS_PTRACE)?")
 
 
-async def _stream(url: str, pids: dict[str, int], profile: Path | None) -> dict[str, Any]:
+async def _stream(url: str, pids: dict[str, int], profile: str | None) -> dict[str, Any]:
     payloads = [bz.PredictRequest(scene="churn-score", unit_id=str(c)).SerializeToString() for c in CUSTOMERS]
     nc = await nats.connect(url)
     try:
@@ -233,14 +244,14 @@ async def _stream(url: str, pids: dict[str, int], profile: Path | None) -> dict[
         results.latencies_ms.clear()
 
         burst = [f"burst-{i}" for i in range(BURST)]
-        spy = await _spy(pids["biz-center"], profile)
+        spies = await _spy(pids, profile)
         before = _cpu(pids)
         began = time.perf_counter()
         await _publish(js, results, burst, payloads)
         published_s = time.perf_counter() - began
         await asyncio.wait_for(results.done.wait(), WAIT_S)
         after = _cpu(pids)
-        await _spied(spy)
+        await _spied(spies)
         elapsed = results.last - began
         rate = BURST / elapsed
         cpu_ms = _per(before, after, BURST)
@@ -283,7 +294,7 @@ async def _stream(url: str, pids: dict[str, int], profile: Path | None) -> dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", type=Path, help="flame graph (SVG) of the business center during the burst")
+    parser.add_argument("--profile", metavar="PREFIX", help="flame graphs PREFIX-<process>.svg of the burst")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     services: list[Service] = []
@@ -305,6 +316,7 @@ def main() -> int:
             "model-gateway": model.process.pid,
             "tritonserver": triton,
             "nats": nats_process.pid,
+            "client": os.getpid(),
         } | {f"triton stub {stub}": stub for stub in children(triton)}
         batch, batch_cpu = asyncio.run(_predict_batch(biz.address, pids))
         stream = asyncio.run(_stream(url, pids, args.profile))
@@ -322,14 +334,22 @@ def main() -> int:
         return cpu["tritonserver"] + sum(v for k, v in cpu.items() if k.startswith("triton stub"))
 
     ratio = stream["msgs_per_s"] / batch["items_per_s"]
-    print(f"{'path':12} {'msgs/s':>9} {'biz ms/msg':>10} {'dg ms/msg':>10} {'mg ms/msg':>10} {'triton':>8} {'nats':>8}")
+
+    def mesh_cpu(cpu: dict[str, float]) -> float:
+        return sum(v for k, v in cpu.items() if k != "client")
+
+    print(
+        f"{'path':12} {'msgs/s':>9} {'biz ms/msg':>10} {'dg ms/msg':>10} {'mg ms/msg':>10} {'triton':>8} {'nats':>8} "
+        f"{'mesh':>8} {'client':>8}"
+    )
     for name, rate, cpu in (
         ("PredictBatch", batch["items_per_s"], batch_cpu),
         ("stream", stream["msgs_per_s"], stream["cpu_ms"]),
     ):
         print(
             f"{name:12} {rate:>9.0f} {cpu['biz-center']:>10.3f} {cpu['data-gateway']:>10.3f} "
-            f"{cpu['model-gateway']:>10.3f} {triton_cpu(cpu):>8.3f} {cpu['nats']:>8.3f}"
+            f"{cpu['model-gateway']:>10.3f} {triton_cpu(cpu):>8.3f} {cpu['nats']:>8.3f} {mesh_cpu(cpu):>8.3f} "
+            f"{cpu['client']:>8.3f}"
         )
     print(
         f"stream/PredictBatch {ratio:.2f}; burst of {BURST} published at {stream['publish_per_s']:.0f}/s; "
@@ -358,6 +378,9 @@ def main() -> int:
         "cpu_ms_per_msg_model_gateway": round(stream["cpu_ms"]["model-gateway"], 3),
         "cpu_ms_per_msg_triton": round(triton_cpu(stream["cpu_ms"]), 3),
         "cpu_ms_per_msg_nats": round(stream["cpu_ms"]["nats"], 3),
+        "cpu_ms_per_msg_mesh": round(mesh_cpu(stream["cpu_ms"]), 3),
+        "cpu_ms_per_item_batch_mesh": round(mesh_cpu(batch_cpu), 3),
+        "cpu_ms_per_msg_client": round(stream["cpu_ms"]["client"], 3),
         "degraded": stream["degraded"],
         "predict_batch_degraded": batch["degraded"],
         "biz_center_peak_rss_mib": round(rss["biz-center"]),

@@ -179,6 +179,48 @@ async def test_predict_batch_answers_each_item_on_its_own(biz: Harness, doubles:
     assert first.degradation.served_by == common_pb2.SERVED_BY_PRIMARY
 
 
+async def test_a_predict_batch_wave_shares_its_downstream_calls_and_answers_as_predict(biz: Harness, doubles: Doubles):
+    await edit_scene(biz, lambda scene: setattr(scene, "max_concurrency", 0))  # the example's 64 would split it
+    alone = {u: await biz.predict.Predict(churn_request(u), metadata=scoring()) for u in (1, 2, 3, 4)}
+    doubles.data.batch_sizes.clear()
+    doubles.models.batch_sizes.clear()
+    request = pb.PredictBatchRequest(items=[churn_request(1 + i % 4) for i in range(100)])
+    reply = await biz.predict.PredictBatch(request, metadata=scoring())
+    assert doubles.data.batch_sizes == [100]  # one GetFeatures for the wave
+    # one ModelInfer per routed version and chunk of batch_model_rows (64), not one per item
+    assert sum(doubles.models.batch_sizes) == 100 and max(doubles.models.batch_sizes) <= 64
+    assert len(doubles.models.batch_sizes) <= 3
+    for i, result in enumerate(reply.results):
+        answer, expected = result.response, alone[1 + i % 4]
+        assert (answer.variant, answer.model_version, answer.route) == (
+            expected.variant,
+            expected.model_version,
+            expected.route,
+        )
+        assert dict(answer.prediction.scores) == pytest.approx(dict(expected.prediction.scores))
+        assert answer.prediction.label == expected.prediction.label
+        assert [h.hop for h in answer.latencies] == ["data_gateway", "model_gateway"]
+        assert not answer.degradation.degraded
+
+
+async def test_one_bad_item_does_not_fail_its_wave(biz: Harness, doubles: Doubles):
+    items = [churn_request(-1 if i == 5 else 1 + i % 4) for i in range(20)]
+    reply = await biz.predict.PredictBatch(pb.PredictBatchRequest(items=items), metadata=scoring())
+    assert reply.results[5].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    answered = [r for i, r in enumerate(reply.results) if i != 5]
+    assert [r.WhichOneof("outcome") for r in answered] == ["response"] * 19
+    assert not any(r.response.degradation.degraded for r in answered)
+    assert doubles.data.batch_sizes == [20] + [1] * 20  # the refused call, then each item on its own
+
+
+async def test_a_predict_batch_beyond_the_scene_concurrency_is_scored_in_waves(biz: Harness, doubles: Doubles):
+    await edit_scene(biz, lambda scene: setattr(scene, "max_concurrency", 4))
+    items = [churn_request(1 + i % 4) for i in range(10)]
+    reply = await biz.predict.PredictBatch(pb.PredictBatchRequest(items=items), metadata=scoring())
+    assert [r.WhichOneof("outcome") for r in reply.results] == ["response"] * 10
+    assert doubles.data.batch_sizes == [4, 4, 2]
+
+
 @pytest.mark.parametrize(
     ("request_", "metadata", "code", "text"),
     [

@@ -158,6 +158,20 @@ def _unit_value(unit_id: str, dtype: str, key: str) -> int | str:
     return unit_id
 
 
+def _entity_row(shape: _ServiceShape, key: str, inp: PredictInput) -> EntityRow:
+    """The entity row of ``inp``'s unit (``key``: the scene's unit id key, "" for none)."""
+    features = inp.features
+    if not features:
+        if not key:
+            return EntityRow()
+        return EntityRow((), (), key, _unit_value(inp.unit_id, shape.keys.get(key, "BYTES"), key))
+    keys = tuple((n, v) for n, v in features.items() if n in shape.keys and n != key)
+    values = tuple((n, v) for n, v in features.items() if n in shape.request_values and n not in shape.keys)
+    if not key:
+        return EntityRow(keys, values)
+    return EntityRow(keys, values, key, _unit_value(inp.unit_id, shape.keys.get(key, "BYTES"), key))
+
+
 Guard = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 """Runs a downstream call under the caller's protection (its circuit breaker)."""
 
@@ -195,12 +209,22 @@ class FeatureClient:
         split between keys and request values (values that are neither are ignored). The description
         of the feature service is cached; fetching it runs under ``guard``."""
         shape = await self._shape(scene.feature_service, scene.feature_definition_version, timeout_s, guard)
+        return _entity_row(shape, scene.unit_id_key, inp)
+
+    async def entity_rows(
+        self, scene: CompiledScene, inputs: Sequence[PredictInput], *, guard: Guard, timeout_s: float | None = None
+    ) -> list[EntityRow | InvalidArgument]:
+        """:meth:`entity_row` of each of ``inputs`` (all of ``scene``), the description read once; an input
+        whose row cannot be made (a unit id its key cannot hold) gets its InvalidArgument instead."""
+        shape = await self._shape(scene.feature_service, scene.feature_definition_version, timeout_s, guard)
         key = scene.unit_id_key
-        keys = tuple((n, v) for n, v in inp.features.items() if n in shape.keys and n != key)
-        values = tuple((n, v) for n, v in inp.features.items() if n in shape.request_values and n not in shape.keys)
-        if not key:
-            return EntityRow(keys, values)
-        return EntityRow(keys, values, key, _unit_value(inp.unit_id, shape.keys.get(key, "BYTES"), key))
+        rows: list[EntityRow | InvalidArgument] = []
+        for inp in inputs:
+            try:
+                rows.append(_entity_row(shape, key, inp))
+            except InvalidArgument as exc:
+                rows.append(exc)
+        return rows
 
     async def fetch_rows(
         self,

@@ -19,6 +19,10 @@ For a request in scene S for unit U, :meth:`Predictor.predict`:
    DEADLINE_EXCEEDED when the deadline is what ran out. A caller error in its values
    (INVALID_ARGUMENT from the data gateway) is returned as such, never hidden by a fallback.
 
+:meth:`Predictor.predict_batch` admits each item as a Predict, then scores the items in waves that
+share their downstream calls (one GetFeatures, one ModelInfer per model and chunk of rows) before each
+item without an answer walks the fallback chain on its own.
+
 Every answer names the variant and the model version that served; an inference event with
 per-hop latencies and an exposure event per assignment go to the monitor through the chassis
 emitter, off the critical path. A unit's exposure to a variant is reported once per
@@ -30,10 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from infermesh.common.v1 import common_pb2
 from infermesh_biz_center.auth import Authenticator
@@ -99,6 +103,10 @@ T = TypeVar("T")
 
 DATA_GATEWAY_BREAKER = "data-gateway"
 
+_SPLIT_ON = (InvalidArgument, FailedPrecondition)
+"""Errors of a shared downstream call about its content: retried one item at a time."""
+_NOT_DEGRADED = Degradation()
+
 _log = get_logger("infermesh_biz_center.predictor")
 
 
@@ -134,6 +142,26 @@ class _Attempt:
         self.failures.append(f"{what}: {error.message}")
         if isinstance(error, DeadlineExceeded):
             self.deadline_hit = True
+
+
+@dataclass(slots=True)
+class _Job:
+    """One request (a Predict, or an item of a PredictBatch) from its admission to its answer."""
+
+    index: int
+    """Its place in its PredictBatch (0 for a Predict)."""
+    inp: PredictInput
+    request_id: str
+    scene: CompiledScene
+    facts: Facts = field(init=False)
+    plan: _Plan = field(init=False)
+    attempt: _Attempt = field(init=False)
+    context: ctx.CallContext | None = None
+    """Its own context (its request id, the wave's deadline), for its fallback chain and its report."""
+    answer: tuple[Prediction, str, int] | None = None
+    """The routed model's answer, once the wave's calls are done."""
+    error: InfermeshError | None = None
+    """A caller error (its values): the item's answer, never hidden by a fallback."""
 
 
 def _reason(error: InfermeshError, *, features: bool) -> int:
@@ -182,7 +210,7 @@ class Predictor:
         self._clock = clock
         self._breakers: dict[str, AsyncCircuitBreaker] = {}
         self._exposures: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
-        batch_sizes = metrics.histogram(
+        self._batch_sizes = batch_sizes = metrics.histogram(
             "downstream_batch_size",
             "Requests carried by one downstream call (coalescing), by downstream.",
             ("downstream",),
@@ -263,8 +291,8 @@ class Predictor:
             return now + scene.slo_s if inbound is None else min(inbound, now + scene.slo_s)
         return now + self._predict.default_deadline_ms / 1000 if inbound is None else inbound
 
-    async def predict(self, principal: Principal, inp: PredictInput, request_id: str) -> PredictOutcome:
-        """Answer one request (see the module docstring)."""
+    async def _admit(self, principal: Principal, inp: PredictInput) -> CompiledScene:
+        """The request's scene, once the caller may use it and the rate limits let the request in."""
         if inp.request_id:  # it travels in every downstream call's metadata: bounded like the chassis' own
             check_request_id(inp.request_id, "request_id")
         scene = self._scene(inp, principal)
@@ -273,18 +301,44 @@ class Predictor:
         except ResourceExhausted:
             self._refused.labels(scene.name, "rate_limit").inc()
             raise
+        return scene
+
+    def _acquire(self, scene: CompiledScene) -> None:
+        """A slot of the scene's concurrency (RESOURCE_EXHAUSTED, counted, when none is free)."""
         try:
             self._gate.acquire(scene)
         except ResourceExhausted:
             self._refused.labels(scene.name, "concurrency").inc()
             raise
-        started = time.perf_counter()
+
+    @staticmethod
+    def _context(request_id: str, deadline: float) -> ctx.CallContext:
+        """The context a request runs with: its id and deadline, the current call's RPC and trace."""
         call = ctx.current()
-        bound = ctx.CallContext(
-            request_id, self._deadline(scene), getattr(call, "rpc", ""), getattr(call, "tracing", None)
-        )
+        bound = ctx.CallContext(request_id, deadline, getattr(call, "rpc", ""), getattr(call, "tracing", None))
         bound.traceparent = getattr(call, "traceparent", "")
-        token = ctx.bind(bound)
+        return bound
+
+    def _finish(
+        self,
+        scene: CompiledScene,
+        inp: PredictInput,
+        *,
+        outcome: PredictOutcome | None,
+        error: InfermeshError | None,
+        elapsed_s: float,
+    ) -> None:
+        """A request is over: its slot back, its latency, its counts and events (its context bound)."""
+        self._gate.release(scene.name, elapsed_s)
+        self._latency.labels(scene.name).observe(elapsed_s)
+        self._report(scene, inp, outcome=outcome, error=error, elapsed_s=elapsed_s)
+
+    async def predict(self, principal: Principal, inp: PredictInput, request_id: str) -> PredictOutcome:
+        """Answer one request (see the module docstring)."""
+        scene = await self._admit(principal, inp)
+        self._acquire(scene)
+        started = time.perf_counter()
+        token = ctx.bind(self._context(request_id, self._deadline(scene)))
         outcome: PredictOutcome | None = None
         error: InfermeshError | None = None
         try:
@@ -294,28 +348,57 @@ class Predictor:
             error = exc
             raise
         finally:
-            elapsed = time.perf_counter() - started
-            self._gate.release(scene.name, elapsed)
-            self._latency.labels(scene.name).observe(elapsed)
-            self._report(scene, inp, outcome=outcome, error=error, elapsed_s=elapsed)
+            self._finish(scene, inp, outcome=outcome, error=error, elapsed_s=time.perf_counter() - started)
             ctx.unbind(token)
 
     async def predict_batch(
         self, principal: Principal, items: Sequence[PredictInput], request_id: str
     ) -> list[PredictOutcome | InfermeshError]:
-        """Answer every item on its own (concurrently, bounded); each is an outcome or its error."""
+        """Answer every item on its own; each is an outcome or its error.
+
+        Each item is admitted as a Predict is (request id, scene, caller, rate limits), then the items are
+        scored in waves of at most ``batch_concurrency``: every item of a wave holds a slot of its scene's
+        concurrency, and the wave shares its downstream calls (one GetFeatures per scene and routing
+        attributes, one ModelInfer per model and chunk of ``batch_model_rows``), then each item that got
+        no answer walks its scene's fallback chain on its own. A slot refused to an item while the wave
+        already holds others ends the wave (the item waits for the next one); refused to the first item
+        of a wave, it is that item's RESOURCE_EXHAUSTED, as for a Predict.
+        """
         if len(items) > self._predict.max_batch_items:
             raise InvalidArgument(f"items: at most {self._predict.max_batch_items} per call, got {len(items)}")
-        slots = asyncio.Semaphore(self._predict.batch_concurrency)
+        answers: list[PredictOutcome | InfermeshError | None] = [None] * len(items)
+        waiting: deque[_Job] = deque()
+        for index, item in enumerate(items):
+            try:
+                scene = await self._admit(principal, item)
+            except InfermeshError as exc:
+                answers[index] = exc
+                continue
+            waiting.append(_Job(index, item, item.request_id or f"{request_id}-{index}", scene))
+        while waiting:
+            wave = self._wave(waiting, answers)
+            scenes: dict[str, list[_Job]] = {}
+            for job in wave:
+                scenes.setdefault(job.scene.name, []).append(job)
+            await asyncio.gather(*(self._serve_jobs(jobs, answers) for jobs in scenes.values()))
+        return cast(list[PredictOutcome | InfermeshError], answers)  # every item answered by now
 
-        async def one(index: int, item: PredictInput) -> PredictOutcome | InfermeshError:
-            async with slots:
-                try:
-                    return await self.predict(principal, item, item.request_id or f"{request_id}-{index}")
-                except InfermeshError as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+    def _wave(self, waiting: deque[_Job], answers: list[PredictOutcome | InfermeshError | None]) -> list[_Job]:
+        """The next wave of ``waiting`` (see :meth:`predict_batch`), each of its items holding a slot."""
+        wave: list[_Job] = []
+        while waiting and len(wave) < self._predict.batch_concurrency:
+            job = waiting[0]
+            try:
+                self._gate.acquire(job.scene)
+            except ResourceExhausted as exc:
+                if wave:
+                    break  # the wave's own items hold slots: this one goes with the next wave
+                self._refused.labels(job.scene.name, "concurrency").inc()
+                answers[job.index] = exc
+            else:
+                wave.append(job)
+            waiting.popleft()
+        return wave
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -418,46 +501,63 @@ class Predictor:
             attempt.hops.append(Hop("model_gateway", (time.perf_counter() - began) * 1000))
 
     async def _serve(self, scene: CompiledScene, inp: PredictInput, request_id: str) -> PredictOutcome:
-        facts = Facts(inp.unit_id, inp.attributes, inp.features)
-        plan = self._plan(scene, facts, self._clock())
-        attempt = _Attempt()
-        if scene.local_fallback:
-            settings = self._resilience
-            total = ctx.remaining_time() or 0.0
-            attempt.reserve_s = max(settings.fallback_reserve_ms / 1000, settings.fallback_reserve_fraction * total)
-
-        def outcome(
-            prediction: Prediction, model: str, version: int, degradation: Degradation, route: int
-        ) -> PredictOutcome:
-            return PredictOutcome(
-                request_id=request_id,
-                scene=scene.name,
-                scene_config_version=scene.config_version,
-                prediction=prediction,
-                variant=plan.variant if route != Route.FALLBACK else "",
-                assignments=tuple(a for a, _ in plan.assigned),
-                model=model,
-                model_version=version,
-                degradation=degradation,
-                hops=tuple(attempt.hops),
-                route=route,
-                lineage=attempt.vector.lineage if attempt.vector is not None else None,
-                parameters=plan.parameters,
-            )
-
+        job = _Job(0, inp, request_id, scene)
+        job.facts = Facts(inp.unit_id, inp.attributes, inp.features)
+        job.plan = plan = self._plan(scene, job.facts, self._clock())
+        job.attempt = attempt = _Attempt(reserve_s=self._reserve(scene))
         attempt.vector = await self._fetch(scene, inp, attempt)
         if attempt.vector is not None:
             answer = await self._infer(scene, plan.target, plan=plan, vector=attempt.vector, attempt=attempt)
             if answer is not None:
-                prediction, model, version = answer
-                self._cache.put(scene.name, inp.unit_id, prediction, model, version)
-                incomplete = attempt.vector.incomplete()
-                degradation = (
-                    Degradation(Reason.FEATURES_FALLBACK, f"features not from their primary source: {incomplete}")
-                    if incomplete
-                    else Degradation()
-                )
-                return outcome(prediction, model, version, degradation, plan.route)
+                return self._primary(job, answer)
+        return await self._fall_back(job)
+
+    def _reserve(self, scene: CompiledScene) -> float:
+        """Seconds kept back from the downstream calls for the scene's local fallback (0 without one)."""
+        if not scene.local_fallback:
+            return 0.0
+        settings = self._resilience
+        total = ctx.remaining_time() or 0.0
+        return max(settings.fallback_reserve_ms / 1000, settings.fallback_reserve_fraction * total)
+
+    @staticmethod
+    def _outcome(
+        job: _Job, answer: tuple[Prediction, str, int], degradation: Degradation, route: int
+    ) -> PredictOutcome:
+        scene, plan, attempt = job.scene, job.plan, job.attempt
+        prediction, model, version = answer
+        return PredictOutcome(
+            request_id=job.request_id,
+            scene=scene.name,
+            scene_config_version=scene.config_version,
+            prediction=prediction,
+            variant=plan.variant if route != Route.FALLBACK else "",
+            assignments=tuple(a for a, _ in plan.assigned),
+            model=model,
+            model_version=version,
+            degradation=degradation,
+            hops=tuple(attempt.hops),
+            route=route,
+            lineage=attempt.vector.lineage if attempt.vector is not None else None,
+            parameters=plan.parameters,
+        )
+
+    def _primary(self, job: _Job, answer: tuple[Prediction, str, int]) -> PredictOutcome:
+        """The routed model's answer (degraded only when features did not come from their primary source)."""
+        prediction, model, version = answer
+        self._cache.put(job.scene.name, job.inp.unit_id, prediction, model, version)
+        vector = job.attempt.vector
+        incomplete = vector.incomplete() if vector is not None else ""
+        degradation = (
+            Degradation(Reason.FEATURES_FALLBACK, f"features not from their primary source: {incomplete}")
+            if incomplete
+            else _NOT_DEGRADED
+        )
+        return self._outcome(job, answer, degradation, job.plan.route)
+
+    async def _fall_back(self, job: _Job) -> PredictOutcome:
+        """Walk the scene's fallback chain after the routed model gave no answer."""
+        scene, inp, plan, attempt = job.scene, job.inp, job.plan, job.attempt
         for step in scene.fallback:
             detail = "; ".join(attempt.failures)
             if isinstance(step, AlternateModel):
@@ -472,7 +572,7 @@ class Predictor:
                     degradation = Degradation(
                         attempt.reason, f"{detail}; served by {step.target}", ServedBy.ALTERNATE_MODEL
                     )
-                    return outcome(prediction, model, version, degradation, Route.FALLBACK)
+                    return self._outcome(job, answer, degradation, Route.FALLBACK)
             elif isinstance(step, CachedScore):
                 cached = self._cache.get(scene.name, inp.unit_id, step.max_age_s)
                 if cached is not None:
@@ -480,14 +580,222 @@ class Predictor:
                     degradation = Degradation(
                         attempt.reason, f"{detail}; cached score from {age:.1f}s ago", ServedBy.CACHED_SCORE
                     )
-                    return outcome(cached.prediction, "", 0, degradation, Route.FALLBACK)
+                    answer = (cached.prediction, "", 0)
+                    return self._outcome(job, answer, degradation, Route.FALLBACK)
             elif isinstance(step, RuleDefault):
                 degradation = Degradation(attempt.reason, f"{detail}; rule-based default", ServedBy.RULE_DEFAULT)
-                return outcome(step.answer(facts), "", 0, degradation, Route.FALLBACK)
+                answer = (step.answer(job.facts), "", 0)
+                return self._outcome(job, answer, degradation, Route.FALLBACK)
         detail = "; ".join(attempt.failures)
         if attempt.deadline_hit or (ctx.remaining_time() or 0) <= 0:
             raise DeadlineExceeded(f"scene {scene.name}: the deadline ran out with no fallback left ({detail})")
         raise Unavailable(f"scene {scene.name}: no answer and no fallback left ({detail})")
+
+    # -- PredictBatch waves -----------------------------------------------------------------
+
+    async def _serve_jobs(self, jobs: list[_Job], answers: list[PredictOutcome | InfermeshError | None]) -> None:
+        """One scene's items of a wave (their slots held): scored together, concluded and finished one by one."""
+        scene = jobs[0].scene
+        deadline = self._deadline(scene)
+        started = time.perf_counter()
+        results: list[PredictOutcome | InfermeshError | None] = [None] * len(jobs)
+        try:
+            token = ctx.bind(self._context(jobs[0].request_id, deadline))  # the shared calls run for the first item
+            try:
+                await self._score_jobs(scene, jobs)
+            finally:
+                ctx.unbind(token)
+            for i, job in enumerate(jobs):
+                job.context = self._context(job.request_id, deadline)
+                token = ctx.bind(job.context)
+                try:
+                    results[i] = await self._conclude(job)
+                except InfermeshError as exc:
+                    results[i] = exc
+                finally:
+                    ctx.unbind(token)
+        finally:
+            elapsed = time.perf_counter() - started
+            for job, result in zip(jobs, results, strict=True):
+                if result is None:  # something else than a request's error broke the wave
+                    self._gate.release(scene.name, elapsed)
+                    continue
+                answers[job.index] = result
+                token = ctx.bind(job.context)
+                try:
+                    if isinstance(result, InfermeshError):
+                        self._finish(scene, job.inp, outcome=None, error=result, elapsed_s=elapsed)
+                    else:
+                        self._finish(scene, job.inp, outcome=result, error=None, elapsed_s=elapsed)
+                finally:
+                    ctx.unbind(token)
+
+    async def _conclude(self, job: _Job) -> PredictOutcome:
+        """The item's answer once the wave's calls are done: the model's, else its fallback chain's."""
+        if job.error is not None:
+            raise job.error
+        if job.answer is not None:
+            return self._primary(job, job.answer)
+        return await self._fall_back(job)
+
+    def _shared_plan(self, scene: CompiledScene, now: float) -> _Plan | None:
+        """The one plan of every unit of ``scene`` when neither an active experiment nor a gray release can
+        tell units apart (None otherwise)."""
+        if scene.gray is not None:
+            return None
+        if any(e.active(now) for e in self._registry.snapshot.experiments.get(scene.name, ())):
+            return None
+        return self._plan(scene, Facts("", {}, {}), now)
+
+    async def _score_jobs(self, scene: CompiledScene, jobs: list[_Job]) -> None:
+        """The primary path of a scene's items of a wave, through shared downstream calls: each item ends
+        with its answer, its own error (a caller error), or the failures its fallback chain starts from."""
+        now = self._clock()
+        reserve = self._reserve(scene)
+        shared = self._shared_plan(scene, now)
+        for job in jobs:
+            job.facts = Facts(job.inp.unit_id, job.inp.attributes, job.inp.features)
+            job.plan = shared if shared is not None else self._plan(scene, job.facts, now)
+            job.attempt = _Attempt(reserve_s=reserve)
+        await self._fetch_jobs(scene, jobs)
+        fetched = [job for job in jobs if job.attempt.vector is not None]
+        if not fetched:
+            return
+        began = time.perf_counter()
+        targets: dict[ModelTarget, list[_Job]] = {}
+        for job in fetched:
+            targets.setdefault(job.plan.target, []).append(job)
+        await asyncio.gather(*(self._infer_jobs(scene, target, members) for target, members in targets.items()))
+        hop = Hop("model_gateway", (time.perf_counter() - began) * 1000)
+        for job in fetched:
+            job.attempt.hops.append(hop)
+
+    async def _fetch_jobs(self, scene: CompiledScene, jobs: list[_Job]) -> None:
+        """The feature vectors of ``jobs``: one GetFeatures per routing attributes (see :meth:`_fetch`)."""
+        began = time.perf_counter()
+        try:
+            budget = self._budget(jobs[0].attempt)
+            guard = self._guard(DATA_GATEWAY_BREAKER)
+            rows = await self._features.entity_rows(scene, [job.inp for job in jobs], guard=guard, timeout_s=budget)
+        except InvalidArgument as exc:
+            for job in jobs:
+                job.error = exc
+            rows = []
+        except InfermeshError as exc:
+            for job in jobs:
+                job.attempt.failed("features", exc, _reason(exc, features=True))
+            rows = []
+        groups: dict[Hashable, tuple[list[_Job], list[EntityRow]]] = {}
+        for job, row in zip(jobs, rows, strict=False):
+            if isinstance(row, InvalidArgument):
+                job.error = row
+                continue
+            attributes = job.inp.attributes
+            key = (
+                scene.feature_service,
+                scene.feature_definition_version,
+                tuple(sorted(attributes.items())) if attributes else (),
+            )
+            members, member_rows = groups.setdefault(key, ([], []))
+            members.append(job)
+            member_rows.append(row)
+        if groups:
+            await asyncio.gather(*(self._fetch_group(key, *group) for key, group in groups.items()))
+        hop = Hop("data_gateway", (time.perf_counter() - began) * 1000)
+        for job in jobs:
+            job.attempt.hops.append(hop)
+
+    async def _fetch_group(self, key: Hashable, jobs: list[_Job], rows: list[EntityRow]) -> None:
+        """One GetFeatures for ``jobs``; a content error is retried one item at a time, so one bad item cannot
+        fail the others (as coalesced calls are)."""
+        try:
+            self._batch_sizes.labels("data_gateway").observe(len(rows))
+            vectors = await self._fetch_batch(key, rows, self._budget(jobs[0].attempt))
+        except _SPLIT_ON as exc:
+            if len(jobs) > 1:
+                singles = zip(jobs, rows, strict=True)
+                await asyncio.gather(*(self._fetch_group(key, [job], [row]) for job, row in singles))
+            elif isinstance(exc, InvalidArgument):
+                jobs[0].error = exc  # the caller's values: its error, never hidden by a fallback
+            else:
+                jobs[0].attempt.failed("features", exc, _reason(exc, features=True))
+            return
+        except InfermeshError as exc:
+            for job in jobs:
+                job.attempt.failed("features", exc, _reason(exc, features=True))
+            return
+        for job, vector in zip(jobs, vectors, strict=True):
+            job.attempt.vector = vector
+
+    async def _infer_jobs(self, scene: CompiledScene, target: ModelTarget, jobs: list[_Job]) -> None:
+        """The answers of ``target`` for ``jobs``: one ModelInfer per model parameters and chunk of
+        ``batch_model_rows`` rows (see :meth:`_infer`)."""
+        what = f"model {target}"
+        try:
+            guard = self._guard(f"model:{target}")
+            spec = await self._models.input_spec(
+                target, scene.input_name, guard=guard, timeout_s=self._budget(jobs[0].attempt)
+            )
+        except InfermeshError as exc:
+            for job in jobs:
+                job.attempt.failed(what, exc, _reason(exc, features=False))
+            return
+        groups: dict[Hashable, tuple[list[_Job], list[bytes]]] = {}
+        for job in jobs:
+            vector = job.attempt.vector
+            assert vector is not None
+            try:
+                row, count = pack_row(vector.names, vector.values, spec.datatype)
+            except InfermeshError as exc:
+                job.attempt.failed(what, exc, _reason(exc, features=False))
+                continue
+            parameters = job.plan.model_parameters
+            key = (target, spec, count, tuple(sorted(parameters.items())) if parameters else ())
+            members, member_rows = groups.setdefault(key, ([], []))
+            members.append(job)
+            member_rows.append(row)
+        size = self._predict.batch_model_rows if spec.batchable else 1
+        await asyncio.gather(
+            *(
+                self._infer_group(key, members[at : at + size], rows[at : at + size], what)
+                for key, (members, rows) in groups.items()
+                for at in range(0, len(members), size)
+            )
+        )
+
+    async def _infer_group(self, key: Hashable, jobs: list[_Job], rows: list[bytes], what: str) -> None:
+        """One ModelInfer for ``jobs``, then each one's mapped answer; a content error is retried one item
+        at a time."""
+        try:
+            self._batch_sizes.labels("model_gateway").observe(len(rows))
+            results = await self._infer_batch(key, rows, self._budget(jobs[0].attempt))
+        except _SPLIT_ON as exc:
+            if len(jobs) > 1:
+                await asyncio.gather(
+                    *(self._infer_group(key, [job], [row], what) for job, row in zip(jobs, rows, strict=True))
+                )
+            else:
+                jobs[0].attempt.failed(what, exc, _reason(exc, features=False))
+            return
+        except InfermeshError as exc:
+            for job in jobs:
+                job.attempt.failed(what, exc, _reason(exc, features=False))
+            return
+        labels: dict[tuple[str, int], Mapping[str, tuple[str, ...]]] = {}
+        for job, result in zip(jobs, results, strict=True):
+            mapping = job.plan.mapping
+            try:
+                known: Mapping[str, tuple[str, ...]] = {}
+                if needs_class_labels(mapping):
+                    served = (result.model, result.version)
+                    if served not in labels:
+                        labels[served] = await self._models.labels(
+                            result.model, result.version, timeout_s=self._budget(job.attempt)
+                        )
+                    known = labels[served]
+                job.answer = (map_outputs(result.outputs, mapping, known), result.model, result.version)
+            except InfermeshError as exc:
+                job.attempt.failed(what, exc, _reason(exc, features=False))
 
     # -- reporting --------------------------------------------------------------------------
 

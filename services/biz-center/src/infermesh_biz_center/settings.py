@@ -165,8 +165,13 @@ class PredictSettings(BaseModel):
     """Deadline of a scene without an SLO deadline, when the caller sets none either."""
     max_batch_items: int = Field(1000, ge=1)
     """Most items in one PredictBatch (INVALID_ARGUMENT beyond)."""
-    batch_concurrency: int = Field(32, ge=1)
-    """Items of one PredictBatch in flight at once."""
+    batch_concurrency: int = Field(128, ge=1, le=1000)
+    """Items of one PredictBatch scored together (a wave: one feature call and one model call per chunk of
+    ``batch_model_rows``); a larger batch, or one that finds its scene's concurrency taken, is scored in waves.
+    At most the data gateway's 1,000 entities per call."""
+    batch_model_rows: int = Field(64, ge=1)
+    """Most rows in one ModelInfer of a PredictBatch wave (a model version takes at most its max_batch_size,
+    64 unless deployed otherwise)."""
     coalesce_max_batch: int = Field(32, ge=1)
     """Most concurrent requests merged into one GetFeatures / ModelInfer (1 turns coalescing off)."""
     coalesce_in_flight: int = Field(1, ge=1)

@@ -79,7 +79,7 @@ from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh.common.v1 import common_pb2
 from infermesh_biz_center.catalog import CompiledBinding, Snapshot
 from infermesh_biz_center.domain import PredictInput, PredictOutcome, Principal
-from infermesh_biz_center.grpc_front import decode_request, encode_outcome
+from infermesh_biz_center.grpc_front import encode_outcome
 from infermesh_biz_center.predictor import Predictor
 from infermesh_biz_center.registry import ConfigRegistry
 from infermesh_biz_center.settings import StreamingSettings
@@ -168,9 +168,12 @@ def decode_message(binding: CompiledBinding, data: bytes, default_request_id: st
             raise InvalidArgument(f"undecodable: not a protobuf PredictRequest ({exc})") from None
         if request.scene and request.scene != binding.scene:
             raise InvalidArgument(f"scene: '{request.scene}' is not the binding's scene '{binding.scene}'")
-        inp = decode_request(request)
-        return PredictInput(
-            binding.scene, inp.unit_id, inp.features, inp.attributes, inp.request_id or default_request_id
+        return PredictInput(  # built once, as decode_request would, with the binding's scene
+            binding.scene,
+            request.unit_id,
+            dict(request.features) if request.features else {},
+            dict(request.attributes) if request.attributes else {},
+            request.request_id or default_request_id,
         )
     try:
         document = json.loads(data)
