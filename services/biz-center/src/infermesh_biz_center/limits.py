@@ -16,7 +16,9 @@ is the scene's recent mean latency, the time a slot is likely to take to free.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from infermesh_biz_center.catalog import CompiledScene
@@ -36,10 +38,18 @@ _EWMA_WEIGHT = 0.1
 class RateLimits:
     """The rate limits of callers and scenes (see the module docstring)."""
 
-    def __init__(self, settings: RateLimitSettings, redis: Redis | None = None, *, workers: int = 1) -> None:
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        redis: Redis | None = None,
+        *,
+        workers: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
         self._redis = redis
         self._workers = workers
+        self._clock = clock
         self._limiters: dict[tuple[float, int, str], Limiter] = {}
 
     def _limiter(self, rate: float, burst: int, mode: str) -> Limiter:
@@ -48,7 +58,7 @@ class RateLimits:
         key = (rate, burst, mode)
         limiter = self._limiters.get(key)
         if limiter is None:
-            local = RateLimiter(rate / self._workers, max(1, -(-burst // self._workers)))
+            local = RateLimiter(rate / self._workers, max(1, -(-burst // self._workers)), clock=self._clock)
             if mode == "global":
                 if self._redis is None:
                     raise RuntimeError("a global rate limit needs rate_limit.redis_url")
