@@ -52,9 +52,10 @@ demo: setup
 up: setup
 	$(VENV)/bin/infermesh up
 
-## bench: run every bench/ script
+## bench: run every bench/ script (BENCH="bench_x.py ..." reruns only those, into their RESULTS.md sections)
+BENCH ?=
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH)
 
 ## profile: py-spy flame graphs of every mesh service under load, in bench/profiles/$(LABEL)/ (LABEL=after by default)
 LABEL ?= after

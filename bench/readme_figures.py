@@ -7,9 +7,10 @@ A README asks for figures with a marked block::
     <!-- /figures -->
 
 Everything between the two markers becomes a table of those figures as the last ``make bench``
-run wrote them, with the run's date. ``make bench`` rewrites every block after it writes
-RESULTS.md; ``python bench/readme_figures.py --check`` fails when a block differs from RESULTS.md
-(the test suite runs it, so a README cannot drift from the results it cites).
+run wrote them, with the run's date (or the date its benchmark was rerun alone, when it was).
+``make bench`` rewrites every block after it writes RESULTS.md; ``python bench/readme_figures.py
+--check`` fails when a block differs from RESULTS.md (the test suite runs it, so a README cannot
+drift from the results it cites).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
 READMES = (ROOT / "README.md", *sorted((ROOT / "services").glob("*/README.md")))
+RERUN_KEY = "(rerun)"
+"""The key under which :func:`parse_results` keeps that date among a benchmark's figures."""
+RERUN_PREFIX = "Rerun alone: "
+"""Starts the line under a benchmark's heading when ``run_all.py NAME`` reran it after the whole run."""
 
 _BLOCK = re.compile(
     r"(?P<open><!-- figures (?P<bench>[a-z0-9_]+): (?P<fields>[a-z0-9_, ]+) -->\n)"
@@ -42,6 +47,8 @@ def parse_results(text: str) -> tuple[str, dict[str, dict[str, str]]]:
     for line in lines:
         if line.startswith("## "):
             current = benches.setdefault(line[3:].strip(), {})
+        elif current is not None and line.startswith(RERUN_PREFIX):
+            current[RERUN_KEY] = line[len(RERUN_PREFIX) :]
         elif current is not None and line.startswith("| ") and not line.startswith(("| figure", "| ---")):
             key, value = (cell.strip() for cell in line.strip("|").split("|", 1))
             current[key] = value
@@ -53,7 +60,8 @@ def _table(when: str, bench: str, fields: list[str], figures: dict[str, str]) ->
     if missing:
         raise FiguresError(f"bench/RESULTS.md has no {', '.join(missing)} in '{bench}'")
     rows = "".join(f"| {field} | {figures[field]} |\n" for field in fields)
-    return f"`make bench` ({when.rstrip('.')}), `{bench}`:\n\n| figure | value |\n| --- | --- |\n{rows}"
+    source = f"rerun alone, {figures[RERUN_KEY]}" if RERUN_KEY in figures else when
+    return f"`make bench` ({source.rstrip('.')}), `{bench}`:\n\n| figure | value |\n| --- | --- |\n{rows}"
 
 
 def render(readme: str, when: str, benches: dict[str, dict[str, str]]) -> str:
