@@ -7,6 +7,7 @@ online store is a real Redis. Everything goes through the gRPC API.
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,6 +76,10 @@ HISTORY = [
 
 @pytest.fixture
 async def batch(tmp_path: Path, make_redis, gateway_factory):
+    return await _batch_gateway(tmp_path, make_redis, gateway_factory)
+
+
+async def _batch_gateway(tmp_path: Path, make_redis, gateway_factory, **settings: object):
     redis = make_redis()
     lake = tmp_path / "lake"
     lake.mkdir()
@@ -96,7 +101,7 @@ async def batch(tmp_path: Path, make_redis, gateway_factory):
     (folder / "defs.yaml").write_text(
         DEFINITIONS.format(redis=redis.url, prefix="b:", lake=lake, db=tmp_path / "db.sqlite")
     )
-    return await gateway_factory(folder), lake
+    return await gateway_factory(folder, **settings), lake
 
 
 def _entity(customer: int, when: datetime, label: int, amount: float | None = None) -> pb.TrainingEntityRow:
@@ -260,3 +265,19 @@ async def test_spark_gives_the_same_training_set_and_materialization(batch):
         )
     )
     assert [r.values[0].double_value for r in got.rows] == [999.0, -1.0, 7.5]
+    jvm = running.gateway.spark().session.sparkContext._gateway.proc
+    assert os.getsid(jvm.pid) == jvm.pid != os.getsid(0)  # started by _spawn_jvm: vfork, a session of its own
+
+
+async def test_spark_that_cannot_start_is_unavailable_then_tried_again(tmp_path: Path, make_redis, gateway_factory):
+    """Spark failing to start (here a master URL it cannot parse) answers UNAVAILABLE, not INTERNAL; the
+    engine is not kept, so the next call tries to start Spark again (and fails the same way)."""
+    running, _ = await _batch_gateway(tmp_path, make_redis, gateway_factory, spark={"master": "no-such-master"})
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _training(running, pb.TRAINING_SET_FORMAT_ROWS, engine=pb.BATCH_ENGINE_SPARK, chunk_rows=100)
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert caught.value.details() == (
+            "spark could not run training_features: Py4JJavaError (details in the gateway log)"
+        )
+    assert running.gateway._spark is None

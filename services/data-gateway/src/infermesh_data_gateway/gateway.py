@@ -495,11 +495,19 @@ class DataGateway:
         return self._spark
 
     def _spark_call(self, method: str, *args: Any) -> Any:
-        """A SparkEngine method (run in a thread); a file Spark cannot read as it is becomes UNAVAILABLE."""
+        """A SparkEngine method (run in a thread). A file Spark cannot read as it is, and Spark failing to
+        start or to run the job, become UNAVAILABLE (a failed start is tried again by the next call)."""
+        from infermesh_data_gateway.spark import ENGINE_ERRORS  # noqa: PLC0415  (pyspark is an optional extra)
+
         try:
             return getattr(self.spark(), method)(*args)
         except ValueError as exc:
             raise Unavailable(f"spark: {exc}") from None
+        except ENGINE_ERRORS as exc:
+            _log.error("spark_failed", method=method, exc_info=exc)
+            raise Unavailable(
+                f"spark could not run {method}: {type(exc).__name__} (details in the gateway log)"
+            ) from None
 
     async def _history(
         self, definitions: Definitions, view: ViewDef, start: int | None, end: int | None, engine: str = "local"

@@ -11,8 +11,10 @@ in-process engine. Needs the ``spark`` extra (pyspark) and Java 17.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,13 +30,20 @@ from infermesh_data_gateway.sources import TS_COLUMN
 from infermesh_data_gateway.types import DType
 
 try:
+    from py4j.protocol import Py4JError
+    from pyspark import java_gateway
+    from pyspark.errors import PySparkException
     from pyspark.sql import DataFrame, SparkSession, Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("the Spark engine needs pyspark: install infermesh-data-gateway[spark]") from exc
 
-__all__ = ["SparkEngine"]
+__all__ = ["ENGINE_ERRORS", "SparkEngine"]
+
+ENGINE_ERRORS: tuple[type[Exception], ...] = (PySparkException, Py4JError)
+"""What Spark raises when it cannot start or run a job (the JVM exited, a job failed): the engine is
+unavailable, not the caller at fault."""
 
 
 def _arrow_type(dtype: DType) -> pa.DataType:
@@ -97,6 +106,30 @@ def _compute_partition(
         yield pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+def _spawn_jvm(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start pyspark's JVM gateway without a ``preexec_fn``, in a session of its own.
+
+    pyspark passes a ``preexec_fn`` (to keep Ctrl-C from the JVM), which makes Python ``fork()`` and run
+    Python in the child. In a process whose gRPC threads are running, gRPC's fork handlers then abort
+    that child (SIGABRT, ``JAVA_GATEWAY_EXITED``: 1 start in about 10 on this box, with a server and
+    clients up). Without it Python starts the child with ``vfork()``, which runs no fork handlers; a
+    session of its own keeps the terminal's Ctrl-C away from the JVM, as the ``preexec_fn`` did.
+    """
+    kwargs.pop("preexec_fn", None)
+    return subprocess.Popen(command, start_new_session=True, **kwargs)
+
+
+@contextmanager
+def _jvm_spawned_safely() -> Iterator[None]:
+    """pyspark's gateway launch uses :func:`_spawn_jvm` for the block (the one Popen it makes)."""
+    original = java_gateway.Popen
+    java_gateway.Popen = _spawn_jvm
+    try:
+        yield
+    finally:
+        java_gateway.Popen = original
+
+
 class SparkEngine:
     """A Spark session (started on first use) running the gateway's batch work."""
 
@@ -115,7 +148,8 @@ class SparkEngine:
         )
         for key, value in settings.config.items():
             builder = builder.config(key, value)
-        self.session = builder.getOrCreate()
+        with _jvm_spawned_safely():
+            self.session = builder.getOrCreate()
 
     def stop(self) -> None:
         """Stop the session."""
