@@ -572,3 +572,12 @@ async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
             return
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
+
+
+async def warmed(biz: Harness, timeout_s: float = 30.0) -> None:
+    """Wait until churn-score answers undegraded. A scene's first call also fetches its feature service's
+    and model's metadata (several round trips) within the scene's 250 ms SLO, which a loaded box can miss
+    (then the answer is the fallback's); a test that compares answers starts once that is done."""
+    deadline = time.monotonic() + timeout_s
+    while (await biz.predict.Predict(churn_request(1), metadata=scoring())).degradation.degraded:
+        assert time.monotonic() < deadline, "churn-score still degraded"

@@ -15,7 +15,17 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from bizcenter_support import ADMIN_KEY, OTHER_KEY, SCORING_KEY, Doubles, Harness, churn_request, edit_scene, scoring
+from bizcenter_support import (
+    ADMIN_KEY,
+    OTHER_KEY,
+    SCORING_KEY,
+    Doubles,
+    Harness,
+    churn_request,
+    edit_scene,
+    scoring,
+    warmed,
+)
 from thriftpy2.contrib.aio.rpc import make_client
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
@@ -83,6 +93,7 @@ def _request(types: Any, unit: str, scene: str = "churn-score", **attributes: st
 
 
 async def test_thriftpy2_answers_like_grpc(biz: Harness, doubles: Doubles):
+    await warmed(biz)
     client = await _thriftpy(biz)
     try:
         answer = await client.predict(_request(IDL, "1"), IDL.CallOptions(api_key=SCORING_KEY))
@@ -158,6 +169,7 @@ async def test_thriftpy2_batch(biz: Harness, doubles: Doubles):
 
 
 async def test_official_apache_thrift_client(biz: Harness, doubles: Doubles, official: ModuleType):
+    await warmed(biz)
     assert biz.biz.thrift is not None
     port = biz.biz.thrift.port
 
