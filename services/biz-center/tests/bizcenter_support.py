@@ -536,6 +536,10 @@ async def predict_load(
     return results
 
 
+LOAD_RATE = 1000.0
+"""Calls a second of :func:`predict_load` in all: half the example scene's rate limit (2,000/s, burst 200)."""
+
+
 async def predict_until(
     biz: Harness,
     stop: asyncio.Event,
@@ -546,12 +550,18 @@ async def predict_until(
     first: int = 1,
 ) -> None:
     """Like :func:`predict_load` until ``stop`` is set, appending to ``results`` as answers come (a test
-    can wait on what they say while the load runs)."""
+    can wait on what they say while the load runs).
+
+    Paced to at most :data:`LOAD_RATE` calls a second in all: unpaced, callers answered at once from a
+    fallback (an open breaker) outran the scene's rate limit on a fast enough box, and the limiter's
+    refusals failed tests that count errors; paced, the load never meets the limiter, whatever the box."""
+    interval = callers / LOAD_RATE
 
     async def caller(index: int) -> None:
         n = index
         while not stop.is_set():
             n += callers
+            began = time.monotonic()
             try:
                 outcome: Outcome = await biz.predict.Predict(
                     churn_request(first + n % customers), metadata=scoring(), timeout=2
@@ -559,6 +569,7 @@ async def predict_until(
             except grpc.RpcError as exc:
                 outcome = exc
             results.append((time.monotonic(), outcome))
+            await asyncio.sleep(max(0.0, began + interval - time.monotonic()))
 
     await asyncio.gather(*(caller(i) for i in range(callers)))
 
