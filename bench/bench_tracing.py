@@ -3,11 +3,19 @@
 A server process runs two chassis servers, ``front`` and ``back``: each ``Forward`` call to the front
 makes one downstream call to the back through ``ServiceClient``, so a request is two server spans and
 one client span, the chassis' whole tracing path. The same process is started with tracing off, with
-tracing off but a random ``traceparent`` on every downstream call (what the header alone costs gRPC),
-at sample ratio 0.01 and at 1.0, exporting to a real monitor (chdb); one grpc.aio client drives each at
-concurrency 16, three times interleaved (medians). The cost is the server process' CPU per request
-against tracing off (CPU, not throughput: the box is shared and loaded). Then Export calls of 512
-spans each go straight to the monitor: spans stored per second. Ends with one JSON line ``{"bench": "tracing", ...}``.
+tracing off but a random ``traceparent`` beside the request id on every downstream call (what one
+more metadata entry costs gRPC), at sample ratio 0.01 and at 1.0, exporting to a real monitor (chdb);
+all four run at once. One grpc.aio client drives them in short windows at concurrency 16, every mode
+once per round in a new order, for ``ROUNDS`` rounds. The cost of a mode is the median over the
+rounds of its server process' CPU time per request against tracing off in the same round (CPU, not
+throughput, and paired in time: the box is shared, and its speed swings twofold between minutes);
+the quartiles of the rounds are printed beside it.
+
+CPU time on a shared box still moves by several percent from one window to the next, more than the
+cost at 0.01, so the same requests are also counted in machine instructions: each of off, 0.01 and
+1.0 runs again under callgrind (valgrind, from Debian), which counts what the server process executes
+per request at concurrency 16 whatever the box does meanwhile. Then Export calls of 512 spans each go
+straight to the monitor: spans stored per second. Ends with one JSON line ``{"bench": "tracing", ...}``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +36,7 @@ import timeit
 from pathlib import Path
 
 import grpc
-from benchkit import cpu_s, drive
+from benchkit import drive, run_s
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from infermesh_chassis.ready import wait_ready
@@ -36,15 +45,21 @@ SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 256
 CONCURRENCY = 16
 MODES = ("off", "header", "0.01", "1.0")
-"""``header``: tracing off, but every downstream call carries a random W3C ``traceparent``, as an
-unsampled request's does: what the header alone costs gRPC, the floor of the 0.01 figure."""
-ROUNDS = 3
-"""Each mode runs this many times, interleaved, and its figures are the medians (the box is shared)."""
+"""``header``: tracing off, but every downstream call carries a random W3C ``traceparent`` beside its
+``x-request-id``: what one more metadata entry costs gRPC (at 0.01, a trace the mesh starts carries its
+request id inside the ``traceparent``, so a hop sends one entry, as with tracing off)."""
+ROUNDS = 24
+"""Rounds of the interleaved comparison (see the module docstring)."""
+WINDOW_S = 1.0
+"""Measured seconds of one mode in one round (after a short warm-up of its own)."""
 EXPORT_BATCH = 512
 EXPORTS = 40
+COUNTED = 1600
+"""Requests whose instructions callgrind counts, per mode (after ``WARM_COUNTED`` uncounted ones)."""
+WARM_COUNTED = 320
 
 
-async def _serve(mode: str, endpoint: str, port_file: Path) -> None:
+async def _serve(mode: str, endpoint: str, port_file: Path, export_interval_s: float) -> None:
     from infermesh_chassis.client import ChannelPool, ServiceClient  # noqa: PLC0415  (the server process only)
     from infermesh_chassis.discovery import DiscoverySettings, StaticDiscovery  # noqa: PLC0415
     from infermesh_chassis.logs import configure_logging  # noqa: PLC0415
@@ -55,7 +70,11 @@ async def _serve(mode: str, endpoint: str, port_file: Path) -> None:
 
     configure_logging("bench-tracing", "WARNING")
     traced = mode not in ("off", "header")
-    tracing_settings = TracingSettings(endpoint=endpoint if traced else "", sample_ratio=float(mode) if traced else 0.0)
+    tracing_settings = TracingSettings(
+        endpoint=endpoint if traced else "",
+        sample_ratio=float(mode) if traced else 0.0,
+        export_interval_s=export_interval_s,
+    )
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
@@ -122,11 +141,15 @@ def _start_monitor(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
     return proc, f"127.0.0.1:{ready.grpc_port}", ready.metrics_port or 0
 
 
-def _start_server(mode: str, endpoint: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(
+    mode: str, endpoint: str, workdir: Path, under: tuple[str, ...] = (), export_interval_s: float = 1.0
+) -> tuple[subprocess.Popen[bytes], str]:
     port_file = workdir / f"{mode}-{time.monotonic_ns()}.port"
-    argv = [sys.executable, __file__, "--serve", mode, "--endpoint", endpoint, "--port-file", str(port_file)]
-    proc = subprocess.Popen(argv)
-    deadline = time.monotonic() + 30
+    argv = [*under, sys.executable, __file__, "--serve", mode, "--endpoint", endpoint, "--port-file", str(port_file)]
+    proc = subprocess.Popen(
+        [*argv, "--export-interval-s", str(export_interval_s)], stderr=subprocess.DEVNULL if under else None
+    )
+    deadline = time.monotonic() + (300 if under else 30)
     while not port_file.exists() or not port_file.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the {mode} server did not start")
@@ -134,23 +157,106 @@ def _start_server(mode: str, endpoint: str, workdir: Path) -> tuple[subprocess.P
     return proc, f"127.0.0.1:{port_file.read_text()}"
 
 
-async def _serving(mode: str, endpoint: str, workdir: Path) -> dict[str, float]:
-    proc, address = _start_server(mode, endpoint, workdir)
+async def _window(echo: grpc.aio.UnaryUnaryMultiCallable, pid: int) -> dict[str, float]:
+    """One mode's figures over one window: throughput, latency, and its server's CPU per request."""
+
+    async def call(_: int) -> object:
+        return await echo(PAYLOAD, timeout=5)
+
+    await drive(call, CONCURRENCY, warmup_s=0.0, duration_s=0.2)
+    cpu_before = run_s(pid)
+    figures = await drive(call, CONCURRENCY, warmup_s=0.0, duration_s=WINDOW_S)
+    figures["cpu_us_per_request"] = (run_s(pid) - cpu_before) / (figures["rps"] * WINDOW_S) * 1e6
+    return figures
+
+
+async def _rounds(servers: dict[str, tuple[subprocess.Popen[bytes], str]]) -> dict[str, list[dict[str, float]]]:
+    """Every mode's figures in each round, the modes in a new order each round."""
+    order = random.Random(15)
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    channels = {mode: grpc.aio.insecure_channel(address) for mode, (_, address) in servers.items()}
+    try:
+        echoes = {mode: channel.unary_unary(f"/{SERVICE}/Echo") for mode, channel in channels.items()}
+        for mode in MODES:  # connections up and code warm before the first round
+            await _window(echoes[mode], servers[mode][0].pid)
+        for _ in range(ROUNDS):
+            for mode in order.sample(MODES, len(MODES)):
+                runs[mode].append(await _window(echoes[mode], servers[mode][0].pid))
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    return runs
+
+
+def _valgrind() -> str | None:
+    """``valgrind``, installed from Debian when missing and possible."""
+    found = shutil.which("valgrind")
+    if found is not None or shutil.which("apt-get") is None:
+        return found
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "valgrind"]
+    for command in (install, ["apt-get", "update"], install):
+        subprocess.run(command, capture_output=True, timeout=600, check=False)
+        if command is install and (found := shutil.which("valgrind")) is not None:
+            return found
+    return None
+
+
+async def _instructions_per_request(mode: str, endpoint: str, workdir: Path, valgrind: str) -> float:
+    """Machine instructions the server process runs per request (callgrind counts them, the same on a
+    busy box as on an idle one), over ``COUNTED`` requests at concurrency 16 after a warm-up.
+
+    Under callgrind the process runs about 50 times slower, so its export interval is stretched as
+    much: spans reach the exporter at the same rate per request as at full speed."""
+    out = workdir / f"callgrind.{mode}"
+    under = (valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
+    proc, address = await asyncio.to_thread(_start_server, mode, endpoint, workdir, under, 50.0)
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             echo = channel.unary_unary(f"/{SERVICE}/Echo")
 
-            async def call(_: int) -> object:
-                return await echo(PAYLOAD, timeout=5)
+            async def calls(count: int) -> None:
+                async def caller() -> None:
+                    for _ in range(count // CONCURRENCY):
+                        await echo(PAYLOAD, timeout=120)
 
-            await drive(call, CONCURRENCY, warmup_s=1.0, duration_s=1.0)
-            cpu_before = cpu_s(proc.pid)
-            figures = await drive(call, CONCURRENCY, warmup_s=0.0, duration_s=5.0)
-            figures["cpu_us_per_request"] = (cpu_s(proc.pid) - cpu_before) / (figures["rps"] * 5.0) * 1e6
-            return figures
+                await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+
+            await calls(WARM_COUNTED)
+            for step in ("-i on", "", "-i off", "-d"):
+                if not step:
+                    await calls(COUNTED)
+                    continue
+                await asyncio.to_thread(
+                    subprocess.run, ["callgrind_control", *step.split(), str(proc.pid)], check=True, capture_output=True
+                )
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        await asyncio.to_thread(proc.wait, 120)
+    return await asyncio.to_thread(_counted, workdir, mode)
+
+
+def _counted(workdir: Path, mode: str) -> float:
+    """Instructions per counted request, from the dump callgrind wrote when told (``-d``)."""
+    totals = [
+        int(line.split()[1])
+        for dump in workdir.glob(f"callgrind.{mode}*")
+        for line in dump.read_text().splitlines()
+        if line.startswith("totals:")
+    ]
+    return max(totals) / COUNTED
+
+
+async def _instructions(endpoint: str, workdir: Path) -> dict[str, float]:
+    """Instructions per request of tracing off, 0.01 and 1.0, two at a time; empty without valgrind."""
+    valgrind = await asyncio.to_thread(_valgrind)
+    if valgrind is None:
+        print("valgrind is not installed and apt-get could not install it: no instruction counts")
+        return {}
+    counted: dict[str, float] = {}
+    for pair in (("off", "0.01"), ("1.0",)):
+        figures = await asyncio.gather(*(_instructions_per_request(m, endpoint, workdir, valgrind) for m in pair))
+        counted.update(zip(pair, figures, strict=True))
+    return counted
 
 
 def _export_request(batch: int) -> trace_service_pb2.ExportTraceServiceRequest:
@@ -199,7 +305,7 @@ def _unsampled_path_us() -> float:
         front = ctx.CallContext("rid", None, "/bench.Echo/Echo", tracing)
         token = ctx.bind(front)
         tracing.start_server("bench.Echo/Echo", None, "rid", front)
-        _, traceparent = tracing.start_client("bench.Echo/Echo", "127.0.0.1:1")
+        _, traceparent = tracing.start_client("bench.Echo/Echo", "127.0.0.1:1", front)
         tracing.start_server("bench.Echo/Echo", traceparent, "rid", ctx.CallContext("rid", None, "", tracing))
         ctx.unbind(token)
 
@@ -217,26 +323,45 @@ async def _measure() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         monitor, address, _ = _start_monitor(workdir)
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
-            runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
-            for _ in range(ROUNDS):
-                for mode in MODES:
-                    runs[mode].append(await _serving(mode, address, workdir))
-            figures = {mode: {k: statistics.median(r[k] for r in done) for k in done[0]} for mode, done in runs.items()}
+            for mode in MODES:
+                servers[mode] = _start_server(mode, address, workdir)
+            runs = await _rounds(servers)
+            instructions = await _instructions(address, workdir)
+            figures = {mode: {k: statistics.median(r[k] for r in runs[mode]) for k in runs[mode][0]} for mode in MODES}
             stored_per_s = await _stored_per_s(address)
         finally:
-            monitor.terminate()
-            monitor.wait(timeout=30)
-    print(f"{'tracing':8} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
+            for proc in [*(proc for proc, _ in servers.values()), monitor]:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+    def overheads(mode: str) -> list[float]:
+        """The mode's CPU per request against tracing off in the same round, %, one per round (sorted)."""
+        paired = zip(runs[mode], runs["off"], strict=True)
+        return sorted((m["cpu_us_per_request"] / o["cpu_us_per_request"] - 1) * 100 for m, o in paired)
+
+    def overhead(mode: str) -> float:
+        return round(statistics.median(overheads(mode)), 1)
+
+    print(f"{'tracing':8} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}  CPU vs off, % (rounds' quartiles)")
     for mode, f in figures.items():
-        print(f"{mode:8} {f['rps']:>8.0f} {f['p50_ms']:>8.3f} {f['p99_ms']:>8.3f} {f['cpu_us_per_request']:>11.1f}")
+        row = f"{mode:8} {f['rps']:>8.0f} {f['p50_ms']:>8.3f} {f['p99_ms']:>8.3f} {f['cpu_us_per_request']:>11.1f}"
+        if mode == "off":
+            print(row)
+            continue
+        q1, q2, q3 = statistics.quantiles(overheads(mode), n=4)
+        print(f"{row}  {q1:+.1f} / {q2:+.1f} / {q3:+.1f}")
     print(f"spans stored by the monitor: {stored_per_s:.0f}/s (Export calls of {EXPORT_BATCH})")
     off = figures["off"]["cpu_us_per_request"]
     unsampled_us = _unsampled_path_us()
     print(f"an unsampled request's tracing path: {unsampled_us:.1f} us ({unsampled_us / off * 100:.2f}% of its CPU)")
 
-    def overhead(mode: str) -> float:
-        return round((figures[mode]["cpu_us_per_request"] / off - 1) * 100, 1)
+    if instructions:
+        print(f"instructions per request (callgrind): {', '.join(f'{m} {n:,.0f}' for m, n in instructions.items())}")
+
+    def counted_overhead(mode: str) -> float | None:
+        return round((instructions[mode] / instructions["off"] - 1) * 100, 2) if instructions else None
 
     result = {
         "bench": "tracing",
@@ -249,6 +374,9 @@ async def _measure() -> None:
         "rps_off": round(figures["off"]["rps"]),
         "rps_ratio_001": round(figures["0.01"]["rps"]),
         "rps_ratio_1": round(figures["1.0"]["rps"]),
+        "instructions_per_request_off": round(instructions["off"]) if instructions else None,
+        "overhead_pct_ratio_001_instructions": counted_overhead("0.01"),
+        "overhead_pct_ratio_1_instructions": counted_overhead("1.0"),
     }
     print(json.dumps(result))
 
@@ -258,9 +386,10 @@ def main() -> None:
     parser.add_argument("--serve", choices=MODES)
     parser.add_argument("--endpoint", default="")
     parser.add_argument("--port-file", type=Path)
+    parser.add_argument("--export-interval-s", type=float, default=1.0)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(_serve(args.serve, args.endpoint, args.port_file))
+        asyncio.run(_serve(args.serve, args.endpoint, args.port_file, args.export_interval_s))
     else:
         asyncio.run(_measure())
 

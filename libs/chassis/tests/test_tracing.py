@@ -187,6 +187,45 @@ async def test_sampling_follows_the_callers_decision(collector, traced) -> None:
     assert spans[0]["parent"] == "b7ad6b7169203331"
 
 
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+async def test_a_trace_the_mesh_starts_is_named_by_the_request_id_and_carries_it_alone(
+    collector, traced, echo_service_class, ratio
+) -> None:
+    receiver, endpoint = collector
+    seen: list[dict[str, str]] = []
+
+    class Recording(echo_service_class):  # type: ignore[misc,valid-type]
+        async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            seen.append(dict(context.invocation_metadata() or ()))
+            return await super().echo(request, context)
+
+    back, back_service, back_tracing = await traced("back", endpoint, ratio=ratio, service_cls=Recording)
+    front, _, front_tracing = await traced("front", endpoint, ratio=ratio, downstream=back.address)
+    rid = "5a4d1c0ffee0" * 2 + "0123abcd"
+    await call(front.address, "Forward", b"Echo:a", (("x-request-id", rid),))
+    assert back_service.seen_request_ids == [rid]
+    assert "x-request-id" not in seen[0] and seen[0]["traceparent"][3:35] == rid
+    assert seen[0]["traceparent"].endswith("-01" if ratio else "-00")
+    spans = await flushed(receiver, [front_tracing, back_tracing], 3 if ratio else 0)
+    assert {s["trace_id"] for s in spans} <= {rid}
+
+    await call(front.address, "Forward", b"Echo:b", (("x-request-id", "order-17/b"),))  # cannot name a trace
+    assert back_service.seen_request_ids[1] == "order-17/b"
+    assert seen[1]["x-request-id"] == "order-17/b" and seen[1]["traceparent"][3:35] != rid
+
+
+async def test_a_call_with_a_traceparent_alone_takes_its_trace_id_as_request_id(traced, echo_service_class) -> None:
+    server, service, _ = await traced("svc", "127.0.0.1:9", ratio=0.0)
+    sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await call(server.address, "Echo", b"x", (("traceparent", sampled),))
+    await call(server.address, "Echo", b"x", (("traceparent", "garbage"),))
+    await call(server.address, "Echo", b"x", (("traceparent", sampled), ("x-request-id", "given")))
+    first, second, third = service.seen_request_ids
+    assert first == "0af7651916cd43dd8448eb211c80319c"
+    assert second is not None and len(second) == 32 and second != first
+    assert third == "given"
+
+
 async def test_a_failed_downstream_call_is_a_failed_client_span(collector, traced) -> None:
     receiver, endpoint = collector
     back, _, back_tracing = await traced("back", endpoint)
@@ -214,6 +253,52 @@ async def test_an_unreachable_collector_drops_spans_with_a_counter_and_never_fai
         assert (
             sample("infermesh_svc_grpc_server_requests_total", {"grpc_service": SERVICE, "grpc_method": "Echo"}) == 20
         )
+
+
+class GatedCollector(Collector):
+    """A collector that holds its first Export until released, and notes each batch's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.exporting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def Export(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.exporting.set()
+        await self.release.wait()
+        self.batches.append(sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans))
+        return await super().Export(request, context)
+
+
+async def test_a_flush_sends_what_was_queued_and_later_spans_go_in_the_next_batch() -> None:
+    server = grpc.aio.server()
+    receiver = GatedCollector()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    settings = TracingSettings(endpoint=f"127.0.0.1:{port}", sample_ratio=1.0, export_interval_s=3600)
+    tracing = Tracing(settings, "svc", "1")
+
+    def end_spans(count: int) -> None:
+        for _ in range(count):
+            span, _ = tracing.start_client("test.Echo/Echo", "peer", None)
+            assert span is not None
+            span.end()
+
+    try:
+        end_spans(3)
+        flushing = asyncio.create_task(tracing.flush())
+        await receiver.exporting.wait()
+        end_spans(5)  # while the first batch is on its way
+        receiver.release.set()
+        await flushing
+        assert receiver.batches == [3]
+        await tracing.flush()
+        assert receiver.batches == [3, 5]
+    finally:
+        await tracing.shutdown()
+        await server.stop(0)
 
 
 async def test_spans_opened_inside_a_request_are_children_of_its_span(collector, traced, echo_service_class) -> None:

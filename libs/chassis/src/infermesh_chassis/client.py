@@ -5,7 +5,8 @@
   new call details).
 - :class:`ServiceClient` is the one client boundary. It calls one logical service found through
   discovery: it picks an instance (power of two choices on in-flight calls), passes the current
-  request id on (``x-request-id`` in ``metadata=``), puts a deadline on every call (``timeout=``,
+  request id on (``x-request-id`` in ``metadata=``, or inside the ``traceparent`` when tracing is on
+  and the trace is one the mesh started: its trace id is the request id), puts a deadline on every call (``timeout=``,
   the smaller of the call's own timeout and what is left of the inbound request's deadline),
   records the client-side RED metrics per method (metric children looked up once), retries with
   exponential backoff and jitter only for methods declared idempotent and only on retryable
@@ -122,12 +123,6 @@ class ServiceClient:
                     self._span_names[name] = full_method[1:]
         return stub
 
-    def _metadata(self, metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-        rid = ctx.current_request_id()
-        if rid is None or any(key == ctx.REQUEST_ID_METADATA_KEY for key, _ in metadata):
-            return metadata
-        return ((ctx.REQUEST_ID_METADATA_KEY, rid), *metadata)
-
     def _timeout(self, timeout_s: float | None) -> float:
         own = self._settings.default_timeout_s if timeout_s is None else timeout_s
         remaining = ctx.remaining_time()
@@ -145,8 +140,16 @@ class ServiceClient:
         timeout_s: float | None = None,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> Any:
-        """Call ``method`` with ``request`` and return its response, or raise an InfermeshError."""
-        metadata = self._metadata(metadata)
+        """Call ``method`` with ``request`` and return its response, or raise an InfermeshError.
+
+        The current request id goes in ``x-request-id`` unless ``metadata`` has one; with tracing on, a
+        ``traceparent`` whose trace id is that request id (a trace the mesh started) carries it alone.
+        """
+        current = ctx.current()
+        rid = None if current is None else current.request_id
+        if rid is not None and any(key == ctx.REQUEST_ID_METADATA_KEY for key, _ in metadata):
+            rid = None
+        with_rid = metadata if rid is None else ((ctx.REQUEST_ID_METADATA_KEY, rid), *metadata)
         failed: set[str] = set()
         rpc_error: InfermeshError | None = None
 
@@ -160,10 +163,13 @@ class ServiceClient:
             recorder = self._recorders.get(method)
             started = time.perf_counter()
             span = None
-            sent = metadata
+            sent = with_rid
             if self._tracing is not None:
-                span, traceparent = self._tracing.start_client(self._span_names.get(method, method), instance.address)
-                sent = ((TRACEPARENT_METADATA_KEY, traceparent), *metadata)
+                span, traceparent = self._tracing.start_client(
+                    self._span_names.get(method, method), instance.address, current
+                )
+                named = rid is not None and traceparent[3:35] == rid
+                sent = ((TRACEPARENT_METADATA_KEY, traceparent), *(metadata if named else with_rid))
             try:
                 with self._balancer.track(instance):
                     response = await call(request, timeout=timeout, metadata=sent)

@@ -3,7 +3,9 @@
 Server side, :class:`ServerInterceptor` wraps every handler once per method (cached) so
 that each call
 
-- takes the request id from ``x-request-id`` metadata (or creates one), makes it current for
+- takes the request id from ``x-request-id`` metadata, else the trace id of a ``traceparent`` (a hop
+  of a trace the mesh started sends that alone, see :meth:`.tracing.Tracing.start_server`), else
+  creates one; makes it current for
   the call (every log line carries it, see :mod:`.logs`) and returns it in trailing metadata;
   an oversize or malformed request id is refused with INVALID_ARGUMENT;
 - refuses a request that is not a valid protobuf of the method's type, and one with oversize
@@ -50,6 +52,7 @@ from infermesh_chassis.tracing import (
     Tracing,
     end_span,
     exemplar_of,
+    request_id_of,
 )
 from infermesh_chassis.validation import bound_message, check_fields, check_request_id
 
@@ -258,6 +261,8 @@ class _ServerCall:
                 check_request_id(rid, f"metadata {ctx.REQUEST_ID_METADATA_KEY}")
             except InvalidArgument as exc:
                 self.refusal, rid = exc, None
+        elif traceparent is not None:
+            rid = request_id_of(traceparent)
         self.request_id = rid or ctx.new_request_id()
         self.remaining = remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining

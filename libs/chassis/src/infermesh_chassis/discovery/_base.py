@@ -48,16 +48,15 @@ class Instance:
     port: int
     tags: tuple[str, ...] = ()
     meta: Mapping[str, str] = field(default_factory=dict, hash=False)
+    address: str = field(init=False, repr=False, compare=False, hash=False)
+    """``host:port``, with an IPv6 host in brackets: what a gRPC channel target expects (built once:
+    every downstream call reads it several times)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", tuple(self.tags))
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
-
-    @property
-    def address(self) -> str:
-        """``host:port``, with an IPv6 host in brackets: what a gRPC channel target expects."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        object.__setattr__(self, "address", f"{host}:{self.port}")
 
 
 class DiscoverySettings(BaseModel):
