@@ -150,6 +150,11 @@ class ServiceClient:
         if rid is not None and any(key == ctx.REQUEST_ID_METADATA_KEY for key, _ in metadata):
             rid = None
         with_rid = metadata if rid is None else ((ctx.REQUEST_ID_METADATA_KEY, rid), *metadata)
+        unsampled: tuple[tuple[str, str], ...] = ()
+        """The metadata of every attempt in an unsampled request: its ``traceparent`` passed on, no span."""
+        if self._tracing is not None and current is not None and current.traceparent:
+            passed = current.traceparent
+            unsampled = ((TRACEPARENT_METADATA_KEY, passed), *(metadata if passed[3:35] == rid else with_rid))
         failed: set[str] = set()
         rpc_error: InfermeshError | None = None
 
@@ -163,13 +168,12 @@ class ServiceClient:
             recorder = self._recorders.get(method)
             started = time.perf_counter()
             span = None
-            sent = with_rid
-            if self._tracing is not None:
+            sent = unsampled or with_rid
+            if self._tracing is not None and not unsampled:
                 span, traceparent = self._tracing.start_client(
                     self._span_names.get(method, method), instance.address, current
                 )
-                named = rid is not None and traceparent[3:35] == rid
-                sent = ((TRACEPARENT_METADATA_KEY, traceparent), *(metadata if named else with_rid))
+                sent = ((TRACEPARENT_METADATA_KEY, traceparent), *(metadata if traceparent[3:35] == rid else with_rid))
             try:
                 with self._balancer.track(instance):
                     response = await call(request, timeout=timeout, metadata=sent)

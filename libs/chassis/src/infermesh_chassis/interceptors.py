@@ -251,6 +251,7 @@ class _ServerCall:
         self.code = grpc.StatusCode.OK
         self.refusal: InvalidArgument | None = None
         rid = traceparent = None
+        unsampled = ""
         for key, value in context.invocation_metadata() or ():
             if key == ctx.REQUEST_ID_METADATA_KEY:
                 rid = value if isinstance(value, str) else value.decode(errors="replace")
@@ -262,15 +263,16 @@ class _ServerCall:
             except InvalidArgument as exc:
                 self.refusal, rid = exc, None
         elif traceparent is not None:
-            rid = request_id_of(traceparent)
+            rid, unsampled = request_id_of(traceparent)
         self.request_id = rid or ctx.new_request_id()
         self.remaining = remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         call = ctx.CallContext(self.request_id, deadline, method, tracing)
+        call.traceparent = unsampled
         self._token = ctx.bind(call)
         self.span = None
         self.exemplar: dict[str, str] | None = None
-        if tracing is not None:
+        if tracing is not None and not unsampled:  # an unsampled call is decided: no span, passed on as it came
             self.span, self._span_token = tracing.start_server(method[1:], traceparent, self.request_id, call)
 
     def finish(self) -> None:

@@ -17,12 +17,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, SpanFlags
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 __all__ = ["encode_spans"]
 
 _HAS_IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+_KINDS = {kind: kind.value + 1 for kind in SpanKind}
+"""OTLP's number of each SDK span kind: the SDK's INTERNAL is 0, OTLP's is 1 (0 is UNSPECIFIED); looked
+up, not computed (an enum's ``.value`` is a Python-level descriptor call)."""
+_STATUS_CODES = {code: code.value for code in StatusCode}
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
@@ -73,7 +77,7 @@ def _span(out: Any, span: ReadableSpan) -> None:
         out.parent_span_id = parent.span_id.to_bytes(8, "big")
     out.flags = _flags(parent)
     out.name = span.name
-    out.kind = span.kind.value + 1  # the SDK's INTERNAL is 0, OTLP's is 1 (0 is UNSPECIFIED)
+    out.kind = _KINDS[span.kind]
     out.start_time_unix_nano = span.start_time or 0
     out.end_time_unix_nano = span.end_time or 0
     _attributes(out.attributes, span.attributes)
@@ -90,7 +94,7 @@ def _span(out: Any, span: ReadableSpan) -> None:
         _attributes(encoded.attributes, link.attributes)
         encoded.dropped_attributes_count = link.dropped_attributes
         encoded.flags = _flags(link.context)
-    out.status.code = span.status.status_code.value
+    out.status.code = _STATUS_CODES[span.status.status_code]
     if span.status.description:
         out.status.message = span.status.description
     out.dropped_attributes_count = span.dropped_attributes
@@ -110,7 +114,9 @@ def _attributes(out: Any, attributes: Mapping[str, Any] | None) -> None:
 
 
 def _value(out: AnyValue, value: Any) -> None:
-    if isinstance(value, bool):
+    if type(value) is str:  # nearly every attribute: one test instead of two isinstance calls
+        out.string_value = value
+    elif isinstance(value, bool):
         out.bool_value = value
     elif isinstance(value, str):
         out.string_value = value

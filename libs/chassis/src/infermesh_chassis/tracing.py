@@ -44,7 +44,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from infermesh_chassis import context as ctx
@@ -135,17 +135,45 @@ def _unsampled(request_id: str) -> str:
 _LOW_BITS = 1 | 1 << 64
 
 
-def request_id_of(traceparent: str | bytes) -> str | None:
+def request_id_of(traceparent: str | bytes) -> tuple[str | None, str]:
     """The trace id a ``traceparent`` names, to be the request id of a call that came without
-    ``x-request-id``; None when it names none.
+    ``x-request-id`` (None when it names none), and the ``traceparent`` again when it is a valid
+    unsampled one, else "" (the call's ``CallContext.traceparent``: decided, it needs no
+    :meth:`Tracing.start_server`).
 
     A trace the mesh starts has the request's id as its trace id (:meth:`Tracing.start_server`), so
     its hops send the ``traceparent`` alone: one metadata entry per call, as with tracing off.
     """
     if type(traceparent) is not str:
-        return None
+        return None, ""
+    if _UNSAMPLED_V00.fullmatch(traceparent) is not None:
+        return traceparent[3:35], traceparent
     match = _TRACE_ID_OF.match(traceparent)
-    return None if match is None else match.group(1)
+    return (None if match is None else match.group(1)), ""
+
+
+class _Decided(Sampler):
+    """The SDK's sampler: it is only asked for spans already decided to be sampled (see
+    :meth:`Tracing.start_server`), so it keeps each one as it comes. The mesh sends no ``tracestate``,
+    so there is none to carry over from a parent (the SDK's ALWAYS_ON looks it up for every span)."""
+
+    def should_sample(  # noqa: PLR0917  (the SDK calls it with these, positionally)
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+    def get_description(self) -> str:
+        return "DecidedBeforeTheSdk"
+
+
+_DECIDED = _Decided()
 
 
 class _RequestTraceIds(RandomIdGenerator):
@@ -272,7 +300,7 @@ class Tracing:
         # The ratio is drawn in start_server/start_client, before the SDK is asked for a span: the SDK
         # only ever sees sampled spans and their children, so its sampler keeps every one.
         self._ratio = settings.sample_ratio
-        self.provider = TracerProvider(resource=resource, sampler=ALWAYS_ON, id_generator=_RequestTraceIds())
+        self.provider = TracerProvider(resource=resource, sampler=_DECIDED, id_generator=_RequestTraceIds())
         self.exporter = AsyncOtlpExporter(settings)
         self.provider.add_span_processor(self.exporter)
         self.tracer = self.provider.get_tracer("infermesh_chassis", version)
@@ -313,7 +341,8 @@ class Tracing:
         Sampling is decided here, parent-based, before the SDK is asked for anything: a call that is
         not sampled (its caller's decision, or a new trace that lost the draw) gets no span at all,
         only its unsampled ``traceparent`` on ``call`` for the calls it makes (so every hop behind keeps
-        the decision): (None, None). That keeps the 99 unsampled requests of 100 nearly free.
+        the decision): (None, None). That keeps the 99 unsampled requests of 100 nearly free. (The
+        interceptor does not even ask for a call :func:`request_id_of` found unsampled.)
         """
         fields = None
         if traceparent is not None:
