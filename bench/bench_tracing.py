@@ -2,14 +2,14 @@
 
 A server process runs two chassis servers, ``front`` and ``back``: each ``Forward`` call to the front
 makes one downstream call to the back through ``ServiceClient``, so a request is two server spans and
-one client span, the chassis' whole tracing path. The same process is started with tracing off, with
-tracing off but a random ``traceparent`` beside the request id on every downstream call (what one
-more metadata entry costs gRPC), at sample ratio 0.01 and at 1.0, exporting to a real monitor (chdb);
-all four run at once. One grpc.aio client drives them in short windows at concurrency 16, every mode
-once per round in a new order, for ``ROUNDS`` rounds. The cost of a mode is the median over the
-rounds of its server process' CPU time per request against tracing off in the same round (CPU, not
-throughput, and paired in time: the box is shared, and its speed swings twofold between minutes);
-the quartiles of the rounds are printed beside it.
+one client span, the chassis' whole tracing path. The same process is started with tracing off (twice:
+the second one measures the method's own noise), with tracing off but a random ``traceparent`` beside
+the request id on every downstream call (what one more metadata entry costs gRPC), at sample ratio
+0.01 and at 1.0, exporting to a real monitor (chdb); all five run at once. One grpc.aio client drives
+them in short windows at concurrency 16, every mode once per round in a new order, for ``ROUNDS``
+rounds. The cost of a mode is the median over the rounds of its server process' CPU time per request
+against tracing off in the same round (CPU, not throughput, and paired in time: the box is shared,
+and its speed swings twofold between minutes); the quartiles of the rounds are printed beside it.
 
 CPU time on a shared box still moves by several percent from one window to the next, more than the
 cost at 0.01, so the same requests are also counted in machine instructions: each of off, 0.01 and
@@ -44,7 +44,9 @@ from infermesh_chassis.ready import wait_ready
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 256
 CONCURRENCY = 16
-MODES = ("off", "header", "0.01", "1.0")
+MODES = ("off", "off-again", "header", "0.01", "1.0")
+"""``off-again``: a second server with tracing off, measured like the others against the first: what the
+method reads when nothing differs (its median should be near 0; its quartiles are the box's noise)."""
 """``header``: tracing off, but every downstream call carries a random W3C ``traceparent`` beside its
 ``x-request-id``: what one more metadata entry costs gRPC (at 0.01, a trace the mesh starts carries its
 request id inside the ``traceparent``, so a hop sends one entry, as with tracing off)."""
@@ -69,7 +71,7 @@ async def _serve(mode: str, endpoint: str, port_file: Path, export_interval_s: f
     from infermesh_chassis.tracing import Tracing  # noqa: PLC0415
 
     configure_logging("bench-tracing", "WARNING")
-    traced = mode not in ("off", "header")
+    traced = mode not in ("off", "off-again", "header")
     tracing_settings = TracingSettings(
         endpoint=endpoint if traced else "",
         sample_ratio=float(mode) if traced else 0.0,
@@ -368,6 +370,7 @@ async def _measure() -> None:
         "overhead_pct_ratio_001": overhead("0.01"),
         "overhead_pct_ratio_1": overhead("1.0"),
         "overhead_pct_traceparent_only": overhead("header"),
+        "overhead_pct_off_again": overhead("off-again"),
         "spans_per_s_stored": round(stored_per_s),
         "cpu_us_per_request_off": round(off, 1),
         "unsampled_added_us_per_request": round(unsampled_us, 2),
