@@ -220,10 +220,14 @@ async def test_a_call_with_a_traceparent_alone_takes_its_trace_id_as_request_id(
     await call(server.address, "Echo", b"x", (("traceparent", sampled),))
     await call(server.address, "Echo", b"x", (("traceparent", "garbage"),))
     await call(server.address, "Echo", b"x", (("traceparent", sampled), ("x-request-id", "given")))
-    first, second, third = service.seen_request_ids
+    await call(
+        server.address, "Echo", b"x", (("traceparent", "00-1af7651916cd43dd8448eb211c80319c-0000000000000000-00"),)
+    )
+    first, second, third, fourth = service.seen_request_ids
     assert first == "0af7651916cd43dd8448eb211c80319c"
     assert second is not None and len(second) == 32 and second != first
     assert third == "given"
+    assert fourth is not None and fourth != "1af7651916cd43dd8448eb211c80319c"  # malformed: names nothing
 
 
 async def test_a_failed_downstream_call_is_a_failed_client_span(collector, traced) -> None:

@@ -86,7 +86,6 @@ _UNSAMPLED_V00 = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-00"
 (the common case behind an unsampled hop; one match instead of a parse and a rebuild)."""
 _TRACE_ID = re.compile(r"(?!0{32})[0-9a-f]{32}")
 """A request id that can name a trace: one the mesh made (:func:`~infermesh_chassis.context.new_request_id`)."""
-_TRACE_ID_OF = re.compile(r"[0-9a-f]{2}-((?!0{32})[0-9a-f]{32})-")
 _next_trace_id: ContextVar[int] = ContextVar("infermesh_next_trace_id", default=0)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NEW_TRACE = otel_context.Context()
@@ -148,8 +147,8 @@ def request_id_of(traceparent: str | bytes) -> tuple[str | None, str]:
         return None, ""
     if _UNSAMPLED_V00.fullmatch(traceparent) is not None:
         return traceparent[3:35], traceparent
-    match = _TRACE_ID_OF.match(traceparent)
-    return (None if match is None else match.group(1)), ""
+    fields = _fields(traceparent)  # a malformed one names nothing: its call starts a trace of its own
+    return (None if fields is None else fields[0]), ""
 
 
 class _Decided(Sampler):
