@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2
@@ -283,3 +286,38 @@ async def test_a_version_deployed_while_a_worker_restarts_is_loaded_on_it_too(ch
 
         await _until(both_ready, BACK_WITHIN_S, "version 2 on both workers")
         assert "churn__2" in pool.worker("embedded-0").ready_models
+
+
+def test_a_worker_process_dies_with_the_gateway_however_it_dies() -> None:
+    """What ``dying_with_parent`` starts is killed when its parent is SIGKILLed (no cleanup runs), and
+    it is started without a ``preexec_fn`` (which would make Python fork with gRPC threads running)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    assert child.cmdline()[:2] == ["sleep", "600"]  # the shim exec'd it: same process, its own command line
+    parent.kill()
+    parent.wait(timeout=10)
+    child.wait(timeout=10)  # raises psutil.TimeoutExpired if it outlived its parent
+
+
+_PARENT = """
+import subprocess
+import sys
+import time
+
+import psutil
+
+from infermesh_model_gateway.triton import dying_with_parent
+
+child = subprocess.Popen(dying_with_parent(["sleep", "600"]), start_new_session=True)
+deadline = time.monotonic() + 10
+while psutil.Process(child.pid).cmdline()[:1] != ["sleep"] and time.monotonic() < deadline:
+    time.sleep(0.01)  # until the shim has set the signal and exec'd
+print(child.pid, flush=True)
+sys.stdin.read()
+"""

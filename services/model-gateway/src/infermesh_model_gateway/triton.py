@@ -16,14 +16,14 @@ half-written model.
 process (explicit model control, 127.0.0.1, free ports) with the recipe of ../shared/DESIGN.md:
 a private backend directory, the interpreter's own libpython first on the library path, and the
 virtual environment first on PATH so the python backend sees the same packages as the gateway.
-The child is killed with the gateway (``PR_SET_PDEATHSIG``), never left behind.
+The child is killed with the gateway (``PR_SET_PDEATHSIG``, :func:`dying_with_parent`), never left
+behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib.util
 import os
 import shutil
@@ -45,7 +45,7 @@ from infermesh_chassis.logs import get_logger
 from infermesh_model_gateway import runtimes
 from infermesh_model_gateway.domain import ModelFormat, ModelVersionRecord, TensorSchema
 
-__all__ = ["ModelRepository", "TritonServer", "model_config", "tritonserver_binary"]
+__all__ = ["ModelRepository", "TritonServer", "dying_with_parent", "model_config", "tritonserver_binary"]
 
 _log = get_logger("infermesh_model_gateway.triton")
 
@@ -196,11 +196,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the gateway dies, however it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+_EXEC_DYING_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed when its parent dies
+if os.getppid() != int(sys.argv[1]):  # the parent died before that: nothing would kill it
+    os._exit(70)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def dying_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` started so that it is SIGKILLed when this process dies, however it dies.
+
+    A small interpreter sets ``PR_SET_PDEATHSIG`` and execs ``argv`` (the setting survives exec). It is
+    not a ``preexec_fn``: one makes Python ``fork()`` and run Python in the child, and with gRPC's
+    threads busy gRPC skips its fork handlers, so the child can crash before exec (a restarted worker
+    died with SIGSEGV so under load); without one, Python starts the child with ``vfork()``.
+    """
+    return [sys.executable, "-S", "-c", _EXEC_DYING_WITH_PARENT, str(os.getpid()), *argv]
 
 
 class TritonServer:
@@ -324,13 +337,12 @@ class TritonServer:
         ]
         with self.log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
-                *args,
+                *dying_with_parent(args),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._environment(),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         self._group_file.write_text(str(self._process.pid))
         try:
