@@ -165,8 +165,10 @@ async def test_redis_limit_is_shared_by_instances_within_five_percent(redis_url:
         limiters: list[Limiter] = [RedisRateLimiter(c, rate, burst, prefix="t:") for c in clients]
         allowed, elapsed = await _hammer(limiters, "scene", 2.0)
         assert (allowed - burst) / elapsed == pytest.approx(rate, rel=0.05)
-        decisions = [await limiters[0].acquire("scene") for _ in range(burst + 1)]  # drain what refilled since
-        refused = decisions[-1]
+        for _ in range(10 * burst):  # drain what refilled since: one token per 5 ms cannot keep up with calls
+            refused = await limiters[0].acquire("scene")  # back to back (a fixed count could, on a slow box)
+            if not refused.allowed:
+                break
         assert not refused.allowed
         assert 0 < refused.retry_after_s <= 1 / rate + 0.01
         assert (await limiters[1].acquire("other")).allowed  # keys are independent

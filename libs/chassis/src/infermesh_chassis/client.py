@@ -150,8 +150,7 @@ class ServiceClient:
         if rid is not None and any(key == ctx.REQUEST_ID_METADATA_KEY for key, _ in metadata):
             rid = None
         with_rid = metadata if rid is None else ((ctx.REQUEST_ID_METADATA_KEY, rid), *metadata)
-        unsampled: tuple[tuple[str, str], ...] = ()
-        """The metadata of every attempt in an unsampled request: its ``traceparent`` passed on, no span."""
+        unsampled: tuple[tuple[str, str], ...] = ()  # every attempt's metadata in an unsampled request
         if self._tracing is not None and current is not None and current.traceparent:
             passed = current.traceparent
             unsampled = ((TRACEPARENT_METADATA_KEY, passed), *(metadata if passed[3:35] == rid else with_rid))
