@@ -26,7 +26,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from benchkit import drive, run_s
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from infermesh_chassis.ready import wait_ready
+from infermesh_chassis.testing import debian_tool
 
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 256
@@ -190,19 +190,6 @@ async def _rounds(servers: dict[str, tuple[subprocess.Popen[bytes], str]]) -> di
     return runs
 
 
-def _valgrind() -> str | None:
-    """``valgrind``, installed from Debian when missing and possible."""
-    found = shutil.which("valgrind")
-    if found is not None or shutil.which("apt-get") is None:
-        return found
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "valgrind"]
-    for command in (install, ["apt-get", "update"], install):
-        subprocess.run(command, capture_output=True, timeout=600, check=False)
-        if command is install and (found := shutil.which("valgrind")) is not None:
-            return found
-    return None
-
-
 async def _instructions_per_request(mode: str, endpoint: str, workdir: Path, valgrind: str) -> float:
     """Machine instructions the server process runs per request (callgrind counts them, the same on a
     busy box as on an idle one), over ``COUNTED`` requests at concurrency 16 after a warm-up.
@@ -250,7 +237,7 @@ def _counted(workdir: Path, mode: str) -> float:
 
 async def _instructions(endpoint: str, workdir: Path) -> dict[str, float]:
     """Instructions per request of tracing off, 0.01 and 1.0, two at a time; empty without valgrind."""
-    valgrind = await asyncio.to_thread(_valgrind)
+    valgrind = await asyncio.to_thread(debian_tool, "valgrind", "valgrind")
     if valgrind is None:
         print("valgrind is not installed and apt-get could not install it: no instruction counts")
         return {}

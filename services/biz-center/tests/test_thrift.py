@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,27 +29,15 @@ from thriftpy2.contrib.aio.rpc import make_client
 
 from infermesh.bizcenter.v1 import biz_center_pb2 as pb
 from infermesh_biz_center.thrift_front import IDL
+from infermesh_chassis.testing import debian_tool
 
 IDL_FILE = Path(__file__).resolve().parents[3] / "protos" / "infermesh" / "bizcenter" / "v1" / "biz_center.thrift"
-
-
-def _thrift_compiler() -> str | None:
-    """The ``thrift`` compiler, installed from Debian when missing and possible."""
-    found = shutil.which("thrift")
-    if found is not None or shutil.which("apt-get") is None:
-        return found
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "thrift-compiler"]
-    for command in (install, ["apt-get", "update"], install):
-        subprocess.run(command, capture_output=True, timeout=600, check=False)
-        if command is install and (found := shutil.which("thrift")) is not None:
-            return found
-    return shutil.which("thrift")
 
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     """The official client's generated package, from the IDL in protos/."""
-    compiler = _thrift_compiler()
+    compiler = debian_tool("thrift", "thrift-compiler")
     if compiler is None:
         pytest.skip("thrift-compiler is not installed and apt-get could not install it (no root or no network)")
     out = tmp_path_factory.mktemp("thrift-official")

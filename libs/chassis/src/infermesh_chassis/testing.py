@@ -16,6 +16,7 @@ test awaited, until it is the one expected.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["NATS_SERVER", "NatsServer", "free_port", "settled", "wait_port"]
+__all__ = ["NATS_SERVER", "NatsServer", "debian_tool", "free_port", "settled", "wait_port"]
 
 T = TypeVar("T")
 
@@ -41,6 +42,20 @@ async def settled(read: Callable[[], T], expected: T, *, tries: int = 500, every
         await asyncio.sleep(every_s)
         value = read()
     return value
+
+
+def debian_tool(command: str, package: str) -> str | None:
+    """The path of ``command``, installed from Debian's ``package`` when missing and possible (a test
+    or benchmark that needs a Debian tool installs it itself); None without apt-get, root or network."""
+    found = shutil.which(command)
+    if found is not None or shutil.which("apt-get") is None:
+        return found
+    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+    for step in (install, ["apt-get", "update"], install):
+        subprocess.run(step, capture_output=True, timeout=600, check=False)
+        if step is install and (found := shutil.which(command)) is not None:
+            return found
+    return shutil.which(command)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
