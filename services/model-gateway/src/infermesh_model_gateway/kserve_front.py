@@ -232,4 +232,3 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
             response_serializer=getattr(service_pb2, method.output_type.name).SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
