@@ -244,6 +244,21 @@ async def test_workers_die_with_a_killed_parent(tmp_path):
         await _until(gone, "the workers of a killed parent exit", within=30)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_each_serving_process_has_frozen_its_startup_objects(tmp_path, workers: int):
+    """A full collection must not walk the modules, settings and stubs startup built (gc.freeze)."""
+    async with _instance(tmp_path, {"grpc": {"port": 0, "workers": workers}}) as instance:
+        frozen: dict[int, int] = {}
+        for _ in range(200):
+            if len(frozen) == workers:
+                break
+            async with grpc.aio.insecure_channel(instance.address, options=OWN_CONNECTION) as channel:
+                pid, count = (await channel.unary_unary("/probe.Probe/Frozen")(b"", timeout=30)).split()
+                frozen[int(pid)] = int(count)
+        assert len(frozen) == workers
+        assert all(count > 10_000 for count in frozen.values()), frozen
+
+
 class _Settings(ServiceSettings):
     service_name: str = "probe"
 
