@@ -8,12 +8,16 @@ SQLAlchemy builds every statement (identifiers quoted and escaped by the dialect
 bound parameters) once per view, and the online read once per batch size (an ``IN`` of 1, 2, 4...
 keys), compiled once; the connections are the engine's pool of ``pool_size``. Writes, offline reads
 and watermarks run through SQLAlchemy; the online read, the hot path, runs its compiled SQL on the
-pooled connection's driver.
+pooled connection's driver (PostgreSQL), or for SQLite on the event loop's own thread, through one
+plain ``sqlite3`` connection, as long as it finishes within :data:`INLINE_BUDGET_S` (see
+:meth:`SqlSource._read_inline`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +92,12 @@ _WATERMARKS = Table(
 
 _ERRORS = (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, aiosqlite.Error)
 
+INLINE_BUDGET_S = 0.002
+"""How long an SQLite online read may hold the event loop before it moves to the pool's thread."""
+
+_PROGRESS_EVERY = 200
+"""SQLite virtual-machine steps between two looks at the budget (an indexed read of 16 keys takes a few hundred)."""
+
 _LAYOUTS_KEPT = 1024
 """Views whose statements a source keeps (every loaded definition version's views fit; older ones go first)."""
 
@@ -125,6 +135,14 @@ class _Layout:
         return size, *compiled
 
 
+_YIELDS = frozenset({sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _interrupted_or_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite stopped a statement for its budget (interrupted) or found the file locked."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _YIELDS
+
+
 def _set_wal(dbapi_connection: Any, _record: Any) -> None:
     """WAL lets readers run beside a writer; the file keeps the mode once set (a busy file may refuse it)."""
     cursor = dbapi_connection.cursor()
@@ -146,6 +164,8 @@ class SqlSource(Source):
         self._writer: AsyncEngine | None = None
         self._layouts: dict[int, tuple[ViewDef, _Layout]] = {}
         self._created: set[str] = set()
+        self._inline: sqlite3.Connection | None = None
+        self._inline_until = 0.0
 
     # -- connections -----------------------------------------------------------------------
 
@@ -206,13 +226,18 @@ class SqlSource(Source):
             raise self._error(exc) from exc
 
     async def _read_rows(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Run a compiled read on a pooled connection's driver (asyncpg or aiosqlite) directly.
+        """Run a compiled read: SQLite on this thread when it can (:meth:`_read_inline`), else on a
+        pooled connection's driver (asyncpg or aiosqlite) directly.
 
         The hot path: SQLAlchemy built, quoted and compiled the statement once, and its pool lends
         the connection. Executed through SQLAlchemy's connection, execution and result layers, a
         one-key read cost 2.2-3.2x the CPU (medians on the 2-core machine: PostgreSQL 266 against
         119 µs, SQLite 391 against 123 µs).
         """
+        if self.dialect == "sqlite":
+            rows = self._read_inline(sql, values)
+            if rows is not None:
+                return rows
         reader, _ = self._engines()
         try:
             pooled = await reader.raw_connection()
@@ -233,6 +258,35 @@ class SqlSource(Source):
         finally:
             pooled.close()
 
+    def _read_inline(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]] | None:
+        """The rows of an SQLite read run here, on the event loop's thread; None when it could not
+        finish within :data:`INLINE_BUDGET_S` or the file was busy: the caller then runs it in the
+        pool's thread, where it may wait up to the source's timeout without holding the loop.
+
+        An indexed read of a local file costs about 13 µs of CPU this way against about 50 µs
+        through aiosqlite's thread (a queue, a thread wake-up and a loop wake-up per read); a read
+        that scans (a bound table without an index on its keys) is interrupted once over budget.
+        """
+        if self._inline is None:
+            try:
+                # autocommit: a SELECT opens no transaction, so each read sees the latest committed writes
+                self._inline = sqlite3.connect(self._sqlite_path(), timeout=0, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            self._inline.set_progress_handler(self._over_budget, _PROGRESS_EVERY)
+        self._inline_until = time.perf_counter() + INLINE_BUDGET_S
+        try:
+            return self._inline.execute(sql, values).fetchall()
+        except sqlite3.OperationalError as exc:
+            if not _interrupted_or_busy(exc):
+                raise self._error(exc) from exc
+            return None
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _over_budget(self) -> bool:
+        return time.perf_counter() > self._inline_until
+
     async def _execute(self, statement: Executable, rows: Sequence[Mapping[str, Any]] = ({},)) -> list[int]:
         """Run ``statement`` once per parameter set, in one transaction; the rows each run changed."""
         _, writer = self._engines()
@@ -251,6 +305,9 @@ class SqlSource(Source):
 
     async def close(self) -> None:
         await super().close()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = self._writer = None
