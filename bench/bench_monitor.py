@@ -9,7 +9,10 @@ and the serving-path cost of emitting an event per call.
    The monitor's RSS is sampled every second: peak, and at the start and end of the sustained run.
 2. **Serving overhead.** A chassis gRPC service (echo, 1 KiB) run as its own process, once plain
    and once emitting one inference event per call through ``runtime.event_emitter()`` (NATS
-   transport), driven by one client process at concurrency 16; the runs alternate, best of each.
+   transport), both running at once and driven by one client process at concurrency 16, in paired
+   rounds (each round drives each variant for one window, in a random order): throughput and
+   server CPU per call (the scheduler's count) are the medians over the rounds, and the overheads
+   the medians of the per-round ratios, printed with their quartiles (the box's noise).
    ``serving_cpu_us_per_event`` is the server CPU per call with events minus without (one event
    per call: recording it, building and encoding its batch, publishing). Steadier on a loaded
    machine: ``emit_cpu_us_per_event`` (what the request path pays per event) and
@@ -25,10 +28,12 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import resource
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +42,7 @@ import uuid
 from pathlib import Path
 
 import grpc
-from benchkit import cpu_s, free_port, peak_rss_mib, rss_mib
+from benchkit import cpu_s, free_port, peak_rss_mib, rss_mib, run_s
 
 from infermesh_chassis.ready import wait_ready
 
@@ -45,6 +50,8 @@ SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 1024
 BATCH = 1000
 MODEL = "bench-churn"
+SETTLE_S = 0.2
+"""Seconds each serving window runs before it counts (connections and the emitter's batches settle)."""
 
 
 def _wait_port(port: int, timeout_s: float = 30.0) -> None:
@@ -221,29 +228,30 @@ async def _serve(kind: str, port_file: Path, nats_url: str) -> None:
     await runtime.close()
 
 
-async def _drive(address: str, concurrency: int, seconds: float, server_pid: int) -> tuple[float, float]:
-    """Calls per second at ``concurrency``, and the server's CPU microseconds per call."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        echo = channel.unary_unary(f"/{SERVICE}/Echo")
-        done = 0
-        measuring = False
-        stop_at = time.monotonic() + 1.0 + seconds
+async def _drive(
+    echo: grpc.aio.UnaryUnaryMultiCallable, concurrency: int, seconds: float, server_pid: int
+) -> tuple[float, float]:
+    """Calls per second at ``concurrency`` over one window of ``seconds`` (after a short settle), and
+    the server's CPU microseconds per call in it (the scheduler's count, to the nanosecond)."""
+    done = 0
+    measuring = False
+    stop_at = time.monotonic() + SETTLE_S + seconds
 
-        async def worker() -> None:
-            nonlocal done
-            while time.monotonic() < stop_at:
-                await echo(PAYLOAD, timeout=5)
-                if measuring:
-                    done += 1
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < stop_at:
+            await echo(PAYLOAD, timeout=5)
+            if measuring:
+                done += 1
 
-        workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-        await asyncio.sleep(1.0)
-        measuring = True
-        began = time.monotonic()
-        cpu_before = cpu_s(server_pid)
-        await asyncio.gather(*workers)
-        cpu = cpu_s(server_pid) - cpu_before
-        return done / (time.monotonic() - began), cpu / max(1, done) * 1e6
+    workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(SETTLE_S)
+    measuring = True
+    began = time.monotonic()
+    cpu_before = run_s(server_pid)
+    await asyncio.gather(*workers)
+    cpu = run_s(server_pid) - cpu_before
+    return done / (time.monotonic() - began), cpu / max(1, done) * 1e6
 
 
 def _start_server(kind: str, workdir: Path, nats_url: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -261,27 +269,45 @@ def _start_server(kind: str, workdir: Path, nats_url: str) -> tuple[subprocess.P
 
 
 async def _serving_overhead(workdir: Path, nats_url: str, rounds: int, seconds: float) -> dict[str, float]:
-    """Best throughput and lowest server CPU per call of each variant over alternating runs."""
-    best = {"plain": 0.0, "emit": 0.0}
-    cpu = {"plain": float("inf"), "emit": float("inf")}
-    rss = {"plain": 0.0, "emit": 0.0}
-    for _ in range(rounds):
-        for kind in ("plain", "emit"):
-            proc, address = _start_server(kind, workdir, nats_url)
-            try:
-                rps, cpu_us = await _drive(address, 16, seconds, proc.pid)
-                best[kind] = max(best[kind], rps)
-                cpu[kind] = min(cpu[kind], cpu_us)
-                rss[kind] = max(rss[kind], peak_rss_mib(proc.pid))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=20)
+    """Both variants served at once; ``rounds`` rounds, each driving every variant for one window of
+    ``seconds``, in a random order: medians over the rounds of each variant's throughput and CPU per
+    call, and of the per-round overheads (with their quartiles, the box's noise)."""
+    servers = {kind: _start_server(kind, workdir, nats_url) for kind in ("plain", "emit")}
+    runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in servers}
+    try:
+        channels = {kind: grpc.aio.insecure_channel(address) for kind, (_, address) in servers.items()}
+        echoes = {kind: channel.unary_unary(f"/{SERVICE}/Echo") for kind, channel in channels.items()}
+        for kind, echo in echoes.items():  # warm both up before the first window
+            await _drive(echo, 16, 1.0, servers[kind][0].pid)
+        order = list(servers)
+        for _ in range(rounds):
+            random.shuffle(order)
+            for kind in order:
+                runs[kind].append(await _drive(echoes[kind], 16, seconds, servers[kind][0].pid))
+        rss = {kind: peak_rss_mib(proc.pid) for kind, (proc, _) in servers.items()}
+        for channel in channels.values():
+            await channel.close()
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=20)
+    plain, emit = runs["plain"], runs["emit"]
+    rps_overheads = [(1 - e[0] / p[0]) * 100 for p, e in zip(plain, emit, strict=True)]
+    cpu_overheads = [(e[1] / p[1] - 1) * 100 for p, e in zip(plain, emit, strict=True)]
+    rps_q = statistics.quantiles(rps_overheads, n=4)
+    cpu_q = statistics.quantiles(cpu_overheads, n=4)
     return {
-        "plain_rps": best["plain"],
-        "emit_rps": best["emit"],
-        "overhead_pct": (1 - best["emit"] / best["plain"]) * 100,
-        "plain_cpu_us_per_call": cpu["plain"],
-        "emit_cpu_us_per_call": cpu["emit"],
+        "plain_rps": statistics.median(r[0] for r in plain),
+        "emit_rps": statistics.median(r[0] for r in emit),
+        "overhead_pct": rps_q[1],
+        "overhead_pct_q1": rps_q[0],
+        "overhead_pct_q3": rps_q[2],
+        "plain_cpu_us_per_call": statistics.median(r[1] for r in plain),
+        "emit_cpu_us_per_call": statistics.median(r[1] for r in emit),
+        "cpu_overhead_pct": cpu_q[1],
+        "cpu_overhead_pct_q1": cpu_q[0],
+        "cpu_overhead_pct_q3": cpu_q[2],
+        "cpu_us_per_event": statistics.median(e[1] - p[1] for p, e in zip(plain, emit, strict=True)),
         "plain_peak_rss_mib": rss["plain"],
         "emit_peak_rss_mib": rss["emit"],
     }
@@ -459,12 +485,15 @@ def _measure(seconds: float, rounds: int, serving_seconds: float) -> None:
         "serving_overhead_pct": round(serving["overhead_pct"], 2),
         "serving_plain_cpu_us_per_call": round(serving["plain_cpu_us_per_call"], 1),
         "serving_emit_cpu_us_per_call": round(serving["emit_cpu_us_per_call"], 1),
-        "serving_cpu_overhead_pct": round(
-            (serving["emit_cpu_us_per_call"] / serving["plain_cpu_us_per_call"] - 1) * 100, 2
-        ),
-        "serving_cpu_us_per_event": round(serving["emit_cpu_us_per_call"] - serving["plain_cpu_us_per_call"], 1),
+        "serving_cpu_overhead_pct": round(serving["cpu_overhead_pct"], 2),
+        "serving_cpu_us_per_event": round(serving["cpu_us_per_event"], 1),
         "emit_cpu_us_per_event": round(cost["emit_us"], 2),
         "batch_cpu_us_per_event": round(cost["batch_us"], 2),
+        "serving_overhead_pct_q1": round(serving["overhead_pct_q1"], 2),
+        "serving_overhead_pct_q3": round(serving["overhead_pct_q3"], 2),
+        "serving_cpu_overhead_pct_q1": round(serving["cpu_overhead_pct_q1"], 2),
+        "serving_cpu_overhead_pct_q3": round(serving["cpu_overhead_pct_q3"], 2),
+        "serving_rounds": rounds,
         "serving_plain_peak_rss_mib": round(serving["plain_peak_rss_mib"], 1),
         "serving_emit_peak_rss_mib": round(serving["emit_peak_rss_mib"], 1),
         "bench_peak_rss_mib": round(peak_rss_mib(os.getpid()), 1),
@@ -474,16 +503,20 @@ def _measure(seconds: float, rounds: int, serving_seconds: float) -> None:
           f" lost {result['lost']}")  # fmt: skip
     print(f"monitor RSS MiB: start {result['monitor_rss_start_mib']}, end {result['monitor_rss_end_mib']},"
           f" peak {result['monitor_peak_rss_mib']}; nats {result['nats_peak_rss_mib']}")  # fmt: skip
-    print(f"serving at concurrency 16: plain {result['serving_plain_rps']} rps, with emitter"
-          f" {result['serving_emit_rps']} rps, overhead {result['serving_overhead_pct']}%")  # fmt: skip
+    print(f"serving at concurrency 16 ({rounds} paired rounds, medians): plain {result['serving_plain_rps']} rps,"
+          f" with emitter {result['serving_emit_rps']} rps, overhead {result['serving_overhead_pct']}%"
+          f" (rounds' quartiles {result['serving_overhead_pct_q1']} / {result['serving_overhead_pct_q3']});"
+          f" server CPU per call {result['serving_plain_cpu_us_per_call']} vs"
+          f" {result['serving_emit_cpu_us_per_call']} us, +{result['serving_cpu_overhead_pct']}%"
+          f" ({result['serving_cpu_overhead_pct_q1']} / {result['serving_cpu_overhead_pct_q3']})")  # fmt: skip
     print(json.dumps(result))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the publisher publishes")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating serving runs per variant")
-    parser.add_argument("--serving-seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=16, help="paired serving rounds (one window per variant each)")
+    parser.add_argument("--serving-seconds", type=float, default=1.5, help="length of one serving window")
     parser.add_argument("--serve", choices=("plain", "emit"))
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--nats")
