@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import asyncpg
 import pytest
 
 from infermesh_chassis.metrics import Metrics
-from infermesh_data_gateway.definitions import load_definitions
+from infermesh_data_gateway.definitions import ViewDef, load_definitions
 from infermesh_data_gateway.gateway import DataGateway, EntityInput, PushInput
 from infermesh_data_gateway.settings import Settings
 from infermesh_data_gateway.sources import ReadItem, SourceMetrics, SqlSource, sql
@@ -192,69 +193,65 @@ async def test_a_read_cancelled_mid_flight_leaves_the_pool_usable(tmp_path: Path
         await sql.close()
 
 
-async def _sqlite_source(tmp_path: Path) -> tuple[SqlSource, Any]:
+@pytest.fixture
+async def sqlite_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[SqlSource, ViewDef, list[str]]]:
+    """An SQLite source holding one row (its busy timeout 10 s), its view, and every read aiosqlite
+    runs in its connection's thread from then on (as its SQL)."""
     folder = tmp_path / "defs"
     folder.mkdir()
-    (folder / "features.yaml").write_text(DEFINITIONS.format(db=_source_def("sqlite", tmp_path, "")))
+    db = f'{{kind: sqlite, path: "{tmp_path / "db.sqlite"}", timeout: 10s}}'
+    (folder / "features.yaml").write_text(DEFINITIONS.format(db=db))
     definitions = load_definitions(folder)
     view = definitions.views["activity"]
     source = SqlSource(definitions.sources["db"], SourceMetrics(Metrics("inline-test")))
-    await source.write_online(view, [((1,), {"spend": 2.5, "plan": "pro"}, _micros(NOW - timedelta(hours=1)))])
-    return source, view
+    try:
+        await source.write_online(view, [((1,), {"spend": 2.5, "plan": "pro"}, _micros(NOW - timedelta(hours=1)))])
+        reads: list[str] = []
+        original = aiosqlite.Connection.execute_fetchall
 
+        def counted(self: aiosqlite.Connection, sql: str, parameters: Any = None) -> Any:
+            reads.append(sql)
+            return original(self, sql, parameters)
 
-def _count_thread_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every read aiosqlite runs in its connection's thread, as its SQL."""
-    reads: list[str] = []
-    original = aiosqlite.Connection.execute_fetchall
-
-    def counted(self: aiosqlite.Connection, sql: str, parameters: Any = None) -> Any:
-        reads.append(sql)
-        return original(self, sql, parameters)
-
-    monkeypatch.setattr(aiosqlite.Connection, "execute_fetchall", counted)
-    return reads
+        monkeypatch.setattr(aiosqlite.Connection, "execute_fetchall", counted)
+        yield source, view, reads
+    finally:
+        await source.close()
 
 
 async def test_an_sqlite_read_runs_on_the_event_loop_without_a_thread_trip(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_source: tuple[SqlSource, ViewDef, list[str]],
 ) -> None:
-    source, view = await _sqlite_source(tmp_path)
-    thread_reads = _count_thread_reads(monkeypatch)
-    try:
-        for _ in range(3):
-            (record,) = await source.read_online(view, [ReadItem((1,), {})])
-            assert record is not None and dict(record.values) == {"spend": 2.5, "plan": "pro"}
-        assert await source.read_online(view, [ReadItem((2,), {})]) == [None]
-        assert thread_reads == []
-    finally:
-        await source.close()
+    source, view, thread_reads = sqlite_source
+    for _ in range(3):
+        (record,) = await source.read_online(view, [ReadItem((1,), {})])
+        assert record is not None and dict(record.values) == {"spend": 2.5, "plan": "pro"}
+    assert await source.read_online(view, [ReadItem((2,), {})]) == [None]
+    assert thread_reads == []
 
 
 async def test_an_sqlite_read_over_budget_or_locked_out_finishes_in_the_pools_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_source: tuple[SqlSource, ViewDef, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source, view = await _sqlite_source(tmp_path)
-    thread_reads = _count_thread_reads(monkeypatch)
-    try:
-        with monkeypatch.context() as budget:  # every statement interrupted at its first step
-            budget.setattr(sql, "INLINE_BUDGET_S", -1.0)
-            budget.setattr(sql, "_PROGRESS_EVERY", 1)
-            (record,) = await source.read_online(view, [ReadItem((1,), {})])
-        assert record is not None and dict(record.values) == {"spend": 2.5, "plan": "pro"}
-        assert len(thread_reads) == 1
+    source, view, thread_reads = sqlite_source
+    with monkeypatch.context() as budget:  # every statement interrupted at its first step
+        budget.setattr(sql, "INLINE_BUDGET_S", -1.0)
+        budget.setattr(sql, "_PROGRESS_EVERY", 1)
+        (record,) = await source.read_online(view, [ReadItem((1,), {})])
+    assert record is not None and dict(record.values) == {"spend": 2.5, "plan": "pro"}
+    assert len(thread_reads) == 1
 
-        await source.close()  # no connection of the source holds the file, so another can lock it whole
-        locker = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
-        locker.execute("PRAGMA locking_mode=EXCLUSIVE")
-        locker.execute("BEGIN EXCLUSIVE")
-        locker.execute('UPDATE "select" SET "from" = 3.5')
-        read = asyncio.ensure_future(source.read_online(view, [ReadItem((1,), {})]))
-        await asyncio.sleep(0.05)  # the inline read found the file locked; the pool's thread waits for it
-        locker.execute("COMMIT")
-        locker.close()
-        (record,) = await read
-        assert record is not None and dict(record.values) == {"spend": 3.5, "plan": "pro"}
-        assert len(thread_reads) == 2
-    finally:
-        await source.close()
+    await source.close()  # no connection of the source holds the file, so another can lock it whole
+    locker = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+    locker.execute("BEGIN EXCLUSIVE")
+    locker.execute('UPDATE "select" SET "from" = 3.5')
+    read = asyncio.ensure_future(source.read_online(view, [ReadItem((1,), {})]))
+    await asyncio.sleep(0.05)  # the inline read found the file locked; the pool's thread waits for it
+    locker.execute("COMMIT")
+    locker.close()
+    (record,) = await read
+    assert record is not None and dict(record.values) == {"spend": 3.5, "plan": "pro"}
+    assert len(thread_reads) == 2
